@@ -1,0 +1,59 @@
+"""The four readings of one denoiser: eps, x0, score and v.
+
+With z = alpha x + sigma eps (alpha^2 + sigma^2 = 1):
+    x0    = (z - sigma eps) / alpha
+    score = grad log q(z) = -eps / sigma          (Tweedie: E[x|z] = (z + sigma^2 score) / alpha)
+    v     = alpha eps - sigma x                   (Salimans & Ho 2022)
+and back from v: x = alpha z - sigma v, eps = sigma z + alpha v.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vdm.schedules import alpha_sigma
+
+Array = jax.Array
+KINDS = ("eps", "x0", "score", "v")
+
+
+def _check(kind: str, role: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"Unknown {role} parameterization {kind!r}; choose one of {KINDS}.")
+
+
+def to_x0_eps(pred: Array, z: Array, gamma: Array, kind: str) -> tuple[Array, Array]:
+    """(x0_hat, eps_hat) implied by a prediction of `kind`, from z = alpha x + sigma eps."""
+    _check(kind, "source")
+    alpha, sigma = alpha_sigma(gamma)
+    if kind == "eps":
+        return (z - sigma * pred) / alpha, pred
+    if kind == "x0":
+        return pred, (z - alpha * pred) / sigma
+    if kind == "score":
+        eps = -sigma * pred
+        return (z - sigma * eps) / alpha, eps
+    return alpha * z - sigma * pred, sigma * z + alpha * pred          # v
+
+
+def convert(pred: Array, z: Array, gamma: Array, *, source: str, target: str) -> Array:
+    """Re-express a denoiser prediction of kind `source` as kind `target` ('eps', 'x0', 'score', 'v') at (z, gamma)."""
+    _check(source, "source")
+    _check(target, "target")
+    if source == target:
+        return pred
+    # Direct routes that avoid dividing by alpha or sigma where the source allows it.
+    alpha, sigma = alpha_sigma(gamma)
+    if source == "eps" and target == "score":
+        return -pred / sigma
+    if source == "score" and target == "eps":
+        return -sigma * pred
+    x0, eps = to_x0_eps(pred, z, gamma, source)
+    if target == "eps":
+        return eps
+    if target == "x0":
+        return x0
+    if target == "score":
+        return -eps / sigma
+    return alpha * eps - sigma * x0                                      # v
