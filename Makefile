@@ -10,10 +10,11 @@ FASHION_MNIST_DEB := /usr/share/datasets/fashion-mnist
 .PHONY: venv test test-all train data debian-fashion-mnist benchmark clean
 
 # The virtual environment, rebuilt whenever requirements.txt changes.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
