@@ -5,9 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
 WORKDIR ?= workdir/fashion_mnist
 CONFIG  ?= configs/fashion_mnist.py
-FASHION_MNIST_DEB := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv test test-all train data debian-fashion-mnist benchmark clean
+.PHONY: venv test test-all train data benchmark clean
 
 # The virtual environment, rebuilt whenever requirements.txt changes.
 $(STAMP): requirements.txt pyproject.toml
@@ -19,25 +18,16 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Debian's dataset-fashion-mnist is the offline source of Fashion-MNIST. Installed when missing and
-# possible (root + apt); otherwise this says how to get it and the data step fails with the same advice.
-debian-fashion-mnist:
-	@if [ -d $(FASHION_MNIST_DEB) ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "Installing Debian's dataset-fashion-mnist (offline Fashion-MNIST)..."; \
-	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
-	  echo "WARNING: could not install dataset-fashion-mnist; run: sudo apt-get install dataset-fashion-mnist"; \
-	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', then 'make data'."; fi
+# Fashion-MNIST, prepared once as TFDS array_record files from Debian's dataset-fashion-mnist
+# (installed when missing and possible: root + apt; otherwise it says how to get it). Preparing needs
+# TensorFlow (requirements-prepare.txt, installed only then); training and tests never import it.
+data: $(STAMP)
+	PYTHON=$(PY) bash scripts/prepare_data.sh
 
-# Prepare Fashion-MNIST once as TFDS array_record files (idempotent).
-data: $(STAMP) debian-fashion-mnist
-	$(PY) -m vdm.data prepare --dataset=fashion_mnist
-
-test: $(STAMP) debian-fashion-mnist
+test: data
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP) debian-fashion-mnist
+test-all: data
 	$(PY) -m pytest -q
 
 train: data

@@ -1,0 +1,236 @@
+"""Input pipeline: one API over TFDS image sets and numpy toy sets; host numpy batches.
+
+    info = get_dataset_info(config.data)
+    for batch in train_iterator(config.data, 128, seed=0, start_step=step): ...
+    for batch in eval_iterator(config.data, 256): ...   # batch['mask'] marks padding
+
+Batches are dicts of numpy arrays: 'x' float32 [B, *info.shape] (8-bit values k
+as k/127.5 - 1), 'label' int32 [B]; eval batches add 'mask' bool [B]. The train
+batch at step k is a pure function of (seed, k): epoch e is the permutation
+np.random.default_rng((seed, e)).permutation(N) and the stream of examples is
+the concatenation of epochs, so `start_step` resumes exactly. Device sharding is
+the trainer's job (vdm/parallel.py).
+
+CLI (needs TensorFlow, see requirements-prepare.txt):
+    python -m vdm.data prepare --dataset=fashion_mnist [--data_dir=DIR] [--manual_dir=DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from vdm import data_tfds, data_toy
+from vdm.data_toy import gaussian_nll, gaussian_scales  # noqa: F401  (public re-exports)
+from vdm.data_tfds import DatasetNotFoundError  # noqa: F401  (public re-export)
+
+DATASETS = data_tfds.IMAGE_DATASETS + data_toy.TOY_DATASETS
+
+# Value used for a key that config.data does not set (documented in default_config).
+DEFAULTS: dict[str, Any] = {
+    "data_dir": None, "random_flip": False, "num_train": 10_000, "num_test": 2_000, "dim": 2, "data_seed": 0,
+}
+_FLIP_STREAM = 1  # seeds flips with (seed, step, 1): never equal to an epoch's 2-tuple (seed, e)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """config.data with every key this module reads, at its default value."""
+    return ml_collections.ConfigDict({
+        "dataset": "fashion_mnist",  # one of DATASETS
+        "data_dir": None,     # TFDS data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+        "random_flip": False,  # random horizontal flips of training images (images only)
+        "num_train": DEFAULTS["num_train"],  # toy sets: train split size
+        "num_test": DEFAULTS["num_test"],    # toy sets: test split size
+        "dim": DEFAULTS["dim"],              # 'gaussian': number of dimensions
+        "data_seed": DEFAULTS["data_seed"],  # toy sets: seed of the generated data
+    })
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts of a data set: per-example shape, split sizes, classes, 8-bit or not, gaussian scales."""
+
+    name: str
+    shape: tuple[int, ...]
+    num_train: int
+    num_test: int
+    num_classes: int
+    discrete: bool  # True for 8-bit data (k/127.5 - 1): use the discrete decoder
+    scales: tuple[float, ...] | None = None  # 'gaussian' only: per-dim std s of x ~ N(0, diag(s^2))
+
+    @property
+    def num_dims(self) -> int:
+        """D = prod(shape), the per-example dimensionality (for bits/dim)."""
+        return int(np.prod(self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    name: str
+    data_dir: str | None
+    random_flip: bool
+    num_train: int
+    num_test: int
+    dim: int
+    data_seed: int
+
+
+def _get(cfg: Any, key: str) -> Any:
+    try:
+        return cfg[key]
+    except (KeyError, AttributeError):
+        return DEFAULTS[key]
+
+
+def _check_int(what: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _parse(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
+    """Read and validate config.data up front."""
+    try:
+        name = data_config["dataset"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"config.data.dataset is required; valid: {', '.join(DATASETS)}.") from err
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; valid: {', '.join(DATASETS)}.")
+    random_flip = _get(data_config, "random_flip")
+    if not isinstance(random_flip, bool):
+        raise ValueError(f"config.data.random_flip must be a bool, got {random_flip!r}.")
+    if random_flip and name in data_toy.TOY_DATASETS:
+        raise ValueError(f"config.data.random_flip applies to images only; {name!r} is a toy set.")
+    data_dir = _get(data_config, "data_dir")
+    return _Spec(
+        name=name,
+        data_dir=data_tfds.resolve_data_dir(data_dir) if name in data_tfds.IMAGE_DATASETS else None,
+        random_flip=random_flip,
+        num_train=_check_int("config.data.num_train", _get(data_config, "num_train"), 1),
+        num_test=_check_int("config.data.num_test", _get(data_config, "num_test"), 1),
+        dim=_check_int("config.data.dim", _get(data_config, "dim"), 1),
+        data_seed=_check_int("config.data.data_seed", _get(data_config, "data_seed"), 0),
+    )
+
+
+def get_dataset_info(data_config: Mapping | ml_collections.ConfigDict) -> DatasetInfo:
+    """DatasetInfo of config.data.dataset; an image set must already be prepared (else says how)."""
+    spec = _parse(data_config)
+    if spec.name in data_tfds.IMAGE_DATASETS:
+        s = data_tfds.split_info(spec.name, spec.data_dir)
+        return DatasetInfo(spec.name, s["shape"], s["num_train"], s["num_test"], s["num_classes"], True)
+    common = dict(name=spec.name, num_train=spec.num_train, num_test=spec.num_test)
+    if spec.name == "mixture2d":
+        return DatasetInfo(shape=(2,), num_classes=data_toy.MIXTURE_MODES, discrete=False, **common)
+    if spec.name == "grid8bit2d":
+        return DatasetInfo(shape=(2,), num_classes=len(data_toy.GRID_LEVELS) ** 2, discrete=True, **common)
+    scales = tuple(float(s) for s in gaussian_scales(spec.dim))
+    return DatasetInfo(shape=(spec.dim,), num_classes=1, discrete=False, scales=scales, **common)
+
+
+@functools.lru_cache(maxsize=8)
+def _toy_split(name: str, num: int, seed: int, split: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = data_toy.generate(name, num, seed, split, dim=dim)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+def load_arrays(data_config: Mapping | ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Whole split in memory, read-only: (x [N, *shape] uint8 for images / float32 for toys, label int32 [N])."""
+    spec = _parse(data_config)
+    if split not in data_toy.SPLITS:
+        raise ValueError(f"Unknown split {split!r}; valid: {', '.join(data_toy.SPLITS)}.")
+    if spec.name in data_tfds.IMAGE_DATASETS:
+        return data_tfds.load_split(spec.name, spec.data_dir, split)
+    num = spec.num_train if split == "train" else spec.num_test
+    return _toy_split(spec.name, num, spec.data_seed, split, spec.dim)
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 k -> k/127.5 - 1 (float32); float data passes through as a float32 copy."""
+    if x.dtype == np.uint8:
+        return data_toy.from_8bit(x)
+    return np.array(x, np.float32)
+
+
+def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int, *, seed: int,
+                   start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B]}; batch k depends only on (seed, k)."""
+    spec = _parse(data_config)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    start_step = _check_int("start_step", start_step, 0)
+    x_all, labels = load_arrays(data_config, "train")  # loaded now, so a missing data set fails at once
+    num = len(labels)
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        perms: dict[int, np.ndarray] = {}  # the (at most few) epochs the current batch touches
+        step = start_step
+        while True:
+            pos = step * batch_size + np.arange(batch_size, dtype=np.int64)  # stream positions
+            epochs, offsets = np.divmod(pos, num)
+            perms = {e: perms.get(e) for e in np.unique(epochs).tolist()}
+            idx = np.empty(batch_size, np.int64)
+            for epoch in perms:
+                if perms[epoch] is None:
+                    perms[epoch] = np.random.default_rng((seed, epoch)).permutation(num)
+                sel = epochs == epoch
+                idx[sel] = perms[epoch][offsets[sel]]
+            x = _to_float(x_all[idx])
+            if spec.random_flip:
+                flip = np.random.default_rng((seed, step, _FLIP_STREAM)).random(batch_size) < 0.5
+                x[flip] = x[flip, :, ::-1]  # [B, H, W, C]: reverse W
+            yield {"x": x, "label": labels[idx].astype(np.int32)}
+            step += 1
+
+    return batches()
+
+
+def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int,
+                  split: str = "test") -> Iterator[dict[str, np.ndarray]]:
+    """The whole split in order, batches of B; the last is padded (with the first examples), mask False there."""
+    batch_size = _check_int("batch_size", batch_size, 1)
+    x_all, labels = load_arrays(data_config, split)
+    num = len(labels)
+
+    def batches() -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, num, batch_size):
+            idx = np.arange(start, start + batch_size)
+            mask = idx < num
+            idx = np.where(mask, idx, idx % num)
+            yield {"x": _to_float(x_all[idx]), "label": labels[idx].astype(np.int32), "mask": mask}
+
+    return batches()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: `prepare` a TFDS data set once from local files (idempotent); prints where it is."""
+    parser = argparse.ArgumentParser(prog="python -m vdm.data", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="prepare a TFDS data set as array_record (needs TensorFlow)")
+    prep.add_argument("--dataset", required=True, choices=data_tfds.IMAGE_DATASETS)
+    prep.add_argument("--data_dir", default=None, help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets")
+    prep.add_argument("--manual_dir", default=None,
+                      help=f"source files; default for fashion_mnist: ${data_tfds.FASHION_MNIST_DIR_ENV} or "
+                           f"{data_tfds.DEFAULT_FASHION_MNIST_DIR}, else DATA_DIR/downloads/manual")
+    args = parser.parse_args(argv)
+    try:
+        path = data_tfds.prepare(args.dataset, args.data_dir, source_dir=args.manual_dir)
+        info = data_tfds.split_info(args.dataset, data_tfds.resolve_data_dir(args.data_dir))
+    except (DatasetNotFoundError, data_tfds.ChecksumError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.dataset} prepared in {path}: {info}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
