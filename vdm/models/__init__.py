@@ -1,0 +1,64 @@
+"""Flax denoisers, the learned schedule and the noisy classifier.
+
+Every denoiser is called as
+    model.apply(variables, z, gamma, y=None, train=False, rngs={'dropout': key})
+with z [B, H, W, C] (UNets) or [B, D] (mlp), gamma [B] and y [B] int32 or None,
+and returns a raw prediction shaped like z; the caller reads it as
+config.model.parameterization.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import flax.linen as nn
+
+from vdm.models.classifier import NoisyClassifier
+from vdm.models.mlp import MLPDenoiser
+from vdm.models.schedule import LearnedSchedule, variance_minimizing_grads
+from vdm.models.unet_adm import ADMUNet
+from vdm.models.unet_vdm import VDMUNet
+
+__all__ = ['get_model', 'MODEL_NAMES', 'VDMUNet', 'ADMUNet', 'MLPDenoiser',
+           'LearnedSchedule', 'variance_minimizing_grads', 'NoisyClassifier']
+
+_COMMON = ('width', 'dropout', 'fourier_features', 'fourier_min', 'fourier_max',
+           'num_classes', 'gamma_min', 'gamma_max')
+
+
+def _get(cfg: Any, key: str) -> Any:
+  try:
+    return cfg[key]
+  except KeyError:
+    raise ValueError(
+        f"model config {cfg.get('name', '?')!r} is missing key {key!r}") from None
+
+
+def _kwargs(cfg: Any, keys: tuple[str, ...]) -> Dict[str, Any]:
+  """Read `keys` from the config, with tuples made of ints and floats of numbers."""
+  out = {k: _get(cfg, k) for k in keys}
+  for k in ('channel_mult', 'attention_resolutions'):
+    if k in out:
+      out[k] = tuple(int(v) for v in out[k])
+  for k in ('dropout', 'gamma_min', 'gamma_max'):
+    out[k] = float(out[k])
+  out['fourier_features'] = bool(out['fourier_features'])
+  return out
+
+
+_BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
+    'vdm_unet': lambda c: VDMUNet(**_kwargs(c, _COMMON + ('num_layers', 'num_heads'))),
+    'adm_unet': lambda c: ADMUNet(**_kwargs(c, _COMMON + (
+        'channel_mult', 'num_res_blocks', 'attention_resolutions', 'num_heads'))),
+    'mlp': lambda c: MLPDenoiser(**_kwargs(c, _COMMON + ('num_layers',))),
+}
+MODEL_NAMES = tuple(_BUILDERS)
+
+
+def get_model(model_config: Any) -> nn.Module:
+  """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet' or 'mlp')."""
+  name = _get(model_config, 'name')
+  if name not in _BUILDERS:
+    raise ValueError(
+        f'unknown model name {name!r}; valid choices: {", ".join(MODEL_NAMES)}')
+  return _BUILDERS[name](model_config)

@@ -1,0 +1,227 @@
+"""Shared building blocks of the denoising networks.
+
+All networks condition on the noise level through the rescaled log-SNR
+t_in = (gamma - gamma_min) / (gamma_max - gamma_min), which lies in [0, 1] on
+the schedule's range (VDM, Kingma et al. 2021, appendix B), never on the raw
+time t: the network then depends on the schedule only through gamma, which is
+what makes the continuous-time loss invariant to the schedule between its
+endpoints (see `vdm/models/schedule.py`).
+
+Shapes: images are [B, H, W, C] (NHWC), flat data [B, D], gamma [B].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+MAX_GROUPS = 32
+
+
+def rescale_gamma(gamma: Array, gamma_min: float, gamma_max: float) -> Array:
+  """t_in = (gamma - gamma_min) / (gamma_max - gamma_min) (VDM appendix B)."""
+  if not gamma_max > gamma_min:
+    raise ValueError(
+        f'need gamma_max > gamma_min, got gamma_min={gamma_min}, '
+        f'gamma_max={gamma_max}')
+  return (gamma - gamma_min) / (gamma_max - gamma_min)
+
+
+def timestep_embedding(t: Array, dim: int, scale: float = 1000.0,
+                       max_period: float = 10000.0) -> Array:
+  """Sinusoidal embedding [sin(s t w_k), cos(s t w_k)], w_k = P^(-k/half) (Vaswani 2017; DDPM).
+
+  t: [B] -> [B, dim]. `scale` maps t in [0, 1] to the DDPM step range.
+  """
+  if dim < 2 or dim % 2:
+    raise ValueError(f'embedding dim must be an even integer >= 2, got {dim}')
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+                  / half)
+  args = scale * t.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def fourier_features(z: Array, n_min: int, n_max: int) -> Array:
+  """Base-2 Fourier features sin(2^n 2 pi z), cos(2^n 2 pi z), n = n_min..n_max (VDM app. B).
+
+  The frequencies 2^n * 2 pi are those of google-research/vdm (n = 6, 7 there):
+  period 2^-n, so n = 7 resolves the 8-bit grid spacing 2/255 ~ 2^-7.
+  z: [..., C] -> [..., 2 * C * (n_max - n_min + 1)], channel-last.
+  """
+  if n_max < n_min:
+    raise ValueError(
+        f'need fourier_min <= fourier_max, got {n_min} > {n_max}')
+  freqs = (2.0 ** jnp.arange(n_min, n_max + 1, dtype=jnp.float32)) * 2 * jnp.pi
+  arg = z[..., None] * freqs                       # [..., C, n]
+  arg = arg.reshape(*z.shape[:-1], -1)             # [..., C * n]
+  return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
+
+
+def num_groups_for(channels: int, max_groups: int = MAX_GROUPS) -> int:
+  """Largest divisor g of `channels` with g <= max_groups and >= 2 channels per group.
+
+  GroupNorm needs g to divide the channels. One channel per group would
+  normalise away the per-channel shift by which the noise/label embedding
+  enters a ResNet block, so the embedding would have no effect.
+  """
+  if channels < 1:
+    raise ValueError(f'channels must be >= 1, got {channels}')
+  for g in range(min(max_groups, channels // 2), 0, -1):
+    if channels % g == 0:
+      return g
+  return 1
+
+
+def group_norm(channels: int, name: Optional[str] = None) -> nn.GroupNorm:
+  """GroupNorm (Wu & He 2018) with the group count adapted to `channels`."""
+  return nn.GroupNorm(num_groups=num_groups_for(channels), name=name)
+
+
+def check_inputs(z: Array, gamma: Array, ndim: int,
+                 y: Optional[Array] = None) -> Array:
+  """Validate z [B, ...] (z.ndim == ndim), gamma [B] or scalar, y [B]; return gamma as [B]."""
+  if z.ndim != ndim:
+    kind = '[B, H, W, C]' if ndim == 4 else '[B, D]'
+    raise ValueError(f'z must be {kind} (ndim {ndim}), got shape {z.shape}')
+  batch = z.shape[0]
+  gamma = jnp.asarray(gamma, dtype=jnp.float32)
+  if gamma.ndim == 0:
+    gamma = jnp.broadcast_to(gamma, (batch,))
+  if gamma.shape != (batch,):
+    raise ValueError(
+        f'gamma must be a scalar or [B]=[{batch}], got shape {gamma.shape}')
+  if y is not None and jnp.shape(y) != (batch,):
+    raise ValueError(f'y must be [B]=[{batch}] ints, got shape {jnp.shape(y)}')
+  return gamma
+
+
+class NoiseEmbedding(nn.Module):
+  """Rescaled gamma -> sinusoidal embedding -> 2-layer MLP (+ label embedding).
+
+  Class labels use an embedding with num_classes + 1 rows; row num_classes is
+  the NULL class of classifier-free guidance (Ho & Salimans 2022), used when
+  y is None. Returns [B, out_dim].
+  """
+  width: int
+  out_dim: int
+  gamma_min: float
+  gamma_max: float
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, gamma: Array, y: Optional[Array] = None) -> Array:
+    t_in = rescale_gamma(gamma, self.gamma_min, self.gamma_max)
+    emb = timestep_embedding(t_in, self.width)
+    emb = nn.Dense(self.out_dim, name='dense0')(emb)
+    emb = nn.Dense(self.out_dim, name='dense1')(nn.swish(emb))
+    if self.num_classes < 0:
+      raise ValueError(f'num_classes must be >= 0, got {self.num_classes}')
+    if self.num_classes > 0:
+      if y is None:
+        y = jnp.full(gamma.shape, self.num_classes, dtype=jnp.int32)
+      if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
+        raise ValueError(f'y must be integer labels, got dtype {jnp.asarray(y).dtype}')
+      emb = emb + nn.Embed(self.num_classes + 1, self.out_dim,
+                           name='label_embedding')(y)
+    elif y is not None:
+      raise ValueError('got labels y but the model has num_classes=0 '
+                       '(unconditional); pass y=None or set num_classes > 0')
+    return emb
+
+
+class ResnetBlock(nn.Module):
+  """GN-swish-conv, + Dense(cond), GN-swish-dropout-conv(zero init), + skip (DDPM/VDM)."""
+  out_ch: int
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, cond: Array, train: bool) -> Array:
+    """x: [B, H, W, C_in], cond: [B, E] -> [B, H, W, out_ch]."""
+    h = nn.swish(group_norm(x.shape[-1], name='norm0')(x))
+    h = nn.Conv(self.out_ch, (3, 3), name='conv0')(h)
+    h = h + nn.Dense(self.out_ch, name='cond_proj')(nn.swish(cond))[:, None, None, :]
+    h = nn.swish(group_norm(self.out_ch, name='norm1')(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
+                name='conv1')(h)
+    if x.shape[-1] != self.out_ch:
+      x = nn.Conv(self.out_ch, (1, 1), name='skip')(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Residual multi-head self-attention over all H*W positions (zero-init output)."""
+  num_heads: int = 1
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """x: [B, H, W, C] -> [B, H, W, C]."""
+    b, hgt, wid, c = x.shape
+    if self.num_heads < 1 or c % self.num_heads:
+      raise ValueError(
+          f'num_heads={self.num_heads} must be >= 1 and divide the channel '
+          f'count {c} at the attention layer')
+    h = group_norm(c, name='norm')(x).reshape(b, hgt * wid, c)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros,
+        deterministic=True, name='attn')(h, h)
+    return x + h.reshape(b, hgt, wid, c)
+
+
+class Downsample(nn.Module):
+  """Strided 3x3 conv halving H and W (DDPM)."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), name='conv')(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour x2 resize, then 3x3 conv (DDPM)."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, hgt, wid, c = x.shape
+    x = jax.image.resize(x, (b, 2 * hgt, 2 * wid, c), method='nearest')
+    return nn.Conv(c, (3, 3), name='conv')(x)
+
+
+def output_head(h: Array, out_ch: int) -> Array:
+  """Final GroupNorm, swish and zero-initialised 3x3 conv (output is 0 at init)."""
+  h = nn.swish(group_norm(h.shape[-1], name='norm_out')(h))
+  return nn.Conv(out_ch, (3, 3), kernel_init=nn.initializers.zeros,
+                 name='conv_out')(h)
+
+
+def with_fourier(z: Array, use: bool, n_min: int, n_max: int) -> Array:
+  """Concatenate base-2 Fourier features of z to its channels when `use`."""
+  if not use:
+    return z
+  return jnp.concatenate([z, fourier_features(z, n_min, n_max)], axis=-1)
+
+
+def check_positive(**kw: int) -> None:
+  """Raise ValueError naming any argument that is not a positive int."""
+  for k, v in kw.items():
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f'{k} must be a positive integer, got {v!r}')
+
+
+def check_dropout(rate: float) -> None:
+  """Raise ValueError unless 0 <= rate < 1."""
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'dropout must be in [0, 1), got {rate}')
+
+
+__all__: Sequence[str] = (
+    'rescale_gamma', 'timestep_embedding', 'fourier_features',
+    'num_groups_for', 'group_norm', 'check_inputs', 'NoiseEmbedding',
+    'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'output_head',
+    'with_fourier', 'check_positive', 'check_dropout')
