@@ -1,0 +1,355 @@
+"""Samplers of the variance-preserving diffusion: ancestral, DDIM, SDE, ODE (Heun), PC, DPM-Solver.
+
+`sample` draws z_1 ~ N(0, I) and integrates from t_max = 1 down to t_min = 0 (the schedule's
+endpoints) on a grid of `num_steps` intervals, as ONE lax.scan over the steps (the step
+updates live in vdm.solvers, the guidance wrappers in vdm.guidance). It is pure and traceable:
+wrap it in jax.jit (with the network parameters as an argument) to compile the whole sampler.
+
+The final denoising step: after the last step reaches z_{t_min}, `final_denoise=True` (default)
+returns x0_hat(z_{t_min}, t_min), one extra network evaluation; `final_denoise=False` returns
+z_{t_min} / alpha_{t_min}, the mean of VDM's Gaussian decoder. The stochastic samplers add no
+noise on their last step (Ho et al. 2020, Alg. 2).
+
+Methods and their options (defaults in DEFAULTS; default grid per method in DEFAULT_GRID):
+  ancestral   z_s ~ q(z_s | z_t, x0_hat); variance 'small' (beta_tilde), 'large' (beta, the
+              forward variance 1 - alpha_t^2/alpha_s^2) or 'learned' (denoise_fn returns
+              (pred, v_interp), log-variance interpolated between the two, improved-DDPM).
+  ddim        deterministic for eta = 0; eta = 1 has the ancestral posterior variance.
+  sde         Euler-Maruyama on the reverse VP SDE. Forward: dz = -beta z/2 dt + sqrt(beta) dw
+              with alpha_t^2 = exp(-int_0^t beta), so beta = -d log alpha^2/dt = d softplus(gamma)/dt
+              = gamma'(t) sigmoid(gamma) = gamma'(t) sigma_t^2 (gamma' by jax.jvp of the schedule).
+              Reverse: dz = [-beta z/2 - beta score] dt + sqrt(beta) dw_bar, score = -eps_hat/sigma.
+  ode         probability-flow ODE, Heun's method in EDM variables x = z/alpha,
+              sigma_edm = exp(gamma/2): dx/dsigma_edm = eps_hat (Karras et al. 2022, Alg. 1);
+              its Euler step is exactly DDIM (eta = 0). A step to sigma_edm = 0 is Euler only.
+  pc          per step: `corrector_steps` annealed Langevin moves at t (signal-to-noise `snr`,
+              score_sde's step size), then an ancestral predictor step to s (Song et al. 2021b, Alg. 2-5).
+  dpm_solver  multistep DPM-Solver++ (prediction='x0') or DPM-Solver (prediction='eps') of
+              `order` 1-3 in lambda = log(alpha/sigma) = -gamma/2 (half the log-SNR; a grid
+              uniform in one is uniform in the other); warm-up with lower orders, except that
+              order 3 starts with a second-order midpoint step (one extra evaluation) so its
+              global order stays 3; lower_order_final lowers the order of the last steps when
+              num_steps < 15 (Lu et al. 2022b).
+Common options: grid ('uniform_t' | 'uniform_logsnr' | 'edm', with rho), t_min, t_max,
+clip_x0, dynamic_threshold (percentile p), final_denoise, return_trajectory (then returns
+(x, traj) with traj [N + 1, *shape] the z's on the grid, z_1 first), z_init (the starting
+latent at t_max instead of a N(0, I) draw, e.g. from `ddim_encode`). Options are static
+Python values. `num_evaluations` gives the network evaluations of a call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm import solvers
+from vdm.diffusion import transition
+from vdm.guidance import cfg_denoise_fn, classifier_guided_denoise_fn  # noqa: F401  (re-exported)
+from vdm.parameterization import KINDS, to_x0_eps
+from vdm.schedules import Schedule, alpha_sigma, dgamma_dt
+from vdm.solvers import GRIDS, VARIANCES, threshold_x0
+
+Array = jax.Array
+DenoiseFn = Callable[[Array, Array], Any]
+
+METHODS = ("ancestral", "ddim", "sde", "ode", "pc", "dpm_solver")
+COMMON_DEFAULTS = dict(grid=None, rho=7.0, t_min=0.0, t_max=1.0, clip_x0=False,
+                       dynamic_threshold=None, final_denoise=True, return_trajectory=False,
+                       z_init=None)
+DEFAULTS = {
+    "ancestral": dict(variance="small"),
+    "ddim": dict(eta=0.0),
+    "sde": dict(),
+    "ode": dict(),
+    "pc": dict(snr=0.16, corrector_steps=1),
+    "dpm_solver": dict(order=2, prediction="x0", lower_order_final=True),
+}
+DEFAULT_GRID = {"ancestral": "uniform_t", "ddim": "uniform_t", "sde": "uniform_t", "ode": "edm",
+                "pc": "uniform_t", "dpm_solver": "uniform_logsnr"}
+DEFAULT_NUM_STEPS = {"ancestral": 1000, "ddim": 50, "sde": 1000, "ode": 18, "pc": 1000, "dpm_solver": 20}
+
+
+# ----------------------------------------------------------------------------- contract steps
+
+def ddim_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, *, parameterization: str = "eps",
+              eta: float = 0.0, key: Array | None = None, clip_x0: bool = False) -> Array:
+    """DDIM update z_t -> z_s (Song et al. 2021a, eq. 12): alpha_s x0 + sqrt(sigma_s^2 - s_eta^2) eps + s_eta noise."""
+    if eta != 0.0 and key is None:
+        raise ValueError("ddim_step with eta > 0 needs a PRNG key.")
+    x0, eps = to_x0_eps(pred, z_t, gamma_t, parameterization)
+    if clip_x0:
+        x0 = threshold_x0(x0, clip=True)
+        eps = solvers.eps_from_x0(z_t, x0, gamma_t)
+    noise = None if key is None else jax.random.normal(key, z_t.shape, z_t.dtype)
+    return solvers.ddim_update(x0, eps, gamma_t, gamma_s, eta, noise)
+
+
+def ancestral_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, key: Array, *,
+                   parameterization: str = "eps", variance: str = "small",
+                   v_interp: Array | None = None) -> Array:
+    """Ancestral update z_s ~ N(posterior mean of q(z_s|z_t, x0_hat), var) (Ho et al. 2020, Alg. 2; VDM eq. 29-30)."""
+    x0, _ = to_x0_eps(pred, z_t, gamma_t, parameterization)
+    noise = jax.random.normal(key, z_t.shape, z_t.dtype)
+    return solvers.ancestral_update(z_t, x0, gamma_t, gamma_s, noise, variance, v_interp)
+
+
+# ----------------------------------------------------------------------------- options
+
+def _resolve_options(method: str, options: dict) -> dict:
+    """Fill defaults and validate; unknown methods, options or values raise ValueError."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown sampling method {method!r}; choose one of {METHODS}.")
+    valid = {**COMMON_DEFAULTS, **DEFAULTS[method]}
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for method {method!r}; valid options: {sorted(valid)}.")
+    opts = {**valid, **options}
+    opts["grid"] = opts["grid"] or DEFAULT_GRID[method]
+    checks = [
+        (opts["grid"] in GRIDS, f"grid must be one of {GRIDS}"),
+        (0.0 <= opts["t_min"] < opts["t_max"] <= 1.0, "need 0 <= t_min < t_max <= 1"),
+        (opts["rho"] > 0, "rho must be > 0"),
+        (opts["dynamic_threshold"] is None or 0.0 < opts["dynamic_threshold"] <= 1.0,
+         "dynamic_threshold is a percentile p in (0, 1] (or None)"),
+        (opts.get("variance", "small") in VARIANCES, f"variance must be one of {VARIANCES}"),
+        (0.0 <= opts.get("eta", 0.0) <= 1.0, "eta must lie in [0, 1]"),
+        (opts.get("snr", 1.0) > 0, "snr must be > 0"),
+        (int(opts.get("corrector_steps", 0)) == opts.get("corrector_steps", 0) >= 0,
+         "corrector_steps must be an integer >= 0"),
+        (opts.get("order", 1) in (1, 2, 3), "order must be 1, 2 or 3"),
+        (opts.get("prediction", "x0") in ("x0", "eps"), "prediction must be 'x0' (DPM-Solver++) or 'eps'"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"Bad option for method {method!r}: {message}; got {options}.")
+    return opts
+
+
+def _make_predict(denoise_fn: DenoiseFn, parameterization: str, shape: tuple, opts: dict, learned: bool):
+    """(z, t, gamma) -> (x0_hat, eps_hat, v_interp) with thresholding applied (eps made consistent)."""
+    batch = shape[0]
+    modify = opts["clip_x0"] or opts["dynamic_threshold"] is not None
+
+    def predict(z, t, gamma):
+        out = denoise_fn(z, jnp.full((batch,), t, jnp.float32))
+        v = None
+        if learned:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise ValueError("variance='learned' needs denoise_fn to return (pred, v_interp).")
+            out, v = out
+        elif isinstance(out, (tuple, list)):
+            raise ValueError("denoise_fn returned a tuple; that is only valid with variance='learned'.")
+        if out.shape != tuple(shape):
+            raise ValueError(f"denoise_fn returned shape {out.shape}; expected the sample shape {tuple(shape)}.")
+        x0, eps = to_x0_eps(out, z, gamma, parameterization)
+        if modify:
+            x0 = threshold_x0(x0, clip=opts["clip_x0"], percentile=opts["dynamic_threshold"])
+            eps = solvers.eps_from_x0(z, x0, gamma)
+        return x0, eps, v
+
+    return predict
+
+
+# ----------------------------------------------------------------------------- the scans
+# Each runner: (predict, z_1, xs, opts, schedule) -> (z_{t_min}, per-step z's or None).
+# xs holds per-step arrays: t, t_next, g, g_next [N], key [N], last [N] (1.0 on the final step).
+
+def _noise(key, z, last):
+    return jax.random.normal(key, z.shape, z.dtype) * (1.0 - last)
+
+
+def _run_ancestral(predict, z, xs, opts, schedule, trace):
+    def body(z, x):
+        x0, _, v = predict(z, x["t"], x["g"])
+        z = solvers.ancestral_update(z, x0, x["g"], x["g_next"], _noise(x["key"], z, x["last"]),
+                                     opts["variance"], v)
+        return z, (z if trace else None)
+    return jax.lax.scan(body, z, xs)
+
+
+def _run_ddim(predict, z, xs, opts, schedule, trace):
+    def body(z, x):
+        x0, eps, _ = predict(z, x["t"], x["g"])
+        noise = _noise(x["key"], z, x["last"]) if opts["eta"] > 0 else None
+        z = solvers.ddim_update(x0, eps, x["g"], x["g_next"], opts["eta"], noise)
+        return z, (z if trace else None)
+    return jax.lax.scan(body, z, xs)
+
+
+def _run_sde(predict, z, xs, opts, schedule, trace):
+    _, dgamma = dgamma_dt(schedule, xs["t"])
+    xs = {**xs, "dg": dgamma.astype(z.dtype)}
+
+    def body(z, x):
+        _, eps, _ = predict(z, x["t"], x["g"])
+        z = solvers.sde_update(z, eps, x["g"], x["dg"], x["t"] - x["t_next"], _noise(x["key"], z, x["last"]))
+        return z, (z if trace else None)
+    return jax.lax.scan(body, z, xs)
+
+
+def _run_ode(predict, z, xs, opts, schedule, trace):
+    def body(z, x):
+        _, eps, _ = predict(z, x["t"], x["g"])
+        z_euler = solvers.edm_euler(z, eps, x["g"], x["g_next"])
+
+        def heun(_):
+            _, eps_next, _ = predict(z_euler, x["t_next"], x["g_next"])
+            return solvers.edm_heun(z, eps, eps_next, x["g"], x["g_next"])
+
+        z = jax.lax.cond(jnp.isfinite(x["g_next"]), heun, lambda _: z_euler, None)
+        return z, (z if trace else None)
+    return jax.lax.scan(body, z, xs)
+
+
+def _run_pc(predict, z, xs, opts, schedule, trace):
+    steps = int(opts["corrector_steps"])
+
+    def body(z, x):
+        keys = jax.random.split(x["key"], steps + 1)
+        _, sigma = alpha_sigma(x["g"])
+        retention = jnp.square(transition(x["g_next"], x["g"])[0])     # alpha_t^2 / alpha_s^2
+        for k in range(steps):                       # static, small: corrector moves at time t
+            _, eps, _ = predict(z, x["t"], x["g"])
+            noise = jax.random.normal(keys[k], z.shape, z.dtype)
+            z = solvers.langevin_update(z, -eps / sigma, noise, opts["snr"], retention)
+        x0, _, _ = predict(z, x["t"], x["g"])
+        z = solvers.ancestral_update(z, x0, x["g"], x["g_next"], _noise(keys[-1], z, x["last"]))
+        return z, (z if trace else None)
+    return jax.lax.scan(body, z, xs)
+
+
+def _run_dpm(predict, z, xs, opts, schedule, trace):
+    order, num = int(opts["order"]), xs["t"].shape[0]
+    idx = np.arange(num)
+    allowed = np.minimum(order, idx + 1)                         # warm-up: history of idx previous steps
+    if opts["lower_order_final"] and num < 15:
+        allowed = np.minimum(allowed, num - idx)
+    xs = {**xs, "order": jnp.asarray(allowed)}
+    use_x0 = opts["prediction"] == "x0"
+
+    def model(z, t, g):
+        x0, eps, _ = predict(z, t, g)
+        return x0, (x0 if use_x0 else eps)
+
+    def body(carry, x):
+        z, m1, m2, g1, g2 = carry
+        x0, m0 = model(z, x["t"], x["g"])
+        o = jnp.where(jnp.isfinite(x["g_next"]), x["order"], 1)  # h = inf: only the first-order step is defined
+        z_new = solvers.dpm_multistep_update(z, (m0, m1, m2), (x["g"], g1, g2), x["g_next"], o,
+                                             opts["prediction"])
+        if not use_x0:                                           # eps form cannot reach sigma = 0
+            z_new = jnp.where(jnp.isfinite(x["g_next"]), z_new, x0)
+        return (z_new, m0, m1, x["g"], g1), (z_new if trace else None)
+
+    g0 = xs["g"][0]
+    carry = (z, jnp.zeros_like(z), jnp.zeros_like(z), g0 + 1.0, g0 + 2.0)
+    if order < 3 or num < 2:
+        (z, *_), traj = jax.lax.scan(body, carry, xs)
+        return z, traj
+    # Order 3: a first-order first step would cap the global order at 2, so the first step is a
+    # second-order single step through the log-SNR midpoint (one extra evaluation).
+    first = jax.tree.map(lambda a: a[0], xs)
+    t_mid = solvers.invert_schedule(schedule, 0.5 * (first["g"] + first["g_next"]), opts["t_min"], opts["t_max"])
+    g_mid = schedule(t_mid).astype(z.dtype)
+    _, m0 = model(z, first["t"], first["g"])
+    z_mid = solvers.dpm_multistep_update(z, (m0, m0, m0), (first["g"], g0 + 1.0, g0 + 2.0), g_mid, 1,
+                                         opts["prediction"])
+    _, m_mid = model(z_mid, t_mid, g_mid)                        # forward point: same divided difference
+    z1 = solvers.dpm_multistep_update(z, (m0, m_mid, m0), (first["g"], g_mid, g0 + 2.0), first["g_next"], 2,
+                                      opts["prediction"])
+    carry = (z1, m0, jnp.zeros_like(z), first["g"], g0 + 1.0)
+    (z, *_), traj = jax.lax.scan(body, carry, jax.tree.map(lambda a: a[1:], xs))
+    return z, (jnp.concatenate([z1[None], traj]) if trace else None)
+
+
+RUNNERS = {"ancestral": _run_ancestral, "ddim": _run_ddim, "sde": _run_sde, "ode": _run_ode,
+           "pc": _run_pc, "dpm_solver": _run_dpm}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedule: Schedule,
+           parameterization: str = "eps", method: str = "ancestral", num_steps: int | None = None,
+           **options) -> Array | tuple[Array, Array]:
+    """Draw x [*shape] from the reverse diffusion with one of METHODS (see the module docstring).
+
+    denoise_fn(z [*shape], t [B]) returns a prediction of kind `parameterization` (for
+    variance='learned', a pair (pred, v_interp in [0, 1])). num_steps defaults per method
+    (DEFAULT_NUM_STEPS). Returns x, or (x, traj [N + 1, *shape]) with return_trajectory=True.
+    """
+    opts = _resolve_options(method, options)
+    if parameterization not in KINDS:
+        raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {KINDS}.")
+    num_steps = DEFAULT_NUM_STEPS[method] if num_steps is None else num_steps
+    if int(num_steps) != num_steps or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 1 or shape[0] < 1:
+        raise ValueError(f"shape must be (batch, ...) with batch >= 1, got {shape}.")
+    num_steps = int(num_steps)
+
+    t, g = solvers.time_grid(schedule, num_steps, opts["grid"], t_min=opts["t_min"],
+                             t_max=opts["t_max"], rho=opts["rho"])
+    key_init, key_steps = jax.random.split(key)
+    if opts["z_init"] is None:
+        z = jax.random.normal(key_init, shape)
+    else:
+        z = jnp.asarray(opts["z_init"])
+        if z.shape != shape:
+            raise ValueError(f"z_init has shape {z.shape}; expected the sample shape {shape}.")
+    g = g.astype(z.dtype)
+    xs = {"t": t[:-1], "t_next": t[1:], "g": g[:-1], "g_next": g[1:],
+          "key": jax.random.split(key_steps, num_steps),
+          "last": (jnp.arange(num_steps) == num_steps - 1).astype(z.dtype)}
+    learned = method == "ancestral" and opts["variance"] == "learned"
+    predict = _make_predict(denoise_fn, parameterization, shape, opts, learned)
+    z_end, traj = RUNNERS[method](predict, z, xs, opts, schedule, opts["return_trajectory"])
+
+    if opts["final_denoise"]:
+        x, _, _ = predict(z_end, t[-1], g[-1])
+    else:
+        x = z_end / alpha_sigma(g[-1])[0]
+    if opts["return_trajectory"]:
+        return x, jnp.concatenate([z[None], traj], axis=0)
+    return x
+
+
+def num_evaluations(method: str, num_steps: int, *, schedule: Schedule | None = None, **options) -> int:
+    """Network evaluations one `sample` call makes (including the final denoising step).
+
+    For 'ode' the last step is Euler only if gamma(t_min) = -inf, which needs `schedule` to tell.
+    """
+    opts = _resolve_options(method, options)
+    final = int(bool(opts["final_denoise"]))
+    if method == "ode":
+        last_finite = schedule is None or bool(jnp.isfinite(schedule(jnp.float32(opts["t_min"]))))
+        return 2 * num_steps - (0 if last_finite else 1) + final
+    if method == "pc":
+        return num_steps * (int(opts["corrector_steps"]) + 1) + final
+    if method == "dpm_solver" and opts["order"] == 3 and num_steps >= 2:
+        return num_steps + 1 + final
+    return num_steps + final
+
+
+def ddim_encode(denoise_fn: DenoiseFn, x: Array, *, schedule: Schedule, parameterization: str = "eps",
+                num_steps: int = 50, grid: str = "uniform_t", t_min: float = 0.0, t_max: float = 1.0,
+                rho: float = 7.0) -> Array:
+    """DDIM inversion x -> z_{t_max}: the eta = 0 update run forward in time from z_{t_min} = alpha_{t_min} x
+    (Song et al. 2021a, sec. 4.3). Decoding with sample(method='ddim', z_init=z, final_denoise=False)
+    on the same grid inverts it up to the discretisation error."""
+    if parameterization not in KINDS:
+        raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {KINDS}.")
+    t, g = solvers.time_grid(schedule, int(num_steps), grid, t_min=t_min, t_max=t_max, rho=rho)
+    t, g = t[::-1], g[::-1].astype(x.dtype)
+    predict = _make_predict(denoise_fn, parameterization, x.shape, dict(COMMON_DEFAULTS), False)
+
+    def body(z, xs):
+        t_cur, g_cur, g_next = xs
+        x0, eps, _ = predict(z, t_cur, g_cur)
+        return solvers.ddim_update(x0, eps, g_cur, g_next, 0.0, None), None
+
+    z, _ = jax.lax.scan(body, alpha_sigma(g[0])[0] * x, (t[:-1], g[:-1], g[1:]))
+    return z
