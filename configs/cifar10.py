@@ -1,0 +1,97 @@
+"""CIFAR-10 32x32x3 with the VDM paper's settings (Kingma et al. 2021, appendix B): a GPU/TPU run.
+
+Run (prepare the data once: `python -m vdm.data prepare --dataset=cifar10`):
+    python -m vdm.main --config=configs/cifar10.py --workdir=workdir/cifar10
+Paper settings: VDM UNet of width 128 with 32 ResNet blocks each way and no downsampling,
+dropout 0.1, Fourier features n = 6..7, gamma in [-13.3, 5], AdamW lr 2e-4 (b2 0.99, weight
+decay 0.01), batch 128, EMA 0.9999, continuous-time ELBO with antithetic t sampling.
+Variants: `configs/cifar10.py:learned` (VDM's learned schedule with learned endpoints),
+`configs/cifar10.py:small` (a tiny network and a few steps, to check the pipeline on a laptop).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    """Config for CIFAR-10; arg in ('', 'learned', 'small')."""
+    if arg not in ("", "learned", "small"):
+        raise ValueError(f"unknown cifar10 variant {arg!r}; choose '', 'learned' or 'small'.")
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # seeds params, train keys and the order of the data
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "cifar10"   # TFDS name
+    config.data.data_dir = ""         # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    config.data.random_flip = False   # no augmentation: likelihoods are reported without it
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "vdm_unet"         # VDM's UNet: no downsampling, Fourier features
+    config.model.width = 128               # channels of every ResNet block (paper: 128)
+    config.model.num_layers = 32           # ResNet blocks on the way down (paper: 32)
+    config.model.num_heads = 1             # heads of the middle self-attention
+    config.model.dropout = 0.1             # dropout in the ResNet blocks (paper: 0.1)
+    config.model.fourier_features = True   # sin/cos(2^n pi z) inputs (paper: on)
+    config.model.fourier_min = 6           # lowest Fourier exponent n (paper: 6)
+    config.model.fourier_max = 7           # highest Fourier exponent n (paper: 7)
+    config.model.num_classes = 0           # 0: unconditional; 10 for class-conditional
+    config.model.label_dropout = 0.0       # P(label -> null class) in training (classifier-free guidance)
+    config.model.gamma_min = -13.3         # gamma(0) = -log SNR at t=0 (paper: -13.3)
+    config.model.gamma_max = 5.0           # gamma(1) (paper: 5)
+    config.model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
+    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned
+    config.model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.weighting = "elbo"   # elbo, simple, snr, min_snr, sigmoid, edm
+    config.loss.antithetic = True    # low-discrepancy t sampling over the batch (paper)
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 2e-4  # peak learning rate (paper: 2e-4)
+    config.optimizer.b1 = 0.9              # Adam beta1
+    config.optimizer.b2 = 0.99             # Adam beta2 (paper: 0.99)
+    config.optimizer.eps = 1e-8            # Adam epsilon
+    config.optimizer.weight_decay = 0.01   # AdamW decoupled weight decay (network matrices only)
+    config.optimizer.warmup_steps = 1000   # linear warmup from 0
+    config.optimizer.decay = "constant"    # constant after warmup, as in the paper
+    config.optimizer.grad_clip = 1.0       # global-norm clipping (0: off)
+    config.optimizer.ema_decay = 0.9999    # EMA of the params (paper: 0.9999)
+
+    config.training = ml_collections.ConfigDict()
+    config.training.num_steps = 2_000_000      # optimizer steps; the paper trains for millions
+    config.training.batch_size = 128           # global batch (paper: 128), split over devices
+    config.training.eval_every = 50_000        # full-test-set eval + samples (and at the end)
+    config.training.checkpoint_every = 10_000  # checkpoint every this many steps (and at the end)
+    config.training.keep_checkpoints = 3       # keep the newest few
+    config.training.log_every = 1000           # train metrics every this many steps
+    config.training.steps_per_call = 10        # steps per device call (lax.scan); divides the intervals
+    config.training.dtype = "float32"          # forward-pass compute dtype: float32 or bfloat16
+    config.training.nan_policy = "stop"        # non-finite loss: stop (raise) or skip the update
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 512   # eval batch (global); the test split is covered exactly once
+    config.eval.num_steps = 0      # ELBO time steps: 0 continuous, else discrete T
+
+    config.sampling = ml_collections.ConfigDict()
+    config.sampling.method = "ancestral"   # ancestral, ddim, sde, ode, pc, dpm_solver
+    config.sampling.num_steps = 1000       # sampler steps
+    config.sampling.num_samples = 64       # images per grid / .npz
+    config.sampling.guidance_weight = 0.0  # classifier-free guidance w (conditional models)
+    config.sampling.class_label = -1       # class to sample; -1: cycle through the classes
+
+    if arg == "learned":
+        config.model.schedule = "learned"
+        config.model.learn_endpoints = True
+    if arg == "small":
+        config.model.width = 16
+        config.model.num_layers = 2
+        config.model.dropout = 0.0
+        config.optimizer.warmup_steps = 5
+        config.training.num_steps = 20
+        config.training.batch_size = 16
+        config.training.eval_every = 20
+        config.training.checkpoint_every = 10
+        config.training.log_every = 10
+        config.training.steps_per_call = 1
+        config.sampling.num_steps = 10
+        config.sampling.num_samples = 16
+    return config

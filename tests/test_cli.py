@@ -1,0 +1,116 @@
+"""The command line end to end: train/eval/sample on toy data, error messages, the NaN guard."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from vdm.checkpoint import Checkpointer
+
+TINY = ["--config=configs/toy2d.py:small"]
+
+
+def _records(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "score", "v"])
+def test_train_end_to_end_with_each_parameterization(tmp_path, parameterization):
+    wd = str(tmp_path)
+    proc = run_cli(TINY + [f"--workdir={wd}", f"--config.model.parameterization={parameterization}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _records(wd)
+    train = [r for r in records if "train/loss" in r]
+    evals = [r for r in records if "eval/bpd" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["train/loss"]) for r in train)
+    assert evals and evals[-1]["step"] == 4
+    for key in ("eval/bpd", "eval/bpd_recon", "eval/bpd_prior", "eval/bpd_diffusion", "eval/bpd_se"):
+        assert np.isfinite(evals[-1][key]), key
+    total = sum(evals[-1][f"eval/bpd{s}"] for s in ("_recon", "_prior", "_diffusion"))
+    assert abs(total - evals[-1]["eval/bpd"]) <= 1e-6 * abs(total) + 1e-6   # the terms add up (float32)
+    assert evals[-1]["eval/num_examples"] == 512              # the whole toy test split
+    png = os.path.join(wd, "samples", "step_0000004.png")
+    assert Image.open(png).size[0] > 0
+    config = json.load(open(os.path.join(wd, "config.json")))
+    assert config["model"]["parameterization"] == parameterization
+    assert os.path.exists(os.path.join(wd, "config.yaml"))
+    assert os.listdir(os.path.join(wd, "tb"))
+    with Checkpointer(os.path.join(wd, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == [2, 4]
+
+
+def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
+    wd = str(tmp_path)
+    assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
+    proc = run_cli(TINY + [f"--workdir={wd}", "--mode=eval", "--config.eval.num_steps=10"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert np.isfinite(result["eval/bpd"]) and result["eval/num_steps"] == 10
+    proc = run_cli(TINY + [f"--workdir={wd}", "--mode=sample", "--config.sampling.method=ddim",
+                           "--config.sampling.num_steps=5", "--config.sampling.num_samples=20"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png = proc.stdout.strip().splitlines()[-1]
+    assert png.endswith(".png") and "ddim5" in png and os.path.exists(png)
+    samples = np.load(png[:-4] + ".npz")["samples"]
+    assert samples.shape == (20, 2) and np.all(np.isfinite(samples))
+
+
+def test_bad_choice_fails_at_once_naming_the_valid_ones(tmp_path):
+    proc = run_cli(TINY + [f"--workdir={tmp_path}", "--config.model.parameterization=epsilon"])
+    assert proc.returncode == 1
+    assert ("config.model.parameterization='epsilon' is not valid; choose one of "
+            "'eps', 'x0', 'score', 'v'") in proc.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_unknown_override_key_fails(tmp_path):
+    proc = run_cli(TINY + [f"--workdir={tmp_path}", "--config.model.paramterization=x0"])
+    assert proc.returncode != 0
+    assert "paramterization" in proc.stderr
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+    empty = str(tmp_path / "no_data")
+    proc = run_cli(["--config=configs/fashion_mnist.py:small", f"--workdir={tmp_path / 'wd'}",
+                    f"--config.data.data_dir={empty}"])
+    assert proc.returncode == 1
+    assert "error: " in proc.stderr and "'fashion_mnist' is not prepared" in proc.stderr
+    assert "python -m vdm.data prepare --dataset=fashion_mnist" in proc.stderr
+
+
+def test_eval_without_a_checkpoint_says_to_train_first(tmp_path):
+    proc = run_cli(TINY + [f"--workdir={tmp_path}", "--mode=eval"])
+    assert proc.returncode == 1 and "train first" in proc.stderr
+
+
+# A learning rate of 1e30 from step 0 sends the params to ~1e30 after one step, so every
+# later loss overflows: a realistic divergence.
+DIVERGE = ["--config.optimizer.learning_rate=1e30", "--config.optimizer.warmup_steps=0",
+           "--config.optimizer.decay=constant", "--config.optimizer.grad_clip=0.0"]
+
+
+def test_nan_policy_stop_raises_naming_the_step_and_saves_nothing_after_it(tmp_path):
+    wd = str(tmp_path)
+    proc = run_cli(TINY + [f"--workdir={wd}", "--config.training.nan_policy=stop"] + DIVERGE)
+    assert proc.returncode != 0
+    assert "non-finite loss or gradient at step 2" in proc.stderr
+    with Checkpointer(os.path.join(wd, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == []            # the first save was due at step 2
+
+
+def test_nan_policy_skip_discards_updates_and_counts_them(tmp_path):
+    wd = str(tmp_path)
+    proc = run_cli(TINY + [f"--workdir={wd}", "--config.training.nan_policy=skip"] + DIVERGE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [r for r in _records(wd) if "train/loss" in r]
+    assert [r["train/skipped"] for r in train] == [0, 1, 1, 1]
+    assert train[-1]["train/skipped_total"] == 3
+    with Checkpointer(os.path.join(wd, "checkpoints")) as ckpt:
+        assert ckpt.all_steps() == [2, 4]

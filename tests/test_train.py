@@ -1,0 +1,232 @@
+"""The training system: it learns, it is device-count invariant, it resumes exactly, its loss is the ELBO."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from conftest import REPO_ROOT, load_config, run_cli
+from vdm import data, evaluate, objectives, parallel, train
+from vdm.checkpoint import Checkpointer
+
+
+def _toy_config(**training):
+    """Small unlocked toy2d config (Gaussian data with a known NLL), dropout 0."""
+    c = load_config("toy2d", "gaussian")
+    c.data.dim = 2
+    c.data.num_train, c.data.num_test = 4096, 2000
+    c.model.width, c.model.num_layers = 64, 2
+    c.optimizer.warmup_steps = 20
+    c.training.update(batch_size=128, num_steps=300, **training)
+    c.eval.batch_size = 400
+    return c
+
+
+def _train(trainer, mesh, state, num_steps, *, start=0, steps_per_call=1):
+    c = trainer.config
+    fn = parallel.data_parallel(lambda s, b: train.train_step(trainer, s, b), mesh,
+                                steps_per_call=steps_per_call)
+    batches = data.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start)
+    metrics = []
+    for _ in range(num_steps // steps_per_call):
+        group = [next(batches) for _ in range(steps_per_call)]
+        stacked = {k: np.stack([b[k] for b in group]) for k in ("x", "label")}
+        state, m = fn(state, parallel.shard_batch(stacked, mesh, leading_axes=1))
+        metrics.append(m)
+    return state, metrics, fn
+
+
+def _elbo(trainer, mesh, params):
+    eval_fn = parallel.data_parallel_eval(lambda p, b, k: train.eval_step(trainer, p, b, k), mesh)
+    return evaluate.evaluate_elbo(eval_fn, params, trainer.config, trainer.info, mesh,
+                                  jax.random.PRNGKey(5))
+
+
+def test_training_lowers_the_elbo_toward_the_true_nll_on_gaussian_data():
+    c = _toy_config()
+    c.data.num_test = 8000                            # bpd_se ~ 0.1
+    trainer, mesh = train.setup(c)
+    state = parallel.replicate(train.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    before = _elbo(trainer, mesh, state.ema_params)
+    state, metrics, fn = _train(trainer, mesh, state, c.training.num_steps)
+    after = _elbo(trainer, mesh, state.params)
+    assert fn._cache_size() == 1                      # one compilation for all 300 steps
+    se = math.hypot(before["eval/bpd_se"], after["eval/bpd_se"])
+    assert after["eval/bpd"] < before["eval/bpd"] - 5 * se, (before, after)
+    # Independent truth: -ELBO >= model NLL, and cross-entropy >= the data's exact NLL (Gibbs).
+    x_test, _ = data.load_arrays(c.data, "test")
+    exact = np.mean(data.gaussian_nll(x_test, np.asarray(trainer.info.scales))) / (2 * math.log(2))
+    assert after["eval/bpd"] > exact - 4 * after["eval/bpd_se"], (after, exact)
+    assert after["eval/bpd"] < exact + 0.3 + 4 * after["eval/bpd_se"], (after, exact)   # and near it
+    assert after["eval/num_examples"] == c.data.num_test
+    assert int(state.step) == c.training.num_steps
+
+
+def test_train_loss_with_elbo_weighting_is_the_negative_elbo_in_expectation():
+    """E[batch loss] (reconstruction + prior + f ||eps - eps_hat||^2) equals E[-ELBO] of vdm.objectives.elbo."""
+    c = _toy_config()
+    c.training.batch_size = 1000
+    trainer, mesh = train.setup(c)
+    params = train.create_train_state(trainer, jax.random.PRNGKey(1)).params
+    # Give the net a non-trivial output first: perturb the zero-initialised last layer.
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    x = jnp.asarray(data.load_arrays(c.data, "test")[0][:1000])
+    batch = {"x": x, "label": jnp.zeros((1000,), jnp.int32)}
+
+    def loss(key):
+        f = jax.shard_map(lambda p, b: train.loss_and_grads(trainer, parallel.to_varying(p), b, key, key)[0],
+                          mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("data")),
+                          out_specs=jax.sharding.PartitionSpec(), check_vma=False)
+        return f(params, batch)
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 40)
+    ours = np.array([float(jax.jit(loss)(k)) for k in keys])
+    ref_fn = jax.jit(lambda k: jnp.mean(objectives.elbo(trainer.denoise_fn(params), x, k,
+                                                        schedule=trainer.fixed_schedule,
+                                                        decoder="gaussian")["total"]))
+    ref = np.array([float(ref_fn(k)) for k in jax.random.split(jax.random.PRNGKey(4), 40)])
+    se = math.sqrt(ours.var(ddof=1) / len(ours) + ref.var(ddof=1) / len(ref))
+    assert abs(ours.mean() - ref.mean()) < 4 * se, (ours.mean(), ref.mean(), se)
+
+
+_MULTI_DEVICE_SCRIPT = textwrap.dedent("""
+    import sys, json
+    import jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_train import _toy_config, _train
+    from vdm import parallel, train
+    from vdm.checkpoint import Checkpointer
+    assert jax.device_count() == 8, jax.devices()
+    c = _toy_config(steps_per_call={spc})
+    trainer, mesh = train.setup(c)
+    state = parallel.replicate(train.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    state, metrics, _ = _train(trainer, mesh, state, 2, steps_per_call={spc})
+    with Checkpointer({out!r}) as ckpt:
+        ckpt.save(int(state.step), parallel.to_host(state))
+    print(json.dumps([float(v) for m in metrics for v in np.asarray(m["loss"])]))
+""")
+
+
+def test_two_steps_on_eight_devices_equal_one_device_and_restore_across_counts(tmp_path):
+    # 8 fake CPU devices, both steps in one call (lax.scan), vs 1 device, one step per call.
+    out = str(tmp_path / "ckpt8")
+    script = _MULTI_DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), out=out, spc=2)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses8 = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    c = _toy_config()
+    trainer, mesh = train.setup(c)
+    assert jax.device_count() == 1
+    state = parallel.replicate(train.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    state, metrics, _ = _train(trainer, mesh, state, 2)
+    losses1 = [float(m["loss"][0]) for m in metrics]
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    mine = parallel.to_host(state)
+    with Checkpointer(out) as ckpt:                    # written by 8 devices, read by 1
+        theirs, step = ckpt.restore_latest(mine)
+    assert step == 2
+    for a, b in zip(jax.tree.leaves(theirs), jax.tree.leaves(mine)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _losses_by_step(workdir):
+    """{step: train/loss}; for a step logged twice (before a kill and after resuming) the last line wins."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "train/loss" in rec:
+                out[rec["step"]] = rec["train/loss"]
+    return out
+
+
+def _max_logged_step(workdir):
+    try:
+        return max(_losses_by_step(workdir), default=-1)
+    except (OSError, ValueError):                  # not written yet, or a line half-written
+        return -1
+
+
+def test_resume_after_sigkill_continues_bit_identically(tmp_path):
+    """Kill -9 a run a few steps after a checkpoint; the rerun replays those steps with identical losses.
+
+    The learning rate is constant, so num_steps does not change the trajectory: the first run is
+    long (it is killed anyway) and the rerun stops just past the kill point.
+    """
+    args = ["--config=configs/toy2d.py:small", "--config.optimizer.decay=constant",
+            "--config.training.checkpoint_every=10", "--config.training.eval_every=10000",
+            "--config.training.log_every=1", "--config.training.keep_checkpoints=2",
+            f"--workdir={tmp_path}"]
+    ckpt_dir = os.path.join(tmp_path, "checkpoints")
+    p = subprocess.Popen([sys.executable, "-m", "vdm.main", *args, "--config.training.num_steps=10000"],
+                         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and p.poll() is None:
+        done = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if done and _max_logged_step(tmp_path) - max(done) >= 3:
+            break                                  # a checkpoint, then a few uncheckpointed steps
+        time.sleep(0.003)
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    before = _losses_by_step(tmp_path)             # the uninterrupted run, up to the kill
+    with Checkpointer(ckpt_dir) as ckpt:
+        resume_from = ckpt.latest_step()
+    overlap = [s for s in before if s > resume_from]
+    assert resume_from is not None and len(overlap) >= 1, (resume_from, max(before))
+
+    end = max(before) + 2
+    proc = run_cli(args + [f"--config.training.num_steps={end}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from checkpoint step {resume_from}" in proc.stderr
+    after = _losses_by_step(tmp_path)              # last line per step: the resumed run's
+    assert [after[s] for s in overlap] == [before[s] for s in overlap]   # bit-identical floats
+    assert sorted(after) == list(range(1, end + 1))
+
+
+def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_loss_for_endpoints():
+    """Against central finite differences: shape <- d E[L_diff^2], endpoints <- d E[loss] (VDM sec. 5.2)."""
+    c = _toy_config()
+    c.model.schedule, c.model.learn_endpoints = "learned", True
+    trainer, mesh = train.setup(c)
+    params = train.create_train_state(trainer, jax.random.PRNGKey(0)).params
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    x = jnp.asarray(data.load_arrays(c.data, "train")[0][:256])
+    batch = {"x": x, "label": jnp.zeros((256,), jnp.int32)}
+    P = jax.sharding.PartitionSpec
+    keys = jax.random.split(jax.random.PRNGKey(3))
+    run = jax.jit(jax.shard_map(
+        lambda p, b: train.loss_and_grads(trainer, parallel.to_varying(p), b, *keys)[1:],
+        mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False))
+    grads, _ = run(params, batch)
+
+    def second_moment(terms):
+        return float(terms["diffusion_var"]) + float(terms["diffusion"]) ** 2
+
+    def central(path, f, h):
+        def at(delta):
+            p = jax.tree_util.tree_map_with_path(
+                lambda kp, v: v + delta if jax.tree_util.keystr(kp) == path else v, params)
+            return f(run(p, batch)[1])
+        return (at(h) - at(-h)) / (2 * h)
+
+    leaves = {jax.tree_util.keystr(kp): v for kp, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    for path, f, h in [("['schedule']['endpoints']['gamma_min']", lambda t: float(t["loss"]), 2e-3),
+                       ("['schedule']['endpoints']['gap_raw']", lambda t: float(t["loss"]), 2e-3),
+                       ("['schedule']['shape']['l1']['bias']", second_moment, 2e-3)]:
+        ours = float(np.sum(leaves[path]))
+        fd = central(path, f, h)
+        assert abs(ours - fd) <= 0.03 * abs(fd) + 1e-2, (path, ours, fd)

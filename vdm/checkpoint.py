@@ -1,0 +1,150 @@
+"""Checkpoints of the whole train state with orbax: save, keep the last few, resume, survive corruption.
+
+Layout: DIR/<step>/state (the state's leaves as host arrays, one flat dict keyed by their
+pytree paths) and DIR/<step>/meta (JSON: step, per-leaf sha256, free-form info). Saving
+plain host arrays makes a checkpoint independent of the device count that wrote it.
+
+Atomicity comes from orbax: a step is written into `<step>.orbax-checkpoint-tmp-*` and
+renamed to `<step>` only when complete, and orbax lists only complete steps, so a kill
+mid-save leaves the previous newest checkpoint as the newest. Corruption after the fact
+(truncated or garbled files) is caught by the read failing or the checksums disagreeing;
+`restore_latest` then falls back to the previous step with a warning and deletes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+log = logging.getLogger(__name__)
+
+
+def _flatten(tree: PyTree) -> dict[str, np.ndarray]:
+    """{keystr(path): numpy leaf} for every leaf of `tree` (deterministic order)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+    if len(flat) != len(leaves):
+        raise ValueError("state has two leaves with the same path string; cannot checkpoint it.")
+    return flat
+
+
+def _unflatten(flat: dict[str, np.ndarray], like: PyTree) -> PyTree:
+    """Rebuild a pytree shaped like `like` from a {keystr(path): array} dict."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in leaves])
+
+
+def _digest(a: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes."""
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint exists but cannot be read back intact."""
+
+
+class Checkpointer:
+    """orbax CheckpointManager over DIR keeping the last `max_to_keep` steps of a host-array state."""
+
+    def __init__(self, directory: str, *, max_to_keep: int | None = 3, async_save: bool = True):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 (or None for all), got {max_to_keep}.")
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "meta"))
+
+    def all_steps(self) -> list[int]:
+        """The checkpoint steps, ascending: the committed ones found on disk at start plus this run's saves."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest committed step, or None (it may still turn out to be corrupt)."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: PyTree, *, info: dict | None = None) -> bool:
+        """Save `state` (a pytree of host-readable arrays) as `step`; False if that step already exists.
+
+        An existing step is never overwritten (it may be one that `restore_latest` skipped as
+        corrupt and is kept for inspection). Writes in the background; `wait()` blocks.
+        """
+        step = int(step)
+        if step in self.all_steps():
+            log.warning("checkpoint for step %d already exists in %s; not overwriting it.",
+                        step, self.directory)
+            return False
+        flat = _flatten(state)
+        meta = {"step": step, "sha256": {k: _digest(v) for k, v in flat.items()}, "info": info or {}}
+        return self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, like: PyTree) -> PyTree:
+        """The state saved at `step`, as numpy arrays shaped like `like`; CheckpointCorruptError if unreadable."""
+        target = {k: np.zeros(v.shape, v.dtype) for k, v in _flatten(like).items()}
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            flat = {k: np.asarray(v) for k, v in restored["state"].items()}
+            meta = restored["meta"]
+        except Exception as e:                       # orbax/tensorstore raise many kinds on bad files
+            raise CheckpointCorruptError(f"cannot read checkpoint step {step} in {self.directory}: "
+                                         f"{type(e).__name__}: {e}") from e
+        if set(flat) != set(target) or set(meta.get("sha256", {})) != set(target):
+            raise CheckpointCorruptError(f"checkpoint step {step} holds other state entries than "
+                                         "this run's (was it written by a different config?).")
+        for k, v in flat.items():
+            if v.shape != target[k].shape or v.dtype != target[k].dtype:
+                raise CheckpointCorruptError(f"checkpoint step {step}: {k} is {v.dtype}{v.shape}, "
+                                             f"expected {target[k].dtype}{target[k].shape}.")
+            if _digest(v) != meta["sha256"][k]:
+                raise CheckpointCorruptError(f"checkpoint step {step}: checksum mismatch in {k}.")
+        return _unflatten(flat, like)
+
+    def restore_latest(self, like: PyTree) -> tuple[PyTree | None, int | None]:
+        """(state, step) of the newest intact checkpoint, falling back past corrupt ones; (None, None) if none.
+
+        A corrupt checkpoint is logged as a warning and left on disk. If every checkpoint is
+        corrupt the error of the newest is raised (starting over silently would lose the run).
+        """
+        errors = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self.restore(step, like)
+            except CheckpointCorruptError as e:
+                log.warning("%s; falling back to the previous checkpoint (nothing is deleted).", e)
+                errors.append(e)
+                continue
+            if errors:
+                log.warning("restored checkpoint step %d after skipping %d corrupt newer one(s).",
+                            step, len(errors))
+            return state, step
+        if errors:
+            raise CheckpointCorruptError(f"no intact checkpoint in {self.directory}; newest error: "
+                                         f"{errors[0]}") from errors[0]
+        return None, None
+
+    def wait(self) -> None:
+        """Block until background saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,109 @@
+"""Run outputs: scalar metrics to a JSONL file and TensorBoard, sample grids to PNG.
+
+Only process 0 of a multi-host job writes; the other processes get no-op writers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import numpy as np
+from PIL import Image
+
+
+def _scalar(value) -> float:
+    """A finite float, or None for NaN/inf (JSON has no NaN); raises for non-scalars."""
+    v = float(np.asarray(value))
+    return v if math.isfinite(v) else None
+
+
+class MetricWriter:
+    """Append {'step': k, name: value, ...} lines to workdir/metrics.jsonl and scalars to workdir/tb."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if tensorboard:
+            from tensorboardX import SummaryWriter   # imported lazily: only the writing process needs it
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Record scalar metrics at `step` (one JSON object per call; non-finite values as null)."""
+        if not self.enabled:
+            return
+        record = {"step": int(step)}
+        record.update({k: _scalar(v) for k, v in scalars.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, float(np.asarray(v)), int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Images in [-1, 1] -> uint8 with the data convention k = round((x + 1) * 127.5), clipped."""
+    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile images [N, H, W, C] (C = 1 or 3, in [-1, 1]) into one uint8 [rows*(H+pad)+pad, ..., C] grid."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"image_grid needs images [N, H, W, C] with C in (1, 3), got {images.shape}.")
+    n, h, w, c = images.shape
+    cols = num_cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(to_uint8(images)):
+        r, q = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+    return grid
+
+
+def scatter_image(points: np.ndarray, *, size: int = 256, extent: float | None = None) -> np.ndarray:
+    """A uint8 [size, size, 1] picture of 2-D points [N, 2] in [-extent, extent]^2 (white background).
+
+    extent=None: 1.1 x the largest |coordinate| of the finite points (at least 1).
+    """
+    points = np.asarray(points, np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"scatter_image needs points [N, 2], got {points.shape}.")
+    points = points[np.all(np.isfinite(points), axis=1)]
+    if extent is None:
+        extent = max(1.0, 1.1 * float(np.max(np.abs(points), initial=0.0)))
+    img = np.full((size, size, 1), 255, np.uint8)
+    ij = np.round((points / extent + 1.0) * 0.5 * (size - 1)).astype(np.int64)
+    keep = np.all((ij >= 0) & (ij < size), axis=1)
+    img[size - 1 - ij[keep, 1], ij[keep, 0]] = 0   # y up
+    return img
+
+
+def save_samples_png(path: str, samples: np.ndarray) -> None:
+    """Write samples as a PNG: a grid for images [N, H, W, C], a scatter of the first two coordinates for flat [N, D>=2]."""
+    samples = np.asarray(samples)
+    if samples.ndim == 4:
+        pixels = image_grid(samples)
+    elif samples.ndim == 2 and samples.shape[1] >= 2:
+        pixels = scatter_image(samples[:, :2])
+    else:
+        raise ValueError(f"can draw image batches [N, H, W, C] or flat points [N, D>=2], got {samples.shape}.")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
