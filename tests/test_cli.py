@@ -38,6 +38,7 @@ def test_train_end_to_end_with_each_parameterization(tmp_path, parameterization)
     assert evals[-1]["eval/num_examples"] == 512              # the whole toy test split
     png = os.path.join(wd, "samples", "step_0000004.png")
     assert Image.open(png).size[0] > 0
+    assert Image.open(os.path.join(wd, "bpd.png")).size[0] > 0   # the bits/dim figure
     config = json.load(open(os.path.join(wd, "config.json")))
     assert config["model"]["parameterization"] == parameterization
     assert os.path.exists(os.path.join(wd, "config.yaml"))

@@ -107,3 +107,42 @@ def save_samples_png(path: str, samples: np.ndarray) -> None:
         raise ValueError(f"can draw image batches [N, H, W, C] or flat points [N, D>=2], got {samples.shape}.")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of workdir/metrics.jsonl, in file order (empty if the file does not exist)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_bpd(workdir: str, path: str | None = None) -> str | None:
+    """Draw test -ELBO bits/dim and its three terms against the step, from metrics.jsonl, to workdir/bpd.png."""
+    evals = {}
+    for r in read_metrics(workdir):          # a resumed run may repeat a step: the last record wins
+        if r.get("eval/bpd") is not None:
+            evals[r["step"]] = r
+    if not evals:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(evals)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    for key, label in [("eval/bpd", "total"), ("eval/bpd_diffusion", "diffusion"),
+                       ("eval/bpd_recon", "reconstruction"), ("eval/bpd_prior", "prior")]:
+        values = [evals[s].get(key) for s in steps]
+        if all(v is not None for v in values):
+            ax.plot(steps, values, marker="o", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("test -ELBO (bits/dim, EMA params)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = path or os.path.join(workdir, "bpd.png")
+    fig.savefig(path)
+    plt.close(fig)
+    return path

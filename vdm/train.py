@@ -35,7 +35,7 @@ import tqdm
 from vdm import config_utils, data, diffusion, objectives, parallel
 from vdm.checkpoint import Checkpointer
 from vdm.evaluate import host_slice, evaluate_elbo, make_sampler, sample_labels
-from vdm.metrics import MetricWriter, save_samples_png
+from vdm.metrics import MetricWriter, plot_bpd, save_samples_png
 from vdm.models import LearnedSchedule, get_model, variance_minimizing_grads
 from vdm.schedules import Schedule, dgamma_dt, get_schedule
 
@@ -406,6 +406,8 @@ def evaluate_and_sample(trainer: Trainer, mesh: Any, eval_fn: Callable, sampler:
     if jax.process_index() == 0:
         save_samples_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples)
     writer.write(step, result)
+    if jax.process_index() == 0:
+        plot_bpd(workdir)
     return result
 
 
