@@ -8,12 +8,13 @@ CONFIG  ?= configs/fashion_mnist.py
 
 .PHONY: venv test test-all train data benchmark clean
 
-# The virtual environment, rebuilt whenever requirements.txt changes.
-$(STAMP): requirements.txt pyproject.toml
+# The virtual environment, rebuilt whenever requirements.txt changes; a .pth file puts this
+# checkout on its path, so `import vdm` works from experiments/ and notebooks.
+$(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'vdm-repo.pth'), 'w').write(os.getcwd())"
 	touch $(STAMP)
 
 venv: $(STAMP)
