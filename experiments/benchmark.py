@@ -41,18 +41,25 @@ def load_config(name: str, arg: str = ""):
     return module.get_config(arg)
 
 
-def median_seconds(fn, state, batch, *, repeats: int, iters: int):
-    """(median seconds per call over `repeats` timings of `iters` calls, state); fn(state, batch) -> (state, out)."""
-    state, out = fn(state, batch)                        # compile + one warm step
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            state, out = fn(state, batch)
+def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[float]:
+    """Median seconds per call of each fn(state, batch) -> (state, out), timed in alternation.
+
+    Alternating the timings (fn 1, fn 2, fn 1, ...) exposes every fn to the same background
+    load, so their ratio stays meaningful on a shared machine.
+    """
+    states = list(states)
+    for i, fn in enumerate(fns):                          # compile + one warm step each
+        states[i], out = fn(states[i], batches[i])
         jax.block_until_ready(out)
-        times.append((time.perf_counter() - t0) / iters)
-    return statistics.median(times), state
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                states[i], out = fn(states[i], batches[i])
+            jax.block_until_ready(out)
+            times[i].append((time.perf_counter() - t0) / iters)
+    return [statistics.median(t) for t in times]
 
 
 def setup(config, shape, num_classes=10):
@@ -115,7 +122,7 @@ def run(repeats: int, iters: int) -> list[tuple[str, str]]:
     # 1. The default config.
     c = load_config("fashion_mnist")
     trainer, mesh, state, batch = setup(c, (28, 28, 1))
-    sec, _ = median_seconds(full_step(trainer, mesh), state, batch, repeats=repeats, iters=iters)
+    (sec,) = median_seconds([full_step(trainer, mesh)], [state], [batch], repeats=repeats, iters=iters)
     m = c.model
     rows.append((f"default config (fashion_mnist: {m.name} w{m.width} L{m.num_layers}, "
                  f"batch {c.training.batch_size}) train step",
@@ -126,10 +133,9 @@ def run(repeats: int, iters: int) -> list[tuple[str, str]]:
     c.model.update(width=32, num_layers=2, dropout=0.0)
     c.training.batch_size = 32
     trainer, mesh, state, batch = setup(c, (32, 32, 3))
-    full_sec, state = median_seconds(full_step(trainer, mesh), state, batch, repeats=repeats, iters=iters)
-    bare = bare_step(trainer)
     carry = (jax.tree.map(jnp.copy, state.params), jax.tree.map(jnp.copy, state.opt_state))
-    bare_sec, _ = median_seconds(bare, carry, bare_inputs(batch, c), repeats=repeats, iters=iters)
+    full_sec, bare_sec = median_seconds([full_step(trainer, mesh), bare_step(trainer)], [state, carry],
+                                        [batch, bare_inputs(batch, c)], repeats=repeats, iters=iters)
     rows.append(("vdm_unet w32 L2 batch 32 32x32x3: full train step", f"{32 / full_sec:.1f} images/s "
                  f"({full_sec * 1e3:.1f} ms/step)"))
     rows.append(("vdm_unet w32 L2 batch 32 32x32x3: bare fwd+bwd+update", f"{32 / bare_sec:.1f} images/s "
@@ -144,7 +150,7 @@ def run(repeats: int, iters: int) -> list[tuple[str, str]]:
         trainer, mesh, state, batch = setup(c, (32, 32, 3))
         fn = full_step(trainer, mesh)
         flops = step_flops(fn, state, batch)
-        sec, _ = median_seconds(fn, state, batch, repeats=repeats, iters=iters)
+        (sec,) = median_seconds([fn], [state], [batch], repeats=repeats, iters=iters)
         peak = next((v for k, v in PEAK_BF16.items() if k in dev.device_kind), None)
         mfu = f"{flops / sec / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "peak unknown"
         rows.append((f"cifar10 config bf16 (w128 L32 batch 128) on {dev.device_kind}",
@@ -162,7 +168,8 @@ def main() -> None:
     rows = run(args.repeats, args.iters)
     dev = jax.devices()[0]
     header = (f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}, "
-              f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps")
+              f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
+              f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
     width = max(len(r[0]) for r in rows)
     print(header)
     for name, value in rows:
