@@ -61,6 +61,25 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
     assert png.endswith(".png") and "ddim5" in png and os.path.exists(png)
     samples = np.load(png[:-4] + ".npz")["samples"]
     assert samples.shape == (20, 2) and np.all(np.isfinite(samples))
+    # ODE bits/dim of the same checkpoint (its accuracy is tested in tests/test_likelihood.py).
+    proc = run_cli(TINY + [f"--workdir={wd}", "--mode=eval", "--eval_method=ode", "--ode_steps=16",
+                           "--max_examples=256"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ode = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert ode["eval/ode_num_examples"] == 256 and np.isfinite(ode["eval/ode_bpd"])
+
+
+def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
+    from vdm import sampling, train
+    from conftest import load_config
+    wd = str(tmp_path)
+    assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
+    for method in sampling.METHODS:
+        config = load_config("toy2d", "small")
+        config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = method, 4, 16
+        png = train.sample(config, wd)
+        samples = np.load(png[:-4] + ".npz")["samples"]
+        assert samples.shape == (16, 2) and np.all(np.isfinite(samples)), method
 
 
 def test_bad_choice_fails_at_once_naming_the_valid_ones(tmp_path):

@@ -1,4 +1,5 @@
-"""Command line: python -m vdm.main --config=configs/X.py --workdir=DIR [--mode=train|eval|sample].
+"""Command line: python -m vdm.main --config=configs/X.py --workdir=DIR [--mode=train|eval|sample]
+[--eval_method=elbo|ode].
 
 Any config key can be overridden: --config.model.parameterization=x0 --config.training.num_steps=100.
 Configs are locked, so a misspelt key fails at once. train resumes from DIR/checkpoints by itself.
@@ -22,14 +23,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics, samples, config")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "train (and evaluate), eval (ELBO bits/dim), sample")
+_EVAL_METHOD = flags.DEFINE_enum("eval_method", "elbo", ["elbo", "ode"],
+                                 "--mode=eval: ELBO bits/dim, or bits/dim through the probability-flow ODE")
+_ODE_STEPS = flags.DEFINE_integer("ode_steps", 64, "--eval_method=ode: RK4 steps, uniform in log-SNR")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "--eval_method=ode: stop after this many test examples (0: all)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(mode: str, config, workdir: str):
     """Dispatch to one library function: train.train_and_evaluate, train.evaluate or train.sample."""
     from vdm import train        # imported after flag parsing: jax starts here, not at --help
-    return {"train": train.train_and_evaluate, "eval": train.evaluate, "sample": train.sample}[mode](
-        config, workdir)
+    if mode == "eval":
+        return train.evaluate(config, workdir, method=_EVAL_METHOD.value, ode_steps=_ODE_STEPS.value,
+                              max_examples=_MAX_EXAMPLES.value)
+    return {"train": train.train_and_evaluate, "sample": train.sample}[mode](config, workdir)
 
 
 def main(argv: list[str]) -> int:

@@ -34,7 +34,7 @@ import tqdm
 
 from vdm import config_utils, data, diffusion, objectives, parallel
 from vdm.checkpoint import Checkpointer
-from vdm.evaluate import host_slice, evaluate_elbo, make_sampler, sample_labels
+from vdm.evaluate import host_slice, evaluate_elbo, evaluate_ode, make_sampler, sample_labels
 from vdm.metrics import MetricWriter, plot_bpd, save_samples_png
 from vdm.models import LearnedSchedule, get_model, variance_minimizing_grads
 from vdm.schedules import Schedule, dgamma_dt, get_schedule
@@ -422,13 +422,21 @@ def _restore_for_inference(config: ml_collections.ConfigDict, workdir: str) -> t
     return trainer, mesh, state, step
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """--mode=eval: -ELBO bits/dim (continuous, or config.eval.num_steps discrete) of the newest checkpoint's EMA params."""
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, method: str = "elbo",
+             ode_steps: int = 64, max_examples: int = 0) -> dict:
+    """--mode=eval with the newest checkpoint's EMA params: -ELBO bits/dim (continuous, or
+    config.eval.num_steps discrete) for method='elbo'; probability-flow ODE bits/dim for 'ode'."""
+    if method not in ("elbo", "ode"):
+        raise config_utils.ConfigError(f"eval method {method!r} is not valid; choose one of 'elbo', 'ode'.")
     trainer, mesh, state, step = _restore_for_inference(config, workdir)
-    eval_fn = parallel.data_parallel_eval(functools.partial(eval_step, trainer), mesh)
-    result = evaluate_elbo(eval_fn, state.ema_params, config, trainer.info, mesh,
-                           _derived_key(config, 1, step))
-    result["eval/num_steps"] = config.eval.num_steps
+    key = _derived_key(config, 1, step)
+    if method == "ode":
+        result = evaluate_ode(trainer.denoise_fn(state.ema_params), trainer.schedule(state.ema_params),
+                              config, trainer.info, key, num_steps=ode_steps, max_examples=max_examples)
+    else:
+        eval_fn = parallel.data_parallel_eval(functools.partial(eval_step, trainer), mesh)
+        result = evaluate_elbo(eval_fn, state.ema_params, config, trainer.info, mesh, key)
+        result["eval/num_steps"] = config.eval.num_steps
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
     writer.write(step, result)
     writer.close()
