@@ -19,16 +19,22 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
+# TensorFlow, only to prepare TFDS data sets (the tests exercise preparation on tiny IDX files).
+PREP_STAMP := $(VENV)/.prepare.stamp
+$(PREP_STAMP): $(STAMP) requirements-prepare.txt
+	$(PY) -m pip install -q -r requirements-prepare.txt
+	touch $(PREP_STAMP)
+
 # Fashion-MNIST, prepared once as TFDS array_record files from Debian's dataset-fashion-mnist
 # (installed when missing and possible: root + apt; otherwise it says how to get it). Preparing needs
 # TensorFlow (requirements-prepare.txt, installed only then); training and tests never import it.
 data: $(STAMP)
 	PYTHON=$(PY) bash scripts/prepare_data.sh
 
-test: data
+test: data $(PREP_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: data
+test-all: data $(PREP_STAMP)
 	$(PY) -m pytest -q
 
 train: data
