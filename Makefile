@@ -27,7 +27,7 @@ $(PREP_STAMP): $(STAMP) requirements-prepare.txt
 
 # Fashion-MNIST, prepared once as TFDS array_record files from Debian's dataset-fashion-mnist
 # (installed when missing and possible: root + apt; otherwise it says how to get it). Preparing needs
-# TensorFlow (requirements-prepare.txt, installed only then); training and tests never import it.
+# TensorFlow (requirements-prepare.txt, installed only then); training never imports it.
 data: $(STAMP)
 	PYTHON=$(PY) bash scripts/prepare_data.sh
 
