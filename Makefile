@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.requirements.stamp
 WORKDIR ?= workdir/fashion_mnist
 CONFIG  ?= configs/fashion_mnist.py
 
-.PHONY: venv test test-all train data benchmark clean
+.PHONY: venv test test-all train data benchmark feature-net compare-objectives clean
 
 # The virtual environment, rebuilt whenever requirements.txt changes; a .pth file puts this
 # checkout on its path, so `import vdm` works from experiments/ and notebooks.
@@ -42,6 +42,16 @@ train: data
 
 benchmark: $(STAMP)
 	$(PY) experiments/benchmark.py
+
+# The Fashion-MNIST classifier whose features give the Frechet distance of compare_objectives
+# (documented as such, not Inception FID); trained once, cached, reused.
+feature-net: data
+	$(PY) experiments/feature_net.py --config=configs/feature_net.py --workdir=experiments/results/feature_net
+
+# The objective x parameterisation grid: make compare-objectives NAME=fm_grid ARGS="--steps=2000"
+NAME ?= grid
+compare-objectives: data feature-net
+	$(PY) experiments/compare_objectives.py --config=$(CONFIG) --name=$(NAME) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

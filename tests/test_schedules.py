@@ -101,3 +101,11 @@ def test_bad_schedule_arguments_fail_clearly():
         S.linear_logsnr(5.0, -1.0)
     with pytest.raises(ValueError, match="strictly decreasing"):
         S.from_alphas_cumprod([0.5, 0.9])
+
+
+def test_cosine_is_finite_on_the_discrete_grid_under_jit():
+    """jit may round 1 - i/T slightly below zero at t = 1; the schedule must stay at its clip, not NaN."""
+    i = jnp.arange(0, 11, dtype=jnp.float32)
+    g = jax.jit(lambda i: S.cosine()(i / 10.0))(i)
+    assert np.all(np.isfinite(np.asarray(g)))
+    assert float(g[-1]) == 20.0 and float(g[0]) == -20.0

@@ -79,9 +79,10 @@ def cosine(s: float = 0.008, gamma_min: float = -20.0, gamma_max: float = 20.0) 
 
     def schedule(t: Array) -> Array:
         t = jnp.asarray(t, jnp.float32)
-        a = jnp.sin(t * half_pi_over)                 # sin(u - u0)
-        b = jnp.sin((t + 2.0 * s) * half_pi_over)     # sin(u + u0)
-        c = jnp.sin((1.0 - t) * half_pi_over)         # cos(u)
+        # Clamp at the ends: under jit, 1 - i/T may round to -1.5e-8 at t = 1 (log of a negative).
+        a = jnp.sin(jnp.maximum(t, 0.0) * half_pi_over)          # sin(u - u0)
+        b = jnp.sin((t + 2.0 * s) * half_pi_over)                # sin(u + u0)
+        c = jnp.sin(jnp.maximum(1.0 - t, 0.0) * half_pi_over)    # cos(u)
         gamma = jnp.log(a) + jnp.log(b) - 2.0 * jnp.log(c)
         return jnp.clip(gamma, gamma_min, gamma_max)
 
