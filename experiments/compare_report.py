@@ -1,0 +1,271 @@
+"""The report of a compare_objectives result folder: results.csv, results.md, curves.csv, header.json, figures/.
+
+Everything the report and notebook 02 need sits at the top of the folder, so it can be committed
+without the cells/ (checkpoints). Figures: bpd_heatmap.png (parameterisation x weighting, mean
+over seeds), fd_heatmap.png, bpd_vs_steps.png, schedules.png, samples_montage.png and
+samples/<cell>.png (each cell's last sample grid from training).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+BASE_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "seed", "steps", "status",
+                "bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion")
+TAIL_COLUMNS = ("fd", "fd_features", "fd_num_samples", "sample_nonfinite_frac", "train_seconds",
+                "measure_seconds", "hardware", "samples_png", "notes")
+TEXT_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "status", "fd_features", "hardware",
+                "samples_png", "notes")
+
+
+def columns(eval_steps: tuple[int, ...] | list[int]) -> list[str]:
+    """CSV columns: cell identity, ELBO bits/dim (+ SE, 3 terms), bpd_T<T>(+_se) per T, FD, timings."""
+    return [*BASE_COLUMNS, *(c for t in eval_steps for c in (f"bpd_T{t}", f"bpd_T{t}_se")), *TAIL_COLUMNS]
+
+
+def eval_steps_of(cols: list[str]) -> list[int]:
+    """The discrete T present in a column list (bpd_T<T> columns)."""
+    return [int(c[5:]) for c in cols if c.startswith("bpd_T") and not c.endswith("_se")]
+
+
+def write_csv(path: str, rows: list[dict], eval_steps: tuple[int, ...]) -> None:
+    """One row per cell; missing values empty."""
+    cols = columns(eval_steps)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: "" if r.get(c) is None else r.get(c) for c in cols})
+
+
+def read_csv(path: str) -> list[dict]:
+    """Rows of results.csv with numbers as float/int and empty cells as None."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k in TEXT_COLUMNS:
+                continue
+            r[k] = None if v == "" else (int(v) if k in ("seed", "steps", "fd_num_samples") else float(v))
+    return rows
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(rows: list[dict], eval_steps: tuple[int, ...]) -> str:
+    """A Markdown table: one line per cell, bpd ± SE and its terms, discrete-T bpd, FD, train seconds."""
+    head = ["cell", "param", "weighting", "schedule", "seed", "bpd ± se", "recon", "prior", "diffusion",
+            *(f"bpd T={t}" for t in eval_steps), "FD", "train s", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append("| " + " | ".join([r["cell"], r["parameterization"], r["weighting"], r["schedule"],
+                                            str(r["seed"]), f"**{r.get('status')}**"] + ["–"] * (len(head) - 6)) + " |")
+            continue
+        vals = [r["cell"], r["parameterization"], r["weighting"], r["schedule"], str(r["seed"]),
+                f"{_fmt(r['bpd'])} ± {_fmt(r['bpd_se'])}", _fmt(r["bpd_recon"]), _fmt(r["bpd_prior"], 4),
+                _fmt(r["bpd_diffusion"]), *(_fmt(r.get(f"bpd_T{t}")) for t in eval_steps),
+                _fmt(r.get("fd"), 4), _fmt(r.get("train_seconds"), 0), r.get("notes") or ""]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def read_curves(cell_dir: str) -> list[tuple[int, float, float | None]]:
+    """[(step, eval bpd, se)] of the training loop's evaluations in CELL/metrics.jsonl (last record per step)."""
+    path = os.path.join(cell_dir, "metrics.jsonl")
+    points: dict[int, tuple[float, float | None]] = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line) if line.strip() else {}
+                if r.get("eval/bpd") is not None and "eval/num_steps" not in r:
+                    points[int(r["step"])] = (float(r["eval/bpd"]), r.get("eval/bpd_se"))
+    return [(s, *points[s]) for s in sorted(points)]
+
+
+def write_curves_csv(path: str, curves: dict[str, list]) -> None:
+    """curves.csv: cell, step, bpd, bpd_se."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cell", "step", "bpd", "bpd_se"])
+        for cell, pts in curves.items():
+            for step, bpd, se in pts:
+                w.writerow([cell, step, bpd, "" if se is None else se])
+
+
+def read_curves_csv(path: str) -> dict[str, list[tuple[int, float, float | None]]]:
+    """{cell: [(step, bpd, se)]} from curves.csv."""
+    out: dict[str, list] = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            out.setdefault(r["cell"], []).append(
+                (int(r["step"]), float(r["bpd"]), float(r["bpd_se"]) if r["bpd_se"] else None))
+    return out
+
+
+def heatmap_matrix(rows: list[dict], value: str = "bpd", schedule: str | None = None,
+                   ) -> tuple[list[str], list[str], np.ndarray]:
+    """(parameterisations, weightings, M [P, W]): mean of `value` over seeds of the ok cells (NaN where none)."""
+    ok = [r for r in rows if r.get("status") == "ok" and (schedule is None or r["schedule"] == schedule)]
+    params = list(dict.fromkeys(r["parameterization"] for r in ok))
+    weights = list(dict.fromkeys(r["weighting"] for r in ok))
+    m = np.full((len(params), len(weights)), np.nan)
+    for i, p in enumerate(params):
+        for j, w in enumerate(weights):
+            vals = [r[value] for r in ok if r["parameterization"] == p and r["weighting"] == w
+                    and r.get(value) is not None]
+            if vals:
+                m[i, j] = float(np.mean(vals))
+    return params, weights, m
+
+
+def plot_heatmap(rows: list[dict], value: str = "bpd", schedule: str | None = None, ax=None):
+    """Heat map of `value` (parameterisation rows x weighting columns), numbers written in; returns the axes."""
+    import matplotlib.pyplot as plt
+    params, weights, m = heatmap_matrix(rows, value, schedule)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.3 * max(len(weights), 2) + 2, 0.8 * max(len(params), 2) + 1.5))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(weights)), weights)
+    ax.set_yticks(range(len(params)), params)
+    ax.set_xlabel("training weighting")
+    ax.set_ylabel("parameterisation")
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+    ax.figure.colorbar(im, ax=ax, label=value + (" (lower is better)" if value in ("bpd", "fd") else ""))
+    ax.set_title(f"test {value}" + (f", schedule {schedule}" if schedule else ""))
+    return ax
+
+
+def plot_curves(curves: dict[str, list], ax=None):
+    """Test bpd (true ELBO) against training step, one line per cell; returns the axes."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    for cell, pts in curves.items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=cell)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test -ELBO (bits/dim)")
+    if 0 < len(curves) <= 30:
+        ax.legend(fontsize=6, ncol=2)
+    return ax
+
+
+def plot_schedules(rows: list[dict], ax=None):
+    """Bar chart of bpd ± SE per schedule for the schedule grid's cells (same parameterisation and weighting)."""
+    import matplotlib.pyplot as plt
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("bpd") is not None]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    labels = [f"{r['schedule']}\n{r['parameterization']}-{r['weighting']} s{r['seed']}" for r in ok]
+    ax.bar(range(len(ok)), [r["bpd"] for r in ok], yerr=[r["bpd_se"] or 0 for r in ok], capsize=3)
+    ax.set_xticks(range(len(ok)), labels, fontsize=7)
+    ax.set_ylabel("test -ELBO (bits/dim)")
+    return ax
+
+
+def sample_montage(result_dir: str, rows: list[dict], max_cells: int = 24, panel_inches: float = 2.2):
+    """A figure of every cell's sample grid (figures/samples/<cell>.png), titled by cell; None if none exist."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    items = [(r["cell"], os.path.join(result_dir, r["samples_png"])) for r in rows
+             if r.get("samples_png") and os.path.exists(os.path.join(result_dir, r["samples_png"]))][:max_cells]
+    if not items:
+        return None
+    cols = min(6, len(items))
+    nrows = math.ceil(len(items) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(panel_inches * cols, (panel_inches + 0.2) * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (cell, path) in zip(axes.ravel(), items):
+        ax.imshow(np.asarray(Image.open(path)), cmap="gray")
+        ax.set_title(cell, fontsize=6 if panel_inches < 2 else 7)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ...], header: dict,
+                 base_schedule: str) -> None:
+    """Write results.csv, results.md, curves.csv, header.json and figures/ for `rows` (see module docstring)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig_dir = os.path.join(result_dir, "figures")
+    os.makedirs(os.path.join(fig_dir, "samples"), exist_ok=True)
+    curves = {}
+    for r in rows:
+        cell_dir = os.path.join(result_dir, "cells", r["cell"])
+        curves[r["cell"]] = read_curves(cell_dir)
+        src = os.path.join(cell_dir, r.get("samples_png") or "")
+        if r.get("samples_png") and os.path.exists(src) and not r["samples_png"].startswith("figures/"):
+            shutil.copyfile(src, os.path.join(fig_dir, "samples", r["cell"] + ".png"))
+            r["samples_png"] = f"figures/samples/{r['cell']}.png"
+    write_csv(os.path.join(result_dir, "results.csv"), rows, eval_steps)
+    write_curves_csv(os.path.join(result_dir, "curves.csv"), curves)
+    with open(os.path.join(result_dir, "header.json"), "w") as f:
+        json.dump(header, f, indent=1, sort_keys=True, default=str)
+    ok = [r for r in rows if r.get("status") == "ok"]
+    train_s = [r["train_seconds"] for r in ok if r.get("train_seconds") is not None]
+    total_s = [r["train_seconds"] + (r.get("measure_seconds") or 0.0) for r in ok if r.get("train_seconds") is not None]
+    lines = [f"# compare_objectives: {os.path.basename(result_dir)}", "",
+             f"- config: `{header.get('config')}`, overrides: `{header.get('overrides')}`",
+             f"- cells finished: {header.get('cells_finished', len(rows))} ({len(ok)} ok), "
+             f"{header.get('steps')} steps each, seeds "
+             f"{header.get('seeds')}, grid {header.get('grid')}, ELBO evaluated every {header.get('eval_every')} steps",
+             f"- hardware: {header.get('hardware')}, {header.get('parallel')} cell(s) at a time",
+             f"- time per cell (training / all stages): " + (
+                 f"mean {np.mean(train_s):.0f} s / {np.mean(total_s):.0f} s, max {np.max(train_s):.0f} s / "
+                 f"{np.max(total_s):.0f} s; sum of all stages {np.sum(total_s):.0f} s" if train_s else "–")
+             + f"; wall-clock of the last invocation {header.get('wall_clock_s', 0):.0f} s",
+             f"- bpd: true continuous-time -ELBO on the test split (bits/dim) ± its standard error, whatever "
+             "the training weighting; `bpd T=k`: the k-step discrete ELBO",
+             f"- FD: squared Fréchet distance of {header.get('fd_features')} between {header.get('fd_samples')} "
+             "samples and the test split (not Inception FID)", f"- date: {header.get('date')}", "",
+             markdown_table(rows, eval_steps)]
+    with open(os.path.join(result_dir, "results.md"), "w") as f:
+        f.write("\n".join(lines))
+    figures = []
+    if any(r["schedule"] == base_schedule for r in ok):
+        figures.append(("bpd_heatmap.png", lambda: plot_heatmap(rows, "bpd", base_schedule)))
+        if any(r.get("fd") is not None for r in ok):
+            figures.append(("fd_heatmap.png", lambda: plot_heatmap(rows, "fd", base_schedule)))
+    if len({r["schedule"] for r in ok}) > 1:
+        sched_rows = [r for r in ok if (r["parameterization"], r["weighting"]) in
+                      {(q["parameterization"], q["weighting"]) for q in ok if q["schedule"] != base_schedule}]
+        figures.append(("schedules.png", lambda: plot_schedules(sched_rows)))
+    figures.append(("bpd_vs_steps.png", lambda: plot_curves(curves)))
+    for name, make in figures:
+        ax = make()
+        ax.figure.tight_layout()
+        ax.figure.savefig(os.path.join(fig_dir, name), dpi=100)
+        plt.close(ax.figure)
+    fig = sample_montage(result_dir, rows)
+    if fig is not None:
+        fig.savefig(os.path.join(fig_dir, "samples_montage.png"), dpi=100)
+        plt.close(fig)
+
+
+def load_results(result_dir: str) -> dict:
+    """{'rows', 'curves', 'header', 'eval_steps'} of a result folder (for notebooks); FileNotFoundError if absent."""
+    path = os.path.join(result_dir, "results.csv")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run experiments/compare_objectives.py with --name first.")
+    with open(path, newline="") as f:
+        cols = next(csv.reader(f))
+    with open(os.path.join(result_dir, "header.json")) as f:
+        header = json.load(f)
+    return {"rows": read_csv(path), "curves": read_curves_csv(os.path.join(result_dir, "curves.csv")),
+            "header": header, "eval_steps": eval_steps_of(cols)}

@@ -1,0 +1,195 @@
+"""experiments/compare_objectives.py: the grid, the pass-through of overrides, the report, and skip-on-rerun.
+
+The end-to-end test runs two toy2d cells for a few steps through the real CLI (which itself runs
+`python -m vdm.main` per stage), then reruns the same command and checks that nothing ran again.
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
+import compare_objectives as co  # noqa: E402
+import compare_report as report  # noqa: E402
+
+SCRIPT = os.path.join(REPO_ROOT, "experiments", "compare_objectives.py")
+
+
+def test_param_weighting_grid_is_every_pair_once():
+    cells = co.enumerate_cells(["param_weighting"], seeds=[0], base_schedule="linear_logsnr")
+    pairs = {(c.parameterization, c.weighting) for c in cells}
+    assert len(cells) == 24 and len(pairs) == 24
+    assert {p for p, _ in pairs} == {"eps", "x0", "score", "v"}
+    assert {w for _, w in pairs} == {"elbo", "simple", "snr", "min_snr", "sigmoid", "edm"}
+    assert {c.schedule for c in cells} == {"linear_logsnr"}
+    assert len({c.name for c in cells}) == 24
+
+
+def test_schedule_grid_shares_its_base_cell_and_seeds_multiply():
+    sched = co.enumerate_cells(["schedule"], seeds=[0], base_schedule="linear_logsnr", schedule_weighting="snr")
+    assert [(c.schedule, c.weighting, c.parameterization) for c in sched] == [
+        ("linear_logsnr", "snr", "eps"), ("cosine", "snr", "eps"), ("learned", "snr", "eps")]
+    both = co.enumerate_cells(["param_weighting", "schedule"], seeds=[0, 1], base_schedule="linear_logsnr")
+    assert len(both) == (24 + 2) * 2                # eps-elbo-linear_logsnr is in both grids: once
+    assert len({c.name for c in both}) == len(both)
+    # On a cosine base config the schedule grid's cosine cell is the shared one instead.
+    assert len(co.enumerate_cells(["param_weighting", "schedule"], seeds=[0], base_schedule="cosine")) == 26
+
+
+def test_cell_patterns_and_bad_choices():
+    cells = co.enumerate_cells(["param_weighting"], seeds=[0, 3], base_schedule="cosine", patterns=["v-*-s3", "eps-elbo-*"])
+    assert sorted(c.name for c in cells) == sorted(
+        [f"v-{w}-cosine-s3" for w in ("elbo", "simple", "snr", "min_snr", "sigmoid", "edm")]
+        + ["eps-elbo-cosine-s0", "eps-elbo-cosine-s3"])
+    with pytest.raises(ValueError, match="choose one or more of param_weighting, schedule"):
+        co.enumerate_cells(["params"], seeds=[0], base_schedule="cosine")
+    with pytest.raises(ValueError, match="schedule_weighting='l2'"):
+        co.enumerate_cells(["schedule"], seeds=[0], base_schedule="cosine", schedule_weighting="l2")
+    with pytest.raises(ValueError, match="matches no cell"):
+        co.enumerate_cells(["schedule"], seeds=[0], base_schedule="cosine", patterns=["nothing"])
+    with pytest.raises(ValueError, match="distinct"):
+        co.enumerate_cells(["schedule"], seeds=[1, 1], base_schedule="cosine")
+
+
+def test_overrides_pass_through_and_grid_keys_are_refused():
+    argv, passed = co.split_overrides(["prog", "--config=c.py", "--override=config.training.batch_size=32",
+                                       "--override", "config.model.width=16", "--config.optimizer.b2=0.9"])
+    assert passed == ["--config.training.batch_size=32", "--config.model.width=16", "--config.optimizer.b2=0.9"]
+    assert argv == ["prog", "--config=c.py", *passed]
+    with pytest.raises(ValueError, match="set per cell"):
+        co.split_overrides(["prog", "--override=config.loss.weighting=snr"])
+    with pytest.raises(ValueError, match="start with 'config.'"):
+        co.split_overrides(["prog", "--override=training.batch_size=3"])
+
+
+def test_stage_commands_are_the_user_cli_with_the_cell_flags():
+    cell = co.Cell("x0", "min_snr", "cosine", 2)
+    opts = co.Options("/r/configs/toy2d.py:small", ("--config.model.width=16",), 40, 20, (10, 100), 64, True,
+                      "/fn", {"dataset": "mixture2d"}, python="py")
+    cmds = co.stage_commands(cell, opts, "/res/cells/x")
+    assert list(cmds) == ["train", "eval_T10", "eval_T100", "sample"]
+    for argv in cmds.values():
+        assert argv[:5] == ["py", "-m", "vdm.main", "--config=/r/configs/toy2d.py:small", "--workdir=/res/cells/x"]
+        for flag in ("--config.model.width=16", "--config.model.parameterization=x0", "--config.loss.weighting=min_snr",
+                     "--config.model.schedule=cosine", "--config.seed=2", "--config.training.num_steps=40"):
+            assert flag in argv
+    assert cmds["train"][-1] == "--config.eval.num_steps=0" and "--mode=eval" not in cmds["train"]
+    assert cmds["eval_T100"][-2:] == ["--mode=eval", "--config.eval.num_steps=100"]
+    assert cmds["sample"][-2:] == ["--mode=sample", "--config.sampling.num_samples=64"]
+
+
+def _rows(specs):
+    keys = ("parameterization", "weighting", "seed", "bpd", "fd")
+    out = []
+    for spec in specs:
+        r = dict(zip(keys, spec), schedule="cosine", status="ok", steps=10, bpd_se=0.1, bpd_recon=0.5,
+                 bpd_prior=0.01, bpd_T10=None, bpd_T10_se=None, train_seconds=3.0)
+        r["bpd_diffusion"] = r["bpd"] - 0.51
+        r["cell"] = f"{r['parameterization']}-{r['weighting']}-cosine-s{r['seed']}"
+        out.append(r)
+    return out
+
+
+def test_report_tables_and_heatmap_average_seeds(tmp_path):
+    rows = _rows([("eps", "elbo", 0, 3.0, 1.0), ("eps", "elbo", 1, 4.0, 3.0), ("v", "snr", 0, 2.5, None)])
+    rows.append({"cell": "v-elbo-cosine-s0", "parameterization": "v", "weighting": "elbo", "schedule": "cosine",
+                 "seed": 0, "steps": 10, "status": "failed"})
+    params, weights, m = report.heatmap_matrix(rows, "bpd")
+    assert params == ["eps", "v"] and weights == ["elbo", "snr"]
+    assert m[0, 0] == 3.5 and m[1, 1] == 2.5 and math.isnan(m[0, 1]) and math.isnan(m[1, 0])   # failed cell: NaN
+    path = str(tmp_path / "r.csv")
+    report.write_csv(path, rows, (10,))
+    back = report.read_csv(path)
+    assert list(back[0]) == report.columns((10,)) and len(back) == 4
+    assert back[0]["bpd"] == 3.0 and back[2]["fd"] is None and back[3]["status"] == "failed"
+    table = report.markdown_table(rows, (10,)).splitlines()
+    assert table[0].startswith("| cell | param | weighting | schedule | seed | bpd ± se |") and "bpd T=10" in table[0]
+    assert len(table) == 2 + 4 and "3.000 ± 0.100" in table[2] and "**failed**" in table[5]
+
+
+def _run(name, root, *extra):
+    cmd = [sys.executable, SCRIPT, "--config=configs/toy2d.py:small", f"--name={name}", f"--results_root={root}",
+           "--steps=4", "--num_evals=2", "--cells=eps-elbo-*,v-snr-*", "--eval_steps=10", "--fd_samples=64",
+           "--parallel=2", "--override=config.data.num_test=256",
+           "--override=config.sampling.num_samples=32", *extra]       # training grids of 32; the FD stage's 64 wins
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _mtimes(folder):
+    out = {}
+    for base, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(base, f)
+            out[path] = os.stat(path).st_mtime_ns
+    return out
+
+
+def test_grid_runs_through_the_cli_writes_the_report_and_skips_finished_cells(tmp_path):
+    root = str(tmp_path)
+    proc = _run("g", root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = os.path.join(root, "g")
+    with open(os.path.join(result, "results.csv"), newline="") as f:
+        header = next(csv.reader(f))
+    assert header == report.columns((10,))
+    rows = report.read_csv(os.path.join(result, "results.csv"))
+    assert [r["cell"] for r in rows] == ["eps-elbo-linear_logsnr-s0", "v-snr-linear_logsnr-s0"]
+    for r in rows:
+        assert r["status"] == "ok" and r["steps"] == 4 and r["bpd_se"] > 0
+        # The three terms add up to the total (each is an independent mean over the same examples).
+        assert r["bpd"] == pytest.approx(r["bpd_recon"] + r["bpd_prior"] + r["bpd_diffusion"], abs=1e-6)
+        assert math.isfinite(r["bpd_T10"]) and r["bpd_T10_se"] > 0
+        assert r["fd"] >= 0 and r["fd_num_samples"] == 64 and r["fd_features"] == "data"
+        assert os.path.exists(os.path.join(result, r["samples_png"]))
+        cell_dir = os.path.join(result, "cells", r["cell"])
+        with open(os.path.join(cell_dir, "config.json")) as f:     # the cell really ran its own settings
+            cfg = json.load(f)
+        assert (cfg["model"]["parameterization"], cfg["loss"]["weighting"], cfg["training"]["num_steps"],
+                cfg["data"]["num_test"], cfg["sampling"]["num_samples"]) == (r["parameterization"], r["weighting"],
+                                                                             4, 256, 32)
+    curves = report.read_curves_csv(os.path.join(result, "curves.csv"))
+    assert [s for s, _, _ in curves["eps-elbo-linear_logsnr-s0"]] == [2, 4]      # num_evals=2
+    with open(os.path.join(result, "results.md")) as f:
+        md = f.read()
+    assert "| eps-elbo-linear_logsnr-s0 | eps | elbo |" in md and "not Inception FID" in md
+    for fig in ("bpd_heatmap.png", "fd_heatmap.png", "bpd_vs_steps.png", "samples_montage.png"):
+        assert os.path.getsize(os.path.join(result, "figures", fig)) > 1000
+
+    cells_before = _mtimes(os.path.join(result, "cells"))
+    again = _run("g", root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done already: skipped") == 2
+    assert _mtimes(os.path.join(result, "cells")) == cells_before      # no file in any cell was touched
+    assert report.read_csv(os.path.join(result, "results.csv")) == rows
+
+    # The same cell asked with other training settings is refused, not silently reused.
+    done = json.load(open(os.path.join(result, "cells", rows[0]["cell"], "DONE.json")))
+    train_argv = done["spec"]["commands"]["train"]
+    opts = co.Options(train_argv[2].split("=", 1)[1], ("--config.data.num_test=128",), 4, 2, (10,), 64, True,
+                      co.DEFAULT_FEATURE_NET_DIR, {"dataset": "mixture2d", "num_test": 128})
+    with pytest.raises(co.CellError, match="trained with other settings"):
+        co.run_cell(co.Cell("eps", "elbo", "linear_logsnr", 0), opts,
+                    os.path.join(result, "cells", rows[0]["cell"]), log=lambda s: None)
+
+
+def test_gpu_slots_set_the_device_and_split_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert co.detect_gpus() == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert co.detect_gpus() == []
+    probe = [sys.executable, "-c", "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), "
+             "os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'))"]
+    log = str(tmp_path / "logs" / "probe.log")
+    co._run_stage(probe, log, "5", share=2)
+    assert open(log).read().splitlines()[-1] == "5 0.450"
+    co._run_stage(probe, log, "5", share=1)
+    assert open(log).read().splitlines()[-1] == "5 None"
+    with pytest.raises(co.CellError, match="exit 3"):
+        co._run_stage([sys.executable, "-c", "raise SystemExit(3)"], log, None)
