@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from vdm import data, parallel
-from vdm.guidance import cfg_denoise_fn
+from vdm.guidance import cfg_denoise_fn, classifier_guided_denoise_fn
 from vdm.sampling import sample as run_sampler
 
 Array = jax.Array
@@ -74,8 +74,11 @@ def sample_labels(config: Any, num: int) -> Array | None:
     return jnp.arange(num, dtype=jnp.int32) % num_classes
 
 
-def make_sampler(trainer: Any, num: int) -> Callable[[PyTree, Array], Array]:
-    """jit fn(params, key) -> num samples [num, *shape] with config.sampling (method, steps, guidance, class)."""
+def make_sampler(trainer: Any, num: int, classifier: tuple | None = None) -> Callable[[PyTree, Array], Array]:
+    """jit fn(params, key) -> num samples [num, *shape] with config.sampling (method, steps, guidance, class).
+
+    classifier: optional (log_prob_fn(z, t, y), labels [num], scale) for classifier guidance.
+    """
     c = trainer.config
     labels = sample_labels(c, num)
     shape = (num,) + tuple(trainer.info.shape)
@@ -86,6 +89,10 @@ def make_sampler(trainer: Any, num: int) -> Callable[[PyTree, Array], Array]:
             denoise = cfg_denoise_fn(cond, c.model.num_classes, c.sampling.guidance_weight, y=labels)
         else:
             denoise = trainer.denoise_fn(params, labels)
+        if classifier is not None:
+            log_prob_fn, y, scale = classifier
+            denoise = classifier_guided_denoise_fn(denoise, log_prob_fn, y, scale, trainer.schedule(params),
+                                                   c.model.parameterization)
         return run_sampler(denoise, shape, key, schedule=trainer.schedule(params),
                            parameterization=c.model.parameterization, method=c.sampling.method,
                            num_steps=c.sampling.num_steps)

@@ -27,6 +27,10 @@ _EVAL_METHOD = flags.DEFINE_enum("eval_method", "elbo", ["elbo", "ode"],
                                  "--mode=eval: ELBO bits/dim, or bits/dim through the probability-flow ODE")
 _ODE_STEPS = flags.DEFINE_integer("ode_steps", 64, "--eval_method=ode: RK4 steps, uniform in log-SNR")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "--eval_method=ode: stop after this many test examples (0: all)")
+_CLASSIFIER_WORKDIR = flags.DEFINE_string("classifier_workdir", None,
+                                          "--mode=sample: noisy classifier (vdm.train_classifier) for guidance")
+_CLASSIFIER_SCALE = flags.DEFINE_float("classifier_scale", 1.0, "--mode=sample: classifier-guidance scale")
+_CLASSIFIER_LABEL = flags.DEFINE_integer("classifier_label", -1, "--mode=sample: class to guide toward (-1: each in turn)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,7 +40,10 @@ def run(mode: str, config, workdir: str):
     if mode == "eval":
         return train.evaluate(config, workdir, method=_EVAL_METHOD.value, ode_steps=_ODE_STEPS.value,
                               max_examples=_MAX_EXAMPLES.value)
-    return {"train": train.train_and_evaluate, "sample": train.sample}[mode](config, workdir)
+    if mode == "sample":
+        return train.sample(config, workdir, classifier_workdir=_CLASSIFIER_WORKDIR.value,
+                            classifier_scale=_CLASSIFIER_SCALE.value, classifier_label=_CLASSIFIER_LABEL.value)
+    return train.train_and_evaluate(config, workdir)
 
 
 def main(argv: list[str]) -> int:

@@ -443,17 +443,35 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, method: str = "
     return result
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """--mode=sample: config.sampling.num_samples samples from the newest checkpoint to a PNG grid and an .npz; returns the PNG path."""
+def sample(config: ml_collections.ConfigDict, workdir: str, *, classifier_workdir: str | None = None,
+           classifier_scale: float = 0.0, classifier_label: int = -1) -> str:
+    """--mode=sample: config.sampling.num_samples samples from the newest checkpoint to a PNG grid and an .npz; returns the PNG path.
+
+    classifier_workdir/classifier_scale: classifier guidance with a noisy classifier trained by
+    vdm.train_classifier, toward classifier_label (or each class in turn if -1); the diffusion
+    model itself may be unconditional.
+    """
     trainer, mesh, state, step = _restore_for_inference(config, workdir)
     s = config.sampling
-    samples = parallel.to_host(make_sampler(trainer, s.num_samples)(state.ema_params,
-                                                                    _derived_key(config, 2, step)))
+    guidance = None
+    if classifier_workdir:
+        from vdm.train_classifier import load_log_prob_fn
+        log_prob_fn, num_classes = load_log_prob_fn(classifier_workdir)
+        if not -1 <= classifier_label < num_classes:
+            raise config_utils.ConfigError(f"classifier_label={classifier_label} must be -1 (each class in "
+                                           f"turn) or a class of the classifier, in [0, {num_classes}).")
+        labels = (jnp.full((s.num_samples,), classifier_label, jnp.int32) if classifier_label >= 0
+                  else jnp.arange(s.num_samples, dtype=jnp.int32) % num_classes)
+        guidance = (log_prob_fn, labels, classifier_scale)
+    samples = np.asarray(make_sampler(trainer, s.num_samples, classifier=guidance)(
+        state.ema_params, _derived_key(config, 2, step)))
     name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
+    if classifier_workdir:
+        name += f"_cls{classifier_scale:g}_y{classifier_label}"
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
         save_samples_png(path + ".png", samples)
-        labels = sample_labels(config, s.num_samples)
+        labels = guidance[1] if guidance else sample_labels(config, s.num_samples)
         np.savez(path + ".npz", samples=samples,
                  labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
     return path + ".png"
