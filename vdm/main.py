@@ -61,6 +61,11 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)
+    if _MODE.value == "train":
+        w = _WORKDIR.value
+        print(f"test bits/dim {result.get('eval/bpd', float('nan')):.4f} +- {result.get('eval/bpd_se', float('nan')):.4f}"
+              f" (-ELBO, EMA params)\nsamples: {w}/samples/  metrics: {w}/metrics.jsonl (and {w}/tb/)"
+              f"  checkpoints: {w}/checkpoints/  bits/dim figure: {w}/bpd.png", file=sys.stderr)
     return 0
 
 

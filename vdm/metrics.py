@@ -118,12 +118,18 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_bpd(workdir: str, path: str | None = None) -> str | None:
-    """Draw test -ELBO bits/dim and its three terms against the step, from metrics.jsonl, to workdir/bpd.png."""
-    evals = {}
+def plot_bpd(workdir: str, path: str | None = None, *, num_dims: int | None = None) -> str | None:
+    """Draw test -ELBO bits/dim and its three terms against the step, from metrics.jsonl, to workdir/bpd.png.
+
+    With num_dims, the training loss is drawn too, as loss / (D ln 2) (the -ELBO estimate in
+    bits/dim when the weighting is 'elbo').
+    """
+    evals, train = {}, {}
     for r in read_metrics(workdir):          # a resumed run may repeat a step: the last record wins
         if r.get("eval/bpd") is not None:
             evals[r["step"]] = r
+        if r.get("train/loss") is not None:
+            train[r["step"]] = r["train/loss"]
     if not evals:
         return None
     import matplotlib
@@ -132,13 +138,20 @@ def plot_bpd(workdir: str, path: str | None = None) -> str | None:
 
     steps = sorted(evals)
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    if num_dims and train:
+        ts = sorted(train)
+        ax.plot(ts, [train[s] / (num_dims * math.log(2.0)) for s in ts], color="0.6", lw=1,
+                label="train loss / (D ln 2)")
     for key, label in [("eval/bpd", "total"), ("eval/bpd_diffusion", "diffusion"),
                        ("eval/bpd_recon", "reconstruction"), ("eval/bpd_prior", "prior")]:
         values = [evals[s].get(key) for s in steps]
         if all(v is not None for v in values):
             ax.plot(steps, values, marker="o", label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("test -ELBO (bits/dim, EMA params)")
+    ax.set_ylabel("bits/dim (test -ELBO: EMA params)")
+    if num_dims and train:
+        top = max(v.get("eval/bpd") or 0.0 for v in evals.values())
+        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]), top=max(3 * top, 1e-3))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

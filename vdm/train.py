@@ -407,7 +407,7 @@ def evaluate_and_sample(trainer: Trainer, mesh: Any, eval_fn: Callable, sampler:
         save_samples_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples)
     writer.write(step, result)
     if jax.process_index() == 0:
-        plot_bpd(workdir)
+        plot_bpd(workdir, num_dims=trainer.info.num_dims)
     return result
 
 
