@@ -6,12 +6,9 @@
 Edit the cells here, not in the .ipynb, and rebuild.
 """
 
-import argparse
 import pathlib
-import sys
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+import _nbbuild
 
 HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "01_unified_view.ipynb"
@@ -354,32 +351,5 @@ print("all checks passed")
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook object, cells stripped of their leading/trailing blank lines."""
-    cells = [new_markdown_cell(src.strip()) if kind == "md" else new_code_cell(src.strip())
-             for kind, src in CELLS]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--execute", action="store_true", help="execute and store the outputs")
-    args = parser.parse_args()
-    nb = build()
-    if args.execute:
-        from nbclient import NotebookClient
-        NotebookClient(nb, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(HERE)}}).execute()
-        # Drop run-specific metadata so rebuilds diff cleanly.
-        for cell in nb.cells:
-            cell.metadata.pop("execution", None)
-    nbformat.validate(nb)
-    nbformat.write(nb, OUT)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1024:.0f} KB), python {sys.executable}")
-
-
 if __name__ == "__main__":
-    main()
+    _nbbuild.main(CELLS, OUT, __doc__.splitlines()[0], timeout=600)
