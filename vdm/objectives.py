@@ -163,12 +163,23 @@ def weighted_loss(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Sche
                   parameterization: str = "eps", weighting: str = "elbo",
                   antithetic: bool = False, **weighting_kwargs) -> Array:
     """Per-example training loss f(gamma_t, gamma'_t) ||eps - eps_hat||^2 = 1/2 w(lambda_t) gamma'(t) ||.||^2, t ~ U(0,1) (Kingma & Gao 2023, eq. 7)."""
-    weight_fn = get_weighting(weighting)
+    get_weighting(weighting)                          # fail on a bad name before any work
     key_t, key_eps = jax.random.split(key)
     t = sample_t(key_t, x.shape[0], antithetic=antithetic)
     eps = jax.random.normal(key_eps, x.shape, x.dtype)
     gamma_t, dgamma = dgamma_dt(schedule, t)
-    w = weight_fn(gamma_t, dgamma, **weighting_kwargs)
+    return weighted_diffusion_term(denoise_fn, x, eps, t, gamma_t, dgamma, parameterization=parameterization,
+                                   weighting=weighting, **weighting_kwargs)
+
+
+def weighted_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Array,
+                            dgamma: Array, *, parameterization: str = "eps", weighting: str = "elbo",
+                            **weighting_kwargs) -> Array:
+    """Per-example f(gamma_t, gamma'_t) ||eps - eps_hat(z_t; t)||^2 at given t, gamma_t, gamma'_t [B] (Kingma & Gao 2023, eq. 7).
+
+    gamma_t and gamma'_t are inputs so a trainer can differentiate through them (learned schedules).
+    """
+    w = get_weighting(weighting)(gamma_t, dgamma, **weighting_kwargs)
     return w * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
 
 

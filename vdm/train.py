@@ -196,13 +196,13 @@ def loss_and_grads(trainer: Trainer, params: PyTree, batch: dict, example_key: A
     noise = example_noise(example_key, x, antithetic=c.loss.antithetic)
     t, eps, k_drop = noise["t"], noise["eps"], device_key
     y = drop_labels(batch["label"], noise["u"], c.model.num_classes, c.model.label_dropout)
-    weight_fn = objectives.get_weighting(c.loss.weighting)
 
     def diffusion_loss(model_params, gamma_t, dgamma):
         """Per-example f(gamma_t, gamma'_t) ||eps - eps_hat||^2 (f = 1/2 w(lambda) gamma') as a function of (params, gamma_t, gamma'_t)."""
         net = lambda z, _: trainer.apply_model(model_params, z, gamma_t, y, train=True, dropout_key=k_drop)
-        err = objectives.eps_error(net, x, eps, t, gamma_t, c.model.parameterization)
-        return weight_fn(gamma_t, dgamma) * err
+        return objectives.weighted_diffusion_term(net, x, eps, t, gamma_t, dgamma,
+                                                  parameterization=c.model.parameterization,
+                                                  weighting=c.loss.weighting)
 
     def endpoint_terms(gamma_0, gamma_1):
         """Per-example reconstruction -log p(x|z_0) and prior KL(q(z_1|x) || N(0, I))."""
