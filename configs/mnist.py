@@ -73,6 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.sampling.method = "ancestral"   # ancestral, ddim, sde, ode, pc, dpm_solver
     config.sampling.num_steps = 100        # sampler steps
     config.sampling.num_samples = 36       # images per grid / .npz
+    config.sampling.batch_size = 500      # samples per sampler call (bounds memory); 0: all at once
     config.sampling.guidance_weight = 0.0  # classifier-free guidance w (conditional models)
     config.sampling.class_label = -1       # class to sample; -1: cycle through the classes
 

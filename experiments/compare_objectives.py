@@ -2,7 +2,7 @@
 
     python experiments/compare_objectives.py --config=configs/fashion_mnist.py --name=fm_grid \
         --steps=20000 [--seeds=0,1] [--grid=param_weighting,schedule] [--schedule_weighting=elbo] \
-        [--cells='eps-*,v-elbo-*'] [--parallel=K] [--override=config.training.batch_size=64] [--dry_run]
+        [--cells='eps-*,v-elbo-*'] [--parallel=K] [--override=config.training.batch_size=64] [--dry_run] [--report_only]
 
 Grids (equal steps and seeds in every cell):
   param_weighting  parameterization {eps, x0, score, v} x weighting {elbo, simple, snr, min_snr,
@@ -330,11 +330,31 @@ def cell_row(cell: Cell, opts: Options, cell_dir: str, stages: dict) -> dict:
     row["hardware"] = stages["train"].get("hardware", "")
     samples = sorted(glob.glob(os.path.join(cell_dir, "samples", "step_*.png")))
     row["samples_png"] = os.path.relpath(samples[-1], cell_dir) if samples else ""
-    missing = [f"bpd_T{t}" for t in opts.eval_steps if row[f"bpd_T{t}"] is None]
-    if opts.fd_samples > 0 and row["fd"] is None:
-        missing.append("fd")
-    row["notes"] = f"non-finite: {', '.join(missing)}" if missing else ""
+    wanted = [(f"bpd_T{t}", f"eval_T{t}") for t in opts.eval_steps]
+    if opts.fd_samples > 0:
+        wanted.append(("fd", "fd"))
+    not_run = [col for col, stage in wanted if row[col] is None and stage not in stages]
+    nonfinite = [col for col, stage in wanted if row[col] is None and stage in stages]
+    notes = ([f"non-finite: {', '.join(nonfinite)}"] if nonfinite else []) + \
+            ([f"not run: {', '.join(not_run)}"] if not_run else [])
+    row["notes"] = "; ".join(notes)
     return row
+
+
+def report_rows(cells: list[Cell], opts: Options, result_dir: str) -> list[dict]:
+    """--report_only: the rows of the cells whose training finished, from their folders; nothing is run.
+
+    For a grid stopped part-way, or cell folders copied back from another machine (checkpoints
+    left behind): a stage that never ran is named in the row's notes ('not run: fd').
+    """
+    rows = []
+    for cell in cells:
+        cell_dir = os.path.join(result_dir, "cells", cell.name)
+        stages = _read_json(os.path.join(cell_dir, "stages.json"), {})
+        if "train" not in stages or final_eval(read_metrics(cell_dir), opts.steps) is None:
+            continue
+        rows.append(cell_row(cell, opts, cell_dir, stages))
+    return rows
 
 
 def detect_gpus() -> list[str]:
@@ -496,6 +516,21 @@ def main(argv: list[str], passed_overrides: list[str]) -> int:
     if not flat and opts.fd_samples > 0 and not os.path.exists(os.path.join(opts.feature_net_dir, "result.json")):
         raise FileNotFoundError(f"no feature net in {opts.feature_net_dir}: train it once with `make feature-net` "
                                 "(or pass --fd_samples=0 to skip sample quality).")
+    if F.report_only:
+        rows = report_rows(cells, opts, result_dir)
+        if not rows:
+            raise FileNotFoundError(f"--report_only: no finished training under {result_dir}/cells for these cells.")
+        header = {"config": F["config"].config_filename, "overrides": " ".join(opts.user_overrides) or "none",
+                  "steps": steps, "eval_every": eval_every, "seeds": ",".join(F.seeds), "grid": ",".join(F.grid),
+                  "cells_finished": f"{len(rows)} of {len(cells)} (report rebuilt from the cell folders)",
+                  "hardware": " / ".join(sorted({r["hardware"] for r in rows})), "parallel": F.parallel or "?",
+                  "wall_clock_s": None, "fd_samples": opts.fd_samples,
+                  "fd_features": "data coordinates" if flat else f"feature net ({opts.feature_net_dir})",
+                  "date": time.strftime("%Y-%m-%d %H:%M")}
+        compare_report.write_report(result_dir, rows, eval_steps=eval_steps, header=header,
+                                    base_schedule=base.model.schedule)
+        print(f"wrote {result_dir}/results.md from {len(rows)} of {len(cells)} cells")
+        return 0
     hardware = describe_hardware(gpus)
     print(f"{len(cells)} cells x {steps} steps -> {result_dir}; {parallel} at a time on {hardware}", flush=True)
     t0 = time.perf_counter()
@@ -537,6 +572,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("feature_net_dir", DEFAULT_FEATURE_NET_DIR, "trained feature net (make feature-net)")
     flags.DEFINE_string("results_root", DEFAULT_RESULTS_ROOT, "parent of the result folder")
     flags.DEFINE_bool("dry_run", False, "print every command, run nothing")
+    flags.DEFINE_bool("report_only", False, "rebuild the report from the cell folders that finished training; run nothing")
     flags.mark_flags_as_required(["config", "name"])
 
 

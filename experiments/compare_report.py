@@ -132,11 +132,16 @@ def heatmap_matrix(rows: list[dict], value: str = "bpd", schedule: str | None = 
 
 def plot_heatmap(rows: list[dict], value: str = "bpd", schedule: str | None = None, ax=None):
     """Heat map of `value` (parameterisation rows x weighting columns), numbers written in; returns the axes."""
+    import matplotlib
     import matplotlib.pyplot as plt
     params, weights, m = heatmap_matrix(rows, value, schedule)
     if ax is None:
         _, ax = plt.subplots(figsize=(1.3 * max(len(weights), 2) + 2, 0.8 * max(len(params), 2) + 1.5))
-    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis_r", aspect="auto")
+    finite = m[np.isfinite(m)]
+    # A log colour scale when values span more than a factor 5 (one diverged cell would wash out the rest).
+    norm = (matplotlib.colors.LogNorm(vmin=finite.min(), vmax=finite.max())
+            if finite.size and finite.min() > 0 and finite.max() > 5 * finite.min() else None)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis_r", aspect="auto", norm=norm)
     ax.set_xticks(range(len(weights)), weights)
     ax.set_yticks(range(len(params)), params)
     ax.set_xlabel("training weighting")
@@ -229,7 +234,8 @@ def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ..
              f"- time per cell (training / all stages): " + (
                  f"mean {np.mean(train_s):.0f} s / {np.mean(total_s):.0f} s, max {np.max(train_s):.0f} s / "
                  f"{np.max(total_s):.0f} s; sum of all stages {np.sum(total_s):.0f} s" if train_s else "–")
-             + f"; wall-clock of the last invocation {header.get('wall_clock_s', 0):.0f} s",
+             + (f"; wall-clock of the last invocation {header['wall_clock_s']:.0f} s"
+                if header.get("wall_clock_s") is not None else ""),
              f"- bpd: true continuous-time -ELBO on the test split (bits/dim) ± its standard error, whatever "
              "the training weighting; `bpd T=k`: the k-step discrete ELBO",
              f"- FD: squared Fréchet distance of {header.get('fd_features')} between {header.get('fd_samples')} "

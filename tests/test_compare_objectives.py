@@ -178,6 +178,27 @@ def test_grid_runs_through_the_cli_writes_the_report_and_skips_finished_cells(tm
         co.run_cell(co.Cell("eps", "elbo", "linear_logsnr", 0), opts,
                     os.path.join(result, "cells", rows[0]["cell"]), log=lambda s: None)
 
+    # --report_only on cell folders copied back without checkpoints, one of them stopped before its FD:
+    # the report is rebuilt from what is there, nothing runs, the missing stage is named.
+    import shutil
+    copy = os.path.join(root, "copied")
+    shutil.copytree(result, copy, ignore=shutil.ignore_patterns("checkpoints", "results.*", "DONE.json"))
+    stages_path = os.path.join(copy, "cells", rows[1]["cell"], "stages.json")
+    stages = json.load(open(stages_path))
+    del stages["fd"], stages["sample"]
+    json.dump(stages, open(stages_path, "w"))
+    os.remove(os.path.join(copy, "cells", rows[1]["cell"], "fd.json"))
+    cells_before = _mtimes(os.path.join(copy, "cells"))
+    proc = _run("copied", root, "--report_only")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "from 2 of 2 cells" in proc.stdout and _mtimes(os.path.join(copy, "cells")) == cells_before
+    rebuilt = report.read_csv(os.path.join(copy, "results.csv"))
+    skip = {"measure_seconds", "samples_png", "notes", "fd", "fd_features", "fd_num_samples"}
+    for new_row, old_row in zip(rebuilt, rows):
+        assert {k: v for k, v in new_row.items() if k not in skip} == {k: v for k, v in old_row.items() if k not in skip}
+    assert rebuilt[0]["fd"] == rows[0]["fd"] and not rebuilt[0]["notes"]
+    assert rebuilt[1]["fd"] is None and rebuilt[1]["notes"] == "not run: fd"
+
 
 def test_gpu_slots_set_the_device_and_split_memory(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")

@@ -322,6 +322,50 @@ def test_prepare_is_idempotent_and_reading_needs_no_tensorflow(synthetic_fashion
     assert info_json.stat().st_mtime_ns == before
 
 
+def test_array_cache_alone_reads_the_same_arrays_without_tfds(synthetic_fashion, tmp_path):
+    import shutil
+    cache = synthetic_fashion["data_dir"] / "fashion_mnist" / data_tfds.ARRAYS_SUBDIR
+    assert sorted(os.listdir(cache)) == ["info.json", "test.npz", "train.npz"]   # written by prepare
+    only_cache = tmp_path / "tfds"
+    shutil.copytree(cache, only_cache / "fashion_mnist" / data_tfds.ARRAYS_SUBDIR)
+    proc = run_python(f"""
+        import sys
+        import numpy as np
+        from vdm import data
+        cfg = {{"dataset": "fashion_mnist", "data_dir": {str(only_cache)!r}}}
+        info = data.get_dataset_info(cfg)
+        x, y = data.load_arrays(cfg, "train")
+        np.savez({str(tmp_path / "out.npz")!r}, x=x, y=y)
+        print(info.shape, info.num_train, info.num_test, info.num_classes)
+        print("tfds imported:", "tensorflow_datasets" in sys.modules)
+    """, {data_tfds.FASHION_MNIST_DIR_ENV: "/nonexistent"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(28, 28, 1) 12 5 10" in proc.stdout and "tfds imported: False" in proc.stdout
+    import tensorflow_datasets as tfds
+    source = tfds.data_source("fashion_mnist", split="train", data_dir=str(synthetic_fashion["data_dir"]),
+                              download=False)
+    direct = source.__getitems__(range(len(source)))
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(out["x"], np.stack([e["image"] for e in direct]))   # same order too
+    np.testing.assert_array_equal(out["y"], [e["label"] for e in direct])
+
+
+def test_corrupt_array_cache_is_ignored_and_rewritten(synthetic_fashion, tmp_path):
+    import shutil
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(synthetic_fashion["data_dir"], data_dir)
+    cache = data_dir / "fashion_mnist" / data_tfds.ARRAYS_SUBDIR
+    good = (cache / "test.npz").read_bytes()
+    (cache / "test.npz").write_bytes(good[: len(good) // 2])          # truncated
+    data_tfds.load_split.cache_clear()
+    with pytest.warns(UserWarning, match="ignoring the array cache"):
+        images, labels = data_tfds.load_split("fashion_mnist", str(data_dir), "test")
+    assert as_multiset(images[..., 0], labels) == as_multiset(*synthetic_fashion["arrays"]["test"])
+    assert (cache / "test.npz").read_bytes() == good                   # rewritten from the TFDS files
+    info = json.loads((cache / "info.json").read_text())
+    assert set(info["files"]) == {"train", "test"}
+
+
 def test_unprepared_data_with_sources_present_says_to_prepare(synthetic_fashion, tmp_path, monkeypatch):
     monkeypatch.setenv(data_tfds.FASHION_MNIST_DIR_ENV, str(synthetic_fashion["source"]))
     with pytest.raises(data.DatasetNotFoundError) as err:

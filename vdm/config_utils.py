@@ -135,6 +135,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     _choices("sampling.method", s.method, _sampling_methods())
     _int("sampling.num_steps", s.num_steps, 1)
     _int("sampling.num_samples", s.num_samples, 1)
+    if "batch_size" in s:
+        _int("sampling.batch_size", s.batch_size, 0)
     _float("sampling.guidance_weight", s.guidance_weight, 0.0)
     _int("sampling.class_label", s.class_label, -1)
     _check(s.class_label < max(m.num_classes, 0) or s.class_label == -1,

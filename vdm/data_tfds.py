@@ -4,6 +4,13 @@ Preparing (`prepare`) runs TFDS's own builders and needs TensorFlow (TFDS 4.9.10
 encodes images with it): `pip install -r requirements-prepare.txt`. Reading
 (`load_split`) goes through `tfds.data_source`, random access, no TensorFlow.
 
+Array cache: the first read of a split also writes it as one compressed .npz under
+DATA_DIR/NAME/vdm_arrays/ with its sha256 and the split sizes in info.json. Later reads
+(and `split_info`, `is_prepared`) use that cache without importing TFDS at all, which
+makes every process start faster and lets a host without TFDS (an accelerator machine)
+read a data set by copying that one folder. A cache whose checksum fails is ignored
+(with a warning) and rewritten from the TFDS files when they are there.
+
 Fashion-MNIST offline: Debian's `dataset-fashion-mnist` ships the four IDX .gz
 files in /usr/share/datasets/fashion-mnist, but recompressed, so TFDS's
 registered checksums (of the upstream .gz) do not match. `prepare` registers the
@@ -20,7 +27,9 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -80,10 +89,80 @@ def _dataset_dir(name: str, data_dir: str) -> str:
     return os.path.join(data_dir, name, str(_builder_cls(name).VERSION))
 
 
+ARRAYS_SUBDIR = "vdm_arrays"
+
+
+def arrays_dir(name: str, data_dir: str) -> str:
+    """DATA_DIR/NAME/vdm_arrays: the .npz cache of the splits (see the module docstring)."""
+    return os.path.join(data_dir, name, ARRAYS_SUBDIR)
+
+
+def _cache_info(name: str, data_dir: str) -> dict | None:
+    path = os.path.join(arrays_dir(name, data_dir), "info.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        return info if {"shape", "num_train", "num_test", "num_classes", "files"} <= set(info) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _read_cached_split(name: str, data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached split, or None when absent or failing its checksum/shape check (then with a warning)."""
+    info = _cache_info(name, data_dir)
+    if info is None or split not in info["files"]:
+        return None
+    path = os.path.join(arrays_dir(name, data_dir), f"{split}.npz")
+    try:
+        if list(_sha256(path)) != list(info["files"][split]):
+            raise ValueError("size/sha256 differ from info.json")
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+        n = info[f"num_{split}"] if f"num_{split}" in info else len(labels)
+        if images.dtype != np.uint8 or images.shape != (n, *info["shape"]) or labels.shape != (n,):
+            raise ValueError(f"arrays {images.dtype}{images.shape}, labels {labels.shape}; "
+                             f"info.json says uint8 {(n, *info['shape'])}")
+    except (OSError, ValueError, KeyError) as err:
+        warnings.warn(f"ignoring the array cache {path}: {err}. Reading the TFDS files instead "
+                      f"(the cache is rewritten from them; delete {arrays_dir(name, data_dir)} to silence this).")
+        return None
+    return images, labels.astype(np.int32, copy=False)
+
+
+def _write_cached_split(name: str, data_dir: str, split: str, images: np.ndarray, labels: np.ndarray,
+                        info: dict) -> None:
+    """Write SPLIT.npz and update info.json, each atomically (tmp file + rename); best effort."""
+    folder = arrays_dir(name, data_dir)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, images=images, labels=labels)
+        path = os.path.join(folder, f"{split}.npz")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is as readable as the data set
+        os.replace(tmp, path)
+        old = _cache_info(name, data_dir) or {}
+        files = dict(old.get("files", {})) if old.get("shape") == list(info["shape"]) else {}
+        files[split] = list(_sha256(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({**{k: list(v) if k == "shape" else v for k, v in info.items()}, "files": files}, f, indent=1)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(folder, "info.json"))
+    except OSError as err:  # a read-only data_dir only loses the speed-up
+        warnings.warn(f"could not write the array cache in {folder}: {err}")
+
+
 def is_prepared(name: str, data_dir: str | None = None) -> bool:
-    """True when `name` is prepared under data_dir in array_record format (its dataset_info.json says so)."""
+    """True when `name` is prepared under data_dir in array_record format, or its array cache is there."""
     _check_name(name)
-    info_path = os.path.join(_dataset_dir(name, resolve_data_dir(data_dir)), "dataset_info.json")
+    data_dir = resolve_data_dir(data_dir)
+    return _cache_info(name, data_dir) is not None or _tfds_prepared(name, data_dir)
+
+
+def _tfds_prepared(name: str, data_dir: str) -> bool:
+    """True when TFDS's dataset_info.json for `name` is in data_dir and says array_record."""
+    info_path = os.path.join(_dataset_dir(name, data_dir), "dataset_info.json")
     if not os.path.exists(info_path):
         return False
     with open(info_path) as f:
@@ -92,7 +171,7 @@ def is_prepared(name: str, data_dir: str | None = None) -> bool:
         raise ValueError(
             f"{name} in {os.path.dirname(info_path)} was prepared as {file_format!r}, but vdm reads "
             "'array_record'. Remove that folder and run: "
-            f"python -m vdm.data prepare --dataset={name} --data_dir={resolve_data_dir(data_dir)}")
+            f"python -m vdm.data prepare --dataset={name} --data_dir={data_dir}")
     return True
 
 
@@ -216,7 +295,7 @@ def prepare(name: str, data_dir: str | None = None, *, source_dir: str | None = 
     """
     _check_name(name)
     data_dir = resolve_data_dir(data_dir)
-    if is_prepared(name, data_dir):
+    if _tfds_prepared(name, data_dir):
         return _dataset_dir(name, data_dir)
     source_dir = _source_dir(name, data_dir, source_dir)
     missing = [f for f in _upstream_files(name) if not os.path.exists(os.path.join(source_dir, f))]
@@ -240,31 +319,36 @@ def prepare(name: str, data_dir: str | None = None, *, source_dir: str | None = 
     config = tfds.download.DownloadConfig(manual_dir=source_dir, try_download_gcs=False)
     with tempfile.TemporaryDirectory(prefix="vdm_tfds_dl_") as download_dir:  # extracted copies go away
         builder.download_and_prepare(download_dir=download_dir, download_config=config)
+    shutil.rmtree(arrays_dir(name, data_dir), ignore_errors=True)  # a cache of older files is stale
     load_split.cache_clear()
+    for split in ("train", "test"):
+        load_split(name, data_dir, split)  # writes the array cache
     return _dataset_dir(name, data_dir)
 
 
 @functools.lru_cache(maxsize=8)
 def load_split(name: str, data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Whole split in memory: (images uint8 [N, H, W, C], labels int32 [N]), read via tfds.data_source."""
+    """Whole split in memory: (images uint8 [N, H, W, C], labels int32 [N]); array cache, else tfds.data_source."""
     _check_name(name)
-    if not is_prepared(name, data_dir):
-        raise not_prepared_error(name, data_dir)
-    import tensorflow_datasets as tfds
+    cached = _read_cached_split(name, data_dir, split)
+    if cached is None:
+        if not _tfds_prepared(name, data_dir):
+            raise not_prepared_error(name, data_dir)
+        import tensorflow_datasets as tfds
 
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    examples = source.__getitems__(range(len(source)))
-    images = np.stack([e["image"] for e in examples]).astype(np.uint8, copy=False)
-    labels = np.asarray([e["label"] for e in examples], np.int32)
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        examples = source.__getitems__(range(len(source)))
+        images = np.stack([e["image"] for e in examples]).astype(np.uint8, copy=False)
+        labels = np.asarray([e["label"] for e in examples], np.int32)
+        _write_cached_split(name, data_dir, split, images, labels, _tfds_split_info(name, data_dir))
+    else:
+        images, labels = cached
     images.flags.writeable = False
     labels.flags.writeable = False
     return images, labels
 
 
-def split_info(name: str, data_dir: str) -> dict:
-    """{'shape', 'num_train', 'num_test', 'num_classes'} from the prepared dataset_info (no data read)."""
-    if not is_prepared(name, data_dir):
-        raise not_prepared_error(name, data_dir)
+def _tfds_split_info(name: str, data_dir: str) -> dict:
     import tensorflow_datasets as tfds
 
     info = tfds.builder(name, data_dir=data_dir).info
@@ -272,3 +356,14 @@ def split_info(name: str, data_dir: str) -> dict:
             "num_train": int(info.splits["train"].num_examples),
             "num_test": int(info.splits["test"].num_examples),
             "num_classes": int(info.features["label"].num_classes)}
+
+
+def split_info(name: str, data_dir: str) -> dict:
+    """{'shape', 'num_train', 'num_test', 'num_classes'} from the array cache or the prepared dataset_info."""
+    if not is_prepared(name, data_dir):
+        raise not_prepared_error(name, data_dir)
+    cached = _cache_info(name, data_dir)
+    if cached is not None:
+        return {"shape": tuple(int(d) for d in cached["shape"]),
+                **{k: int(cached[k]) for k in ("num_train", "num_test", "num_classes")}}
+    return _tfds_split_info(name, data_dir)

@@ -443,6 +443,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, method: str = "
     return result
 
 
+def sample_chunk_size(num_samples: int, batch_size: int, num_classes: int = 0) -> int:
+    """Samples per sampler call: batch_size (0: all), rounded down to a multiple of num_classes so that
+    the class cycle arange(n) % num_classes of every chunk continues the whole run's."""
+    if batch_size <= 0 or batch_size >= num_samples:
+        return num_samples
+    if num_classes > 0:
+        batch_size = max(num_classes, batch_size - batch_size % num_classes)
+    return min(batch_size, num_samples)
+
+
 def sample(config: ml_collections.ConfigDict, workdir: str, *, classifier_workdir: str | None = None,
            classifier_scale: float = 0.0, classifier_label: int = -1) -> str:
     """--mode=sample: config.sampling.num_samples samples from the newest checkpoint to a PNG grid and an .npz; returns the PNG path.
@@ -463,8 +473,15 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *, classifier_workdi
         labels = (jnp.full((s.num_samples,), classifier_label, jnp.int32) if classifier_label >= 0
                   else jnp.arange(s.num_samples, dtype=jnp.int32) % num_classes)
         guidance = (log_prob_fn, labels, classifier_scale)
-    samples = np.asarray(make_sampler(trainer, s.num_samples, classifier=guidance)(
-        state.ema_params, _derived_key(config, 2, step)))
+    chunk = sample_chunk_size(s.num_samples, s.get("batch_size", 0),
+                              num_classes if guidance else config.model.num_classes)
+    chunk_guidance = (guidance[0], guidance[1][:chunk], guidance[2]) if guidance else None
+    sampler = make_sampler(trainer, chunk, classifier=chunk_guidance)
+    key = _derived_key(config, 2, step)
+    num_chunks = -(-s.num_samples // chunk)
+    samples = np.concatenate([np.asarray(sampler(state.ema_params, key if num_chunks == 1
+                                                 else jax.random.fold_in(key, i)))
+                              for i in range(num_chunks)])[:s.num_samples]
     name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
     if classifier_workdir:
         name += f"_cls{classifier_scale:g}_y{classifier_label}"
