@@ -28,7 +28,9 @@ own Fashion-MNIST classifier for images, the raw coordinates for 2-D toy data. T
 This notebook reads a result folder and plots it:
 
 * `VDM_RESULTS_DIR` — a folder written by `compare_objectives.py --name=...` (its `results.csv`, `curves.csv`,
-  `header.json`, `figures/samples/`). Default: the committed `experiments/results/toy2d_grid`.
+  `header.json`, `figures/samples/`). Default: the committed `experiments/results/fashion_mnist_h100`, the
+  26-cell Fashion-MNIST grid of `experiments/RESULTS.md` (default model, 1500 steps, one H100); the 2-D toy grid
+  is `experiments/results/toy2d_grid`.
 * `VDM_NB_TINY=1` (the test) — instead builds a tiny folder itself: two toy2d cells, 8 steps, through the real CLI.
 
 The last cell `assert`s properties of what is shown.
@@ -62,7 +64,7 @@ elif TINY:
     assert proc.returncode == 0, proc.stderr[-3000:]
     RESULTS_DIR = pathlib.Path(root) / "tiny"
 else:
-    RESULTS_DIR = REPO / "experiments" / "results" / "toy2d_grid"
+    RESULTS_DIR = REPO / "experiments" / "results" / "fashion_mnist_h100"
 res = compare_report.load_results(str(RESULTS_DIR))
 rows, curves, header, eval_steps = res["rows"], res["curves"], res["header"], res["eval_steps"]
 ok = [r for r in rows if r["status"] == "ok"]
@@ -136,7 +138,8 @@ if fig is not None:
 * every standard error is positive and every Fréchet distance non-negative;
 * the last point of each training curve is the cell's reported final bits/dim (two files, one measurement);
 * for every cell, the coarsest discrete-time ELBO is looser than the continuous one;
-* a value is missing only where the run itself reported it non-finite, and the cell's notes name it (printed below).
+* a value is missing only where the run reported it non-finite or never ran that stage, and the cell's notes name
+  it (printed below).
 """),
     ("code", r"""
 assert rows and len(ok) == len(rows), [r["cell"] for r in rows if r["status"] != "ok"]
@@ -145,7 +148,7 @@ for r in ok:
     assert r["bpd_se"] > 0, r
     assert r["fd"] is None or r["fd"] >= 0, r
     assert curves[r["cell"]][-1][0] == r["steps"] and abs(curves[r["cell"]][-1][1] - r["bpd"]) < 1e-9, r["cell"]
-    # A value is missing only where the run reported it non-finite, and then the notes say so.
+    # A value is missing only where the run reported it non-finite or never ran it; the notes say which.
     for key in [f"bpd_T{t}" for t in eval_steps] + (["fd"] if header["fd_samples"] else []):
         assert r[key] is not None or key in (r["notes"] or ""), (r["cell"], key)
     coarse = r[f"bpd_T{min(eval_steps)}"] if eval_steps else None
