@@ -391,3 +391,41 @@ def test_noisy_classifier_logits_shape_and_dependence_on_z_and_gamma(shape):
   assert np.all(np.abs(logits_g - logits).max(-1) > 1e-5)
   with pytest.raises(ValueError, match='num_classes'):
     jax.eval_shape(NoisyClassifier(num_classes=0).init, jax.random.key(0), z, gamma)
+
+
+def _operand_dtypes(jaxpr, primitives):
+  """Dtypes of the first operand of every equation whose primitive is in `primitives` (sub-jaxprs too)."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in primitives:
+      out.append(str(eqn.invars[0].aval.dtype))
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      out += _operand_dtypes(sub, primitives)
+  return out
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_bfloat16_models_compute_in_bf16_keep_f32_params_and_match_f32(name):
+  cfg = model_config(name, dropout=0.0)
+  f32, bf16 = get_model(cfg), get_model(cfg, jnp.bfloat16)
+  # z on the 8-bit grid, at low noise, where the Fourier features matter most.
+  z = jnp.round(jax.random.uniform(jax.random.key(0), SHAPES[name], minval=-1, maxval=1) * 127.5) / 127.5
+  gamma = jnp.linspace(-12.0, 3.0, z.shape[0])
+  y = jnp.arange(z.shape[0]) % NUM_CLASSES
+  params = bf16.init(jax.random.key(1), z, gamma, y)['params']
+  params_f32 = f32.init(jax.random.key(1), z, gamma, y)['params']
+  assert jax.tree.structure(params) == jax.tree.structure(params_f32)
+  assert {str(p.dtype) for p in jax.tree.leaves(params)} == {'float32'}   # params stay float32
+  params = perturb(params, 0, scale=0.1)
+  out32 = f32.apply({'params': params}, z, gamma, y)
+  out16 = bf16.apply({'params': params}, z, gamma, y)
+  assert out16.dtype == jnp.float32 and out16.shape == z.shape
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 0 < rel < 0.05, rel          # bf16 has an 8-bit mantissa: ~0.4% per op, a few % end to end
+  jaxpr = jax.make_jaxpr(lambda p: bf16.apply({'params': p}, z, gamma, y))(params).jaxpr
+  matmuls = _operand_dtypes(jaxpr, ('conv_general_dilated', 'dot_general'))
+  assert matmuls and set(matmuls) == {'bfloat16'}, matmuls       # every conv/matmul runs in bf16
+  # The Fourier features sin(2^n 2 pi z) are taken of the float32 z (a bf16 z would be off the 8-bit grid).
+  assert set(_operand_dtypes(jaxpr, ('sin',))) == {'float32'}
+  assert set(_operand_dtypes(jax.make_jaxpr(lambda p: f32.apply({'params': p}, z, gamma, y))(params).jaxpr,
+                             ('conv_general_dilated', 'dot_general'))) == {'float32'}

@@ -230,3 +230,33 @@ def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_los
         ours = float(np.sum(leaves[path]))
         fd = central(path, f, h)
         assert abs(ours - fd) <= 0.03 * abs(fd) + 1e-2, (path, ours, fd)
+
+
+def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
+    c32 = _toy_config()
+    c16 = _toy_config(dtype="bfloat16")
+    info = data.get_dataset_info(c32.data)
+    t32, t16 = train.build_trainer(c32, info), train.build_trainer(c16, info)
+    params = train.init_params(t32, jax.random.PRNGKey(0))
+    # Away from the zero-initialised output layer, so the network's output is not exactly 0.
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda p: p + jnp.asarray(0.05 * rng.standard_normal(p.shape), p.dtype), params)
+    batch = next(data.train_iterator(c32.data, 128, seed=0))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    mesh = parallel.make_mesh()
+    P = jax.sharding.PartitionSpec
+
+    def loss_grads(trainer):
+        f = jax.shard_map(lambda p, b: train.loss_and_grads(trainer, parallel.to_varying(p), b,
+                                                            jax.random.PRNGKey(1), jax.random.PRNGKey(2))[:2],
+                          mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False)
+        return jax.jit(f)(params, batch)
+
+    loss32, g32 = loss_grads(t32)
+    loss16, g16 = loss_grads(t16)
+    assert abs(float(loss16) / float(loss32) - 1) < 0.05, (float(loss16), float(loss32))
+    assert {str(g.dtype) for g in jax.tree.leaves(g16)} == {"float32"}
+    flat32 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g32)])
+    flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g16)])
+    cos = float(flat16 @ flat32 / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32)))
+    assert cos > 0.99, cos            # the same descent direction, to bf16 rounding

@@ -77,10 +77,11 @@ class Trainer:
 
     def apply_model(self, model_params: PyTree, z: Array, gamma: Array, y: Array | None, *,
                     train: bool, dropout_key: Array | None = None) -> Array:
-        """Network prediction [B, ...] of kind config.model.parameterization; bf16 forward if configured."""
-        if self.config.training.dtype == "bfloat16":
-            model_params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), model_params)
-            z = z.astype(jnp.bfloat16)
+        """Network prediction [B, ...] (float32) of kind config.model.parameterization.
+
+        With config.training.dtype = 'bfloat16' the model itself computes in bfloat16 (built so by
+        `build_trainer`); params, z and its Fourier features stay float32.
+        """
         rngs = {"dropout": dropout_key} if dropout_key is not None else {}
         y = y if self.config.model.num_classes > 0 else None
         out = self.model.apply({"params": model_params}, z, gamma, y=y, train=train, rngs=rngs)
@@ -125,7 +126,8 @@ def build_trainer(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> 
         sched_module, fixed = LearnedSchedule(m.gamma_min, m.gamma_max, m.learn_endpoints), None
     else:
         sched_module, fixed = None, get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
-    return Trainer(config, info, get_model(m), make_optimizer(config), sched_module, fixed)
+    compute = jnp.bfloat16 if config.training.dtype == "bfloat16" else None
+    return Trainer(config, info, get_model(m, compute), make_optimizer(config), sched_module, fixed)
 
 
 def init_params(trainer: Trainer, key: Array) -> PyTree:

@@ -55,10 +55,15 @@ _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def get_model(model_config: Any) -> nn.Module:
-  """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet' or 'mlp')."""
+def get_model(model_config: Any, dtype: Any = None) -> nn.Module:
+  """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet' or 'mlp'); dtype: its compute dtype.
+
+  dtype (e.g. jnp.bfloat16) sets the activations' and matmuls' dtype; parameters stay
+  float32 and the output is float32. None: float32 throughout.
+  """
   name = _get(model_config, 'name')
   if name not in _BUILDERS:
     raise ValueError(
         f'unknown model name {name!r}; valid choices: {", ".join(MODEL_NAMES)}')
-  return _BUILDERS[name](model_config)
+  model = _BUILDERS[name](model_config)
+  return model if dtype is None else model.clone(dtype=dtype)

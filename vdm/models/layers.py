@@ -13,7 +13,7 @@ Shapes: images are [B, H, W, C] (NHWC), flat data [B, D], gamma [B].
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -79,9 +79,9 @@ def num_groups_for(channels: int, max_groups: int = MAX_GROUPS) -> int:
   return 1
 
 
-def group_norm(channels: int, name: Optional[str] = None) -> nn.GroupNorm:
-  """GroupNorm (Wu & He 2018) with the group count adapted to `channels`."""
-  return nn.GroupNorm(num_groups=num_groups_for(channels), name=name)
+def group_norm(channels: int, name: Optional[str] = None, dtype: Any = jnp.float32) -> nn.GroupNorm:
+  """GroupNorm (Wu & He 2018) with the group count adapted to `channels`; statistics in float32."""
+  return nn.GroupNorm(num_groups=num_groups_for(channels), name=name, dtype=dtype)
 
 
 def check_inputs(z: Array, gamma: Array, ndim: int,
@@ -114,13 +114,14 @@ class NoiseEmbedding(nn.Module):
   gamma_min: float
   gamma_max: float
   num_classes: int = 0
+  dtype: Any = jnp.float32      # compute dtype; the sinusoids are computed in float32 first
 
   @nn.compact
   def __call__(self, gamma: Array, y: Optional[Array] = None) -> Array:
     t_in = rescale_gamma(gamma, self.gamma_min, self.gamma_max)
     emb = timestep_embedding(t_in, self.width)
-    emb = nn.Dense(self.out_dim, name='dense0')(emb)
-    emb = nn.Dense(self.out_dim, name='dense1')(nn.swish(emb))
+    emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense0')(emb)
+    emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense1')(nn.swish(emb))
     if self.num_classes < 0:
       raise ValueError(f'num_classes must be >= 0, got {self.num_classes}')
     if self.num_classes > 0:
@@ -128,7 +129,7 @@ class NoiseEmbedding(nn.Module):
         y = jnp.full(gamma.shape, self.num_classes, dtype=jnp.int32)
       if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
         raise ValueError(f'y must be integer labels, got dtype {jnp.asarray(y).dtype}')
-      emb = emb + nn.Embed(self.num_classes + 1, self.out_dim,
+      emb = emb + nn.Embed(self.num_classes + 1, self.out_dim, dtype=self.dtype,
                            name='label_embedding')(y)
     elif y is not None:
       raise ValueError('got labels y but the model has num_classes=0 '
@@ -140,25 +141,27 @@ class ResnetBlock(nn.Module):
   """GN-swish-conv, + Dense(cond), GN-swish-dropout-conv(zero init), + skip (DDPM/VDM)."""
   out_ch: int
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, train: bool) -> Array:
     """x: [B, H, W, C_in], cond: [B, E] -> [B, H, W, out_ch]."""
-    h = nn.swish(group_norm(x.shape[-1], name='norm0')(x))
-    h = nn.Conv(self.out_ch, (3, 3), name='conv0')(h)
-    h = h + nn.Dense(self.out_ch, name='cond_proj')(nn.swish(cond))[:, None, None, :]
-    h = nn.swish(group_norm(self.out_ch, name='norm1')(h))
+    h = nn.swish(group_norm(x.shape[-1], 'norm0', self.dtype)(x))
+    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, name='conv0')(h)
+    h = h + nn.Dense(self.out_ch, dtype=self.dtype, name='cond_proj')(nn.swish(cond))[:, None, None, :]
+    h = nn.swish(group_norm(self.out_ch, 'norm1', self.dtype)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
-                name='conv1')(h)
+                dtype=self.dtype, name='conv1')(h)
     if x.shape[-1] != self.out_ch:
-      x = nn.Conv(self.out_ch, (1, 1), name='skip')(x)
-    return x + h
+      x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name='skip')(x)
+    return x.astype(self.dtype) + h
 
 
 class AttnBlock(nn.Module):
   """Residual multi-head self-attention over all H*W positions (zero-init output)."""
   num_heads: int = 1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -168,36 +171,38 @@ class AttnBlock(nn.Module):
       raise ValueError(
           f'num_heads={self.num_heads} must be >= 1 and divide the channel '
           f'count {c} at the attention layer')
-    h = group_norm(c, name='norm')(x).reshape(b, hgt * wid, c)
+    h = group_norm(c, 'norm', self.dtype)(x).reshape(b, hgt * wid, c)
     h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros,
-        deterministic=True, name='attn')(h, h)
+        deterministic=True, dtype=self.dtype, name='attn')(h, h)
     return x + h.reshape(b, hgt, wid, c)
 
 
 class Downsample(nn.Module):
   """Strided 3x3 conv halving H and W (DDPM)."""
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), name='conv')(x)
+    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype, name='conv')(x)
 
 
 class Upsample(nn.Module):
   """Nearest-neighbour x2 resize, then 3x3 conv (DDPM)."""
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     b, hgt, wid, c = x.shape
     x = jax.image.resize(x, (b, 2 * hgt, 2 * wid, c), method='nearest')
-    return nn.Conv(c, (3, 3), name='conv')(x)
+    return nn.Conv(c, (3, 3), dtype=self.dtype, name='conv')(x)
 
 
-def output_head(h: Array, out_ch: int) -> Array:
-  """Final GroupNorm, swish and zero-initialised 3x3 conv (output is 0 at init)."""
-  h = nn.swish(group_norm(h.shape[-1], name='norm_out')(h))
+def output_head(h: Array, out_ch: int, dtype: Any = jnp.float32) -> Array:
+  """Final GroupNorm, swish and zero-initialised 3x3 conv (output is 0 at init), returned in float32."""
+  h = nn.swish(group_norm(h.shape[-1], 'norm_out', dtype)(h))
   return nn.Conv(out_ch, (3, 3), kernel_init=nn.initializers.zeros,
-                 name='conv_out')(h)
+                 dtype=dtype, name='conv_out')(h).astype(jnp.float32)
 
 
 def with_fourier(z: Array, use: bool, n_min: int, n_max: int) -> Array:

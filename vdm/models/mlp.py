@@ -7,10 +7,11 @@ swish and a zero-initialised Dense back to D, so a fresh model predicts 0.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from vdm.models import layers
 
@@ -21,15 +22,16 @@ class MLPBlock(nn.Module):
   """h + Dense(Dropout(swish(Dense(swish(LN(h))) + Dense(cond)))) (pre-norm residual)."""
   width: int
   dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: Array, cond: Array, train: bool) -> Array:
     """h: [B, width], cond: [B, E] -> [B, width]."""
-    x = nn.swish(nn.LayerNorm(name='norm')(h))
-    x = nn.Dense(self.width, name='dense0')(x)
-    x = x + nn.Dense(self.width, name='cond_proj')(nn.swish(cond))
+    x = nn.swish(nn.LayerNorm(dtype=self.dtype, name='norm')(h))
+    x = nn.Dense(self.width, dtype=self.dtype, name='dense0')(x)
+    x = x + nn.Dense(self.width, dtype=self.dtype, name='cond_proj')(nn.swish(cond))
     x = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(x))
-    return h + nn.Dense(self.width, name='dense1')(x)
+    return h + nn.Dense(self.width, dtype=self.dtype, name='dense1')(x)
 
 
 class MLPDenoiser(nn.Module):
@@ -43,6 +45,7 @@ class MLPDenoiser(nn.Module):
   num_classes: int = 0
   gamma_min: float = -13.3
   gamma_max: float = 5.0
+  dtype: Any = jnp.float32   # compute dtype (bfloat16: params stay float32; z and its Fourier features float32)
 
   @nn.compact
   def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
@@ -53,12 +56,12 @@ class MLPDenoiser(nn.Module):
     gamma = layers.check_inputs(z, gamma, 2, y)
     cond = layers.NoiseEmbedding(
         self.width, self.width, self.gamma_min, self.gamma_max,
-        self.num_classes, name='embed')(gamma, y)
+        self.num_classes, self.dtype, name='embed')(gamma, y)
     h = layers.with_fourier(z, self.fourier_features, self.fourier_min,
                             self.fourier_max)
-    h = nn.Dense(self.width, name='dense_in')(h)
+    h = nn.Dense(self.width, dtype=self.dtype, name='dense_in')(h)
     for i in range(self.num_layers):
-      h = MLPBlock(self.width, self.dropout, name=f'block_{i}')(h, cond, train)
-    h = nn.swish(nn.LayerNorm(name='norm_out')(h))
-    return nn.Dense(z.shape[-1], kernel_init=nn.initializers.zeros,
-                    name='dense_out')(h)
+      h = MLPBlock(self.width, self.dropout, self.dtype, name=f'block_{i}')(h, cond, train)
+    h = nn.swish(nn.LayerNorm(dtype=self.dtype, name='norm_out')(h))
+    return nn.Dense(z.shape[-1], kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    name='dense_out')(h).astype(jnp.float32)

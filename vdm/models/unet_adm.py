@@ -11,7 +11,7 @@ The output conv is zero-initialised, so a fresh model predicts exactly 0.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -67,6 +67,7 @@ class ADMUNet(nn.Module):
   num_classes: int = 0
   gamma_min: float = -13.3
   gamma_max: float = 5.0
+  dtype: Any = jnp.float32   # compute dtype (bfloat16: params stay float32; z and its Fourier features float32)
 
   @nn.compact
   def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
@@ -80,17 +81,17 @@ class ADMUNet(nn.Module):
     attn_at = set(self.attention_resolutions)
     cond = layers.NoiseEmbedding(
         self.width, 4 * self.width, self.gamma_min, self.gamma_max,
-        self.num_classes, name='embed')(gamma, y)
+        self.num_classes, self.dtype, name='embed')(gamma, y)
 
     def block(h: Array, ch: int, name: str) -> Array:
-      h = layers.ResnetBlock(ch, self.dropout, name=name)(h, cond, train)
+      h = layers.ResnetBlock(ch, self.dropout, self.dtype, name=name)(h, cond, train)
       if h.shape[1] in attn_at:
-        h = layers.AttnBlock(self.num_heads, name=name + '_attn')(h)
+        h = layers.AttnBlock(self.num_heads, self.dtype, name=name + '_attn')(h)
       return h
 
     h = layers.with_fourier(z, self.fourier_features, self.fourier_min,
                             self.fourier_max)
-    h = nn.Conv(self.width, (3, 3), name='conv_in')(h)
+    h = nn.Conv(self.width, (3, 3), dtype=self.dtype, name='conv_in')(h)
     skips = [h]
     last = len(self.channel_mult) - 1
     for lvl, mult in enumerate(self.channel_mult):
@@ -98,19 +99,19 @@ class ADMUNet(nn.Module):
         h = block(h, self.width * mult, f'down_{lvl}_{i}')
         skips.append(h)
       if lvl != last:
-        h = layers.Downsample(name=f'downsample_{lvl}')(h)
+        h = layers.Downsample(self.dtype, name=f'downsample_{lvl}')(h)
         skips.append(h)
     assert h.shape[1] == sizes[-1]
 
-    h = layers.ResnetBlock(h.shape[-1], self.dropout, name='mid_0')(h, cond, train)
-    h = layers.AttnBlock(self.num_heads, name='mid_attn')(h)
-    h = layers.ResnetBlock(h.shape[-1], self.dropout, name='mid_1')(h, cond, train)
+    h = layers.ResnetBlock(h.shape[-1], self.dropout, self.dtype, name='mid_0')(h, cond, train)
+    h = layers.AttnBlock(self.num_heads, self.dtype, name='mid_attn')(h)
+    h = layers.ResnetBlock(h.shape[-1], self.dropout, self.dtype, name='mid_1')(h, cond, train)
 
     for lvl in reversed(range(len(self.channel_mult))):
       for i in range(self.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = block(h, self.width * self.channel_mult[lvl], f'up_{lvl}_{i}')
       if lvl != 0:
-        h = layers.Upsample(name=f'upsample_{lvl}')(h)
+        h = layers.Upsample(self.dtype, name=f'upsample_{lvl}')(h)
     assert not skips
-    return layers.output_head(h, z.shape[-1])
+    return layers.output_head(h, z.shape[-1], self.dtype)

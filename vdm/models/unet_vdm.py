@@ -12,7 +12,7 @@ predicts exactly 0.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,7 @@ class VDMUNet(nn.Module):
   num_classes: int = 0
   gamma_min: float = -13.3
   gamma_max: float = 5.0
+  dtype: Any = jnp.float32   # compute dtype (bfloat16: params stay float32; z and its Fourier features float32)
 
   @nn.compact
   def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
@@ -45,24 +46,24 @@ class VDMUNet(nn.Module):
     gamma = layers.check_inputs(z, gamma, 4, y)
     cond = layers.NoiseEmbedding(
         self.width, 4 * self.width, self.gamma_min, self.gamma_max,
-        self.num_classes, name='embed')(gamma, y)
+        self.num_classes, self.dtype, name='embed')(gamma, y)
 
     h = layers.with_fourier(z, self.fourier_features, self.fourier_min,
                             self.fourier_max)
-    h = nn.Conv(self.width, (3, 3), name='conv_in')(h)
+    h = nn.Conv(self.width, (3, 3), dtype=self.dtype, name='conv_in')(h)
     skips = [h]
     for i in range(self.num_layers):
-      h = layers.ResnetBlock(self.width, self.dropout, name=f'down_{i}')(
+      h = layers.ResnetBlock(self.width, self.dropout, self.dtype, name=f'down_{i}')(
           h, cond, train)
       skips.append(h)
 
-    h = layers.ResnetBlock(self.width, self.dropout, name='mid_0')(h, cond, train)
-    h = layers.AttnBlock(self.num_heads, name='mid_attn')(h)
-    h = layers.ResnetBlock(self.width, self.dropout, name='mid_1')(h, cond, train)
+    h = layers.ResnetBlock(self.width, self.dropout, self.dtype, name='mid_0')(h, cond, train)
+    h = layers.AttnBlock(self.num_heads, self.dtype, name='mid_attn')(h)
+    h = layers.ResnetBlock(self.width, self.dropout, self.dtype, name='mid_1')(h, cond, train)
 
     for i in range(self.num_layers + 1):
       h = jnp.concatenate([h, skips.pop()], axis=-1)
-      h = layers.ResnetBlock(self.width, self.dropout, name=f'up_{i}')(
+      h = layers.ResnetBlock(self.width, self.dropout, self.dtype, name=f'up_{i}')(
           h, cond, train)
     assert not skips
-    return layers.output_head(h, z.shape[-1])
+    return layers.output_head(h, z.shape[-1], self.dtype)
