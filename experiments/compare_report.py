@@ -238,8 +238,9 @@ def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ..
                 if header.get("wall_clock_s") is not None else ""),
              f"- bpd: true continuous-time -ELBO on the test split (bits/dim) ± its standard error, whatever "
              "the training weighting; `bpd T=k`: the k-step discrete ELBO",
-             f"- FD: squared Fréchet distance of {header.get('fd_features')} between {header.get('fd_samples')} "
-             "samples and the test split (not Inception FID)", f"- date: {header.get('date')}", "",
+             (f"- FD: squared Fréchet distance of {header.get('fd_features')} between {header.get('fd_samples')} "
+              "samples and the test split (not Inception FID)" if header.get("fd_samples")
+              else "- FD: not measured (--fd_samples=0)"), f"- date: {header.get('date')}", "",
              markdown_table(rows, eval_steps)]
     with open(os.path.join(result_dir, "results.md"), "w") as f:
         f.write("\n".join(lines))
