@@ -516,37 +516,31 @@ def main(argv: list[str], passed_overrides: list[str]) -> int:
     if not flat and opts.fd_samples > 0 and not os.path.exists(os.path.join(opts.feature_net_dir, "result.json")):
         raise FileNotFoundError(f"no feature net in {opts.feature_net_dir}: train it once with `make feature-net` "
                                 "(or pass --fd_samples=0 to skip sample quality).")
-    if F.report_only:
-        rows = report_rows(cells, opts, result_dir)
-        if not rows:
-            raise FileNotFoundError(f"--report_only: no finished training under {result_dir}/cells for these cells.")
+
+    def report(rows: list[dict], *, hardware: str, parallel, wall_clock_s: float | None, rebuilt: str = "") -> None:
         header = {"config": F["config"].config_filename, "overrides": " ".join(opts.user_overrides) or "none",
                   "steps": steps, "eval_every": eval_every, "seeds": ",".join(F.seeds), "grid": ",".join(F.grid),
-                  "cells_finished": f"{len(rows)} of {len(cells)} (report rebuilt from the cell folders)",
-                  "hardware": " / ".join(sorted({r["hardware"] for r in rows})), "parallel": F.parallel or "?",
-                  "wall_clock_s": None, "fd_samples": opts.fd_samples,
+                  "cells_finished": f"{len(rows)} of {len(cells)}{rebuilt}", "hardware": hardware,
+                  "parallel": parallel, "wall_clock_s": wall_clock_s, "fd_samples": opts.fd_samples,
                   "fd_features": "data coordinates" if flat else f"feature net ({opts.feature_net_dir})",
                   "date": time.strftime("%Y-%m-%d %H:%M")}
         compare_report.write_report(result_dir, rows, eval_steps=eval_steps, header=header,
                                     base_schedule=base.model.schedule)
+
+    if F.report_only:
+        rows = report_rows(cells, opts, result_dir)
+        if not rows:
+            raise FileNotFoundError(f"--report_only: no finished training under {result_dir}/cells for these cells.")
+        report(rows, hardware=" / ".join(sorted({r["hardware"] for r in rows})), parallel=F.parallel or "?",
+               wall_clock_s=None, rebuilt=" (report rebuilt from the cell folders)")
         print(f"wrote {result_dir}/results.md from {len(rows)} of {len(cells)} cells")
         return 0
     hardware = describe_hardware(gpus)
     print(f"{len(cells)} cells x {steps} steps -> {result_dir}; {parallel} at a time on {hardware}", flush=True)
     t0 = time.perf_counter()
-
-    def report(rows: list[dict]) -> None:
-        header = {"config": F["config"].config_filename, "overrides": " ".join(opts.user_overrides) or "none",
-                  "steps": steps, "eval_every": eval_every, "seeds": ",".join(F.seeds), "grid": ",".join(F.grid),
-                  "cells_finished": f"{len(rows)} of {len(cells)}", "hardware": hardware, "parallel": parallel,
-                  "wall_clock_s": time.perf_counter() - t0, "fd_samples": opts.fd_samples,
-                  "fd_features": "data coordinates" if flat else f"feature net ({opts.feature_net_dir})",
-                  "date": time.strftime("%Y-%m-%d %H:%M")}
-        compare_report.write_report(result_dir, rows, eval_steps=eval_steps, header=header,
-                                    base_schedule=base.model.schedule)
-
+    progress = lambda rows: report(rows, hardware=hardware, parallel=parallel, wall_clock_s=time.perf_counter() - t0)
     rows = run_grid(cells, opts, result_dir, parallel=parallel, devices=gpus, hardware=hardware,
-                    log=lambda s: print(s, flush=True), on_progress=report)   # report so far after each cell
+                    log=lambda s: print(s, flush=True), on_progress=progress)   # report so far after each cell
     failed = [r["cell"] for r in rows if r["status"] != "ok"]
     print(f"wrote {result_dir}/results.md" + (f"; FAILED cells: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
