@@ -6,21 +6,26 @@ Fréchet distance of samples (an .npz with 'samples' [N, 28, 28, 1] in [-1, 1], 
 `python -m vdm.main --mode=sample`) to the test set, as JSON:
     python experiments/feature_net.py --mode=fd --workdir=experiments/results/feature_net \
         --samples=WORKDIR/samples/sample_*.npz --out=fd.json
+(`python -m experiments.feature_net ...` is the same.)
 
-The workdir holds config.json, checkpoints/ (orbax, vdm.checkpoint), result.json (test accuracy
-and the train-vs-test Fréchet floor at several N) and test_stats.npz (mean and covariance of the
-test set's features, the reference of every distance). Samples are quantised to 8 bits first,
-like the images a PNG grid shows, so they meet the classifier in its training distribution.
+It trains through the same loop as the diffusion model (vdm.train.run, as a `FeatureNetTask`):
+data parallel, orbax checkpoints with resume, metrics.jsonl and TensorBoard. The workdir holds
+config.json, checkpoints/, metrics.jsonl, tb/, result.json (test accuracy and the train-vs-test
+Fréchet floor at several N; written last, it marks a finished run) and test_stats.npz (mean and
+covariance of the test set's features, the reference of every distance). Samples are quantised
+to 8 bits first, like the images a PNG grid shows, so they meet the classifier in its training
+distribution.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
-import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
@@ -29,16 +34,21 @@ import ml_collections
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fid  # noqa: E402  (experiments/fid.py, next to this file)
-
-from vdm import data as vdm_data  # noqa: E402
-from vdm.checkpoint import Checkpointer  # noqa: E402
-from vdm.data_toy import from_8bit  # noqa: E402
+from experiments import fid
+from vdm import config_utils, parallel
+from vdm import data as vdm_data
+from vdm.checkpoint import Checkpointer
+from vdm.data_toy import from_8bit
+from vdm.fileio import atomic_write
+from vdm.metrics import MetricWriter
+from vdm.train import run
+from vdm.trainer import TrainState, lr_schedule, make_optimizer, new_state, optimizer_step, step_keys
 
 Array = jax.Array
 DEFAULT_WORKDIR = "experiments/results/feature_net"
 FLOOR_SIZES = (1000, 2000, 5000, 10000)   # N of the train-vs-test Fréchet floor in result.json
+IMAGE_SHAPE = (28, 28, 1)                 # the grey 28x28 images of config.data.dataset
+DATASETS = ("fashion_mnist", "mnist")
 
 
 class FeatureNet(nn.Module):
@@ -63,23 +73,25 @@ class FeatureNet(nn.Module):
         return nn.Dense(self.num_classes, name="logits")(h), features
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise ValueError naming the first invalid field of a feature_net config."""
-    if config.data.dataset not in ("fashion_mnist", "mnist"):
-        raise ValueError(f"config.data.dataset={config.data.dataset!r}: the feature net is for 28x28 "
-                         "grey images; choose 'fashion_mnist' or 'mnist'.")
+def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raise ConfigError (a ValueError) naming the first invalid field of a feature_net config."""
+    err = config_utils.ConfigError
+    if config.data.dataset not in DATASETS:
+        raise err(f"config.data.dataset={config.data.dataset!r}: the feature net is for 28x28 grey images; "
+                  "choose 'fashion_mnist' or 'mnist'.")
     if not config.model.widths or any(int(w) < 1 for w in config.model.widths):
-        raise ValueError(f"config.model.widths={tuple(config.model.widths)} must be positive channel counts.")
-    for name, value in (("model.feature_dim", config.model.feature_dim), ("training.num_steps",
-                        config.training.num_steps), ("training.batch_size", config.training.batch_size),
-                        ("eval.batch_size", config.eval.batch_size), ("training.log_every",
-                        config.training.log_every)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.{name}={value!r} must be an integer >= 1.")
+        raise err(f"config.model.widths={tuple(config.model.widths)} must be positive channel counts.")
+    for name, value in (("seed", config.seed), ("model.feature_dim", config.model.feature_dim),
+                        ("eval.batch_size", config.eval.batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
+            raise err(f"config.{name}={value!r} must be an integer >= {0 if name == 'seed' else 1}.")
     if not 0.0 <= config.model.dropout < 1.0:
-        raise ValueError(f"config.model.dropout={config.model.dropout} must be in [0, 1).")
-    if config.training.learning_rate <= 0:
-        raise ValueError(f"config.training.learning_rate={config.training.learning_rate} must be > 0.")
+        raise err(f"config.model.dropout={config.model.dropout} must be in [0, 1).")
+    config_utils.validate_optimizer(config.optimizer)
+    config_utils.validate_training(config.training, device_count)
+    if device_count is not None and config.eval.batch_size % device_count:
+        raise err(f"config.eval.batch_size={config.eval.batch_size} must be divisible by the number of "
+                  f"devices ({device_count}).")
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FeatureNet:
@@ -105,84 +117,163 @@ def extract(model: FeatureNet, params: Any, x: np.ndarray, batch_size: int = 100
             np.concatenate([np.asarray(o[1]) for o in outs]))
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, num: int) -> np.ndarray:
+    """The order of the train examples in `epoch`, a pure function of (seed, epoch)."""
+    return np.random.default_rng((seed, epoch)).permutation(num)
+
+
+@dataclasses.dataclass(eq=False)
+class FeatureNetTask:
+    """The feature net as a vdm.train.Task: cross-entropy with dropout, test accuracy as its evaluation.
+
+    data: {'train': (x uint8 [N, H, W, C], y int [N]), 'test': (...)}; None when only restoring.
+    """
+    config: ml_collections.ConfigDict
+    model: FeatureNet
+    tx: optax.GradientTransformation
+    data: dict | None
+    cache: dict = dataclasses.field(default_factory=dict)
+
+    def init_state(self) -> TrainState:
+        """Fresh params from config.seed."""
+        k_init, k_run = jax.random.split(jax.random.PRNGKey(self.config.seed))
+        params = self.model.init(k_init, jnp.zeros((1,) + IMAGE_SHAPE))["params"]
+        return new_state(params, self.tx, k_run)
+
+    def train_batches(self, start_step: int) -> Iterator[dict]:
+        """Global batches {'x' float32 in [-1, 1], 'label' int32} of the train split; batch k depends only on (seed, k)."""
+        x_all, y_all = self.data["train"]
+        num, size = len(y_all), self.config.training.batch_size
+        step = start_step
+        while True:
+            epochs, offsets = np.divmod(step * size + np.arange(size, dtype=np.int64), num)
+            idx = np.empty(size, np.int64)
+            for epoch in np.unique(epochs).tolist():
+                sel = epochs == epoch
+                idx[sel] = _epoch_permutation(self.config.seed, epoch, num)[offsets[sel]]
+            yield {"x": from_8bit(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
+            step += 1
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One step of the mean cross-entropy on this device's shard; dropout from step_keys' device key."""
+        _, k_device = step_keys(state)
+
+        def loss(params):
+            logits, _ = self.model.apply({"params": params}, batch["x"], train=True, rngs={"dropout": k_device})
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            return ce, {"loss": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+        grads, terms = jax.grad(loss, has_aux=True)(parallel.to_varying(state.params))
+        return optimizer_step(self.tx, state, grads, terms, ema_decay=self.config.optimizer.ema_decay,
+                              lr=lr_schedule(self.config)(state.step))
+
+    def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
+        """Accuracy of the EMA params on the whole test split (data parallel)."""
+        result = {"eval/test_accuracy": heldout_accuracy(self, state.ema_params, mesh)}
+        writer.write(step, result)
+        return result
+
+
+def heldout_accuracy(task: FeatureNetTask, params: Any, mesh: Any) -> float:
+    """Fraction of task.data['test'] classified correctly with `params`, in global batches of config.eval.batch_size."""
+    if "accuracy_fn" not in task.cache:
+        def per_device(params, batch, key):
+            logits, _ = task.model.apply({"params": params}, batch["x"], train=False)
+            return jnp.argmax(logits, -1) == batch["label"]
+        task.cache["accuracy_fn"] = parallel.data_parallel_eval(per_device, mesh)
+    fn, size = task.cache["accuracy_fn"], task.config.eval.batch_size
+    x_all, y_all = task.data["test"]
+    hits = []
+    for start in range(0, len(y_all), size):
+        idx = np.arange(start, start + size)
+        mask = idx < len(y_all)
+        idx = np.where(mask, idx, idx % len(y_all))       # the last batch padded, masked out below
+        batch = {"x": from_8bit(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
+        batch = parallel.shard_batch(parallel.host_slice(batch, size), mesh)
+        hits.append(np.asarray(parallel.gather(fn(params, batch, jax.random.PRNGKey(0))))[mask])
+    return float(np.mean(np.concatenate(hits)))
+
+
+def build_task(config: ml_collections.ConfigDict, num_classes: int, data: dict | None = None) -> FeatureNetTask:
+    """The FeatureNetTask of a validated config: its model with `num_classes` outputs, make_optimizer(config)."""
+    return FeatureNetTask(config, build_model(config, num_classes), make_optimizer(config), data)
+
+
 def _load(config: ml_collections.ConfigDict) -> dict:
     return {split: vdm_data.load_arrays(config.data, split) for split in ("train", "test")}
 
 
+def _cached_result(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+    """result.json of `workdir` if it was trained with this very config; None if nothing finished there yet.
+
+    A workdir holding another config raises (its checkpoints would be resumed under the wrong settings).
+    """
+    config_path, result_path = os.path.join(workdir, "config.json"), os.path.join(workdir, "result.json")
+    if not os.path.exists(config_path):
+        return None
+    with open(config_path) as f:
+        if json.load(f) != json.loads(config.to_json()):
+            raise ValueError(f"{workdir} holds a feature net trained with another config; pass another "
+                             "--workdir or delete that folder.")
+    if not os.path.exists(result_path):
+        return None                                   # unfinished: run() resumes from its checkpoints
+    with open(result_path) as f:
+        return {**json.load(f), "cached": True}
+
+
+def _restore(task: FeatureNetTask, workdir: str) -> Any:
+    """EMA params of the newest checkpoint in workdir/checkpoints (FileNotFoundError if none)."""
+    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False) as ckpt:
+        state, _ = ckpt.restore_latest(parallel.to_host(task.init_state()))
+    if state is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint; delete {workdir} and retrain.")
+    return state.ema_params
+
+
+def _measure(task: FeatureNetTask, params: Any, workdir: str) -> dict:
+    """Test accuracy (with its binomial SE) and the train-vs-test Fréchet floor; writes workdir/test_stats.npz."""
+    (x_train, _), (x_test, y_test) = task.data["train"], task.data["test"]
+    batch_size = task.config.eval.batch_size
+    logits, feats = extract(task.model, params, x_test, batch_size)
+    correct = np.argmax(logits, -1) == y_test
+    mu, cov = fid.gaussian_stats(feats)
+    if jax.process_index() == 0:
+        atomic_write(os.path.join(workdir, "test_stats.npz"),
+                     lambda f: np.savez(f, mu=mu, cov=cov, num=len(feats)), binary=True)
+    _, train_feats = extract(task.model, params, x_train[:max(FLOOR_SIZES)], batch_size)
+    floor = {str(n): fid.frechet_distance(*fid.gaussian_stats(train_feats[:n]), mu, cov)
+             for n in FLOOR_SIZES if 1 < n <= len(train_feats)}
+    acc = float(correct.mean())
+    return {"test_accuracy": acc, "test_accuracy_se": float(np.sqrt(acc * (1 - acc) / len(correct))),
+            "num_test": int(len(correct)), "fd_train_vs_test": floor}
+
+
 def train_feature_net(config: ml_collections.ConfigDict, workdir: str, *,
                       data: dict | None = None) -> dict:
-    """Train the classifier with AdamW + cross-entropy, save it and the test-feature stats to `workdir`; return result.json.
+    """Train the classifier through vdm.train.run in `workdir` (resuming), save the test-feature stats; return result.json.
 
     data: optional {'train': (x, y), 'test': (x, y)} with x [N, H, W, C] uint8 and y int [N]
     (default: config.data's splits). Cached: if `workdir` already holds a result for this very
-    config, nothing is trained; a result for another config raises (use another workdir).
+    config, nothing is trained; a workdir of another config raises (use another workdir).
     """
-    validate(config)
-    result_path = os.path.join(workdir, "result.json")
-    config_json = json.loads(config.to_json())
-    if os.path.exists(result_path):
-        with open(os.path.join(workdir, "config.json")) as f:
-            if json.load(f) != config_json:
-                raise ValueError(f"{workdir} holds a feature net trained with another config; pass another "
-                                 "--workdir or delete that folder.")
-        with open(result_path) as f:
-            return {**json.load(f), "cached": True}
+    parallel.initialize_distributed()
+    validate(config, jax.device_count())
+    cached = _cached_result(config, workdir)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     data = data if data is not None else _load(config)
-    (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
-    num_classes = int(max(np.max(y_train), np.max(y_test))) + 1
-    model = build_model(config, num_classes)
-    t = config.training
-    lr = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
-                                            max(t.num_steps, t.warmup_steps + 1))
-    tx = optax.adamw(lr, weight_decay=t.weight_decay)
-    key = jax.random.PRNGKey(config.seed)
-    params = model.init(jax.random.fold_in(key, 0), jnp.zeros((1,) + x_train.shape[1:]))["params"]
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, x, y, k):
-        def loss_fn(p):
-            logits, _ = model.apply({"params": p}, x, train=True, rngs={"dropout": k})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    n, bs = len(y_train), t.batch_size
-    perm, epoch = None, -1
-    for i in range(t.num_steps):
-        if (i * bs) // n != epoch:          # new epoch: a fresh permutation from (seed, epoch)
-            epoch = (i * bs) // n
-            perm = np.random.default_rng((config.seed, epoch)).permutation(n)
-        idx = perm[np.arange(i * bs, (i + 1) * bs) % n]
-        params, opt_state, loss = step(params, opt_state, from_8bit(x_train[idx]), y_train[idx],
-                                       jax.random.fold_in(key, i + 1))
-        if (i + 1) % t.log_every == 0:
-            print(f"feature_net step {i + 1}/{t.num_steps}: train loss {float(loss):.4f}", flush=True)
-
-    logits, feats = extract(model, params, x_test, config.eval.batch_size)
-    correct = np.argmax(logits, -1) == y_test
-    mu, cov = fid.gaussian_stats(feats)
-    os.makedirs(workdir, exist_ok=True)
-    np.savez(os.path.join(workdir, "test_stats.npz"), mu=mu, cov=cov, num=len(feats))
-    floor = {}
-    _, train_feats = extract(model, params, x_train[:max(FLOOR_SIZES)], config.eval.batch_size)
-    for size in FLOOR_SIZES:
-        if size <= len(train_feats) and size > 1:
-            floor[str(size)] = fid.frechet_distance(*fid.gaussian_stats(train_feats[:size]), mu, cov)
-    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False) as ckpt:
-        ckpt.save(t.num_steps, params, info={"config": config.to_json()})
-    result = {"test_accuracy": float(correct.mean()),
-              "test_accuracy_se": float(np.sqrt(correct.mean() * (1 - correct.mean()) / len(correct))),
-              "num_test": int(len(correct)), "num_train": int(n), "num_classes": num_classes,
-              "num_steps": int(t.num_steps), "feature_dim": int(config.model.feature_dim),
-              "fd_train_vs_test": floor, "train_seconds": time.perf_counter() - t0,
-              "backend": jax.default_backend()}
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config_json, f, indent=2, sort_keys=True)
-    with open(result_path, "w") as f:          # written last: its presence marks a finished run
-        json.dump(result, f, indent=2, sort_keys=True)
+    num_classes = int(max(np.max(data["train"][1]), np.max(data["test"][1]))) + 1
+    task = build_task(config, num_classes, data)
+    run(task, parallel.make_mesh(), workdir)
+    result = _measure(task, _restore(task, workdir), workdir)
+    result.update({"num_train": int(len(data["train"][1])), "num_classes": num_classes,
+                   "num_steps": int(config.training.num_steps), "feature_dim": int(config.model.feature_dim),
+                   "train_seconds": time.perf_counter() - t0, "backend": jax.default_backend()})
+    if jax.process_index() == 0:              # result.json last: its presence marks a finished run
+        atomic_write(os.path.join(workdir, "result.json"),
+                     lambda f: json.dump(result, f, indent=2, sort_keys=True))
     return {**result, "cached": False}
 
 
@@ -196,13 +287,8 @@ def load_feature_net(workdir: str) -> tuple[FeatureNet, Any, ml_collections.Conf
         config = ml_collections.ConfigDict(json.load(f))
     with open(result_path) as f:
         result = json.load(f)
-    model = build_model(config, result["num_classes"])
-    like = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
-    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None, async_save=False) as ckpt:
-        params, _ = ckpt.restore_latest(like)
-    if params is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint; delete {workdir} and retrain.")
-    return model, params, config
+    task = build_task(config, result["num_classes"])
+    return task.model, _restore(task, workdir), config
 
 
 def fd_to_test_set(samples: np.ndarray, workdir: str) -> dict:
