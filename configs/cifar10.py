@@ -50,7 +50,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optimizer.b1 = 0.9              # Adam beta1
     config.optimizer.b2 = 0.99             # Adam beta2 (paper: 0.99)
     config.optimizer.eps = 1e-8            # Adam epsilon
-    config.optimizer.weight_decay = 0.01   # AdamW decoupled weight decay (network matrices only)
+    config.optimizer.weight_decay = 0.01   # AdamW decoupled weight decay (see decay_mask)
+    config.optimizer.decay_mask = "matrices"  # decayed: 'matrices' (network kernels), 'non_bias', 'all'
     config.optimizer.warmup_steps = 1000   # linear warmup from 0
     config.optimizer.decay = "constant"    # constant after warmup, as in the paper
     config.optimizer.grad_clip = 1.0       # global-norm clipping (0: off)
@@ -70,6 +71,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 512   # eval batch (global); the test split is covered exactly once
     config.eval.num_steps = 0      # ELBO time steps: 0 continuous, else discrete T
+    config.eval.method = "elbo"    # --mode=eval: 'elbo' (-ELBO bits/dim) or 'ode' (probability-flow ODE bits/dim)
+    config.eval.ode_steps = 64     # 'ode': RK4 steps, uniform in log-SNR (4 network evaluations each)
+    config.eval.ode_probes = 1     # 'ode': Hutchinson probes per example for the divergence
+    config.eval.max_examples = 0   # 'ode': stop after this many test examples (0: the whole split)
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.method = "ancestral"   # ancestral, ddim, sde, ode, pc, dpm_solver
@@ -78,6 +83,25 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.sampling.batch_size = 500      # samples per sampler call (bounds memory); 0: all at once
     config.sampling.guidance_weight = 0.0  # classifier-free guidance w (conditional models)
     config.sampling.class_label = -1       # class to sample; -1: cycle through the classes
+    config.sampling.grid = ""              # time grid: '' (the method's default), uniform_t, uniform_logsnr, edm
+    config.sampling.rho = 7.0              # grid='edm': the rho of Karras et al. 2022
+    config.sampling.t_min = 0.0            # the grid runs from t_max down to t_min
+    config.sampling.t_max = 1.0            # ... from t_max (1: pure noise)
+    config.sampling.clip_x0 = False        # clip the x0 prediction to [-1, 1] in every step
+    config.sampling.dynamic_threshold = 0.0  # Imagen's dynamic thresholding percentile p in (0, 1]; 0: off
+    config.sampling.final_denoise = True   # end with x0_hat(z_tmin) (else z_tmin / alpha_tmin)
+    config.sampling.variance = "small"     # ancestral: 'small' (posterior) or 'large' (forward beta)
+    config.sampling.eta = 0.0              # ddim: 0 deterministic, 1 the ancestral variance
+    config.sampling.snr = 0.16             # pc: Langevin signal-to-noise ratio (score_sde)
+    config.sampling.corrector_steps = 1    # pc: corrector moves per step
+    config.sampling.order = 2              # dpm_solver: order 1, 2 or 3
+    config.sampling.prediction = "x0"      # dpm_solver: 'x0' (DPM-Solver++) or 'eps'
+    config.sampling.lower_order_final = True  # dpm_solver: lower the order of the last steps when steps < 15
+
+    config.guidance = ml_collections.ConfigDict()   # classifier guidance at --mode=sample (Dhariwal & Nichol 2021)
+    config.guidance.classifier_workdir = ""  # a noisy classifier from vdm.train_classifier; '': no guidance
+    config.guidance.classifier_scale = 1.0   # s in eps - s sigma grad log p(y | z_t)
+    config.guidance.classifier_label = -1    # class to guide toward; -1: each class in turn
 
     if arg == "learned":
         config.model.schedule = "learned"

@@ -21,20 +21,15 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+from vdm import analytic, sampling, schedules
 
-import analytic  # noqa: E402  (tests/analytic.py: exact denoisers)
-from vdm import sampling  # noqa: E402
-from vdm import schedules  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METHODS = [("ancestral", {}), ("ddim", {}), ("sde", {}), ("ode", {}), ("pc", {}),
            ("dpm_solver", {"order": 2}), ("dpm_solver", {"order": 3})]

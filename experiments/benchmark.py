@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdm import data, parallel, train
+from vdm import data, parallel
+from vdm import trainer as tr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dense bf16 peak FLOP/s by device kind (vendor datasheets, SXM parts).
@@ -65,8 +66,8 @@ def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[fl
 def setup(config, shape, num_classes=10):
     """(trainer, mesh, state, sharded synthetic batch [1, B, *shape]) for `config` on data of `shape`."""
     info = data.DatasetInfo("synthetic", tuple(shape), 50_000, 10_000, num_classes, True)
-    trainer, mesh = train.build_trainer(config, info), parallel.make_mesh()
-    state = parallel.replicate(parallel.to_host(train.create_train_state(trainer, jax.random.PRNGKey(0))), mesh)
+    trainer, mesh = tr.build_trainer(config, info), parallel.make_mesh()
+    state = parallel.replicate(parallel.to_host(tr.create_train_state(trainer, jax.random.PRNGKey(0))), mesh)
     rng = np.random.default_rng(0)
     b = config.training.batch_size
     x = (rng.integers(0, 256, (1, b, *shape)) / 127.5 - 1).astype(np.float32)
@@ -77,7 +78,7 @@ def setup(config, shape, num_classes=10):
 
 def full_step(trainer, mesh):
     """The trainer's jitted, sharded, donating step (what the loop runs)."""
-    return parallel.data_parallel(lambda s, b: train.train_step(trainer, s, b), mesh)
+    return parallel.data_parallel(lambda s, b: tr.train_step(trainer, s, b), mesh)
 
 
 def bare_step(trainer):

@@ -70,25 +70,26 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
 
 
 def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
-    from vdm import sampling, train
+    from vdm import evaluate, sampling
     from conftest import load_config
     wd = str(tmp_path)
     assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
     for method in sampling.METHODS:
         config = load_config("toy2d", "small")
         config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = method, 4, 16
-        png = train.sample(config, wd)
+        png = evaluate.sample(config, wd)
         samples = np.load(png[:-4] + ".npz")["samples"]
         assert samples.shape == (16, 2) and np.all(np.isfinite(samples)), method
     # Chunked sampling (sampling.batch_size): chunk i is the one-shot sampler's draw with key fold_in(key, i).
     import jax
+    from vdm.trainer import derived_key
     config = load_config("toy2d", "small")
     config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = "ddim", 4, 10
     config.sampling.batch_size = 4                       # chunks of 4, 4, 4 (the last cut to 2)
-    chunked = np.load(train.sample(config, wd)[:-4] + ".npz")["samples"]
-    trainer, _, state, step = train._restore_for_inference(config, wd)
-    key = train._derived_key(config, 2, step)
-    one = train.make_sampler(trainer, 4)
+    chunked = np.load(evaluate.sample(config, wd)[:-4] + ".npz")["samples"]
+    trainer, _, state, step = evaluate.restore_for_inference(config, wd)
+    key = derived_key(config, 2, step)
+    one = evaluate.make_sampler(trainer, 4)
     expect = np.concatenate([np.asarray(one(state.ema_params, jax.random.fold_in(key, i))) for i in range(3)])
     assert chunked.shape == (10, 2)
     np.testing.assert_allclose(chunked, expect[:10], rtol=1e-5, atol=1e-6)
@@ -96,7 +97,7 @@ def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
 
 
 def test_sample_chunk_size_rounds_to_whole_class_cycles():
-    from vdm.train import sample_chunk_size
+    from vdm.evaluate import sample_chunk_size
     assert sample_chunk_size(2000, 500) == 500
     assert sample_chunk_size(2000, 0) == 2000 and sample_chunk_size(300, 500) == 300
     assert sample_chunk_size(2000, 505, num_classes=10) == 500   # each chunk restarts arange % 10

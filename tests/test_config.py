@@ -10,14 +10,16 @@ import pytest
 from conftest import REPO_ROOT, load_config
 from vdm import config_utils
 
-VARIANTS = [("fashion_mnist", ""), ("fashion_mnist", "small"), ("mnist", ""), ("mnist", "small"),
+VARIANTS = [("fashion_mnist", ""), ("fashion_mnist", "small"), ("fashion_mnist", "mnist"),
+            ("fashion_mnist", "mnist,small"),
             ("cifar10", ""), ("cifar10", "learned"), ("cifar10", "small"),
             ("toy2d", ""), ("toy2d", "grid"), ("toy2d", "gaussian"), ("toy2d", "small")]
 REQUIRED = ["data.dataset", "model.parameterization", "model.schedule", "loss.weighting",
             "training.num_steps", "training.batch_size", "training.eval_every",
             "training.checkpoint_every", "seed", "optimizer.learning_rate", "optimizer.ema_decay",
             "sampling.method", "sampling.num_steps", "sampling.guidance_weight", "sampling.class_label",
-            "eval.num_steps", "eval.batch_size"]
+            "eval.num_steps", "eval.batch_size", "eval.method", "guidance.classifier_workdir",
+            "sampling.grid", "sampling.eta", "sampling.order", "optimizer.decay_mask"]
 
 
 def _get(config, dotted):
@@ -34,18 +36,31 @@ def test_every_config_variant_validates_and_has_the_required_keys(name, arg):
         _get(config, key)
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "mnist", "cifar10", "toy2d"])
+def test_fashion_mnist_variants_compose_and_unknown_ones_are_named():
+    c = load_config("fashion_mnist", "mnist,small")
+    assert c.data.dataset == "mnist" and c.training.num_steps == load_config("fashion_mnist", "small").training.num_steps
+    with pytest.raises(ValueError, match="'cifar'"):
+        load_config("fashion_mnist", "small,cifar")
+
+
+@pytest.mark.parametrize("arg", ["", "toy2d"])
+def test_noisy_classifier_configs_validate(arg):
+    config_utils.validate_classifier(load_config("noisy_classifier", arg), device_count=1)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "toy2d", "noisy_classifier"])
 def test_config_files_document_every_key_and_the_command_that_runs_them(name):
     path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
     source = open(path).read()
     module = ast.parse(source)
-    assert f"python -m vdm.main --config=configs/{name}.py --workdir=" in ast.get_docstring(module)
+    entry = "vdm.train_classifier" if name == "noisy_classifier" else "vdm.main"
+    assert f"python -m {entry} --config=configs/{name}.py --workdir=" in ast.get_docstring(module)
     lines = source.splitlines()
     undocumented = []
     in_variants = False
     for line in lines:
         stripped = line.strip()
-        if stripped.startswith("if arg"):
+        if stripped.startswith("if ") and ("arg" in stripped or "variants" in stripped):
             in_variants = True                    # variant overrides change documented keys
         if stripped.startswith("config.") and " = " in stripped and not in_variants:
             if "#" not in stripped:

@@ -215,9 +215,11 @@ def test_missing_fashion_mnist_says_how_to_get_it(no_fashion_source):
         assert "train-images-idx3-ubyte.gz" in message
 
 
-def test_prepare_cli_fails_at_once_with_the_how_to(no_fashion_source, capsys):
-    assert data.main(["prepare", "--dataset=fashion_mnist", f"--data_dir={no_fashion_source}"]) == 2
-    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+def test_prepare_cli_fails_at_once_with_the_how_to(no_fashion_source):
+    proc = subprocess.run([sys.executable, "-m", "vdm.data", "prepare", "--dataset=fashion_mnist",
+                           f"--data_dir={no_fashion_source}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "apt-get install dataset-fashion-mnist" in proc.stderr
     assert not no_fashion_source.exists()  # nothing written, nothing downloaded
 
 
@@ -310,8 +312,7 @@ def test_prepare_is_idempotent_and_reading_needs_no_tensorflow(synthetic_fashion
     proc = run_python(f"""
         import sys
         from vdm import data
-        assert data.main(["prepare", "--dataset=fashion_mnist",
-                          "--data_dir={synthetic_fashion['data_dir']}"]) == 0
+        assert data.prepare_command("fashion_mnist", "{synthetic_fashion['data_dir']}") == 0
         cfg = {{"dataset": "fashion_mnist", "data_dir": {str(synthetic_fashion['data_dir'])!r}}}
         batch = next(data.train_iterator(cfg, 8, seed=0))
         assert batch["x"].shape == (8, 28, 28, 1)
@@ -417,7 +418,7 @@ def test_real_fashion_mnist_is_prepared_and_matches_the_debian_files():
             pytest.fail(str(data_tfds.not_prepared_error("fashion_mnist", data_dir)))
         proc = run_python(f"""
             from vdm import data
-            raise SystemExit(data.main(["prepare", "--dataset=fashion_mnist", "--data_dir={data_dir}"]))
+            raise SystemExit(data.prepare_command("fashion_mnist", "{data_dir}"))
         """)
         assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = {"dataset": "fashion_mnist", "data_dir": data_dir}

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import analytic as A
+from vdm import analytic
 from vdm import likelihood as L
 from vdm import schedules as S
 from vdm.objectives import bits_per_dim

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import analytic as A
+from vdm import analytic
 from vdm import guidance, sampling, solvers
 from vdm import schedules as S
 from vdm.parameterization import convert

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import REPO_ROOT, load_config, run_cli
-from vdm import data, evaluate, objectives, parallel, train
+from vdm import data, evaluate, objectives, parallel
+from vdm import trainer as tr
 from vdm.checkpoint import Checkpointer
 
 
@@ -34,7 +35,7 @@ def _toy_config(**training):
 
 def _train(trainer, mesh, state, num_steps, *, start=0, steps_per_call=1):
     c = trainer.config
-    fn = parallel.data_parallel(lambda s, b: train.train_step(trainer, s, b), mesh,
+    fn = parallel.data_parallel(lambda s, b: tr.train_step(trainer, s, b), mesh,
                                 steps_per_call=steps_per_call)
     batches = data.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start)
     metrics = []
@@ -47,7 +48,7 @@ def _train(trainer, mesh, state, num_steps, *, start=0, steps_per_call=1):
 
 
 def _elbo(trainer, mesh, params):
-    eval_fn = parallel.data_parallel_eval(lambda p, b, k: train.eval_step(trainer, p, b, k), mesh)
+    eval_fn = parallel.data_parallel_eval(lambda p, b, k: tr.eval_step(trainer, p, b, k), mesh)
     return evaluate.evaluate_elbo(eval_fn, params, trainer.config, trainer.info, mesh,
                                   jax.random.PRNGKey(5))
 
@@ -55,8 +56,8 @@ def _elbo(trainer, mesh, params):
 def test_training_lowers_the_elbo_toward_the_true_nll_on_gaussian_data():
     c = _toy_config()
     c.data.num_test = 8000                            # bpd_se ~ 0.1
-    trainer, mesh = train.setup(c)
-    state = parallel.replicate(train.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    trainer, mesh = tr.setup(c)
+    state = parallel.replicate(tr.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
     before = _elbo(trainer, mesh, state.ema_params)
     state, metrics, fn = _train(trainer, mesh, state, c.training.num_steps)
     after = _elbo(trainer, mesh, state.params)
@@ -76,15 +77,15 @@ def test_train_loss_with_elbo_weighting_is_the_negative_elbo_in_expectation():
     """E[batch loss] (reconstruction + prior + f ||eps - eps_hat||^2) equals E[-ELBO] of vdm.objectives.elbo."""
     c = _toy_config()
     c.training.batch_size = 1000
-    trainer, mesh = train.setup(c)
-    params = train.create_train_state(trainer, jax.random.PRNGKey(1)).params
+    trainer, mesh = tr.setup(c)
+    params = tr.create_train_state(trainer, jax.random.PRNGKey(1)).params
     # Give the net a non-trivial output first: perturb the zero-initialised last layer.
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
     x = jnp.asarray(data.load_arrays(c.data, "test")[0][:1000])
     batch = {"x": x, "label": jnp.zeros((1000,), jnp.int32)}
 
     def loss(key):
-        f = jax.shard_map(lambda p, b: train.loss_and_grads(trainer, parallel.to_varying(p), b, key, key)[0],
+        f = jax.shard_map(lambda p, b: tr.loss_and_grads(trainer, parallel.to_varying(p), b, key, key)[0],
                           mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("data")),
                           out_specs=jax.sharding.PartitionSpec(), check_vma=False)
         return f(params, batch)
@@ -104,12 +105,13 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     from test_train import _toy_config, _train
-    from vdm import parallel, train
+    from vdm import parallel
+    from vdm import trainer as tr
     from vdm.checkpoint import Checkpointer
     assert jax.device_count() == 8, jax.devices()
     c = _toy_config(steps_per_call={spc})
-    trainer, mesh = train.setup(c)
-    state = parallel.replicate(train.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    trainer, mesh = tr.setup(c)
+    state = parallel.replicate(tr.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
     state, metrics, _ = _train(trainer, mesh, state, 2, steps_per_call={spc})
     with Checkpointer({out!r}) as ckpt:
         ckpt.save(int(state.step), parallel.to_host(state))
@@ -128,9 +130,9 @@ def test_two_steps_on_eight_devices_equal_one_device_and_restore_across_counts(t
     losses8 = json.loads(proc.stdout.strip().splitlines()[-1])
 
     c = _toy_config()
-    trainer, mesh = train.setup(c)
+    trainer, mesh = tr.setup(c)
     assert jax.device_count() == 1
-    state = parallel.replicate(train.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    state = parallel.replicate(tr.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
     state, metrics, _ = _train(trainer, mesh, state, 2)
     losses1 = [float(m["loss"][0]) for m in metrics]
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
@@ -201,15 +203,15 @@ def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_los
     """Against central finite differences: shape <- d E[L_diff^2], endpoints <- d E[loss] (VDM sec. 5.2)."""
     c = _toy_config()
     c.model.schedule, c.model.learn_endpoints = "learned", True
-    trainer, mesh = train.setup(c)
-    params = train.create_train_state(trainer, jax.random.PRNGKey(0)).params
+    trainer, mesh = tr.setup(c)
+    params = tr.create_train_state(trainer, jax.random.PRNGKey(0)).params
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
     x = jnp.asarray(data.load_arrays(c.data, "train")[0][:256])
     batch = {"x": x, "label": jnp.zeros((256,), jnp.int32)}
     P = jax.sharding.PartitionSpec
     keys = jax.random.split(jax.random.PRNGKey(3))
     run = jax.jit(jax.shard_map(
-        lambda p, b: train.loss_and_grads(trainer, parallel.to_varying(p), b, *keys)[1:],
+        lambda p, b: tr.loss_and_grads(trainer, parallel.to_varying(p), b, *keys)[1:],
         mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False))
     grads, _ = run(params, batch)
 
@@ -236,8 +238,8 @@ def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     c32 = _toy_config()
     c16 = _toy_config(dtype="bfloat16")
     info = data.get_dataset_info(c32.data)
-    t32, t16 = train.build_trainer(c32, info), train.build_trainer(c16, info)
-    params = train.init_params(t32, jax.random.PRNGKey(0))
+    t32, t16 = tr.build_trainer(c32, info), tr.build_trainer(c16, info)
+    params = tr.init_params(t32, jax.random.PRNGKey(0))
     # Away from the zero-initialised output layer, so the network's output is not exactly 0.
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda p: p + jnp.asarray(0.05 * rng.standard_normal(p.shape), p.dtype), params)
@@ -247,7 +249,7 @@ def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     P = jax.sharding.PartitionSpec
 
     def loss_grads(trainer):
-        f = jax.shard_map(lambda p, b: train.loss_and_grads(trainer, parallel.to_varying(p), b,
+        f = jax.shard_map(lambda p, b: tr.loss_and_grads(trainer, parallel.to_varying(p), b,
                                                             jax.random.PRNGKey(1), jax.random.PRNGKey(2))[:2],
                           mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False)
         return jax.jit(f)(params, batch)

@@ -13,16 +13,18 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from vdm.fileio import atomic_write_text
+
 from vdm import objectives, parameterization, schedules
 from vdm.data_tfds import IMAGE_DATASETS
 from vdm.data_toy import TOY_DATASETS
 
 # The choice sets come from the modules that implement them, so they cannot drift.
-SCHEDULE_NAMES = tuple(schedules.SCHEDULES) + ("learned",)
 DTYPES = ("float32", "bfloat16")
 NAN_POLICIES = ("stop", "skip")
 LR_DECAYS = ("cosine", "constant")
-SAMPLING_METHODS_FALLBACK = ("ancestral", "ddim", "ode", "sde", "pc")
+DECAY_MASKS = ("matrices", "non_bias", "all")
+EVAL_METHODS = ("elbo", "ode")
 
 
 class ConfigError(ValueError):
@@ -62,28 +64,12 @@ def _float(name: str, value: Any, lo: float | None = None, hi: float | None = No
     return value
 
 
-def _model_names() -> tuple[str, ...]:
-    from vdm.models import MODEL_NAMES         # imported here: flax is heavy and config checks are not
-    return tuple(MODEL_NAMES)
-
-
-def _sampling_methods() -> tuple[str, ...]:
-    try:
-        from vdm import sampling
-    except ImportError:                         # the sampler module is optional for training-only use
-        return SAMPLING_METHODS_FALLBACK
-    return tuple(getattr(sampling, "METHODS", SAMPLING_METHODS_FALLBACK))
-
-
-def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first invalid field of `config` (choices, types, ranges, cross-field rules)."""
-    c = config
-    _int("seed", c.seed, 0)
-    _choices("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
+def _validate_model(c: ml_collections.ConfigDict) -> None:
+    from vdm.models import LEARNED_SCHEDULES, MODEL_NAMES    # here: flax is heavy, config checks are not
     m = c.model
-    _choices("model.name", m.name, _model_names())
+    _choices("model.name", m.name, MODEL_NAMES)
     _choices("model.parameterization", m.parameterization, parameterization.KINDS)
-    _choices("model.schedule", m.schedule, SCHEDULE_NAMES)
+    _choices("model.schedule", m.schedule, tuple(schedules.SCHEDULES) + tuple(LEARNED_SCHEDULES))
     _check(m.gamma_max > m.gamma_min, f"config.model.gamma_max={m.gamma_max} must exceed "
            f"config.model.gamma_min={m.gamma_min}.")
     _float("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
@@ -98,21 +84,25 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
            f"config.model.name={m.name!r} does not fit config.data.dataset={c.data.dataset!r}: "
            "use 'mlp' for the flat toy data sets " + repr(TOY_DATASETS)
            + " and 'vdm_unet' or 'adm_unet' for the image data sets " + repr(IMAGE_DATASETS) + ".")
-
     _choices("loss.weighting", c.loss.weighting, tuple(objectives.WEIGHTINGS))
 
-    o = c.optimizer
+
+def validate_optimizer(o: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError for an invalid config.optimizer (shared by every model this codebase trains)."""
     _float("optimizer.learning_rate", o.learning_rate, 0.0, lo_open=True)
     _float("optimizer.b1", o.b1, 0.0, 1.0, hi_open=True)
     _float("optimizer.b2", o.b2, 0.0, 1.0, hi_open=True)
     _float("optimizer.eps", o.eps, 0.0, lo_open=True)
     _float("optimizer.weight_decay", o.weight_decay, 0.0)
+    _choices("optimizer.decay_mask", o.decay_mask, DECAY_MASKS)
     _int("optimizer.warmup_steps", o.warmup_steps, 0)
     _choices("optimizer.decay", o.decay, LR_DECAYS)
     _float("optimizer.grad_clip", o.grad_clip, 0.0)
     _float("optimizer.ema_decay", o.ema_decay, 0.0, 1.0, hi_open=True)
 
-    t = c.training
+
+def validate_training(t: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    """Raise ConfigError for an invalid config.training (the loop's keys, shared by every model)."""
     _int("training.num_steps", t.num_steps, 1)
     _int("training.batch_size", t.batch_size, 1)
     for key in ("eval_every", "checkpoint_every", "log_every", "steps_per_call", "keep_checkpoints"):
@@ -121,22 +111,41 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
         _check(t[key] % t.steps_per_call == 0,
                f"config.training.{key}={t[key]} must be a multiple of "
                f"config.training.steps_per_call={t.steps_per_call} (steps run in groups of it).")
-    _choices("training.dtype", t.dtype, DTYPES)
     _choices("training.nan_policy", t.nan_policy, NAN_POLICIES)
     if device_count is not None:
-        for name, bs in (("training.batch_size", t.batch_size), ("eval.batch_size", c.eval.batch_size)):
-            _check(bs % device_count == 0, f"config.{name}={bs} must be divisible by the number "
-                   f"of devices ({device_count}).")
+        _check(t.batch_size % device_count == 0, f"config.training.batch_size={t.batch_size} must be "
+               f"divisible by the number of devices ({device_count}).")
 
-    _int("eval.batch_size", c.eval.batch_size, 1)
-    _int("eval.num_steps", c.eval.num_steps, 0)
 
-    s = c.sampling
-    _choices("sampling.method", s.method, _sampling_methods())
+def _validate_eval(c: ml_collections.ConfigDict, device_count: int | None) -> None:
+    e = c.eval
+    _int("eval.batch_size", e.batch_size, 1)
+    _int("eval.num_steps", e.num_steps, 0)
+    _choices("eval.method", e.method, EVAL_METHODS)
+    _int("eval.ode_steps", e.ode_steps, 1)
+    _int("eval.ode_probes", e.ode_probes, 1)
+    _int("eval.max_examples", e.max_examples, 0)
+    if device_count is not None:
+        _check(e.batch_size % device_count == 0, f"config.eval.batch_size={e.batch_size} must be divisible "
+               f"by the number of devices ({device_count}).")
+    g = c.guidance
+    _check(isinstance(g.classifier_workdir, str), "config.guidance.classifier_workdir must be a path ('' for none).")
+    _float("guidance.classifier_scale", g.classifier_scale, 0.0)
+    _int("guidance.classifier_label", g.classifier_label, -1)
+
+
+def _validate_sampling(c: ml_collections.ConfigDict) -> None:
+    from vdm import sampling
+    s, m = c.sampling, c.model
+    _choices("sampling.method", s.method, sampling.METHODS)
     _int("sampling.num_steps", s.num_steps, 1)
     _int("sampling.num_samples", s.num_samples, 1)
-    if "batch_size" in s:
-        _int("sampling.batch_size", s.batch_size, 0)
+    _int("sampling.batch_size", s.batch_size, 0)
+    _choices("sampling.grid", s.grid, ("",) + tuple(sampling.GRIDS))
+    try:
+        sampling.resolve_options(s.method, sampling.options_from_config(s))
+    except ValueError as e:
+        raise ConfigError(f"config.sampling: {e}") from None
     _float("sampling.guidance_weight", s.guidance_weight, 0.0)
     _int("sampling.class_label", s.class_label, -1)
     _check(s.class_label < max(m.num_classes, 0) or s.class_label == -1,
@@ -144,6 +153,48 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
            f"class) or a class in [0, {m.num_classes}).")
     _check(s.guidance_weight == 0.0 or m.num_classes > 0,
            "config.sampling.guidance_weight > 0 needs a class-conditional model (config.model.num_classes > 0).")
+
+
+def validate_data(d: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError for an invalid config.data (the rules of vdm.data.parse_config)."""
+    from vdm import data
+    try:
+        data.parse_config(d)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    """Raise ConfigError naming the first invalid field of a diffusion config (choices, types, ranges, cross-field rules)."""
+    c = config
+    _int("seed", c.seed, 0)
+    _choices("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
+    validate_data(c.data)
+    _validate_model(c)
+    validate_optimizer(c.optimizer)
+    validate_training(c.training, device_count)
+    _choices("training.dtype", c.training.dtype, DTYPES)
+    _validate_eval(c, device_count)
+    _validate_sampling(c)
+
+
+def validate_classifier(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    """Raise ConfigError naming the first invalid field of a noisy-classifier config (configs/noisy_classifier.py)."""
+    c = config
+    _int("seed", c.seed, 0)
+    _choices("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
+    validate_data(c.data)
+    _int("model.width", c.model.width, 1)
+    _int("model.num_layers", c.model.num_layers, 1)
+    _choices("model.schedule", c.model.schedule, tuple(schedules.SCHEDULES))
+    _check(c.model.gamma_max > c.model.gamma_min, f"config.model.gamma_max={c.model.gamma_max} must exceed "
+           f"config.model.gamma_min={c.model.gamma_min}.")
+    validate_optimizer(c.optimizer)
+    validate_training(c.training, device_count)
+    _int("eval.batch_size", c.eval.batch_size, 1)
+    if device_count is not None:
+        _check(c.eval.batch_size % device_count == 0, f"config.eval.batch_size={c.eval.batch_size} must be "
+               f"divisible by the number of devices ({device_count}).")
 
 
 def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
@@ -157,11 +208,9 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
            f"number of classes, {info.num_classes}.")
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Write the resolved config to workdir/config.json and workdir/config.yaml (ml_collections YAML repr)."""
+def save_config(config: ml_collections.ConfigDict, workdir: str, name: str = "config") -> None:
+    """Write the resolved config to workdir/NAME.json and workdir/NAME.yaml (ml_collections YAML repr)."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(json.loads(config.to_json()), f, indent=2, sort_keys=True)
-        f.write("\n")
-    with open(os.path.join(workdir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(str(config))
+    atomic_write_text(os.path.join(workdir, f"{name}.json"),
+                      json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(os.path.join(workdir, f"{name}.yaml"), str(config))

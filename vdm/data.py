@@ -17,7 +17,6 @@ CLI (needs TensorFlow, see requirements-prepare.txt):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import sys
@@ -33,23 +32,23 @@ from vdm.data_tfds import DatasetNotFoundError  # noqa: F401  (public re-export)
 
 DATASETS = data_tfds.IMAGE_DATASETS + data_toy.TOY_DATASETS
 
-# Value used for a key that config.data does not set (documented in default_config).
-DEFAULTS: dict[str, Any] = {
-    "data_dir": None, "random_flip": False, "num_train": 10_000, "num_test": 2_000, "dim": 2, "data_seed": 0,
-}
 _FLIP_STREAM = 1  # seeds flips with (seed, step, 1): never equal to an epoch's 2-tuple (seed, e)
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """config.data with every key this module reads, at its default value."""
+    """config.data with every key this module reads, at its default value: the one place data defaults live.
+
+    A config.data (or plain dict) may leave out the toy-set keys of an image set, and any key
+    equal to its default; `parse_config` fills exactly these values.
+    """
     return ml_collections.ConfigDict({
         "dataset": "fashion_mnist",  # one of DATASETS
         "data_dir": None,     # TFDS data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
         "random_flip": False,  # random horizontal flips of training images (images only)
-        "num_train": DEFAULTS["num_train"],  # toy sets: train split size
-        "num_test": DEFAULTS["num_test"],    # toy sets: test split size
-        "dim": DEFAULTS["dim"],              # 'gaussian': number of dimensions
-        "data_seed": DEFAULTS["data_seed"],  # toy sets: seed of the generated data
+        "num_train": 10_000,  # toy sets: train split size
+        "num_test": 2_000,    # toy sets: test split size
+        "dim": 2,             # 'gaussian': number of dimensions
+        "data_seed": 0,       # toy sets: seed of the generated data
     })
 
 
@@ -83,10 +82,11 @@ class _Spec:
 
 
 def _get(cfg: Any, key: str) -> Any:
+    """cfg[key], or its value in default_config() when cfg does not have it."""
     try:
         return cfg[key]
     except (KeyError, AttributeError):
-        return DEFAULTS[key]
+        return default_config()[key]
 
 
 def _check_int(what: str, value: Any, minimum: int) -> int:
@@ -95,8 +95,8 @@ def _check_int(what: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _parse(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
-    """Read and validate config.data up front."""
+def parse_config(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
+    """Read and validate config.data (the data rules, written once; config_utils.validate calls this)."""
     try:
         name = data_config["dataset"]
     except (KeyError, TypeError) as err:
@@ -122,7 +122,7 @@ def _parse(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
 
 def get_dataset_info(data_config: Mapping | ml_collections.ConfigDict) -> DatasetInfo:
     """DatasetInfo of config.data.dataset; an image set must already be prepared (else says how)."""
-    spec = _parse(data_config)
+    spec = parse_config(data_config)
     if spec.name in data_tfds.IMAGE_DATASETS:
         s = data_tfds.split_info(spec.name, spec.data_dir)
         return DatasetInfo(spec.name, s["shape"], s["num_train"], s["num_test"], s["num_classes"], True)
@@ -145,7 +145,7 @@ def _toy_split(name: str, num: int, seed: int, split: str, dim: int) -> tuple[np
 
 def load_arrays(data_config: Mapping | ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Whole split in memory, read-only: (x [N, *shape] uint8 for images / float32 for toys, label int32 [N])."""
-    spec = _parse(data_config)
+    spec = parse_config(data_config)
     if split not in data_toy.SPLITS:
         raise ValueError(f"Unknown split {split!r}; valid: {', '.join(data_toy.SPLITS)}.")
     if spec.name in data_tfds.IMAGE_DATASETS:
@@ -164,7 +164,7 @@ def _to_float(x: np.ndarray) -> np.ndarray:
 def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int, *, seed: int,
                    start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B]}; batch k depends only on (seed, k)."""
-    spec = _parse(data_config)
+    spec = parse_config(data_config)
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
     start_step = _check_int("start_step", start_step, 0)
@@ -211,26 +211,33 @@ def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: 
     return batches()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: `prepare` a TFDS data set once from local files (idempotent); prints where it is."""
-    parser = argparse.ArgumentParser(prog="python -m vdm.data", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    prep = sub.add_parser("prepare", help="prepare a TFDS data set as array_record (needs TensorFlow)")
-    prep.add_argument("--dataset", required=True, choices=data_tfds.IMAGE_DATASETS)
-    prep.add_argument("--data_dir", default=None, help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets")
-    prep.add_argument("--manual_dir", default=None,
-                      help=f"source files; default for fashion_mnist: ${data_tfds.FASHION_MNIST_DIR_ENV} or "
-                           f"{data_tfds.DEFAULT_FASHION_MNIST_DIR}, else DATA_DIR/downloads/manual")
-    args = parser.parse_args(argv)
+def prepare_command(dataset: str, data_dir: str | None = None, manual_dir: str | None = None) -> int:
+    """`python -m vdm.data prepare`: prepare a TFDS data set once from local files (idempotent); exit code 0, or 2 with the error."""
     try:
-        path = data_tfds.prepare(args.dataset, args.data_dir, source_dir=args.manual_dir)
-        info = data_tfds.split_info(args.dataset, data_tfds.resolve_data_dir(args.data_dir))
+        path = data_tfds.prepare(dataset, data_dir, source_dir=manual_dir)
+        info = data_tfds.split_info(dataset, data_tfds.resolve_data_dir(data_dir))
     except (DatasetNotFoundError, data_tfds.ChecksumError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.dataset} prepared in {path}: {info}")
+    print(f"{dataset} prepared in {path}: {info}")
     return 0
 
 
+def main(argv: list[str]) -> int:
+    """absl entry point: `python -m vdm.data prepare --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]`."""
+    from absl import flags
+    if argv[1:] != ["prepare"]:
+        print("usage: python -m vdm.data prepare --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]", file=sys.stderr)
+        return 2
+    return prepare_command(flags.FLAGS.dataset, flags.FLAGS.data_dir, flags.FLAGS.manual_dir)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from absl import app, flags
+    flags.DEFINE_enum("dataset", None, list(data_tfds.IMAGE_DATASETS), "TFDS data set to prepare")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    flags.DEFINE_string("manual_dir", None, "source files; default for fashion_mnist: "
+                        f"${data_tfds.FASHION_MNIST_DIR_ENV} or {data_tfds.DEFAULT_FASHION_MNIST_DIR}, "
+                        "else DATA_DIR/downloads/manual")
+    flags.mark_flag_as_required("dataset")
+    app.run(main)

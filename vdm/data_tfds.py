@@ -34,6 +34,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vdm.fileio import atomic_write
+
 IMAGE_DATASETS = ("fashion_mnist", "mnist", "cifar10")
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_DIR_ENV = "VDM_FASHION_MNIST_DIR"
@@ -133,23 +135,15 @@ def _write_cached_split(name: str, data_dir: str, split: str, images: np.ndarray
                         info: dict) -> None:
     """Write SPLIT.npz and update info.json, each atomically (tmp file + rename); best effort."""
     folder = arrays_dir(name, data_dir)
-
-    def atomic_write(path: str, mode: str, write) -> None:
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is as readable as the data set
-        os.replace(tmp, path)
-
     try:
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{split}.npz")
-        atomic_write(path, "wb", lambda f: np.savez_compressed(f, images=images, labels=labels))
+        atomic_write(path, lambda f: np.savez_compressed(f, images=images, labels=labels), binary=True)
         old = _cache_info(name, data_dir) or {}
         files = dict(old.get("files", {})) if old.get("shape") == list(info["shape"]) else {}
         files[split] = list(_sha256(path))
         record = {**{k: list(v) if k == "shape" else v for k, v in info.items()}, "files": files}
-        atomic_write(os.path.join(folder, "info.json"), "w", lambda f: json.dump(record, f, indent=1))
+        atomic_write(os.path.join(folder, "info.json"), lambda f: json.dump(record, f, indent=1))
     except OSError as err:  # a read-only data_dir only loses the speed-up
         warnings.warn(f"could not write the array cache in {folder}: {err}")
 

@@ -1,5 +1,6 @@
 """Command line: python -m vdm.main --config=configs/X.py --workdir=DIR [--mode=train|eval|sample]
-[--eval_method=elbo|ode].
+[--eval_method=elbo|ode]; every setting is a config key (--eval_method and the classifier flags are
+shorthands for config.eval / config.guidance keys).
 
 Any config key can be overridden: --config.model.parameterization=x0 --config.training.num_steps=100.
 Configs are locked, so a misspelt key fails at once. train resumes from DIR/checkpoints by itself.
@@ -22,39 +23,47 @@ MODES = ("train", "eval", "sample")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics, samples, config")
-_MODE = flags.DEFINE_enum("mode", "train", MODES, "train (and evaluate), eval (ELBO bits/dim), sample")
-_EVAL_METHOD = flags.DEFINE_enum("eval_method", "elbo", ["elbo", "ode"],
-                                 "--mode=eval: ELBO bits/dim, or bits/dim through the probability-flow ODE")
-_ODE_STEPS = flags.DEFINE_integer("ode_steps", 64, "--eval_method=ode: RK4 steps, uniform in log-SNR")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "--eval_method=ode: stop after this many test examples (0: all)")
-_CLASSIFIER_WORKDIR = flags.DEFINE_string("classifier_workdir", None,
-                                          "--mode=sample: noisy classifier (vdm.train_classifier) for guidance")
-_CLASSIFIER_SCALE = flags.DEFINE_float("classifier_scale", 1.0, "--mode=sample: classifier-guidance scale")
-_CLASSIFIER_LABEL = flags.DEFINE_integer("classifier_label", -1, "--mode=sample: class to guide toward (-1: each in turn)")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "train (and evaluate), eval (bits/dim), sample")
+# Shorthands: each writes one config key (recorded in the config files the run writes).
+SHORTHANDS = {"eval_method": "eval.method", "ode_steps": "eval.ode_steps", "max_examples": "eval.max_examples",
+              "classifier_workdir": "guidance.classifier_workdir",
+              "classifier_scale": "guidance.classifier_scale", "classifier_label": "guidance.classifier_label"}
+flags.DEFINE_string("eval_method", None, "shorthand for --config.eval.method (elbo | ode)")
+flags.DEFINE_integer("ode_steps", None, "shorthand for --config.eval.ode_steps")
+flags.DEFINE_integer("max_examples", None, "shorthand for --config.eval.max_examples")
+flags.DEFINE_string("classifier_workdir", None, "shorthand for --config.guidance.classifier_workdir")
+flags.DEFINE_float("classifier_scale", None, "shorthand for --config.guidance.classifier_scale")
+flags.DEFINE_integer("classifier_label", None, "shorthand for --config.guidance.classifier_label")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def apply_shorthands(config, values: dict) -> None:
+    """Write each given shorthand flag (value not None) into its config key (SHORTHANDS)."""
+    for flag, value in values.items():
+        if value is not None:
+            section, key = SHORTHANDS[flag].split(".")
+            config[section][key] = value
+
+
 def run(mode: str, config, workdir: str):
-    """Dispatch to one library function: train.train_and_evaluate, train.evaluate or train.sample."""
-    from vdm import train        # imported after flag parsing: jax starts here, not at --help
+    """Dispatch to one library function: train.train_and_evaluate, evaluate.evaluate or evaluate.sample."""
+    from vdm import evaluate, train     # imported after flag parsing: jax starts here, not at --help
     if mode == "eval":
-        return train.evaluate(config, workdir, method=_EVAL_METHOD.value, ode_steps=_ODE_STEPS.value,
-                              max_examples=_MAX_EXAMPLES.value)
+        return evaluate.evaluate(config, workdir)
     if mode == "sample":
-        return train.sample(config, workdir, classifier_workdir=_CLASSIFIER_WORKDIR.value,
-                            classifier_scale=_CLASSIFIER_SCALE.value, classifier_label=_CLASSIFIER_LABEL.value)
+        return evaluate.sample(config, workdir)
     return train.train_and_evaluate(config, workdir)
 
 
 def main(argv: list[str]) -> int:
-    """Validate the config, then run the chosen mode; user errors print one clear line and exit 1."""
+    """Run the chosen mode (the config is validated once, in vdm.trainer.setup); user errors print one clear line and exit 1."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
     logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
     from vdm.data import DatasetNotFoundError
     try:
-        config_utils.validate(_CONFIG.value)
+        apply_shorthands(_CONFIG.value, {f: flags.FLAGS[f].value for f in SHORTHANDS})
         result = run(_MODE.value, _CONFIG.value, _WORKDIR.value)
     except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError,
             FloatingPointError) as e:          # bad config, no data/checkpoint, NaN with 'stop'

@@ -15,8 +15,9 @@ which turns w(lambda) into a weight at the sampled t).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,9 @@ from vdm.parameterization import convert
 from vdm.schedules import Schedule, dgamma_dt
 
 Array = jax.Array
+PyTree = Any
 DenoiseFn = Callable[[Array, Array], Array]
+SCHEDULE_GRADS = ("none", "mean", "variance")
 
 
 # ----------------------------------------------------------------------------- weightings
@@ -183,6 +186,114 @@ def weighted_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Arra
     return w * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
 
 
-def bits_per_dim(nats: Array, num_dims: int) -> Array:
-    """bits/dim = nats / (D ln 2)."""
-    return jnp.asarray(nats) / (num_dims * math.log(2.0))
+def bits_per_dim(nats, num_dims: int):
+    """bits/dim = nats / (D ln 2) (numpy in, numpy out; jax in, jax out)."""
+    return nats / (num_dims * math.log(2.0))
+
+
+# ----------------------------------------------------------------------------- the training loss
+
+def endpoint_terms(x: Array, eps_0: Array, gamma_0: Array, gamma_1: Array, decoder: str) -> tuple[Array, Array]:
+    """Per-example (-log p(x | z_0), KL(q(z_1|x) || N(0, I))), z_0 = alpha_0 x + sigma_0 eps_0 (VDM eq. 11)."""
+    z_0 = diffusion.q_sample(x, gamma_0, eps_0)
+    return -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder), diffusion.prior_kl(x, gamma_1)
+
+
+def loss_and_grads(net_apply: Callable[[PyTree, Array, Array], Array], model_params: PyTree,
+                   schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree | None,
+                   x: Array, t: Array, eps: Array, eps_0: Array, *, parameterization: str = "eps",
+                   weighting: str = "elbo", decoder: str = "discrete",
+                   schedule_grad: str = "none") -> tuple[Array, PyTree, dict]:
+    """(mean loss, grads {'model'[, 'schedule']}, batch-mean terms) of reconstruction + prior + weighted diffusion (VDM eq. 11; Kingma & Gao 2023).
+
+    net_apply(model_params, z, gamma_t) -> prediction of kind `parameterization`; schedule_apply(
+    schedule_params, t) -> gamma(t). Per example: x, eps, eps_0 [B, ...], t [B]. schedule_grad:
+    'none' (fixed schedule), 'mean' (the mean-loss gradient, e.g. learned endpoints of a linear
+    schedule) or 'variance' (VDM sec. 5.2: grad E[L^2] for params['shape'], the mean-loss gradient
+    for params['endpoints']). All from one backward pass through the network.
+    """
+    if schedule_grad not in SCHEDULE_GRADS:
+        raise ValueError(f"schedule_grad={schedule_grad!r}; choose one of {SCHEDULE_GRADS}.")
+
+    def schedule_outputs(sched_params):
+        schedule = functools.partial(schedule_apply, sched_params)
+        gamma_t, dgamma = dgamma_dt(schedule, t)
+        return schedule(jnp.zeros(())), schedule(jnp.ones(())), gamma_t, dgamma
+
+    def diffusion_loss(params, gamma_t, dgamma):
+        net = lambda z, _: net_apply(params, z, gamma_t)
+        return weighted_diffusion_term(net, x, eps, t, gamma_t, dgamma, parameterization=parameterization,
+                                       weighting=weighting)
+
+    (gamma_0, gamma_1, gamma_t, dgamma), sched_vjp = jax.vjp(schedule_outputs, schedule_params)
+    (rec, prior), ep_vjp = jax.vjp(lambda g0, g1: endpoint_terms(x, eps_0, g0, g1, decoder), gamma_0, gamma_1)
+    diff, diff_vjp = jax.vjp(diffusion_loss, model_params, gamma_t, dgamma)
+    batch = x.shape[0]
+    mean_cot = lambda v: jnp.full_like(v, 1.0 / batch)           # cotangent of the batch mean
+    g_model, cot_gamma, cot_dgamma = diff_vjp(mean_cot(diff))
+    grads = {"model": g_model}
+    if schedule_grad != "none":
+        (g_sched,) = sched_vjp((*ep_vjp((mean_cot(rec), mean_cot(prior))), cot_gamma, cot_dgamma))
+        if schedule_grad == "variance":       # per-example partials dL_i/dgamma_i = B cot_i
+            g_sched = variance_minimizing_grads(schedule_apply, schedule_params, t, diff, batch * cot_gamma,
+                                                batch * cot_dgamma, g_sched.get("endpoints"))
+        grads["schedule"] = g_sched
+    terms = {"loss": jnp.mean(rec + prior + diff), "reconstruction": jnp.mean(rec), "prior": jnp.mean(prior),
+             "diffusion": jnp.mean(diff), "diffusion_var": jnp.var(diff)}   # what a learned schedule lowers
+    if schedule_grad != "none":
+        terms.update(gamma_0=gamma_0, gamma_1=gamma_1)
+    return terms["loss"], grads, terms
+
+
+def variance_minimizing_grads(schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree,
+                              t: Array, per_example_loss: Array, dloss_dgamma: Array, dloss_ddgamma: Array,
+                              mean_grad_endpoints: PyTree | None = None) -> PyTree:
+    """grad E[L^2] = grad Var[L] for the schedule's 'shape', the mean-loss gradient for its 'endpoints' (VDM sec. 5.2).
+
+    schedule_apply(schedule_params, t) -> gamma(t); t, per_example_loss L_i, dloss_dgamma =
+    dL_i/dgamma_t and dloss_ddgamma = dL_i/dgamma'(t) are all [B]. The 'shape' part is
+    (1/B) sum_i 2 L_i grad_eta L_i, one jax.vjp of params -> (gamma(t), gamma'(t)); the
+    'endpoints' part (if the params have one) is `mean_grad_endpoints` (zeros if None).
+    See vdm/models/schedule.py for why the mean loss does not depend on the shape.
+    """
+    t = jnp.asarray(t, dtype=jnp.float32)
+    if t.ndim != 1:
+        raise ValueError(f"t must be [B], got shape {t.shape}")
+    for name, a in (("per_example_loss", per_example_loss), ("dloss_dgamma", dloss_dgamma),
+                    ("dloss_ddgamma", dloss_ddgamma)):
+        if jnp.shape(a) != t.shape:
+            raise ValueError(f"{name} must have shape {t.shape} like t, got {jnp.shape(a)}")
+    inner, _ = _shape_subtree(schedule_params)
+
+    def gamma_and_slope(p: PyTree) -> tuple[Array, Array]:
+        return jax.jvp(lambda tt: schedule_apply(p, tt), (t,), (jnp.ones_like(t),))
+
+    _, vjp = jax.vjp(gamma_and_slope, schedule_params)
+    two_l_over_b = 2.0 * per_example_loss / t.shape[0]
+    (grads,) = vjp((two_l_over_b * dloss_dgamma, two_l_over_b * dloss_ddgamma))
+    g_inner, rebuild = _shape_subtree(grads)
+    g_inner = dict(g_inner)
+    if "endpoints" in inner:
+        if mean_grad_endpoints is None:
+            g_inner["endpoints"] = jax.tree.map(jnp.zeros_like, inner["endpoints"])
+        elif jax.tree.structure(mean_grad_endpoints) != jax.tree.structure(inner["endpoints"]):
+            raise ValueError("mean_grad_endpoints must be shaped like schedule params 'endpoints' "
+                             f"{jax.tree.structure(inner['endpoints'])}, got {jax.tree.structure(mean_grad_endpoints)}")
+        else:
+            g_inner["endpoints"] = mean_grad_endpoints
+    elif mean_grad_endpoints is not None:
+        raise ValueError("mean_grad_endpoints given but the schedule has no 'endpoints' params "
+                         "(learn_endpoints=False)")
+    return rebuild(g_inner)
+
+
+def _shape_subtree(params: PyTree) -> tuple[PyTree, Callable[[PyTree], PyTree]]:
+    """The dict holding 'shape' (top level or under 'params') and a function rebuilding the whole from it."""
+    if isinstance(params, dict) or hasattr(params, "keys"):
+        if "shape" in params:
+            return params, lambda inner: inner
+        if "params" in params and "shape" in params["params"]:
+            return params["params"], lambda inner: {**params, "params": inner}
+    raise ValueError("schedule_params must hold a 'shape' sub-tree (at the top level or under 'params'), "
+                     "as LearnedSchedule's variables do; got keys "
+                     f"{list(params.keys()) if hasattr(params, 'keys') else type(params)}")

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
@@ -99,12 +100,18 @@ def to_varying(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: jax.lax.pcast(x, AXIS, to="varying"), tree)
 
 
-def local_batch_size(global_batch_size: int) -> int:
-    """This host's share of a global batch; the global batch must split evenly over devices."""
-    if global_batch_size % jax.device_count():
-        raise ValueError(f"batch size {global_batch_size} is not divisible by the device count "
-                         f"{jax.device_count()}; choose a multiple of it.")
-    return global_batch_size // jax.process_count()
+def host_slice(batch: PyTree, global_batch_size: int) -> PyTree:
+    """This host's rows of a global batch (hosts take consecutive blocks of B / process_count, in process order)."""
+    n = global_batch_size // jax.process_count()
+    i = jax.process_index()
+    return jax.tree.map(lambda v: v[i * n:(i + 1) * n], batch)
+
+
+def gather(tree: PyTree) -> PyTree:
+    """Numpy values of global arrays sharded over 'data' (all hosts' shards, in order)."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def data_parallel(per_device_step: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]], mesh: Mesh,

@@ -98,8 +98,24 @@ def ancestral_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, key:
 
 # ----------------------------------------------------------------------------- options
 
-def _resolve_options(method: str, options: dict) -> dict:
-    """Fill defaults and validate; unknown methods, options or values raise ValueError."""
+# config.sampling keys that are sampler options, and which methods take each (None: every method).
+CONFIG_OPTIONS = {"grid": None, "rho": None, "t_min": None, "t_max": None, "clip_x0": None,
+                  "dynamic_threshold": None, "final_denoise": None, "variance": ("ancestral",),
+                  "eta": ("ddim",), "snr": ("pc",), "corrector_steps": ("pc",), "order": ("dpm_solver",),
+                  "prediction": ("dpm_solver",), "lower_order_final": ("dpm_solver",)}
+
+
+def options_from_config(sampling_config) -> dict:
+    """The `sample` options of config.sampling.method from config.sampling (grid '' and dynamic_threshold 0 mean the default/off)."""
+    s, method = sampling_config, sampling_config.method
+    opts = {k: s[k] for k, methods in CONFIG_OPTIONS.items() if methods is None or method in methods}
+    opts["grid"] = opts["grid"] or None
+    opts["dynamic_threshold"] = opts["dynamic_threshold"] or None
+    return opts
+
+
+def resolve_options(method: str, options: dict) -> dict:
+    """The options of `method` with defaults filled in; unknown methods, options or values raise ValueError."""
     if method not in METHODS:
         raise ValueError(f"Unknown sampling method {method!r}; choose one of {METHODS}.")
     valid = {**COMMON_DEFAULTS, **DEFAULTS[method]}
@@ -280,7 +296,7 @@ def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedul
     variance='learned', a pair (pred, v_interp in [0, 1])). num_steps defaults per method
     (DEFAULT_NUM_STEPS). Returns x, or (x, traj [N + 1, *shape]) with return_trajectory=True.
     """
-    opts = _resolve_options(method, options)
+    opts = resolve_options(method, options)
     if parameterization not in KINDS:
         raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {KINDS}.")
     num_steps = DEFAULT_NUM_STEPS[method] if num_steps is None else num_steps
@@ -322,7 +338,7 @@ def num_evaluations(method: str, num_steps: int, *, schedule: Schedule | None = 
 
     For 'ode' the last step is Euler only if gamma(t_min) = -inf, which needs `schedule` to tell.
     """
-    opts = _resolve_options(method, options)
+    opts = resolve_options(method, options)
     final = int(bool(opts["final_denoise"]))
     if method == "ode":
         last_finite = schedule is None or bool(jnp.isfinite(schedule(jnp.float32(opts["t_min"]))))

@@ -3,18 +3,20 @@
     python -m vdm.train_classifier --config=configs/noisy_classifier.py --workdir=DIR
 
 Each step draws t ~ U(0, 1) per example, z_t = alpha_t x + sigma_t eps under the configured
-schedule, and minimises the cross-entropy of vdm.models.NoisyClassifier(z_t, gamma_t). The params
-go to DIR/classifier.msgpack with DIR/config.json; `python -m vdm.main --mode=sample
---classifier_workdir=DIR --classifier_scale=s` then adds s * grad log p(y | z_t) to the score.
+schedule, and minimises the cross-entropy of vdm.models.NoisyClassifier(z_t, gamma_t). It runs
+through the same loop as the diffusion model (vdm/train.py): data parallel, orbax checkpoints
+in DIR/checkpoints with resume, metrics.jsonl and TensorBoard, DIR/config.json. `python -m
+vdm.main --mode=sample --classifier_workdir=DIR --classifier_scale=s` then adds
+s * grad log p(y | z_t) to the score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -23,118 +25,153 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from vdm import data, diffusion
+from vdm import config_utils, data, diffusion, parallel
+from vdm.checkpoint import Checkpointer
+from vdm.metrics import MetricWriter
 from vdm.models import NoisyClassifier
 from vdm.schedules import Schedule, get_schedule
+from vdm.train import run
+from vdm.trainer import TrainState, example_noise, lr_schedule, make_optimizer, new_state, optimizer_step, step_keys
 
 Array = jax.Array
-PARAMS_FILE = "classifier.msgpack"
+EVAL_TIMES = (0.1, 0.5, 0.9)
 
 
-def build(config: ml_collections.ConfigDict) -> tuple[NoisyClassifier, Schedule, data.DatasetInfo]:
-    """(classifier module, schedule, data info) for a noisy-classifier config; the data must have classes."""
-    info = data.get_dataset_info(config.data)
-    if info.num_classes < 2:
-        raise ValueError(f"dataset {info.name!r} has {info.num_classes} classes; a classifier needs >= 2.")
-    m = config.model
-    model = NoisyClassifier(num_classes=info.num_classes, width=m.width, num_layers=m.num_layers,
-                            gamma_min=m.gamma_min, gamma_max=m.gamma_max)
-    return model, get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max), info
-
-
-def noisy_cross_entropy(params: Any, model: NoisyClassifier, schedule: Schedule, x: Array, y: Array,
-                        key: Array) -> tuple[Array, Array]:
-    """(mean -log p(y | z_t), accuracy) with t ~ U(0,1), z_t ~ q(z_t | x) per example."""
-    k_t, k_eps = jax.random.split(key)
-    t = jax.random.uniform(k_t, (x.shape[0],))
+def noisy_cross_entropy(logits_fn: Callable[[Array, Array], Array], schedule: Schedule, x: Array, y: Array,
+                        t: Array, eps: Array) -> tuple[Array, Array]:
+    """Per-example (-log p(y | z_t), correct) with z_t = alpha_t x + sigma_t eps; logits_fn(z, gamma) -> [B, K]."""
     gamma = schedule(t)
-    z = diffusion.q_sample(x, diffusion.expand_to(gamma, x), jax.random.normal(k_eps, x.shape))
-    logits = model.apply({"params": params}, z, gamma)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return jnp.mean(ce), jnp.mean(jnp.argmax(logits, -1) == y)
+    z = diffusion.q_sample(x, diffusion.expand_to(gamma, x), eps)
+    logits = logits_fn(z, gamma)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y), jnp.argmax(logits, -1) == y
 
 
-def accuracy_at(params: Any, model: NoisyClassifier, schedule: Schedule, config: ml_collections.ConfigDict,
-                t: float, key: Array) -> float:
-    """Test accuracy of the classifier on z_t at a fixed t (whole test split)."""
-    @jax.jit
-    def correct(x, y, k):
-        gamma = jnp.full((x.shape[0],), schedule(jnp.float32(t)))
-        z = diffusion.q_sample(x, diffusion.expand_to(gamma, x), jax.random.normal(k, x.shape))
-        return jnp.argmax(model.apply({"params": params}, z, gamma), -1) == y
-    hits = [np.asarray(correct(b["x"], b["label"], jax.random.fold_in(key, i)))[b["mask"]]
-            for i, b in enumerate(data.eval_iterator(config.data, config.training.batch_size))]
+@dataclasses.dataclass(eq=False)
+class ClassifierTask:
+    """The noisy classifier as a vdm.train.Task: cross-entropy on z_t, test accuracy at t in EVAL_TIMES."""
+    config: ml_collections.ConfigDict
+    info: data.DatasetInfo
+    model: NoisyClassifier
+    schedule: Schedule
+    tx: optax.GradientTransformation
+
+    def init_state(self) -> TrainState:
+        """Fresh params from config.seed."""
+        k_init, k_run = jax.random.split(jax.random.PRNGKey(self.config.seed))
+        x = jnp.zeros((1,) + tuple(self.info.shape))
+        return new_state(self.model.init(k_init, x, jnp.zeros((1,)))["params"], self.tx, k_run)
+
+    def train_batches(self, start_step: int):
+        """data.train_iterator of config.data."""
+        t = self.config.training
+        return data.train_iterator(self.config.data, t.batch_size, seed=self.config.seed, start_step=start_step)
+
+    def logits_fn(self, params: Any) -> Callable[[Array, Array], Array]:
+        """(z, gamma) -> logits [B, K] of the classifier with `params`."""
+        return lambda z, gamma: self.model.apply({"params": params}, z, gamma)
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One step of the mean cross-entropy (per-example t and eps from the global example index)."""
+        k_example, _ = step_keys(state)
+        noise = example_noise(k_example, batch["x"], antithetic=False)
+
+        def loss(params):
+            ce, correct = noisy_cross_entropy(self.logits_fn(params), self.schedule, batch["x"], batch["label"],
+                                              noise["t"], noise["eps"])
+            return jnp.mean(ce), {"loss": jnp.mean(ce), "accuracy": jnp.mean(correct)}
+
+        grads, terms = jax.grad(loss, has_aux=True)(parallel.to_varying(state.params))
+        return optimizer_step(self.tx, state, grads, terms, ema_decay=self.config.optimizer.ema_decay,
+                              lr=lr_schedule(self.config)(state.step))
+
+    def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
+        """Test accuracy on z_t at each t in EVAL_TIMES (whole test split, EMA params)."""
+        result = {f"classifier/test_acc_t{t}": accuracy_at(self, state.ema_params, mesh, t) for t in EVAL_TIMES}
+        writer.write(step, result)
+        return result
+
+
+def accuracy_at(task: ClassifierTask, params: Any, mesh: Any, t: float) -> float:
+    """Test accuracy of the classifier on z_t at a fixed t, over the whole test split (data parallel)."""
+    def per_device(params, batch, key):
+        key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+        x = batch["x"]
+        eps = jax.random.normal(key, x.shape)
+        _, correct = noisy_cross_entropy(task.logits_fn(params), task.schedule, x, batch["label"],
+                                         jnp.full((x.shape[0],), t), eps)
+        return correct
+
+    fn = parallel.data_parallel_eval(per_device, mesh)
+    c, key = task.config, jax.random.PRNGKey(task.config.seed + 1)
+    hits = []
+    for i, b in enumerate(data.eval_iterator(c.data, c.eval.batch_size)):
+        inputs = parallel.shard_batch(parallel.host_slice({"x": b["x"], "label": b["label"]}, c.eval.batch_size),
+                                      mesh)
+        hits.append(np.asarray(parallel.gather(fn(params, inputs, jax.random.fold_in(key, i))))[b["mask"]])
     return float(np.mean(np.concatenate(hits)))
 
 
+def build(config: ml_collections.ConfigDict) -> ClassifierTask:
+    """Validate a noisy-classifier config (config_utils.validate_classifier) and build its task; the data must have classes."""
+    config_utils.validate_classifier(config, device_count=jax.device_count())
+    info = data.get_dataset_info(config.data)
+    if info.num_classes < 2:
+        raise config_utils.ConfigError(f"dataset {info.name!r} has {info.num_classes} classes; a classifier "
+                                       "needs >= 2.")
+    m = config.model
+    model = NoisyClassifier(num_classes=info.num_classes, width=m.width, num_layers=m.num_layers,
+                            gamma_min=m.gamma_min, gamma_max=m.gamma_max)
+    schedule = get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
+    return ClassifierTask(config, info, model, schedule, make_optimizer(config))
+
+
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train for config.training.num_steps, save params and config to workdir; returns test accuracies at t = 0.1, 0.5, 0.9."""
-    model, schedule, info = build(config)
-    c = config.training
-    key = jax.random.PRNGKey(config.seed)
-    x0 = jnp.zeros((1,) + tuple(info.shape))
-    params = model.init(key, x0, jnp.zeros((1,)))["params"]
-    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, c.learning_rate, min(100, c.num_steps // 10 + 1),
-                                                        c.num_steps), weight_decay=1e-4)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, x, y, k):
-        (loss, acc), grads = jax.value_and_grad(noisy_cross_entropy, has_aux=True)(params, model, schedule, x, y, k)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, acc
-
-    batches = data.train_iterator(config.data, c.batch_size, seed=config.seed)
-    for i in range(c.num_steps):
-        b = next(batches)
-        params, opt_state, loss, acc = step(params, opt_state, b["x"], b["label"], jax.random.fold_in(key, i))
-        if (i + 1) % 100 == 0 and not np.isfinite(float(loss)):
-            raise FloatingPointError(f"non-finite classifier loss at step {i + 1}")
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
-        f.write(flax.serialization.to_bytes(params))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=1))
-    eval_key = jax.random.PRNGKey(config.seed + 1)
-    result = {f"classifier/test_acc_t{t}": accuracy_at(params, model, schedule, config, t, eval_key)
-              for t in (0.1, 0.5, 0.9)}
-    result["classifier/final_train_loss"] = float(loss)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    """Train (resuming) for config.training.num_steps in `workdir`; returns the test accuracies at t in EVAL_TIMES."""
+    parallel.initialize_distributed()
+    task = build(config)
+    result = run(task, parallel.make_mesh(), workdir)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump(result, f, indent=1)
     return result
 
 
 def load_log_prob_fn(workdir: str) -> tuple[Callable[[Array, Array, Array], Array], int]:
-    """(log_prob_fn(z, t, y) -> log p(y | z_t) [B], num_classes) of the classifier saved in workdir."""
-    path = os.path.join(workdir, PARAMS_FILE)
+    """(log_prob_fn(z, t, y) -> log p(y | z_t) [B], num_classes) from the newest checkpoint of the classifier in workdir (EMA params)."""
+    path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no noisy classifier in {workdir}: train one with "
-                                "python -m vdm.train_classifier --config=configs/noisy_classifier.py --workdir=...")
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    model, schedule, info = build(config)
-    like = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(info.shape)), jnp.zeros((1,)))["params"]
-    with open(path, "rb") as f:
-        params = flax.serialization.from_bytes(like, f.read())
+        raise FileNotFoundError(f"no noisy classifier in {workdir}: train one with python -m vdm.train_classifier "
+                                "--config=configs/noisy_classifier.py --workdir=...")
+    with open(path) as f:
+        task = build(ml_collections.ConfigDict(json.load(f)))
+    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None) as ckpt:
+        state, _ = ckpt.restore_latest(parallel.to_host(task.init_state()))
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train the classifier first.")
+    logits_fn = task.logits_fn(state.ema_params)
 
     def log_prob_fn(z: Array, t: Array, y: Array) -> Array:
-        gamma = jnp.broadcast_to(schedule(t), z.shape[:1])
-        logits = model.apply({"params": params}, z, gamma)
+        logits = logits_fn(z, jnp.broadcast_to(task.schedule(t), z.shape[:1]))
         return jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)[:, 0]
 
-    return log_prob_fn, info.num_classes
+    return log_prob_fn, task.info.num_classes
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     """Train the noisy classifier of --config into --workdir and print its test accuracies."""
     del argv
-    print(json.dumps(train_classifier(flags.FLAGS.config, flags.FLAGS.workdir), indent=1))
+    try:
+        print(json.dumps(train_classifier(flags.FLAGS.config, flags.FLAGS.workdir), indent=1))
+    except config_utils.ConfigError as e:
+        print(f"error: {e}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    # Flags are defined only when run as a script, so importing this module (vdm.main does, for
+    # Flags are defined only when run as a script, so importing this module (vdm.evaluate does, for
     # guidance) does not clash with the CLI's own --config.
     config_flags.DEFINE_config_file("config", None, "noisy-classifier config", lock_config=True)
-    flags.DEFINE_string("workdir", None, "where to save the classifier")
+    flags.DEFINE_string("workdir", None, "where to train the classifier (checkpoints, metrics, config)")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -23,7 +23,7 @@ need for a given accuracy.
 
 1. **2-D mixture, exact denoiser.** The data of `configs/toy2d.py` (8 Gaussians on a circle) has a noisy marginal
    $q(z_t)$ in closed form, so the *optimal* $\hat\epsilon(z_t, t) = -\sigma_t \nabla\log q(z_t)$ is written down
-   exactly (below, independently of `tests/analytic.py`). Any remaining sample error is the sampler's own
+   exactly (below, independently of `vdm/analytic.py`). Any remaining sample error is the sampler's own
    discretisation error. Quality is the energy distance (Székely & Rizzo 2013) between $n$ samples and $n$ fresh
    data points; its floor is the distance between two independent data sets of size $n$.
 2. **Fashion-MNIST, a trained model (optional input).** With a trained workdir (`VDM_FM_WORKDIR`, default
@@ -204,13 +204,10 @@ elif not (os.path.exists(os.path.join(FM_WORKDIR, "config.json"))
           "Fashion-MNIST part (train one with `make train`, or set VDM_FM_WORKDIR).")
 else:
     import ml_collections
-    from vdm import train as vdm_train
-    from vdm.checkpoint import Checkpointer
+    from vdm.evaluate import restore_for_inference
     with open(os.path.join(FM_WORKDIR, "config.json")) as f:
         fm_config = ml_collections.ConfigDict(json.load(f))
-    trainer, mesh = vdm_train.setup(fm_config)
-    with Checkpointer(os.path.join(FM_WORKDIR, "checkpoints"), max_to_keep=None) as ckpt:
-        state, fm_step = vdm_train.restore_or_init(trainer, mesh, ckpt)
+    trainer, mesh, state, fm_step = restore_for_inference(fm_config, FM_WORKDIR)
     params = state.ema_params
     denoise, fm_schedule = trainer.denoise_fn(params), trainer.schedule(params)
     shape = (FM_SAMPLES,) + tuple(trainer.info.shape)
@@ -230,8 +227,7 @@ else:
 if fm is not None:
     have_fd = os.path.exists(os.path.join(FEATURE_NET_DIR, "result.json"))
     if have_fd:
-        sys.path.insert(0, str(REPO / "experiments"))
-        import feature_net
+        from experiments import feature_net
         for r in fm.values():
             r["fd"] = feature_net.fd_to_test_set(r["x"], FEATURE_NET_DIR)["fd"]
     else:

@@ -9,17 +9,18 @@ config.model.parameterization.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import flax.linen as nn
 
 from vdm.models.classifier import NoisyClassifier
 from vdm.models.mlp import MLPDenoiser
-from vdm.models.schedule import LearnedSchedule, variance_minimizing_grads
+from vdm.models.schedule import LearnedSchedule
+from vdm.objectives import variance_minimizing_grads
 from vdm.models.unet_adm import ADMUNet
 from vdm.models.unet_vdm import VDMUNet
 
-__all__ = ['get_model', 'MODEL_NAMES', 'VDMUNet', 'ADMUNet', 'MLPDenoiser',
+__all__ = ['get_model', 'MODEL_NAMES', 'LEARNED_SCHEDULES', 'get_schedule_module', 'VDMUNet', 'ADMUNet', 'MLPDenoiser',
            'LearnedSchedule', 'variance_minimizing_grads', 'NoisyClassifier']
 
 _COMMON = ('width', 'dropout', 'fourier_features', 'fourier_min', 'fourier_max',
@@ -53,6 +54,18 @@ _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
     'mlp': lambda c: MLPDenoiser(**_kwargs(c, _COMMON + ('num_layers',))),
 }
 MODEL_NAMES = tuple(_BUILDERS)
+
+# Learned schedules (config.model.schedule) and how they learn (vdm.objectives.loss_and_grads):
+# 'variance': VDM's variance-minimising gradient for the shape, the mean-loss gradient for the endpoints.
+LEARNED_SCHEDULES: Dict[str, str] = {'learned': 'variance'}
+
+
+def get_schedule_module(model_config: Any) -> Optional[nn.Module]:
+  """The Flax module of a learned schedule (config.model.schedule in LEARNED_SCHEDULES), else None."""
+  m = model_config
+  if m.schedule == 'learned':
+    return LearnedSchedule(m.gamma_min, m.gamma_max, m.learn_endpoints)
+  return None
 
 
 def get_model(model_config: Any, dtype: Any = None) -> nn.Module:
