@@ -7,7 +7,7 @@
     jitted forward pass from Python. Target: ratio <= 1.05. On a shared machine these ratios
     drift with the load, so the sampler's own work is also timed with a ~free denoiser, giving
     the implied ratio 1 + (own time per NFE) / (forward time per NFE).
-(b) The 2-D Gaussian mixture of tests/analytic.py with its exact denoiser: energy distance
+(b) The 2-D Gaussian mixture of vdm/analytic.py with its exact denoiser: energy distance
     between n samples and n true samples, for each method and step count; the first row is
     the floor, the distance between two independent true samples.
 

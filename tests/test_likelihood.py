@@ -1,4 +1,4 @@
-"""ode_nll against exact likelihoods (tests/analytic.py).
+"""ode_nll against exact likelihoods (vdm/analytic.py).
 
 With the exact score the probability-flow ODE carries q(z_1) to q(z_{t_min}), so the model that
 uses the prior N(0, I) has, per example,
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import analytic
+from vdm import analytic as A
 from vdm import likelihood as L
 from vdm import schedules as S
 from vdm.objectives import bits_per_dim

@@ -1,4 +1,4 @@
-"""Samplers against exact answers: the analytic denoisers of tests/analytic.py.
+"""Samplers against exact answers: the analytic denoisers of vdm/analytic.py.
 
 Truths used: the exact noisy marginals of Gaussian data and of a 2-D Gaussian mixture (so the
 exact score), the closed-form probability-flow ODE map of Gaussian data, DDPM's posterior and
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import analytic
+from vdm import analytic as A
 from vdm import guidance, sampling, solvers
 from vdm import schedules as S
 from vdm.parameterization import convert

@@ -37,6 +37,7 @@ the offset is log2(127.5) = 6.994 bits/dim because 255 bin widths span [-1, 1].)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -78,6 +79,44 @@ def _probes(key: Array, shape: tuple[int, ...], trace: str, num_probes: int, dty
     return jnp.broadcast_to(basis, (dims,) + shape)
 
 
+def _check_args(parameterization: str, trace: str, solver: str, num_steps: int, num_probes: int,
+                t_min: float, t_max: float) -> None:
+    """Raise ValueError naming the first invalid argument of ode_nll."""
+    if parameterization not in KINDS:
+        raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {KINDS}.")
+    if trace not in TRACES:
+        raise ValueError(f"Unknown trace estimator {trace!r}; choose one of {TRACES}.")
+    if solver not in SOLVERS:
+        raise ValueError(f"Unknown ODE solver {solver!r}; choose one of {SOLVERS}.")
+    if int(num_steps) != num_steps or num_steps < 1 or int(num_probes) != num_probes or num_probes < 1:
+        raise ValueError(f"num_steps and num_probes must be positive integers, got {num_steps}, {num_probes}.")
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got {t_min}, {t_max}.")
+
+
+def _rk4_step(drift_and_div, carry, step):
+    """One classical Runge-Kutta step of (z, log p) in gamma from ga to gb (midpoint gm)."""
+    z, logp = carry
+    ta, tm, tb, ga, gm, gb = step
+    h = gb - ga
+    k1, d1 = drift_and_div(z, ta, ga)
+    k2, d2 = drift_and_div(z + 0.5 * h * k1, tm, gm)
+    k3, d3 = drift_and_div(z + 0.5 * h * k2, tm, gm)
+    k4, d4 = drift_and_div(z + h * k3, tb, gb)
+    z = z + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return (z, logp + h / 6.0 * (d1 + 2.0 * d2 + 2.0 * d3 + d4)), None
+
+
+def _heun_step(drift_and_div, carry, step):
+    """One Heun (trapezoidal predictor-corrector) step of (z, log p) in gamma from ga to gb."""
+    z, logp = carry
+    ta, _, tb, ga, _, gb = step
+    h = gb - ga
+    k1, d1 = drift_and_div(z, ta, ga)
+    k2, d2 = drift_and_div(z + h * k1, tb, gb)
+    return (z + 0.5 * h * (k1 + k2), logp + 0.5 * h * (d1 + d2)), None
+
+
 def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
             parameterization: str = "eps", num_steps: int = 64, solver: str = "rk4",
             trace: str = "hutchinson", num_probes: int = 1, dequantize: bool = False,
@@ -89,16 +128,7 @@ def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     'total', 'prior' (-log N(z_1; 0, I)), 'delta_logp' (the divergence integral), 'offset'
     (-D log alpha_{t_min} [- D log Delta]) and 'z_1'.
     """
-    if parameterization not in KINDS:
-        raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {KINDS}.")
-    if trace not in TRACES:
-        raise ValueError(f"Unknown trace estimator {trace!r}; choose one of {TRACES}.")
-    if solver not in SOLVERS:
-        raise ValueError(f"Unknown ODE solver {solver!r}; choose one of {SOLVERS}.")
-    if int(num_steps) != num_steps or num_steps < 1 or int(num_probes) != num_probes or num_probes < 1:
-        raise ValueError(f"num_steps and num_probes must be positive integers, got {num_steps}, {num_probes}.")
-    if not 0.0 <= t_min < t_max <= 1.0:
-        raise ValueError(f"need 0 <= t_min < t_max <= 1, got {t_min}, {t_max}.")
+    _check_args(parameterization, trace, solver, num_steps, num_probes, t_min, t_max)
     x = jnp.asarray(x)
     shape, dims = x.shape, math.prod(x.shape[1:])
     if trace == "exact" and dims > MAX_EXACT_DIMS:
@@ -126,28 +156,9 @@ def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     g = g.astype(x.dtype)
     xs = (t[0:-1:2], t[1::2], t[2::2], g[0:-1:2], g[1::2], g[2::2])
 
-    def rk4(carry, step):
-        z, logp = carry
-        ta, tm, tb, ga, gm, gb = step
-        h = gb - ga
-        k1, d1 = drift_and_div(z, ta, ga)
-        k2, d2 = drift_and_div(z + 0.5 * h * k1, tm, gm)
-        k3, d3 = drift_and_div(z + 0.5 * h * k2, tm, gm)
-        k4, d4 = drift_and_div(z + h * k3, tb, gb)
-        z = z + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
-        return (z, logp + h / 6.0 * (d1 + 2.0 * d2 + 2.0 * d3 + d4)), None
-
-    def heun(carry, step):
-        z, logp = carry
-        ta, _, tb, ga, _, gb = step
-        h = gb - ga
-        k1, d1 = drift_and_div(z, ta, ga)
-        k2, d2 = drift_and_div(z + h * k1, tb, gb)
-        return (z + 0.5 * h * (k1 + k2), logp + 0.5 * h * (d1 + d2)), None
-
     alpha_0, _ = alpha_sigma(g[0])
-    z_start = alpha_0 * x
-    (z_1, delta_logp), _ = jax.lax.scan(rk4 if solver == "rk4" else heun, (z_start, offset * 0.0), xs)
+    step = functools.partial(_rk4_step if solver == "rk4" else _heun_step, drift_and_div)
+    (z_1, delta_logp), _ = jax.lax.scan(step, (alpha_0 * x, offset * 0.0), xs)
     prior = 0.5 * sum_except_batch(jnp.square(z_1) + math.log(2.0 * math.pi))
     offset = offset - dims * jnp.log(alpha_0)
     total = prior - delta_logp + offset
