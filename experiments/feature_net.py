@@ -160,6 +160,7 @@ class FeatureNetTask:
         _, k_device = step_keys(state)
 
         def loss(params):
+            """(mean cross-entropy, metrics) of this shard under dropout."""
             logits, _ = self.model.apply({"params": params}, batch["x"], train=True, rngs={"dropout": k_device})
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
             return ce, {"loss": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
@@ -179,6 +180,7 @@ def heldout_accuracy(task: FeatureNetTask, params: Any, mesh: Any) -> float:
     """Fraction of task.data['test'] classified correctly with `params`, in global batches of config.eval.batch_size."""
     if "accuracy_fn" not in task.cache:
         def per_device(params, batch, key):
+            """Per-example correctness [B_local] on this device's shard."""
             logits, _ = task.model.apply({"params": params}, batch["x"], train=False)
             return jnp.argmax(logits, -1) == batch["label"]
         task.cache["accuracy_fn"] = parallel.data_parallel_eval(per_device, mesh)
@@ -201,6 +203,7 @@ def build_task(config: ml_collections.ConfigDict, num_classes: int, data: dict |
 
 
 def _load(config: ml_collections.ConfigDict) -> dict:
+    """{'train': (x, y), 'test': (x, y)} of config.data (uint8 images, int labels)."""
     return {split: vdm_data.load_arrays(config.data, split) for split in ("train", "test")}
 
 

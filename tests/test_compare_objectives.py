@@ -1,4 +1,4 @@
-"""experiments/compare_objectives.py: the grid, the pass-through of overrides, the report, and skip-on-rerun.
+"""experiments/compare_objectives.py and experiments/compare/: the grid, the pass-through of overrides, the report, skip-on-rerun.
 
 The end-to-end test runs two toy2d cells for a few steps through the real CLI (which itself runs
 `python -m vdm.main` per stage), then reruns the same command and checks that nothing ran again.
@@ -14,16 +14,13 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
-import compare_objectives as co  # noqa: E402
-import compare_report as report  # noqa: E402
+from experiments.compare import grid, report, runner
 
 SCRIPT = os.path.join(REPO_ROOT, "experiments", "compare_objectives.py")
 
 
 def test_param_weighting_grid_is_every_pair_once():
-    cells = co.enumerate_cells(["param_weighting"], seeds=[0], base_schedule="linear_logsnr")
+    cells = grid.enumerate_cells(["param_weighting"], seeds=[0], base_schedule="linear_logsnr")
     pairs = {(c.parameterization, c.weighting) for c in cells}
     assert len(cells) == 24 and len(pairs) == 24
     assert {p for p, _ in pairs} == {"eps", "x0", "score", "v"}
@@ -33,47 +30,47 @@ def test_param_weighting_grid_is_every_pair_once():
 
 
 def test_schedule_grid_shares_its_base_cell_and_seeds_multiply():
-    sched = co.enumerate_cells(["schedule"], seeds=[0], base_schedule="linear_logsnr", schedule_weighting="snr")
+    sched = grid.enumerate_cells(["schedule"], seeds=[0], base_schedule="linear_logsnr", schedule_weighting="snr")
     assert [(c.schedule, c.weighting, c.parameterization) for c in sched] == [
         ("linear_logsnr", "snr", "eps"), ("cosine", "snr", "eps"), ("learned", "snr", "eps")]
-    both = co.enumerate_cells(["param_weighting", "schedule"], seeds=[0, 1], base_schedule="linear_logsnr")
+    both = grid.enumerate_cells(["param_weighting", "schedule"], seeds=[0, 1], base_schedule="linear_logsnr")
     assert len(both) == (24 + 2) * 2                # eps-elbo-linear_logsnr is in both grids: once
     assert len({c.name for c in both}) == len(both)
     # On a cosine base config the schedule grid's cosine cell is the shared one instead.
-    assert len(co.enumerate_cells(["param_weighting", "schedule"], seeds=[0], base_schedule="cosine")) == 26
+    assert len(grid.enumerate_cells(["param_weighting", "schedule"], seeds=[0], base_schedule="cosine")) == 26
 
 
 def test_cell_patterns_and_bad_choices():
-    cells = co.enumerate_cells(["param_weighting"], seeds=[0, 3], base_schedule="cosine", patterns=["v-*-s3", "eps-elbo-*"])
+    cells = grid.enumerate_cells(["param_weighting"], seeds=[0, 3], base_schedule="cosine", patterns=["v-*-s3", "eps-elbo-*"])
     assert sorted(c.name for c in cells) == sorted(
         [f"v-{w}-cosine-s3" for w in ("elbo", "simple", "snr", "min_snr", "sigmoid", "edm")]
         + ["eps-elbo-cosine-s0", "eps-elbo-cosine-s3"])
     with pytest.raises(ValueError, match="choose one or more of param_weighting, schedule"):
-        co.enumerate_cells(["params"], seeds=[0], base_schedule="cosine")
+        grid.enumerate_cells(["params"], seeds=[0], base_schedule="cosine")
     with pytest.raises(ValueError, match="schedule_weighting='l2'"):
-        co.enumerate_cells(["schedule"], seeds=[0], base_schedule="cosine", schedule_weighting="l2")
+        grid.enumerate_cells(["schedule"], seeds=[0], base_schedule="cosine", schedule_weighting="l2")
     with pytest.raises(ValueError, match="matches no cell"):
-        co.enumerate_cells(["schedule"], seeds=[0], base_schedule="cosine", patterns=["nothing"])
+        grid.enumerate_cells(["schedule"], seeds=[0], base_schedule="cosine", patterns=["nothing"])
     with pytest.raises(ValueError, match="distinct"):
-        co.enumerate_cells(["schedule"], seeds=[1, 1], base_schedule="cosine")
+        grid.enumerate_cells(["schedule"], seeds=[1, 1], base_schedule="cosine")
 
 
 def test_overrides_pass_through_and_grid_keys_are_refused():
-    argv, passed = co.split_overrides(["prog", "--config=c.py", "--override=config.training.batch_size=32",
+    argv, passed = grid.split_overrides(["prog", "--config=c.py", "--override=config.training.batch_size=32",
                                        "--override", "config.model.width=16", "--config.optimizer.b2=0.9"])
     assert passed == ["--config.training.batch_size=32", "--config.model.width=16", "--config.optimizer.b2=0.9"]
     assert argv == ["prog", "--config=c.py", *passed]
     with pytest.raises(ValueError, match="set per cell"):
-        co.split_overrides(["prog", "--override=config.loss.weighting=snr"])
+        grid.split_overrides(["prog", "--override=config.loss.weighting=snr"])
     with pytest.raises(ValueError, match="start with 'config.'"):
-        co.split_overrides(["prog", "--override=training.batch_size=3"])
+        grid.split_overrides(["prog", "--override=training.batch_size=3"])
 
 
 def test_stage_commands_are_the_user_cli_with_the_cell_flags():
-    cell = co.Cell("x0", "min_snr", "cosine", 2)
-    opts = co.Options("/r/configs/toy2d.py:small", ("--config.model.width=16",), 40, 20, (10, 100), 64, True,
-                      "/fn", {"dataset": "mixture2d"}, python="py")
-    cmds = co.stage_commands(cell, opts, "/res/cells/x")
+    cell = grid.Cell("x0", "min_snr", "cosine", 2)
+    opts = runner.Options("/r/configs/toy2d.py:small", ("--config.model.width=16",), 40, 20, (10, 100), 64, True,
+                          "/fn", {"dataset": "mixture2d"}, python="py")
+    cmds = runner.stage_commands(cell, opts, "/res/cells/x")
     assert list(cmds) == ["train", "eval_T10", "eval_T100", "sample"]
     for argv in cmds.values():
         assert argv[:5] == ["py", "-m", "vdm.main", "--config=/r/configs/toy2d.py:small", "--workdir=/res/cells/x"]
@@ -172,14 +169,18 @@ def test_grid_runs_through_the_cli_writes_the_report_and_skips_finished_cells(tm
     # The same cell asked with other training settings is refused, not silently reused.
     done = json.load(open(os.path.join(result, "cells", rows[0]["cell"], "DONE.json")))
     train_argv = done["spec"]["commands"]["train"]
-    opts = co.Options(train_argv[2].split("=", 1)[1], ("--config.data.num_test=128",), 4, 2, (10,), 64, True,
-                      co.DEFAULT_FEATURE_NET_DIR, {"dataset": "mixture2d", "num_test": 128})
-    with pytest.raises(co.CellError, match="trained with other settings"):
-        co.run_cell(co.Cell("eps", "elbo", "linear_logsnr", 0), opts,
-                    os.path.join(result, "cells", rows[0]["cell"]), log=lambda s: None)
+    opts = runner.Options(train_argv[2].split("=", 1)[1], ("--config.data.num_test=128",), 4, 2, (10,), 64, True,
+                          runner.DEFAULT_FEATURE_NET_DIR, {"dataset": "mixture2d", "num_test": 128})
+    with pytest.raises(runner.CellError, match="trained with other settings"):
+        runner.run_cell(grid.Cell("eps", "elbo", "linear_logsnr", 0), opts,
+                        os.path.join(result, "cells", rows[0]["cell"]), log=lambda s: None)
 
-    # --report_only on cell folders copied back without checkpoints, one of them stopped before its FD:
-    # the report is rebuilt from what is there, nothing runs, the missing stage is named.
+    _check_report_only_rebuilds_copied_cells(root, result, rows)
+
+
+def _check_report_only_rebuilds_copied_cells(root, result, rows):
+    """--report_only on cell folders copied back without checkpoints, one of them stopped before its FD:
+    the report is rebuilt from what is there, nothing runs, the missing stage is named."""
     import shutil
     copy = os.path.join(root, "copied")
     shutil.copytree(result, copy, ignore=shutil.ignore_patterns("checkpoints", "results.*", "DONE.json"))
@@ -202,15 +203,60 @@ def test_grid_runs_through_the_cli_writes_the_report_and_skips_finished_cells(tm
 
 def test_gpu_slots_set_the_device_and_split_memory(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    assert co.detect_gpus() == ["2", "5"]
+    assert runner.detect_gpus() == ["2", "5"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert co.detect_gpus() == []
+    assert runner.detect_gpus() == []
     probe = [sys.executable, "-c", "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), "
              "os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION'))"]
     log = str(tmp_path / "logs" / "probe.log")
-    co._run_stage(probe, log, "5", share=2)
+    runner.run_stage(probe, log, "5", share=2)
     assert open(log).read().splitlines()[-1] == "5 0.450"
-    co._run_stage(probe, log, "5", share=1)
+    runner.run_stage(probe, log, "5", share=1)
     assert open(log).read().splitlines()[-1] == "5 None"
-    with pytest.raises(co.CellError, match="exit 3"):
-        co._run_stage([sys.executable, "-c", "raise SystemExit(3)"], log, None)
+    with pytest.raises(runner.CellError, match="exit 3"):
+        runner.run_stage([sys.executable, "-c", "raise SystemExit(3)"], log, None)
+
+
+def test_eval_interval_spaces_at_most_num_evals_in_whole_calls():
+    assert grid.eval_interval(4, 2, 1) == 2
+    assert grid.eval_interval(100, 5, 1) == 20 and grid.eval_interval(100, 1, 1) == 100
+    assert grid.eval_interval(100, 3, 4) == 36               # ceil(100 / 12) * 4: 3 evals at most, multiples of 4
+    assert grid.eval_interval(8, 100, 2) == 2                # never below one call
+    with pytest.raises(ValueError, match="multiple of config.training.steps_per_call=4"):
+        grid.eval_interval(10, 2, 4)
+
+
+def test_dry_run_as_a_module_prints_every_stage_of_an_image_grid(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.compare_objectives", "--config=configs/fashion_mnist.py",
+                           "--name=dry", f"--results_root={tmp_path}", "--cells=v-elbo-*", "--steps=10",
+                           "--eval_steps=10", "--dry_run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"# 1 cells -> {tmp_path}/dry/cells/<cell>")
+    stages = [line.split("]", 1)[1].split(":", 1)[0].strip() for line in lines[1:]]
+    assert stages == ["train", "eval_T10", "sample", "fd"]
+    assert "--config.model.parameterization=v" in lines[1] and "--config.training.num_steps=10" in lines[1]
+    assert os.path.join(REPO_ROOT, "experiments", "feature_net.py") + " --mode=fd" in lines[4]
+    assert not os.path.exists(tmp_path / "dry")                # nothing ran
+
+
+def test_run_grid_gives_each_gpu_its_share_and_keeps_cell_order(monkeypatch):
+    seen = []
+
+    def fake_run_cell(cell, opts, cell_dir, *, slot, log):
+        seen.append((cell.seed, slot))
+        if cell.seed == 1:
+            raise runner.CellError("boom")
+        return {"cell": cell.name, "status": "ok"}
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    cells = [grid.Cell("eps", "elbo", "cosine", s) for s in range(5)]
+    opts = runner.Options("c.py", (), 4, 2, (), 0, True, "/fn", {})
+    progress = []
+    rows = runner.run_grid(cells, opts, "/res", parallel=3, devices=["0", "1"], hardware="hw",
+                           log=lambda s: None, on_progress=progress.append)
+    assert [r["cell"] for r in rows] == [c.name for c in cells]
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok", "ok", "ok"]
+    # Three slots on two GPUs: GPU 0 holds two processes (memory split in two), GPU 1 one.
+    assert {(slot.device, slot.share, slot.hardware) for _, slot in seen} <= {("0", 2, "hw"), ("1", 1, "hw")}
+    assert len(seen) == 5 and [len(p) for p in progress] == [1, 2, 3, 4, 5]

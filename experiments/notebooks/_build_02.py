@@ -47,8 +47,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 REPO = pathlib.Path.cwd().resolve().parents[1]      # the notebook runs in experiments/notebooks/
-sys.path.insert(0, str(REPO / "experiments"))
-import compare_report                                # experiments/compare_report.py
+from experiments.compare import report as compare_report   # experiments/compare/report.py
 
 TINY = os.environ.get("VDM_NB_TINY", "0") == "1"
 plt.rcParams["figure.dpi"] = 60                     # keeps the stored notebook small

@@ -1,5 +1,8 @@
 """The report of a compare_objectives result folder: results.csv, results.md, curves.csv, header.json, figures/.
 
+    from experiments.compare import report; report.load_results("experiments/results/fashion_mnist_h100")
+
+
 Everything the report and notebook 02 need sits at the top of the folder, so it can be committed
 without the cells/ (checkpoints). Figures: bpd_heatmap.png (parameterisation x weighting, mean
 over seeds), fd_heatmap.png, bpd_vs_steps.png, schedules.png, samples_montage.png and
@@ -16,6 +19,9 @@ import shutil
 from typing import Any
 
 import numpy as np
+
+from vdm.fileio import atomic_write
+from vdm.metrics import read_metrics
 
 BASE_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "seed", "steps", "status",
                 "bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion")
@@ -58,6 +64,7 @@ def read_csv(path: str) -> list[dict]:
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
+    """A table entry: floats to `digits` decimals, None and non-finite as an en dash."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
@@ -83,14 +90,10 @@ def markdown_table(rows: list[dict], eval_steps: tuple[int, ...]) -> str:
 
 def read_curves(cell_dir: str) -> list[tuple[int, float, float | None]]:
     """[(step, eval bpd, se)] of the training loop's evaluations in CELL/metrics.jsonl (last record per step)."""
-    path = os.path.join(cell_dir, "metrics.jsonl")
     points: dict[int, tuple[float, float | None]] = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                r = json.loads(line) if line.strip() else {}
-                if r.get("eval/bpd") is not None and "eval/num_steps" not in r:
-                    points[int(r["step"])] = (float(r["eval/bpd"]), r.get("eval/bpd_se"))
+    for r in read_metrics(cell_dir):
+        if r.get("eval/bpd") is not None and "eval/num_steps" not in r:
+            points[int(r["step"])] = (float(r["eval/bpd"]), r.get("eval/bpd_se"))
     return [(s, *points[s]) for s in sorted(points)]
 
 
@@ -202,26 +205,8 @@ def sample_montage(result_dir: str, rows: list[dict], max_cells: int = 24, panel
     return fig
 
 
-def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ...], header: dict,
-                 base_schedule: str) -> None:
-    """Write results.csv, results.md, curves.csv, header.json and figures/ for `rows` (see module docstring)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig_dir = os.path.join(result_dir, "figures")
-    os.makedirs(os.path.join(fig_dir, "samples"), exist_ok=True)
-    curves = {}
-    for r in rows:
-        cell_dir = os.path.join(result_dir, "cells", r["cell"])
-        curves[r["cell"]] = read_curves(cell_dir)
-        src = os.path.join(cell_dir, r.get("samples_png") or "")
-        if r.get("samples_png") and os.path.exists(src) and not r["samples_png"].startswith("figures/"):
-            shutil.copyfile(src, os.path.join(fig_dir, "samples", r["cell"] + ".png"))
-            r["samples_png"] = f"figures/samples/{r['cell']}.png"
-    write_csv(os.path.join(result_dir, "results.csv"), rows, eval_steps)
-    write_curves_csv(os.path.join(result_dir, "curves.csv"), curves)
-    with open(os.path.join(result_dir, "header.json"), "w") as f:
-        json.dump(header, f, indent=1, sort_keys=True, default=str)
+def _summary(result_dir: str, rows: list[dict], header: dict, eval_steps: tuple[int, ...]) -> str:
+    """results.md: what was run and on what (from `header`), how long it took, what the columns mean, the table."""
     ok = [r for r in rows if r.get("status") == "ok"]
     train_s = [r["train_seconds"] for r in ok if r.get("train_seconds") is not None]
     total_s = [r["train_seconds"] + (r.get("measure_seconds") or 0.0) for r in ok if r.get("train_seconds") is not None]
@@ -242,8 +227,16 @@ def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ..
               "samples and the test split (not Inception FID)" if header.get("fd_samples")
               else "- FD: not measured (--fd_samples=0)"), f"- date: {header.get('date')}", "",
              markdown_table(rows, eval_steps)]
-    with open(os.path.join(result_dir, "results.md"), "w") as f:
-        f.write("\n".join(lines))
+    return "\n".join(lines)
+
+
+def _write_figures(result_dir: str, rows: list[dict], curves: dict[str, list], base_schedule: str) -> None:
+    """figures/: the bpd and FD heat maps on the base schedule, the schedule bars, bpd vs steps, the sample montage."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig_dir = os.path.join(result_dir, "figures")
+    ok = [r for r in rows if r.get("status") == "ok"]
     figures = []
     if any(r["schedule"] == base_schedule for r in ok):
         figures.append(("bpd_heatmap.png", lambda: plot_heatmap(rows, "bpd", base_schedule)))
@@ -263,6 +256,28 @@ def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ..
     if fig is not None:
         fig.savefig(os.path.join(fig_dir, "samples_montage.png"), dpi=100)
         plt.close(fig)
+
+
+def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ...], header: dict,
+                 base_schedule: str) -> None:
+    """Write results.csv, results.md, curves.csv, header.json and figures/ for `rows` (see module docstring)."""
+    fig_dir = os.path.join(result_dir, "figures")
+    os.makedirs(os.path.join(fig_dir, "samples"), exist_ok=True)
+    curves = {}
+    for r in rows:
+        cell_dir = os.path.join(result_dir, "cells", r["cell"])
+        curves[r["cell"]] = read_curves(cell_dir)
+        src = os.path.join(cell_dir, r.get("samples_png") or "")
+        if r.get("samples_png") and os.path.exists(src) and not r["samples_png"].startswith("figures/"):
+            shutil.copyfile(src, os.path.join(fig_dir, "samples", r["cell"] + ".png"))
+            r["samples_png"] = f"figures/samples/{r['cell']}.png"
+    write_csv(os.path.join(result_dir, "results.csv"), rows, eval_steps)
+    write_curves_csv(os.path.join(result_dir, "curves.csv"), curves)
+    atomic_write(os.path.join(result_dir, "header.json"),
+                 lambda f: json.dump(header, f, indent=1, sort_keys=True, default=str))
+    atomic_write(os.path.join(result_dir, "results.md"), lambda f: f.write(_summary(result_dir, rows, header,
+                                                                                      eval_steps)))
+    _write_figures(result_dir, rows, curves, base_schedule)
 
 
 def load_results(result_dir: str) -> dict:
