@@ -13,6 +13,8 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
+from vdm.objectives import bits_per_dim
+
 
 def _scalar(value) -> float:
     """A finite float, or None for NaN/inf (JSON has no NaN); raises for non-scalars."""
@@ -140,7 +142,7 @@ def plot_bpd(workdir: str, path: str | None = None, *, num_dims: int | None = No
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
     if num_dims and train:
         ts = sorted(train)
-        ax.plot(ts, [train[s] / (num_dims * math.log(2.0)) for s in ts], color="0.6", lw=1,
+        ax.plot(ts, [bits_per_dim(train[s], num_dims) for s in ts], color="0.6", lw=1,
                 label="train loss / (D ln 2)")
     for key, label in [("eval/bpd", "total"), ("eval/bpd_diffusion", "diffusion"),
                        ("eval/bpd_recon", "reconstruction"), ("eval/bpd_prior", "prior")]:
