@@ -13,14 +13,17 @@ from typing import Any, Callable, Dict
 
 import flax.linen as nn
 
+from vdm.models import layers
 from vdm.models.classifier import NoisyClassifier
+from vdm.models.convert import from_reference, maybe_convert_params, stack_blocks, unstack_blocks
 from vdm.models.mlp import MLPDenoiser
-from vdm.models.schedule import LearnedSchedule, variance_minimizing_grads
+from vdm.models.schedule import LearnedLinearSchedule, LearnedSchedule, variance_minimizing_grads
 from vdm.models.unet_adm import ADMUNet
 from vdm.models.unet_vdm import VDMUNet
 
 __all__ = ['get_model', 'MODEL_NAMES', 'VDMUNet', 'ADMUNet', 'MLPDenoiser',
-           'LearnedSchedule', 'variance_minimizing_grads', 'NoisyClassifier']
+           'LearnedSchedule', 'LearnedLinearSchedule', 'variance_minimizing_grads', 'NoisyClassifier',
+           'stack_blocks', 'unstack_blocks', 'maybe_convert_params', 'from_reference']
 
 _COMMON = ('width', 'dropout', 'fourier_features', 'fourier_min', 'fourier_max',
            'num_classes', 'gamma_min', 'gamma_max')
@@ -43,11 +46,27 @@ def _kwargs(cfg: Any, keys: tuple[str, ...]) -> Dict[str, Any]:
   for k in ('dropout', 'gamma_min', 'gamma_max'):
     out[k] = float(out[k])
   out['fourier_features'] = bool(out['fourier_features'])
+  for k in _VDM_BOOLS:
+    if k in out:
+      if not isinstance(out[k], bool):
+        raise ValueError(f'model config key {k!r} must be a bool, got {out[k]!r}')
+  if 'norm_groups' in out:
+    out['norm_groups'] = int(out['norm_groups'])
+    if out['norm_groups'] < 0:
+      raise ValueError(f"model config key 'norm_groups' must be >= 0 (0: adaptive), got {out['norm_groups']}")
+  if 'embedding_freqs' in out and out['embedding_freqs'] not in layers.EMBEDDING_FREQS:
+    raise ValueError(f"unknown model.embedding_freqs {out['embedding_freqs']!r}; "
+                     f"valid: {', '.join(layers.EMBEDDING_FREQS)}")
   return out
 
 
+# The keys that make vdm_unet exactly google-research/vdm's ScoreUNet (see configs/cifar10.py).
+_VDM_BOOLS = ('residual_output', 'cond_proj_bias', 'cond_proj_zero_init', 'scan_blocks', 'remat')
+_VDM_KEYS = ('num_layers', 'num_heads', 'embedding_freqs', 'norm_groups') + _VDM_BOOLS
+
+
 _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
-    'vdm_unet': lambda c: VDMUNet(**_kwargs(c, _COMMON + ('num_layers', 'num_heads'))),
+    'vdm_unet': lambda c: VDMUNet(**_kwargs(c, _COMMON + _VDM_KEYS)),
     'adm_unet': lambda c: ADMUNet(**_kwargs(c, _COMMON + (
         'channel_mult', 'num_res_blocks', 'attention_resolutions', 'num_heads'))),
     'mlp': lambda c: MLPDenoiser(**_kwargs(c, _COMMON + ('num_layers',))),
