@@ -25,6 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.num_test = 5_000     # examples generated for the test split
     config.data.dim = 2              # 'gaussian': number of dimensions
     config.data.data_seed = 0        # seed of the generated data
+    config.data.encoding = "endpoints"    # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"              # residual MLP for flat data [B, D]
@@ -52,6 +53,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optimizer.b2 = 0.99             # Adam beta2
     config.optimizer.eps = 1e-8            # Adam epsilon
     config.optimizer.weight_decay = 0.0    # AdamW decoupled weight decay (network matrices only)
+    config.optimizer.decay_mask = "matrices"  # weight decay on: "matrices" (network params of ndim >= 2) or "non_bias" (every non-bias param)
     config.optimizer.warmup_steps = 100    # linear warmup from 0
     config.optimizer.decay = "cosine"      # after warmup: cosine to 0 at num_steps, or constant
     config.optimizer.grad_clip = 1.0       # global-norm clipping (0: off)

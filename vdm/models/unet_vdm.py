@@ -126,7 +126,7 @@ class VDMUNet(nn.Module):
 
   def _scanned_down(self, h0: Array, cond: Array, block: dict, train: bool) -> tuple[Array, Array]:
     """num_layers down blocks in one scan; returns (h, skips [L+1, B, H, W, C], conv_in output first)."""
-    scan = nn.scan(_DownStep, variable_axes={'params': 0},
+    scan = nn.scan(_DownStep, variable_axes={'params': 0, 'intermediates': 0},
                    split_rngs={'params': True, 'dropout': True},
                    in_axes=nn.broadcast, length=self.num_layers)
     h, outs = scan(block, train, name='down')(h0, cond)
@@ -134,7 +134,7 @@ class VDMUNet(nn.Module):
 
   def _scanned_up(self, h: Array, skips: Array, cond: Array, block: dict, train: bool) -> Array:
     """num_layers + 1 up blocks in one scan, consuming the skips last-first."""
-    scan = nn.scan(_UpStep, variable_axes={'params': 0},
+    scan = nn.scan(_UpStep, variable_axes={'params': 0, 'intermediates': 0},
                    split_rngs={'params': True, 'dropout': True},
                    in_axes=(0, nn.broadcast), length=self.num_layers + 1)
     h, _ = scan(block, train, name='up')(h, skips[::-1], cond)
