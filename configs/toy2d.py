@@ -40,7 +40,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.gamma_min = -10.0         # gamma(0) = -log SNR at t=0 (also the net's input rescaling)
     config.model.gamma_max = 6.0           # gamma(1)
     config.model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
-    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned
+    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
     config.model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
 
     config.loss = ml_collections.ConfigDict()
