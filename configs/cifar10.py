@@ -4,7 +4,9 @@ Run (prepare the data once: `python -m vdm.data prepare --dataset=cifar10`):
     python -m vdm.main --config=configs/cifar10.py --workdir=workdir/cifar10
 Paper settings: VDM UNet of width 128 with 32 ResNet blocks each way and no downsampling,
 dropout 0.1, Fourier features n = 6..7, gamma in [-13.3, 5], AdamW lr 2e-4 (b2 0.99, weight
-decay 0.01), batch 128, EMA 0.9999, continuous-time ELBO with antithetic t sampling.
+decay 0.01 on every non-bias param), warmup 100 steps, no clipping, batch 128, EMA 0.9999, continuous-time
+ELBO with antithetic t sampling, learned linear log-SNR endpoints, 8-bit data at bin centres. The
+network equals google-research/vdm's ScoreUNet as a function (tests/test_paper_model.py).
 Variants: `configs/cifar10.py:learned` (VDM's learned schedule with learned endpoints),
 `configs/cifar10.py:small` (a tiny network and a few steps, to check the pipeline on a laptop).
 """
@@ -23,6 +25,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.dataset = "cifar10"   # TFDS name
     config.data.data_dir = ""         # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets
     config.data.random_flip = False   # no augmentation: likelihoods are reported without it
+    # Bin centres, as google-research/vdm encodes (x + 0.5)/256*2 - 1: the decoder grid and bin width
+    # (2/256) follow. Either grid gives exact discrete likelihoods; this one matches the reference.
+    config.data.encoding = "bin_centres"  # 8-bit k -> (k + 0.5)/128 - 1 (reference); "endpoints": k/127.5 - 1
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "vdm_unet"         # VDM's UNet: no downsampling, Fourier features
@@ -33,12 +38,21 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.fourier_features = True   # sin/cos(2^n 2pi z) inputs (paper: on)
     config.model.fourier_min = 6           # lowest Fourier exponent n (paper: 6)
     config.model.fourier_max = 7           # highest Fourier exponent n (paper: 7)
+    # The next five keys make vdm_unet equal google-research/vdm's ScoreUNet as a function
+    # (model_vdm.py; tests/test_paper_model.py checks it against an independent restatement).
+    config.model.embedding_freqs = "half_minus_one"  # sinusoid frequencies 10000^(-k/(half-1)) (reference: get_timestep_embedding)
+    config.model.norm_groups = 32             # GroupNorm with 32 groups everywhere (reference: flax GroupNorm default 32)
+    config.model.residual_output = True       # eps prediction = z + net(z) (reference: `eps_pred += z`)
+    config.model.cond_proj_bias = False       # no bias on the blocks' embedding projection (reference: use_bias=False)
+    config.model.cond_proj_zero_init = True   # that projection starts at zero (reference: kernel_init zeros)
+    config.model.scan_blocks = True           # down/up blocks under nn.scan: compile time flat in depth (same function)
+    config.model.remat = False                # recompute each ResNet block in the backward pass (saves memory)
     config.model.num_classes = 0           # 0: unconditional; 10 for class-conditional
     config.model.label_dropout = 0.0       # P(label -> null class) in training (classifier-free guidance)
     config.model.gamma_min = -13.3         # gamma(0) = -log SNR at t=0 (paper: -13.3)
     config.model.gamma_max = 5.0           # gamma(1) (paper: 5)
     config.model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
-    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned
+    config.model.schedule = "learned_linear"  # gamma = b + |w| t, b and w learned (reference: gamma_type learnable_scalar)
     config.model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
 
     config.loss = ml_collections.ConfigDict()
@@ -47,18 +61,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 2e-4  # peak learning rate (paper: 2e-4)
-    config.optimizer.b1 = 0.9              # Adam beta1
+    config.optimizer.b1 = 0.9              # Adam beta1 (reference: 0.9)
     config.optimizer.b2 = 0.99             # Adam beta2 (paper: 0.99)
-    config.optimizer.eps = 1e-8            # Adam epsilon
-    config.optimizer.weight_decay = 0.01   # AdamW decoupled weight decay (see decay_mask)
-    config.optimizer.decay_mask = "matrices"  # decayed: 'matrices' (network kernels), 'non_bias', 'all'
-    config.optimizer.warmup_steps = 1000   # linear warmup from 0
-    config.optimizer.decay = "constant"    # constant after warmup, as in the paper
-    config.optimizer.grad_clip = 1.0       # global-norm clipping (0: off)
-    config.optimizer.ema_decay = 0.9999    # EMA of the params (paper: 0.9999)
+    config.optimizer.eps = 1e-8            # Adam epsilon (reference: 1e-8)
+    config.optimizer.weight_decay = 0.01   # AdamW decoupled weight decay (reference: 0.01)
+    config.optimizer.decay_mask = "non_bias"  # decay every param not named 'bias' (reference: path[-1] != "bias", norm scales and schedule w, b included)
+    config.optimizer.warmup_steps = 100    # linear warmup from 0 (reference: num_steps_lr_warmup 100)
+    config.optimizer.decay = "constant"    # constant after warmup (reference: lr_decay False)
+    config.optimizer.grad_clip = 0.0       # global-norm clipping, 0: off (reference: no gradient_clip_norm key, no clipping)
+    config.optimizer.ema_decay = 0.9999    # EMA of the params (reference: ema_rate 0.9999)
 
     config.training = ml_collections.ConfigDict()
-    config.training.num_steps = 2_000_000      # optimizer steps; the paper trains for millions
+    config.training.num_steps = 2_000_000      # optimizer steps (reference: num_steps_train 10_000_000)
     config.training.batch_size = 128           # global batch (paper: 128), split over devices
     config.training.eval_every = 50_000        # full-test-set eval + samples (and at the end)
     config.training.checkpoint_every = 10_000  # checkpoint every this many steps (and at the end)
@@ -109,6 +123,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if arg == "small":
         config.model.width = 16
         config.model.num_layers = 2
+        config.model.norm_groups = 0   # 32 groups need >= 64 channels (2 per group); adaptive at width 16
         config.model.dropout = 0.0
         config.optimizer.warmup_steps = 5
         config.training.num_steps = 20

@@ -25,6 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.dataset = "fashion_mnist"  # TFDS name, prepared once with `make data`
     config.data.data_dir = ""              # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets
     config.data.random_flip = False        # no augmentation: likelihoods are reported without it
+    config.data.encoding = "endpoints"    # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "vdm_unet"         # VDM's UNet: no downsampling, Fourier features
@@ -35,12 +36,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.fourier_features = True   # sin/cos(2^n 2pi z) inputs resolve the 8-bit grid (VDM)
     config.model.fourier_min = 6           # lowest Fourier exponent n
     config.model.fourier_max = 7           # highest Fourier exponent n
+    config.model.embedding_freqs = "half"     # timestep-embedding frequencies 10000^(-k/half); 'half_minus_one': 10000^(-k/(half-1)) (google-research/vdm)
+    config.model.norm_groups = 0              # GroupNorm groups; 0: adaptive (<= 32, >= 2 channels each); the reference: 32
+    config.model.residual_output = False      # True: the net returns z + h (the reference's eps = z + net)
+    config.model.cond_proj_bias = True        # bias on each ResNet block's noise-embedding projection (reference: none)
+    config.model.cond_proj_zero_init = False  # zero-init that projection (reference: zeros)
+    config.model.scan_blocks = False          # run the down/up ResNet blocks under nn.scan: compile time flat in depth
+    config.model.remat = False                # recompute each ResNet block's activations in the backward pass (saves memory)
     config.model.num_classes = 0           # 0: unconditional; 10 for class-conditional
     config.model.label_dropout = 0.0       # P(label -> null class) in training (classifier-free guidance)
     config.model.gamma_min = -13.3         # gamma(0) = -log SNR at t=0 (VDM)
     config.model.gamma_max = 5.0           # gamma(1)
     config.model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
-    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned
+    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
     config.model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
 
     config.loss = ml_collections.ConfigDict()

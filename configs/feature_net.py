@@ -23,6 +23,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "fashion_mnist"  # image data set of the diffusion runs (fashion_mnist, mnist)
     config.data.data_dir = ""              # TFDS data_dir; '': $TFDS_DATA_DIR or ~/tensorflow_datasets
+    config.data.encoding = "endpoints"    # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
 
     config.model = ml_collections.ConfigDict()
     config.model.widths = (32, 64)   # conv channels per level (two 3x3 convs, then 2x2 max-pool)

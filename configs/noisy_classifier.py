@@ -27,6 +27,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.num_test = 2000           # toy sets only: test split size
     config.data.dim = 2                   # toy sets only
     config.data.data_seed = 0             # toy sets only: seed of the generated data
+    config.data.encoding = "endpoints"    # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
 
     config.model = ml_collections.ConfigDict()
     config.model.width = 64 if toy else 32   # channels / hidden units

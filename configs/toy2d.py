@@ -25,6 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.num_test = 5_000     # examples generated for the test split
     config.data.dim = 2              # 'gaussian': number of dimensions
     config.data.data_seed = 0        # seed of the generated data
+    config.data.encoding = "endpoints"    # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"              # residual MLP for flat data [B, D]
@@ -39,7 +40,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.gamma_min = -10.0         # gamma(0) = -log SNR at t=0 (also the net's input rescaling)
     config.model.gamma_max = 6.0           # gamma(1)
     config.model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
-    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned
+    config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
     config.model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
 
     config.loss = ml_collections.ConfigDict()

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO_ROOT
 
 LAYERS = [
-    ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "fileio"]),
+    ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "encoding", "fileio"]),
     ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel"]),
     ("models", ["models"]),
     ("sampling", ["sampling", "guidance", "likelihood", "analytic"]),

@@ -75,6 +75,13 @@ def test_cifar10_has_the_vdm_paper_settings():
     assert c.optimizer.ema_decay == 0.9999 and c.model.dropout == 0.1
     assert (c.model.gamma_min, c.model.gamma_max) == (-13.3, 5.0)
     assert (c.model.fourier_features, c.model.fourier_min, c.model.fourier_max) == (True, 6, 7)
+    # google-research/vdm's ScoreUNet (model_vdm.py) and training setup (configs/cifar10.py, experiment.py).
+    assert (c.model.embedding_freqs, c.model.norm_groups, c.model.residual_output) == ("half_minus_one", 32, True)
+    assert (c.model.cond_proj_bias, c.model.cond_proj_zero_init) == (False, True)
+    assert c.model.schedule == "learned_linear" and c.data.encoding == "bin_centres"
+    assert (c.optimizer.warmup_steps, c.optimizer.grad_clip, c.optimizer.weight_decay) == (100, 0.0, 0.01)
+    assert (c.optimizer.decay_mask, c.optimizer.decay, c.optimizer.b2) == ("non_bias", "constant", 0.99)
+    assert c.loss.antithetic and c.eval.num_steps == 0
 
 
 @pytest.mark.parametrize("field,bad,valid", [

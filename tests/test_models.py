@@ -26,6 +26,8 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
       attention_resolutions=(8,), num_heads=2, dropout=0.3,
       fourier_features=True, fourier_min=6, fourier_max=7,
       num_classes=NUM_CLASSES, gamma_min=-13.3, gamma_max=5.0,
+      embedding_freqs='half', norm_groups=0, residual_output=False, cond_proj_bias=True,
+      cond_proj_zero_init=False, scan_blocks=False, remat=False,
       # Keys the nets must ignore.
       parameterization='eps', schedule='linear_logsnr', label_dropout=0.1,
       learn_endpoints=False)

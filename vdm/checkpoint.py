@@ -26,6 +26,32 @@ PyTree = Any
 log = logging.getLogger(__name__)
 
 
+class BlockLayoutError(ValueError):
+    """A checkpoint's VDMUNet blocks are unrolled where the config scans them, or the other way round."""
+
+
+def block_layout(keys: Any) -> str | None:
+    """'unrolled' (down_0.. / up_0.. entries), 'scanned' ('down'/'up' -> 'block') or None, from flat path strings."""
+    keys = list(keys)
+    if any("['down_0']" in k or "['up_0']" in k for k in keys):
+        return "unrolled"
+    if any("['down']['block']" in k or "['up']['block']" in k for k in keys):
+        return "scanned"
+    return None
+
+
+def check_block_layout(saved_keys: Any, target_keys: Any, step: int) -> None:
+    """Raise BlockLayoutError when the saved and the expected flat keys use different VDMUNet block layouts."""
+    saved, want = block_layout(saved_keys), block_layout(target_keys)
+    if saved and want and saved != want:
+        raise BlockLayoutError(
+            f"checkpoint step {step} holds {saved} VDMUNet blocks but this config expects {want} ones "
+            f"(config.model.scan_blocks={want == 'scanned'}). Either set config.model.scan_blocks="
+            f"{saved == 'scanned'}, or restore the state in its saved layout and convert it with "
+            f"vdm.models.maybe_convert_params(state, scanned={want == 'scanned'}) (params, EMA params "
+            "and optimizer moments alike).")
+
+
 def _flatten(tree: PyTree) -> dict[str, np.ndarray]:
     """{keystr(path): numpy leaf} for every leaf of `tree` (deterministic order)."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
@@ -90,8 +116,18 @@ class Checkpointer:
             state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, step: int, like: PyTree) -> PyTree:
-        """The state saved at `step`, as numpy arrays shaped like `like`; CheckpointCorruptError if unreadable."""
+        """The state saved at `step`, as numpy arrays shaped like `like`; CheckpointCorruptError if unreadable.
+
+        BlockLayoutError if the checkpoint holds the other VDMUNet block layout (unrolled vs scanned)
+        than `like`: convert with vdm.models.maybe_convert_params (see check_block_layout).
+        """
         target = {k: np.zeros(v.shape, v.dtype) for k, v in _flatten(like).items()}
+        try:
+            saved = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception:                             # unreadable meta: the full restore below reports it
+            saved = None
+        if saved is not None:
+            check_block_layout(saved.get("sha256", {}), target, step)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))

@@ -65,7 +65,8 @@ def _float(name: str, value: Any, lo: float | None = None, hi: float | None = No
 
 
 def _validate_model(c: ml_collections.ConfigDict) -> None:
-    from vdm.models import LEARNED_SCHEDULES, MODEL_NAMES    # here: flax is heavy, config checks are not
+    from vdm.models import LEARNED_SCHEDULES, MODEL_NAMES, VDM_BOOLS   # here: flax is heavy, config checks are not
+    from vdm.models.layers import EMBEDDING_FREQS
     m = c.model
     _choices("model.name", m.name, MODEL_NAMES)
     _choices("model.parameterization", m.parameterization, parameterization.KINDS)
@@ -84,6 +85,14 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
            f"config.model.name={m.name!r} does not fit config.data.dataset={c.data.dataset!r}: "
            "use 'mlp' for the flat toy data sets " + repr(TOY_DATASETS)
            + " and 'vdm_unet' or 'adm_unet' for the image data sets " + repr(IMAGE_DATASETS) + ".")
+    if m.name == "vdm_unet":
+        missing = [k for k in ("embedding_freqs", "norm_groups") + VDM_BOOLS if k not in m]
+        _check(not missing, f"config.model.name='vdm_unet' needs the keys {missing} in config.model "
+               "(see configs/fashion_mnist.py for their meaning and the values that keep the default network).")
+        _choices("model.embedding_freqs", m.embedding_freqs, EMBEDDING_FREQS)
+        _int("model.norm_groups", m.norm_groups, 0)
+        for key in VDM_BOOLS:
+            _check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
     _choices("loss.weighting", c.loss.weighting, tuple(objectives.WEIGHTINGS))
 
 

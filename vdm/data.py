@@ -5,7 +5,7 @@
     for batch in eval_iterator(config.data, 256): ...   # batch['mask'] marks padding
 
 Batches are dicts of numpy arrays: 'x' float32 [B, *info.shape] (8-bit values k
-as k/127.5 - 1), 'label' int32 [B]; eval batches add 'mask' bool [B]. The train
+as config.data.encoding says: k/127.5 - 1 or (k + 0.5)/128 - 1, vdm.encoding), 'label' int32 [B]; eval batches add 'mask' bool [B]. The train
 batch at step k is a pure function of (seed, k): epoch e is the permutation
 np.random.default_rng((seed, e)).permutation(N) and the stream of examples is
 the concatenation of epochs, so `start_step` resumes exactly. Device sharding is
@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from vdm import data_tfds, data_toy
+from vdm.encoding import ENCODINGS, encode
 from vdm.data_toy import gaussian_nll, gaussian_scales  # noqa: F401  (public re-exports)
 from vdm.data_tfds import DatasetNotFoundError  # noqa: F401  (public re-export)
 
@@ -49,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
         "num_test": 2_000,    # toy sets: test split size
         "dim": 2,             # 'gaussian': number of dimensions
         "data_seed": 0,       # toy sets: seed of the generated data
+        "encoding": "endpoints",  # 8-bit k -> k/127.5 - 1 ('endpoints') or (k + 0.5)/128 - 1 ('bin_centres')
     })
 
 
@@ -61,8 +63,9 @@ class DatasetInfo:
     num_train: int
     num_test: int
     num_classes: int
-    discrete: bool  # True for 8-bit data (k/127.5 - 1): use the discrete decoder
+    discrete: bool  # True for 8-bit data (grid of `encoding`): use the discrete decoder
     scales: tuple[float, ...] | None = None  # 'gaussian' only: per-dim std s of x ~ N(0, diag(s^2))
+    encoding: str = "endpoints"  # where 8-bit k sits in [-1, 1] (vdm.encoding); the decoder grid must match
 
     @property
     def num_dims(self) -> int:
@@ -79,6 +82,7 @@ class _Spec:
     num_test: int
     dim: int
     data_seed: int
+    encoding: str
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -109,6 +113,9 @@ def parse_config(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
     if random_flip and name in data_toy.TOY_DATASETS:
         raise ValueError(f"config.data.random_flip applies to images only; {name!r} is a toy set.")
     data_dir = _get(data_config, "data_dir")
+    encoding = _get(data_config, "encoding")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"Unknown config.data.encoding {encoding!r}; valid: {', '.join(ENCODINGS)}.")
     return _Spec(
         name=name,
         data_dir=data_tfds.resolve_data_dir(data_dir) if name in data_tfds.IMAGE_DATASETS else None,
@@ -117,6 +124,7 @@ def parse_config(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
         num_test=_check_int("config.data.num_test", _get(data_config, "num_test"), 1),
         dim=_check_int("config.data.dim", _get(data_config, "dim"), 1),
         data_seed=_check_int("config.data.data_seed", _get(data_config, "data_seed"), 0),
+        encoding=encoding,
     )
 
 
@@ -125,19 +133,22 @@ def get_dataset_info(data_config: Mapping | ml_collections.ConfigDict) -> Datase
     spec = parse_config(data_config)
     if spec.name in data_tfds.IMAGE_DATASETS:
         s = data_tfds.split_info(spec.name, spec.data_dir)
-        return DatasetInfo(spec.name, s["shape"], s["num_train"], s["num_test"], s["num_classes"], True)
+        return DatasetInfo(spec.name, s["shape"], s["num_train"], s["num_test"], s["num_classes"], True,
+                           encoding=spec.encoding)
     common = dict(name=spec.name, num_train=spec.num_train, num_test=spec.num_test)
     if spec.name == "mixture2d":
         return DatasetInfo(shape=(2,), num_classes=data_toy.MIXTURE_MODES, discrete=False, **common)
     if spec.name == "grid8bit2d":
-        return DatasetInfo(shape=(2,), num_classes=len(data_toy.GRID_LEVELS) ** 2, discrete=True, **common)
+        return DatasetInfo(shape=(2,), num_classes=len(data_toy.GRID_LEVELS) ** 2, discrete=True,
+                           encoding=spec.encoding, **common)
     scales = tuple(float(s) for s in gaussian_scales(spec.dim))
     return DatasetInfo(shape=(spec.dim,), num_classes=1, discrete=False, scales=scales, **common)
 
 
 @functools.lru_cache(maxsize=8)
-def _toy_split(name: str, num: int, seed: int, split: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    x, y = data_toy.generate(name, num, seed, split, dim=dim)
+def _toy_split(name: str, num: int, seed: int, split: str, dim: int,
+               encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = data_toy.generate(name, num, seed, split, dim=dim, encoding=encoding)
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y
@@ -151,13 +162,13 @@ def load_arrays(data_config: Mapping | ml_collections.ConfigDict, split: str) ->
     if spec.name in data_tfds.IMAGE_DATASETS:
         return data_tfds.load_split(spec.name, spec.data_dir, split)
     num = spec.num_train if split == "train" else spec.num_test
-    return _toy_split(spec.name, num, spec.data_seed, split, spec.dim)
+    return _toy_split(spec.name, num, spec.data_seed, split, spec.dim, spec.encoding)
 
 
-def _to_float(x: np.ndarray) -> np.ndarray:
-    """uint8 k -> k/127.5 - 1 (float32); float data passes through as a float32 copy."""
+def _to_float(x: np.ndarray, encoding: str) -> np.ndarray:
+    """uint8 k -> x_k of `encoding` (float32, vdm.encoding); float data passes through as a float32 copy."""
     if x.dtype == np.uint8:
-        return data_toy.from_8bit(x)
+        return encode(x, encoding)
     return np.array(x, np.float32)
 
 
@@ -184,7 +195,7 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
                     perms[epoch] = np.random.default_rng((seed, epoch)).permutation(num)
                 sel = epochs == epoch
                 idx[sel] = perms[epoch][offsets[sel]]
-            x = _to_float(x_all[idx])
+            x = _to_float(x_all[idx], spec.encoding)
             if spec.random_flip:
                 flip = np.random.default_rng((seed, step, _FLIP_STREAM)).random(batch_size) < 0.5
                 x[flip] = x[flip, :, ::-1]  # [B, H, W, C]: reverse W
@@ -197,6 +208,7 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
 def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int,
                   split: str = "test") -> Iterator[dict[str, np.ndarray]]:
     """The whole split in order, batches of B; the last is padded (with the first examples), mask False there."""
+    spec = parse_config(data_config)
     batch_size = _check_int("batch_size", batch_size, 1)
     x_all, labels = load_arrays(data_config, split)
     num = len(labels)
@@ -206,7 +218,7 @@ def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: 
             idx = np.arange(start, start + batch_size)
             mask = idx < num
             idx = np.where(mask, idx, idx % num)
-            yield {"x": _to_float(x_all[idx]), "label": labels[idx].astype(np.int32), "mask": mask}
+            yield {"x": _to_float(x_all[idx], spec.encoding), "label": labels[idx].astype(np.int32), "mask": mask}
 
     return batches()
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vdm.encoding import encode
+
 TOY_DATASETS = ("mixture2d", "grid8bit2d", "gaussian")
 SPLITS = ("train", "test")
 
@@ -48,22 +50,22 @@ def mixture2d(num: int, seed: int, split: str = "train") -> tuple[np.ndarray, np
     return x.astype(np.float32), labels.astype(np.int32)
 
 
-def from_8bit(k: np.ndarray) -> np.ndarray:
-    """8-bit values k in 0..255 -> k/127.5 - 1 in [-1, 1], float32 (the convention for images too)."""
-    return np.asarray(k).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+def from_8bit(k: np.ndarray, encoding: str = "endpoints") -> np.ndarray:
+    """8-bit values k in 0..255 -> x_k in [-1, 1], float32: k/127.5 - 1 or (k + 0.5)/128 - 1 (vdm.encoding)."""
+    return encode(k, encoding)
 
 
-def grid8bit2d_values() -> np.ndarray:
-    """The grid's coordinate values k/127.5 - 1 for k in GRID_LEVELS, float32 [L]."""
-    return from_8bit(np.asarray(GRID_LEVELS, np.uint8))
+def grid8bit2d_values(encoding: str = "endpoints") -> np.ndarray:
+    """The grid's coordinate values x_k (vdm.encoding) for k in GRID_LEVELS, float32 [L]."""
+    return from_8bit(np.asarray(GRID_LEVELS, np.uint8), encoding)
 
 
-def grid8bit2d(num: int, seed: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """num points uniform on the L x L grid of 8-bit values (k/127.5 - 1); label = row-major cell index."""
+def grid8bit2d(num: int, seed: int, split: str = "train", encoding: str = "endpoints") -> tuple[np.ndarray, np.ndarray]:
+    """num points uniform on the L x L grid of 8-bit values (encoded as `encoding`); label = row-major cell index."""
     rng = _rng(seed, split)
     levels = len(GRID_LEVELS)
     labels = rng.integers(0, levels * levels, size=num)
-    values = grid8bit2d_values()
+    values = grid8bit2d_values(encoding)
     x = np.stack([values[labels // levels], values[labels % levels]], axis=-1)
     return x.astype(np.float32), labels.astype(np.int32)
 
@@ -91,12 +93,13 @@ def gaussian_nll(x: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.sum(0.5 * (x / scales) ** 2 + np.log(scales) + 0.5 * np.log(2 * np.pi), axis=-1)
 
 
-def generate(name: str, num: int, seed: int, split: str, *, dim: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """(x float32 [num, ...], label int32 [num]) of toy set `name`, a pure function of (num, seed, split, dim)."""
+def generate(name: str, num: int, seed: int, split: str, *, dim: int = 2,
+             encoding: str = "endpoints") -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 [num, ...], label int32 [num]) of toy set `name`, a pure function of (num, seed, split, dim, encoding)."""
     if name == "mixture2d":
         return mixture2d(num, seed, split)
     if name == "grid8bit2d":
-        return grid8bit2d(num, seed, split)
+        return grid8bit2d(num, seed, split, encoding)
     if name == "gaussian":
         return gaussian(num, seed, split, dim=dim)
     raise ValueError(f"Unknown toy data set {name!r}; valid: {', '.join(TOY_DATASETS)}.")

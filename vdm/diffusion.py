@@ -2,7 +2,8 @@
 
 All functions are pure and broadcast elementwise; per-example reductions are explicit
 (`sum_except_batch`). Conventions: gamma = -log SNR, alpha^2 = sigmoid(-gamma),
-sigma^2 = sigmoid(gamma), z_t = alpha_t x + sigma_t eps, 8-bit data k -> k/127.5 - 1.
+sigma^2 = sigmoid(gamma), z_t = alpha_t x + sigma_t eps, 8-bit data k -> k/127.5 - 1
+(encoding 'endpoints') or (k + 0.5)/128 - 1 ('bin_centres'), see vdm.encoding.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
+from vdm import encoding as enc
 from vdm.schedules import alpha_sigma
 
 Array = jax.Array
@@ -84,26 +86,31 @@ def prior_kl(x: Array, gamma_1: Array) -> Array:
     return sum_except_batch(jnp.broadcast_to(kl, x.shape))
 
 
-def _bin_values(dtype=jnp.float32) -> Array:
-    """The 256 8-bit values k/127.5 - 1, k = 0..255."""
-    return jnp.arange(NUM_BINS, dtype=dtype) / (0.5 * (NUM_BINS - 1)) - 1.0
+def _bin_values(dtype=jnp.float32, encoding: str = "endpoints") -> Array:
+    """The 256 8-bit values x_k, k = 0..255: k/127.5 - 1 ('endpoints') or (k + 0.5)/128 - 1 ('bin_centres')."""
+    if enc.check_encoding(encoding) == "endpoints":
+        return jnp.arange(NUM_BINS, dtype=dtype) / (0.5 * (NUM_BINS - 1)) - 1.0
+    return (jnp.arange(NUM_BINS, dtype=dtype) + 0.5) / (0.5 * NUM_BINS) - 1.0
 
 
-def to_bin_index(x: Array) -> Array:
-    """k = round((x + 1) * 127.5), the 8-bit value of data x in [-1, 1]."""
-    return jnp.clip(jnp.round((x + 1.0) * 0.5 * (NUM_BINS - 1)), 0, NUM_BINS - 1).astype(jnp.int32)
+def to_bin_index(x: Array, encoding: str = "endpoints") -> Array:
+    """k = round((x - x_0) / Delta), the 8-bit value of data x in [-1, 1] (x_0, Delta of vdm.encoding)."""
+    if enc.check_encoding(encoding) == "endpoints":
+        return jnp.clip(jnp.round((x + 1.0) * 0.5 * (NUM_BINS - 1)), 0, NUM_BINS - 1).astype(jnp.int32)
+    return jnp.clip(jnp.round((x + 1.0) * 0.5 * NUM_BINS - 0.5), 0, NUM_BINS - 1).astype(jnp.int32)
 
 
-def categorical_log_probs(z_0: Array, gamma_0: Array) -> Array:
+def categorical_log_probs(z_0: Array, gamma_0: Array, encoding: str = "endpoints") -> Array:
     """VDM's decoder: log p(k | z_0) = log_softmax_k(-1/2 exp(-gamma_0) (z_0/alpha_0 - x_k)^2), [..., 256] (VDM appendix).
 
-    Each of the 256 values x_k = k/127.5 - 1 gets the Gaussian density of z_0/alpha_0 around it,
-    with variance sigma_0^2/alpha_0^2 = exp(gamma_0), renormalised over k.
+    Each of the 256 values x_k (vdm.encoding: k/127.5 - 1, or (k + 0.5)/128 - 1 as google-research/vdm)
+    gets the Gaussian density of z_0/alpha_0 around it, with variance sigma_0^2/alpha_0^2 = exp(gamma_0),
+    renormalised over k.
     """
     alpha_0, _ = alpha_sigma(gamma_0)
     z_rescaled = (z_0 / alpha_0)[..., None]
     inv_var = jnp.exp(-jnp.asarray(gamma_0))[..., None]
-    logits = -0.5 * inv_var * jnp.square(z_rescaled - _bin_values(z_0.dtype))
+    logits = -0.5 * inv_var * jnp.square(z_rescaled - _bin_values(z_0.dtype, encoding))
     return jax.nn.log_softmax(logits, axis=-1)
 
 
@@ -116,15 +123,18 @@ def _log_ndtr_diff(lo: Array, hi: Array) -> Array:
     return log_b + jnp.log(-jnp.expm1(log_ndtr(a) - log_b))
 
 
-def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Array:
-    """DDPM's decoder: log of the N(mean, e^{2 log_scale}) mass of x's bin [x - 1/255, x + 1/255],
-    edge bins open to -inf (x = -1) and +inf (x = 1), with the exact erf CDF (Ho et al. 2020, eq. 13)."""
+def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array,
+                                  encoding: str = "endpoints") -> Array:
+    """DDPM's decoder: log of the N(mean, e^{2 log_scale}) mass of x's bin [x - Delta/2, x + Delta/2],
+    edge bins open to -inf (k = 0) and +inf (k = 255), with the exact erf CDF (Ho et al. 2020, eq. 13).
+    Delta = 2/255 ('endpoints') or 2/256 ('bin_centres'), vdm.encoding."""
     inv_scale = jnp.exp(-log_scale)
-    half = 0.5 * BIN_WIDTH
+    half = 0.5 * enc.bin_width(encoding)
     lo = (x - half - mean) * inv_scale
     hi = (x + half - mean) * inv_scale
-    bottom = x < -1.0 + half
-    top = x > 1.0 - half
+    x_lo = enc.lowest_value(encoding)
+    bottom = x < x_lo + half
+    top = x > -x_lo - half
     lo = jnp.where(bottom, -jnp.inf, lo)
     hi = jnp.where(top, jnp.inf, hi)
     interior = _log_ndtr_diff(jnp.where(bottom | top, -1.0, lo), jnp.where(bottom | top, 1.0, hi))
@@ -134,19 +144,21 @@ def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array) -> Ar
 DECODERS = ("discrete", "discretized_gaussian", "gaussian")
 
 
-def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discrete") -> Array:
+def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discrete",
+                     encoding: str = "endpoints") -> Array:
     """log p(x | z_0) per example for p(x|z_0) from z_0/alpha_0 with variance sigma_0^2/alpha_0^2 = exp(gamma_0).
 
     'discrete': VDM's 256-way categorical; 'discretized_gaussian': DDPM's binned Gaussian;
     'gaussian': N(x; z_0/alpha_0, exp(gamma_0)) for continuous data. x, z_0: [B, ...];
-    gamma_0 broadcastable against them.
+    gamma_0 broadcastable against them. encoding: the 8-bit grid of x for the two discrete
+    decoders (vdm.encoding; DatasetInfo.encoding).
     """
     if decoder == "discrete":
-        log_probs = categorical_log_probs(z_0, gamma_0)
-        ll = jnp.take_along_axis(log_probs, to_bin_index(x)[..., None], axis=-1)[..., 0]
+        log_probs = categorical_log_probs(z_0, gamma_0, encoding)
+        ll = jnp.take_along_axis(log_probs, to_bin_index(x, encoding)[..., None], axis=-1)[..., 0]
     elif decoder == "discretized_gaussian":
         alpha_0, _ = alpha_sigma(gamma_0)
-        ll = discretized_gaussian_log_prob(x, z_0 / alpha_0, 0.5 * jnp.asarray(gamma_0))
+        ll = discretized_gaussian_log_prob(x, z_0 / alpha_0, 0.5 * jnp.asarray(gamma_0), encoding)
     elif decoder == "gaussian":
         alpha_0, _ = alpha_sigma(gamma_0)
         ll = normal_logpdf(x, z_0 / alpha_0, jnp.exp(jnp.asarray(gamma_0)))

@@ -76,7 +76,8 @@ def evaluate_ode(denoise_fn: Callable, schedule: Any, config: ml_collections.Con
     e = config.eval
     nll = jax.jit(lambda x, k: ode_nll(denoise_fn, x, k, schedule=schedule,
                                        parameterization=config.model.parameterization,
-                                       num_steps=e.ode_steps, num_probes=e.ode_probes, dequantize=info.discrete))
+                                       num_steps=e.ode_steps, num_probes=e.ode_probes, dequantize=info.discrete,
+                                       encoding=info.encoding))
     values = []
     for i, batch in enumerate(data.eval_iterator(config.data, e.batch_size, split=split)):
         values.append(np.asarray(nll(jnp.asarray(batch["x"]), jax.random.fold_in(key, i)),
@@ -143,7 +144,7 @@ def evaluate_and_sample(trainer: Trainer, mesh: Any, state: TrainState, step: in
     result["eval/sample_nonfinite_frac"] = float(np.mean(~np.isfinite(samples)))
     writer.write(step, result)
     if jax.process_index() == 0:
-        save_samples_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples)
+        save_samples_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples, trainer.info.encoding)
         plot_bpd(workdir, num_dims=trainer.info.num_dims)
     return result
 
@@ -227,7 +228,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
         name += f"_cls{config.guidance.classifier_scale:g}_y{config.guidance.classifier_label}"
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
-        save_samples_png(path + ".png", samples)
+        save_samples_png(path + ".png", samples, trainer.info.encoding)
         labels = guidance[1] if guidance else sample_labels(config, s.num_samples)
         np.savez(path + ".npz", samples=samples,
                  labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))

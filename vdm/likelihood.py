@@ -25,7 +25,8 @@ variables (Chen et al. 2018), d log p(z_gamma)/dgamma = -div_z(dz/dgamma), so
   v_d = alpha_1^2 Var[x_d] + sigma_1^2: for gamma(1) = 5 (alpha_1^2 = 6.7e-3) about
   alpha_1^2 E[x_d]^2 / 2 <= 3.4e-3 nats per dim on [-1, 1] data, O(alpha_1^4) for standardised data.
 
-Discrete 8-bit data (`dequantize=True`): x holds values x_k = k/127.5 - 1, spaced Delta = 2/255.
+Discrete 8-bit data (`dequantize=True`): x holds values x_k = k/127.5 - 1, spaced Delta = 2/255
+(encoding='endpoints'; with 'bin_centres', x_k = (k + 0.5)/128 - 1, Delta = 2/256, offset log 128).
 With uniform dequantisation x_deq = x + (u - 1/2) Delta, u ~ U(0, 1)^D, the bins [x_k - Delta/2,
 x_k + Delta/2) are disjoint, so P(k) = int_bin p(y) dy is a (sub-)probability, and by Jensen
     -log P(k) <= E_u[-log p(x_deq)] - D log Delta = E_u[-log p(x_deq)] + D log 127.5.
@@ -44,6 +45,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from vdm import encoding as enc
 from vdm.diffusion import BIN_WIDTH, sum_except_batch
 from vdm.parameterization import KINDS, convert
 from vdm.schedules import Schedule, alpha_sigma
@@ -120,14 +122,17 @@ def _heun_step(drift_and_div, carry, step):
 def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
             parameterization: str = "eps", num_steps: int = 64, solver: str = "rk4",
             trace: str = "hutchinson", num_probes: int = 1, dequantize: bool = False,
-            t_min: float = 0.0, t_max: float = 1.0, return_terms: bool = False) -> Array | dict[str, Array]:
+            t_min: float = 0.0, t_max: float = 1.0, return_terms: bool = False,
+            encoding: str = "endpoints") -> Array | dict[str, Array]:
     """-log p(x) per example in nats [B] via the probability-flow ODE (module docstring).
 
     x: [B, ...] continuous data, or 8-bit values k/127.5 - 1 with dequantize=True (then the
     discrete-data bound, offset D log 127.5 included). return_terms=True returns a dict with
     'total', 'prior' (-log N(z_1; 0, I)), 'delta_logp' (the divergence integral), 'offset'
-    (-D log alpha_{t_min} [- D log Delta]) and 'z_1'.
+    (-D log alpha_{t_min} [- D log Delta]) and 'z_1'. encoding: the 8-bit grid of x (vdm.encoding),
+    which sets Delta.
     """
+    enc.check_encoding(encoding)
     _check_args(parameterization, trace, solver, num_steps, num_probes, t_min, t_max)
     x = jnp.asarray(x)
     shape, dims = x.shape, math.prod(x.shape[1:])
@@ -137,8 +142,13 @@ def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     key_u, key_v = jax.random.split(key)
     offset = jnp.zeros(shape[:1], x.dtype)
     if dequantize:
-        x = x + (jax.random.uniform(key_u, shape, x.dtype) - 0.5) * BIN_WIDTH
-        offset = offset + dims * DEQUANT_OFFSET_NATS_PER_DIM
+        if encoding == "endpoints":
+            x = x + (jax.random.uniform(key_u, shape, x.dtype) - 0.5) * BIN_WIDTH
+            offset = offset + dims * DEQUANT_OFFSET_NATS_PER_DIM
+        else:
+            width = enc.bin_width(encoding)
+            x = x + (jax.random.uniform(key_u, shape, x.dtype) - 0.5) * width
+            offset = offset - dims * math.log(width)
     probes = _probes(key_v, shape, trace, int(num_probes), x.dtype)
     reduce = jnp.mean if trace == "hutchinson" else jnp.sum
 

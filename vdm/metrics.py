@@ -13,6 +13,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
+from vdm.encoding import decode
 from vdm.objectives import bits_per_dim
 
 
@@ -60,12 +61,18 @@ class MetricWriter:
             self._tb = None
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Images in [-1, 1] -> uint8 with the data convention k = round((x + 1) * 127.5), clipped."""
-    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+def to_uint8(x: np.ndarray, encoding: str = "endpoints") -> np.ndarray:
+    """Images in [-1, 1] -> uint8 nearest 8-bit value of the data encoding (vdm.encoding), clipped.
+
+    'endpoints': k = round((x + 1) * 127.5); 'bin_centres': k = round((x + 1) * 128 - 1/2).
+    """
+    if encoding == "endpoints":
+        return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return decode(x, encoding)
 
 
-def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2) -> np.ndarray:
+def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2,
+               encoding: str = "endpoints") -> np.ndarray:
     """Tile images [N, H, W, C] (C = 1 or 3, in [-1, 1]) into one uint8 [rows*(H+pad)+pad, ..., C] grid."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -74,7 +81,7 @@ def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2)
     cols = num_cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
-    for i, img in enumerate(to_uint8(images)):
+    for i, img in enumerate(to_uint8(images, encoding)):
         r, q = divmod(i, cols)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
     return grid
@@ -98,11 +105,11 @@ def scatter_image(points: np.ndarray, *, size: int = 256, extent: float | None =
     return img
 
 
-def save_samples_png(path: str, samples: np.ndarray) -> None:
+def save_samples_png(path: str, samples: np.ndarray, encoding: str = "endpoints") -> None:
     """Write samples as a PNG: a grid for images [N, H, W, C], a scatter of the first two coordinates for flat [N, D>=2]."""
     samples = np.asarray(samples)
     if samples.ndim == 4:
-        pixels = image_grid(samples)
+        pixels = image_grid(samples, encoding=encoding)
     elif samples.ndim == 2 and samples.shape[1] >= 2:
         pixels = scatter_image(samples[:, :2])
     else:

@@ -127,21 +127,22 @@ def diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, *, sch
     return weight * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
 
 
-def reconstruction_term(x: Array, key: Array, gamma_0: Array, decoder: str) -> Array:
-    """-log p(x | z_0) per example, z_0 ~ q(z_0 | x), one sample (VDM eq. 11, first term)."""
+def reconstruction_term(x: Array, key: Array, gamma_0: Array, decoder: str, encoding: str = "endpoints") -> Array:
+    """-log p(x | z_0) per example, z_0 ~ q(z_0 | x), one sample (VDM eq. 11, first term); encoding: x's 8-bit grid."""
     z_0 = diffusion.q_sample(x, gamma_0, jax.random.normal(key, x.shape, x.dtype))
-    return -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder)
+    return -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder, encoding)
 
 
 # ----------------------------------------------------------------------------- losses
 
 def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
          parameterization: str = "eps", num_steps: int = 0, decoder: str = "discrete",
-         antithetic: bool = False) -> dict[str, Array]:
+         antithetic: bool = False, encoding: str = "endpoints") -> dict[str, Array]:
     """Per-example negative-ELBO terms in nats (VDM eq. 11): 'reconstruction', 'prior', 'diffusion', 'total'.
 
     num_steps=0 is continuous time; num_steps=T the T-step discrete model on the grid i/T.
-    decoder: 'discrete' (8-bit data in [-1, 1]), 'discretized_gaussian' or 'gaussian' (continuous).
+    decoder: 'discrete' (8-bit data in [-1, 1]), 'discretized_gaussian' or 'gaussian' (continuous);
+    encoding: the 8-bit grid of x for the discrete decoders (vdm.encoding).
     """
     if num_steps < 0 or int(num_steps) != num_steps:
         raise ValueError(f"num_steps must be 0 (continuous time) or a positive integer, got {num_steps}.")
@@ -151,7 +152,7 @@ def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     batch = x.shape[0]
     gamma_0 = schedule(jnp.zeros((), jnp.float32))
     gamma_1 = schedule(jnp.ones((), jnp.float32))
-    rec = reconstruction_term(x, key_rec, gamma_0, decoder)
+    rec = reconstruction_term(x, key_rec, gamma_0, decoder, encoding)
     prior = diffusion.prior_kl(x, gamma_1)
     t = sample_t(key_t, batch, antithetic=antithetic)
     if num_steps:
@@ -193,16 +194,17 @@ def bits_per_dim(nats, num_dims: int):
 
 # ----------------------------------------------------------------------------- the training loss
 
-def endpoint_terms(x: Array, eps_0: Array, gamma_0: Array, gamma_1: Array, decoder: str) -> tuple[Array, Array]:
+def endpoint_terms(x: Array, eps_0: Array, gamma_0: Array, gamma_1: Array, decoder: str,
+                   encoding: str = "endpoints") -> tuple[Array, Array]:
     """Per-example (-log p(x | z_0), KL(q(z_1|x) || N(0, I))), z_0 = alpha_0 x + sigma_0 eps_0 (VDM eq. 11)."""
     z_0 = diffusion.q_sample(x, gamma_0, eps_0)
-    return -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder), diffusion.prior_kl(x, gamma_1)
+    return -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder, encoding), diffusion.prior_kl(x, gamma_1)
 
 
 def loss_and_grads(net_apply: Callable[[PyTree, Array, Array], Array], model_params: PyTree,
                    schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree | None,
                    x: Array, t: Array, eps: Array, eps_0: Array, *, parameterization: str = "eps",
-                   weighting: str = "elbo", decoder: str = "discrete",
+                   weighting: str = "elbo", decoder: str = "discrete", encoding: str = "endpoints",
                    schedule_grad: str = "none") -> tuple[Array, PyTree, dict]:
     """(mean loss, grads {'model'[, 'schedule']}, batch-mean terms) of reconstruction + prior + weighted diffusion (VDM eq. 11; Kingma & Gao 2023).
 
@@ -226,7 +228,7 @@ def loss_and_grads(net_apply: Callable[[PyTree, Array, Array], Array], model_par
                                        weighting=weighting)
 
     (gamma_0, gamma_1, gamma_t, dgamma), sched_vjp = jax.vjp(schedule_outputs, schedule_params)
-    (rec, prior), ep_vjp = jax.vjp(lambda g0, g1: endpoint_terms(x, eps_0, g0, g1, decoder), gamma_0, gamma_1)
+    (rec, prior), ep_vjp = jax.vjp(lambda g0, g1: endpoint_terms(x, eps_0, g0, g1, decoder, encoding), gamma_0, gamma_1)
     diff, diff_vjp = jax.vjp(diffusion_loss, model_params, gamma_t, dgamma)
     batch = x.shape[0]
     mean_cot = lambda v: jnp.full_like(v, 1.0 / batch)           # cotangent of the batch mean

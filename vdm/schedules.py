@@ -131,14 +131,14 @@ SCHEDULES = {"linear_logsnr": linear_logsnr, "cosine": cosine, "ddpm_linear": dd
 
 
 def get_schedule(name: str, gamma_min: float | None = None, gamma_max: float | None = None) -> Schedule:
-    """Fixed schedule by name, one of SCHEDULES; 'learned' schedules live in vdm.models.schedule.
+    """Fixed schedule by name, one of SCHEDULES; the learned ones ('learned', 'learned_linear') live in vdm.models.schedule.
 
     gamma_min/gamma_max set linear_logsnr's endpoints and cosine's clip; ddpm_linear's endpoints
     are fixed by its betas, so they are not used there.
     """
     if name not in SCHEDULES:
         raise ValueError(f"Unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} "
-                         "(or 'learned', built by the trainer from vdm.models.schedule).")
+                         "(or 'learned' / 'learned_linear', built by the trainer from vdm.models.schedule).")
     if name == "ddpm_linear":
         return ddpm_linear()
     bounds = {k: v for k, v in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if v is not None}

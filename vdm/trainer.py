@@ -231,7 +231,8 @@ def loss_and_grads(trainer: Trainer, params: PyTree, batch: dict, example_key: A
     return objectives.loss_and_grads(net, params["model"], trainer.schedule_apply, params.get("schedule"),
                                      batch["x"], noise["t"], noise["eps"], noise["eps_0"],
                                      parameterization=c.model.parameterization, weighting=c.loss.weighting,
-                                     decoder=trainer.decoder, schedule_grad=trainer.schedule_grad)
+                                     decoder=trainer.decoder, encoding=trainer.info.encoding,
+                                     schedule_grad=trainer.schedule_grad)
 
 
 def train_step(trainer: Trainer, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -253,7 +254,8 @@ def eval_step(trainer: Trainer, params: PyTree, batch: dict, key: Array) -> dict
     denoise = trainer.denoise_fn(params, batch["label"])
     return objectives.elbo(denoise, batch["x"], key, schedule=trainer.schedule(params),
                            parameterization=trainer.config.model.parameterization,
-                           num_steps=trainer.config.eval.num_steps, decoder=trainer.decoder)
+                           num_steps=trainer.config.eval.num_steps, decoder=trainer.decoder,
+                           encoding=trainer.info.encoding)
 
 
 # ----------------------------------------------------------------------------- set-up

@@ -14,14 +14,16 @@ from typing import Any, Callable, Dict, Optional
 import flax.linen as nn
 
 from vdm.models.classifier import NoisyClassifier
+from vdm.models.convert import from_reference, maybe_convert_params, stack_blocks, unstack_blocks
 from vdm.models.mlp import MLPDenoiser
-from vdm.models.schedule import LearnedSchedule
-from vdm.objectives import variance_minimizing_grads
+from vdm.models.schedule import LearnedLinearSchedule, LearnedSchedule
 from vdm.models.unet_adm import ADMUNet
 from vdm.models.unet_vdm import VDMUNet
+from vdm.objectives import variance_minimizing_grads
 
-__all__ = ['get_model', 'MODEL_NAMES', 'LEARNED_SCHEDULES', 'get_schedule_module', 'VDMUNet', 'ADMUNet', 'MLPDenoiser',
-           'LearnedSchedule', 'variance_minimizing_grads', 'NoisyClassifier']
+__all__ = ['get_model', 'MODEL_NAMES', 'LEARNED_SCHEDULES', 'get_schedule_module', 'VDMUNet', 'ADMUNet',
+           'MLPDenoiser', 'LearnedSchedule', 'LearnedLinearSchedule', 'variance_minimizing_grads',
+           'NoisyClassifier', 'stack_blocks', 'unstack_blocks', 'maybe_convert_params', 'from_reference']
 
 _COMMON = ('width', 'dropout', 'fourier_features', 'fourier_min', 'fourier_max',
            'num_classes', 'gamma_min', 'gamma_max')
@@ -44,11 +46,19 @@ def _kwargs(cfg: Any, keys: tuple[str, ...]) -> Dict[str, Any]:
   for k in ('dropout', 'gamma_min', 'gamma_max'):
     out[k] = float(out[k])
   out['fourier_features'] = bool(out['fourier_features'])
+  if 'norm_groups' in out:
+    out['norm_groups'] = int(out['norm_groups'])
   return out
 
 
+# The keys that make vdm_unet exactly google-research/vdm's ScoreUNet (see configs/cifar10.py);
+# config_utils validates them.
+VDM_BOOLS = ('residual_output', 'cond_proj_bias', 'cond_proj_zero_init', 'scan_blocks', 'remat')
+_VDM_KEYS = ('num_layers', 'num_heads', 'embedding_freqs', 'norm_groups') + VDM_BOOLS
+
+
 _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
-    'vdm_unet': lambda c: VDMUNet(**_kwargs(c, _COMMON + ('num_layers', 'num_heads'))),
+    'vdm_unet': lambda c: VDMUNet(**_kwargs(c, _COMMON + _VDM_KEYS)),
     'adm_unet': lambda c: ADMUNet(**_kwargs(c, _COMMON + (
         'channel_mult', 'num_res_blocks', 'attention_resolutions', 'num_heads'))),
     'mlp': lambda c: MLPDenoiser(**_kwargs(c, _COMMON + ('num_layers',))),
@@ -56,8 +66,9 @@ _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
 MODEL_NAMES = tuple(_BUILDERS)
 
 # Learned schedules (config.model.schedule) and how they learn (vdm.objectives.loss_and_grads):
-# 'variance': VDM's variance-minimising gradient for the shape, the mean-loss gradient for the endpoints.
-LEARNED_SCHEDULES: Dict[str, str] = {'learned': 'variance'}
+# 'variance': VDM's variance-minimising gradient for the shape, the mean-loss gradient for the endpoints;
+# 'mean': the mean-loss gradient (the endpoints of a linear log-SNR, as google-research/vdm learns them).
+LEARNED_SCHEDULES: Dict[str, str] = {'learned': 'variance', 'learned_linear': 'mean'}
 
 
 def get_schedule_module(model_config: Any) -> Optional[nn.Module]:
@@ -65,6 +76,8 @@ def get_schedule_module(model_config: Any) -> Optional[nn.Module]:
   m = model_config
   if m.schedule == 'learned':
     return LearnedSchedule(m.gamma_min, m.gamma_max, m.learn_endpoints)
+  if m.schedule == 'learned_linear':
+    return LearnedLinearSchedule(m.gamma_min, m.gamma_max)
   return None
 
 

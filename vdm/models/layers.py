@@ -33,17 +33,27 @@ def rescale_gamma(gamma: Array, gamma_min: float, gamma_max: float) -> Array:
   return (gamma - gamma_min) / (gamma_max - gamma_min)
 
 
+EMBEDDING_FREQS = ('half', 'half_minus_one')
+
+
 def timestep_embedding(t: Array, dim: int, scale: float = 1000.0,
-                       max_period: float = 10000.0) -> Array:
-  """Sinusoidal embedding [sin(s t w_k), cos(s t w_k)], w_k = P^(-k/half) (Vaswani 2017; DDPM).
+                       max_period: float = 10000.0, freqs: str = 'half') -> Array:
+  """Sinusoidal embedding [sin(s t w_k), cos(s t w_k)], w_k = P^(-k/n), k < half = dim/2 (Vaswani 2017; DDPM).
 
   t: [B] -> [B, dim]. `scale` maps t in [0, 1] to the DDPM step range.
+  freqs: 'half' n = half (w spans P^0..P^(-1+1/half)); 'half_minus_one' n = half - 1
+  (tensor2tensor/fairseq, google-research/vdm: w spans exactly P^0..P^-1).
   """
   if dim < 2 or dim % 2:
     raise ValueError(f'embedding dim must be an even integer >= 2, got {dim}')
+  if freqs not in EMBEDDING_FREQS:
+    raise ValueError(f'unknown embedding freqs {freqs!r}; valid: {", ".join(EMBEDDING_FREQS)}')
   half = dim // 2
+  denom = half if freqs == 'half' else half - 1
+  if denom < 1:
+    raise ValueError(f"embedding freqs 'half_minus_one' need dim >= 4, got {dim}")
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
-                  / half)
+                  / denom)
   args = scale * t.astype(jnp.float32)[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
@@ -79,9 +89,14 @@ def num_groups_for(channels: int, max_groups: int = MAX_GROUPS) -> int:
   return 1
 
 
-def group_norm(channels: int, name: Optional[str] = None, dtype: Any = jnp.float32) -> nn.GroupNorm:
-  """GroupNorm (Wu & He 2018) with the group count adapted to `channels`; statistics in float32."""
-  return nn.GroupNorm(num_groups=num_groups_for(channels), name=name, dtype=dtype)
+def group_norm(channels: int, name: Optional[str] = None, dtype: Any = jnp.float32,
+               groups: int = 0) -> nn.GroupNorm:
+  """GroupNorm (Wu & He 2018), epsilon 1e-6; groups 0: adapted to `channels` (num_groups_for), else fixed."""
+  if groups < 0:
+    raise ValueError(f'norm groups must be >= 0 (0: adaptive), got {groups}')
+  if groups and channels % groups:
+    raise ValueError(f'norm_groups={groups} must divide the channel count {channels}')
+  return nn.GroupNorm(num_groups=groups or num_groups_for(channels), name=name, dtype=dtype)
 
 
 def check_inputs(z: Array, gamma: Array, ndim: int,
@@ -115,11 +130,12 @@ class NoiseEmbedding(nn.Module):
   gamma_max: float
   num_classes: int = 0
   dtype: Any = jnp.float32      # compute dtype; the sinusoids are computed in float32 first
+  embedding_freqs: str = 'half'  # see timestep_embedding
 
   @nn.compact
   def __call__(self, gamma: Array, y: Optional[Array] = None) -> Array:
     t_in = rescale_gamma(gamma, self.gamma_min, self.gamma_max)
-    emb = timestep_embedding(t_in, self.width)
+    emb = timestep_embedding(t_in, self.width, freqs=self.embedding_freqs)
     emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense0')(emb)
     emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense1')(nn.swish(emb))
     if self.num_classes < 0:
@@ -138,18 +154,23 @@ class NoiseEmbedding(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-  """GN-swish-conv, + Dense(cond), GN-swish-dropout-conv(zero init), + skip (DDPM/VDM)."""
+  """GN-swish-conv, + Dense(swish(cond)), GN-swish-dropout-conv(zero init), + skip (DDPM/VDM)."""
   out_ch: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  norm_groups: int = 0              # GroupNorm groups; 0: adaptive (num_groups_for)
+  cond_proj_bias: bool = True       # google-research/vdm: False
+  cond_proj_zero_init: bool = False  # google-research/vdm: True (zero kernel)
 
   @nn.compact
   def __call__(self, x: Array, cond: Array, train: bool) -> Array:
     """x: [B, H, W, C_in], cond: [B, E] -> [B, H, W, out_ch]."""
-    h = nn.swish(group_norm(x.shape[-1], 'norm0', self.dtype)(x))
+    h = nn.swish(group_norm(x.shape[-1], 'norm0', self.dtype, self.norm_groups)(x))
     h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, name='conv0')(h)
-    h = h + nn.Dense(self.out_ch, dtype=self.dtype, name='cond_proj')(nn.swish(cond))[:, None, None, :]
-    h = nn.swish(group_norm(self.out_ch, 'norm1', self.dtype)(h))
+    proj_kw = {'kernel_init': nn.initializers.zeros} if self.cond_proj_zero_init else {}
+    h = h + nn.Dense(self.out_ch, use_bias=self.cond_proj_bias, dtype=self.dtype,
+                     name='cond_proj', **proj_kw)(nn.swish(cond))[:, None, None, :]
+    h = nn.swish(group_norm(self.out_ch, 'norm1', self.dtype, self.norm_groups)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
                 dtype=self.dtype, name='conv1')(h)
@@ -162,6 +183,7 @@ class AttnBlock(nn.Module):
   """Residual multi-head self-attention over all H*W positions (zero-init output)."""
   num_heads: int = 1
   dtype: Any = jnp.float32
+  norm_groups: int = 0   # GroupNorm groups; 0: adaptive (num_groups_for)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -171,7 +193,7 @@ class AttnBlock(nn.Module):
       raise ValueError(
           f'num_heads={self.num_heads} must be >= 1 and divide the channel '
           f'count {c} at the attention layer')
-    h = group_norm(c, 'norm', self.dtype)(x).reshape(b, hgt * wid, c)
+    h = group_norm(c, 'norm', self.dtype, self.norm_groups)(x).reshape(b, hgt * wid, c)
     h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros,
         deterministic=True, dtype=self.dtype, name='attn')(h, h)
@@ -198,9 +220,9 @@ class Upsample(nn.Module):
     return nn.Conv(c, (3, 3), dtype=self.dtype, name='conv')(x)
 
 
-def output_head(h: Array, out_ch: int, dtype: Any = jnp.float32) -> Array:
+def output_head(h: Array, out_ch: int, dtype: Any = jnp.float32, norm_groups: int = 0) -> Array:
   """Final GroupNorm, swish and zero-initialised 3x3 conv (output is 0 at init), returned in float32."""
-  h = nn.swish(group_norm(h.shape[-1], 'norm_out', dtype)(h))
+  h = nn.swish(group_norm(h.shape[-1], 'norm_out', dtype, norm_groups)(h))
   return nn.Conv(out_ch, (3, 3), kernel_init=nn.initializers.zeros,
                  dtype=dtype, name='conv_out')(h).astype(jnp.float32)
 
@@ -226,7 +248,7 @@ def check_dropout(rate: float) -> None:
 
 
 __all__: Sequence[str] = (
-    'rescale_gamma', 'timestep_embedding', 'fourier_features',
+    'EMBEDDING_FREQS', 'rescale_gamma', 'timestep_embedding', 'fourier_features',
     'num_groups_for', 'group_norm', 'check_inputs', 'NoiseEmbedding',
     'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'output_head',
     'with_fourier', 'check_positive', 'check_dropout')

@@ -1,4 +1,4 @@
-"""VDM's learned noise schedule and its variance-minimising update (Kingma et al. 2021, sec. 5.2, app. I.2).
+"""VDM's learned noise schedules (monotone net; learned linear) and the variance-minimising update (Kingma et al. 2021, sec. 5.2, app. I.2).
 
 Schedule. gamma(t) = gamma_min + (gamma_max - gamma_min) * (g(t) - g(0)) / (g(1) - g(0)),
 with g a monotone network (VDM's NoiseNet):
@@ -35,7 +35,7 @@ the ordinary gradient of the mean loss.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -138,3 +138,29 @@ class LearnedSchedule(nn.Module):
     r = r + jax.lax.stop_gradient(fix)
     gmin, gmax = self.gamma_range()
     return (gmin * (1.0 - r) + gmax * r).reshape(t.shape)
+
+
+class LearnedLinearSchedule(nn.Module):
+  """gamma(t) = b + |w| t with learned scalars w, b (google-research/vdm 'learnable_scalar'); a Schedule when bound.
+
+  Init w = gamma_max - gamma_min, b = gamma_min, so it starts as linear_logsnr(gamma_min,
+  gamma_max); learned gamma(0) = b, gamma(1) = b + |w|. Strictly increasing whenever w != 0.
+  Params: {'w': [], 'b': []} (the reference stores shape [1]; the names match its decay mask).
+  Both take the ordinary gradient of the mean loss: only the endpoints change E[L].
+  """
+  gamma_min_init: float = -13.3
+  gamma_max_init: float = 5.0
+
+  @nn.compact
+  def __call__(self, t: Array) -> Array:
+    """t: any shape -> gamma(t), same shape, float32."""
+    if not self.gamma_max_init > self.gamma_min_init:
+      raise ValueError(f'need gamma_max_init > gamma_min_init, got {self.gamma_min_init}, '
+                       f'{self.gamma_max_init}')
+    w = self.param('w', nn.initializers.constant(self.gamma_max_init - self.gamma_min_init), ())
+    b = self.param('b', nn.initializers.constant(self.gamma_min_init), ())
+    return b + jnp.abs(w) * jnp.asarray(t, jnp.float32)
+
+  def gamma_range(self) -> tuple[Array, Array]:
+    """(gamma(0), gamma(1)) = (b, b + |w|)."""
+    return self(jnp.float32(0.0)), self(jnp.float32(1.0))

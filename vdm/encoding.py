@@ -1,0 +1,52 @@
+"""How 8-bit values k = 0..255 sit in [-1, 1]: the grid every discrete-data formula depends on.
+
+'endpoints':   x_k = k/127.5 - 1, the grid's ends at -1 and 1, spacing 2/255 (this project's default).
+'bin_centres': x_k = (k + 1/2)/128 - 1, the centres of 256 equal bins tiling [-1, 1], spacing 2/256
+               (google-research/vdm's EncDec.encode: 2 (k + 0.5)/256 - 1).
+Both give exact discrete likelihoods; they differ only in where the decoder's 256 means sit and
+in the dequantisation bin width. Works on numpy and jax arrays alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+ENCODINGS = ("endpoints", "bin_centres")
+NUM_LEVELS = 256
+
+
+def check_encoding(encoding: str) -> str:
+    """Return `encoding` if it is one of ENCODINGS, else raise ValueError naming them."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"Unknown data encoding {encoding!r}; valid: {', '.join(ENCODINGS)}.")
+    return encoding
+
+
+def bin_width(encoding: str) -> float:
+    """Spacing Delta of the grid: 2/255 ('endpoints') or 2/256 ('bin_centres')."""
+    return 2.0 / (NUM_LEVELS - 1) if check_encoding(encoding) == "endpoints" else 2.0 / NUM_LEVELS
+
+
+def lowest_value(encoding: str) -> float:
+    """x_0: -1 ('endpoints') or -1 + 1/256 ('bin_centres')."""
+    return -1.0 if check_encoding(encoding) == "endpoints" else -1.0 + 1.0 / NUM_LEVELS
+
+
+def encode(k: Any, encoding: str = "endpoints") -> np.ndarray:
+    """8-bit k -> x_k, float32 numpy: k/127.5 - 1 or (k + 0.5)/128 - 1 (both exact in float32 for k in 0..255)."""
+    k = np.asarray(k).astype(np.float32)
+    if check_encoding(encoding) == "endpoints":
+        return k / np.float32(127.5) - np.float32(1.0)
+    return (k + np.float32(0.5)) / np.float32(128.0) - np.float32(1.0)
+
+
+def decode(x: Any, encoding: str = "endpoints") -> np.ndarray:
+    """x in [-1, 1] -> nearest 8-bit k (uint8, clipped): round((x - x_0) / Delta)."""
+    x = np.asarray(x, np.float32)
+    if check_encoding(encoding) == "endpoints":
+        k = np.round((x + 1.0) * 127.5)
+    else:
+        k = np.round((x + 1.0) * 128.0 - 0.5)
+    return np.clip(k, 0, NUM_LEVELS - 1).astype(np.uint8)
