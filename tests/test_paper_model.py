@@ -269,6 +269,7 @@ def test_dropout_under_scan_differs_per_layer():
   assert not np.array_equal(masks[0][0], masks[0][1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan', [False, True])
 def test_remat_changes_memory_not_values(scan):
   """Rematerialised blocks give the same loss gradients (same dropout masks) as stored activations."""
