@@ -27,8 +27,8 @@ import ml_collections
 import optax
 
 from vdm import config_utils, data, objectives, parallel
-from vdm.checkpoint import Checkpointer
-from vdm.models import LEARNED_SCHEDULES, get_model, get_schedule_module
+from vdm.checkpoint import BlockLayoutError, Checkpointer
+from vdm.models import LEARNED_SCHEDULES, convert, get_model, get_schedule_module
 from vdm.schedules import Schedule, get_schedule
 
 Array = jax.Array
@@ -59,15 +59,10 @@ def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def decay_mask(params: PyTree, mode: str) -> PyTree:
-    """Which params AdamW decays: 'matrices' (ndim >= 2 under params['model']), 'non_bias' (every leaf not named 'bias'), 'all'."""
+    """Which params AdamW decays: 'matrices' (per-layer ndim >= 2 under params['model']), 'non_bias' (every leaf not named 'bias', google-research/vdm), 'all'."""
     if mode == "all":
         return jax.tree.map(lambda p: True, params)
-    if mode == "non_bias":
-        return jax.tree_util.tree_map_with_path(
-            lambda path, p: getattr(path[-1], "key", None) != "bias", params)
-    if mode == "matrices":
-        return {k: jax.tree.map(lambda p: k == "model" and p.ndim >= 2, v) for k, v in params.items()}
-    raise ValueError(f"decay mask {mode!r}; choose one of {config_utils.DECAY_MASKS}.")
+    return convert.decay_mask(params, mode)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -270,9 +265,20 @@ def setup(config: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
 
 
 def restore_or_init(init: Callable[[], TrainState], mesh: Any, ckpt: Checkpointer) -> tuple[TrainState, int]:
-    """(state on the mesh, step): the newest intact checkpoint in `ckpt`, else `init()` (a fresh host state)."""
+    """(state on the mesh, step): the newest intact checkpoint in `ckpt`, else `init()` (a fresh host state).
+
+    A checkpoint of the other VDMUNet block layout (scanned vs unrolled, config.model.scan_blocks)
+    is restored in its own layout and converted (vdm.models.maybe_convert_params), with a warning.
+    """
     fresh = parallel.to_host(init())
-    restored, step = ckpt.restore_latest(fresh)
+    try:
+        restored, step = ckpt.restore_latest(fresh)
+    except BlockLayoutError as e:
+        scanned = bool(convert.is_scanned(fresh))
+        restored, step = ckpt.restore_latest(convert.maybe_convert_params(fresh, scanned=not scanned))
+        restored = convert.maybe_convert_params(restored, scanned=scanned)
+        log.warning("%s Converted it to the %s layout.", e.args[0].split(". Either")[0],
+                    "scanned" if scanned else "unrolled")
     if restored is None:
         return parallel.replicate(fresh, mesh), 0
     log.info("resuming from checkpoint step %d in %s", step, ckpt.directory)
