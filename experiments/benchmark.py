@@ -1,24 +1,37 @@
-"""Training throughput: images/s of the train step, and its overhead over the bare network update.
+"""Training speed: compile time against depth, the paper config's throughput (and MFU on a GPU), the input pipeline.
 
-    python experiments/benchmark.py [--repeats 7] [--iters 5]
+    python experiments/benchmark.py [--size auto|gpu|cpu] [--sections depth,paper,pipeline,default]
+                                    [--repeats 5] [--iters 5]
 
-Measures, with medians over `repeats` timings of `iters` steps each (after compiling):
-  1. the default config (configs/fashion_mnist.py): full train step, images/s;
-  2. the VDM UNet at width 32, 2 layers, batch 32, 32x32x3: full train step vs the bare
-     network forward + backward + optimizer update on the same batch (target ratio <= 1.10);
-  3. on GPU only: configs/cifar10.py in bfloat16, images/s and model FLOP utilisation, with the
-     step's FLOPs from XLA's cost analysis of the compiled step.
-Batches are synthetic and already on device: this times the step, not the input pipeline.
-Prints a table and writes experiments/results/benchmark.md.
+Sections (medians over `repeats` timings of `iters` steps each, after compiling; one run, so ratios
+between rows are meaningful on a shared machine):
+  depth     the VDM UNet's full train step (what the loop runs: loss, grads, AdamW, EMA) for 2, 8
+            and 32 layers, blocks unrolled vs under nn.scan (config.model.scan_blocks): compile
+            seconds (each cell in a fresh process, so nothing is cached) and step time;
+  paper     configs/cifar10.py (the VDM paper's model and optimizer, batch 128) in float32 and
+            bfloat16: images/s, and on a GPU TFLOP/s and model FLOP utilisation (the compiled step's
+            FLOPs from XLA's cost analysis over the chip's dense peak); the reference code's 886
+            images/s (H200, float32, measured in issue 9) is the target;
+  pipeline  images/s that vdm.data delivers from the array cache onto the devices (iterator, host
+            slice, stack, device_put), against the train step's images/s, for the default config and
+            for the paper config (CIFAR-10-shaped random 8-bit data written as an array cache);
+  default   the default config's train step, and the full step / bare network update ratio.
+--size gpu is the paper's size (width 128, batch 128); --size cpu shrinks width and batch (32, 8)
+so it runs on 2 cores. Prints a table; writes experiments/results/benchmark.md (benchmark_gpu.md
+on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -30,8 +43,10 @@ from vdm import data, parallel
 from vdm import trainer as tr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Dense bf16 peak FLOP/s by device kind (vendor datasheets, SXM parts).
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}   # dense, SXM datasheets
+PEAK_TF32 = {"H100": 494e12, "H200": 494e12, "A100": 156e12, "B200": 1100e12}   # float32 matmuls run as TF32
+REFERENCE_IMAGES_PER_S = 886.0      # google-research/vdm's model code, paper size, float32, one H200 (issue 9)
+SIZES = {"gpu": {"width": 128, "batch": 128}, "cpu": {"width": 32, "batch": 8}}
 
 
 def load_config(name: str, arg: str = ""):
@@ -42,14 +57,21 @@ def load_config(name: str, arg: str = ""):
     return module.get_config(arg)
 
 
-def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[float]:
-    """Median seconds per call of each fn(state, batch) -> (state, out), timed in alternation.
+def paper_config(size: dict, *, num_layers: int = 32, scan: bool = True, dtype: str = "float32"):
+    """configs/cifar10.py at `size` (width, batch), with num_layers, scan_blocks and the compute dtype."""
+    c = load_config("cifar10")
+    c.model.update(width=size["width"], num_layers=num_layers, scan_blocks=scan)
+    if size["width"] < 64:
+        c.model.norm_groups = 0           # 32 groups need >= 64 channels; adaptive below
+    c.training.batch_size = size["batch"]
+    c.training.dtype = dtype
+    return c
 
-    Alternating the timings (fn 1, fn 2, fn 1, ...) exposes every fn to the same background
-    load, so their ratio stays meaningful on a shared machine.
-    """
+
+def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[float]:
+    """Median seconds per call of each fn(state, batch) -> (state, out), timed in alternation after one warm call."""
     states = list(states)
-    for i, fn in enumerate(fns):                          # compile + one warm step each
+    for i, fn in enumerate(fns):
         states[i], out = fn(states[i], batches[i])
         jax.block_until_ready(out)
     times = [[] for _ in fns]
@@ -65,7 +87,8 @@ def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[fl
 
 def setup(config, shape, num_classes=10):
     """(trainer, mesh, state, sharded synthetic batch [1, B, *shape]) for `config` on data of `shape`."""
-    info = data.DatasetInfo("synthetic", tuple(shape), 50_000, 10_000, num_classes, True)
+    info = data.DatasetInfo("synthetic", tuple(shape), 50_000, 10_000, num_classes, True,
+                            encoding=config.data.encoding)
     trainer, mesh = tr.build_trainer(config, info), parallel.make_mesh()
     state = parallel.replicate(parallel.to_host(tr.create_train_state(trainer, jax.random.PRNGKey(0))), mesh)
     rng = np.random.default_rng(0)
@@ -81,13 +104,22 @@ def full_step(trainer, mesh):
     return parallel.data_parallel(lambda s, b: tr.train_step(trainer, s, b), mesh)
 
 
+def compiled_step(config, shape=(32, 32, 3)) -> tuple:
+    """(compiled step, state, batch, compile seconds, FLOPs per step) of the full train step of `config`."""
+    trainer, mesh, state, batch = setup(config, shape)
+    t0 = time.perf_counter()
+    compiled = full_step(trainer, mesh).lower(state, batch).compile()
+    seconds = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return compiled, state, batch, seconds, float((cost or {}).get("flops", float("nan")))
+
+
 def bare_step(trainer):
     """Network forward + backward + optimizer update only: mean ||net(z, gamma) - eps||^2, same optimizer."""
     def step(carry, batch):
         params, opt_state = carry
-        x = batch["x"][0]
-        eps = batch["eps"]
-        gamma = batch["gamma"]
+        x, eps, gamma = batch["x"][0], batch["eps"], batch["gamma"]
 
         def loss(p):
             z = jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None, None] * x \
@@ -106,81 +138,168 @@ def bare_step(trainer):
 def bare_inputs(batch, config):
     """The bare step's batch: x, labels, and fixed eps [B, ...] and gamma [B]."""
     x = batch["x"]
-    b = config.training.batch_size
     return {"x": x, "label": batch["label"], "eps": jax.random.normal(jax.random.PRNGKey(1), x.shape[1:]),
-            "gamma": jnp.linspace(config.model.gamma_min, config.model.gamma_max, b)}
+            "gamma": jnp.linspace(config.model.gamma_min, config.model.gamma_max, config.training.batch_size)}
 
 
-def step_flops(fn, state, batch) -> float:
-    """FLOPs of one compiled call of fn(state, batch), from XLA's cost analysis."""
-    cost = fn.lower(state, batch).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
+# ----------------------------------------------------------------------------- sections
+
+def depth_cell(size: dict, num_layers: int, scan: bool, repeats: int, iters: int) -> dict:
+    """Compile seconds and step seconds of the paper model with num_layers blocks (run in a fresh process)."""
+    compiled, state, batch, seconds, _ = compiled_step(paper_config(size, num_layers=num_layers, scan=scan))
+    (step,) = median_seconds([compiled], [state], [batch], repeats=repeats, iters=iters)
+    return {"compile_s": seconds, "step_s": step}
 
 
-def run(repeats: int, iters: int) -> list[tuple[str, str]]:
+def depth_rows(size: dict, repeats: int, iters: int) -> list[tuple[str, str]]:
+    """One row per (layers, layout): compile seconds and ms/step, each cell in its own process."""
     rows = []
-    # 1. The default config.
+    for num_layers in (2, 8, 32):
+        for scan in (False, True):
+            arg = json.dumps([size, num_layers, scan, repeats, iters])
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", arg],
+                                  capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                raise RuntimeError(f"depth cell {num_layers} {scan} failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append((f"depth: w{size['width']} L{num_layers} batch {size['batch']} 32x32x3, "
+                         f"{'nn.scan' if scan else 'unrolled'} blocks",
+                         f"compile {r['compile_s']:.1f} s, {r['step_s'] * 1e3:.1f} ms/step "
+                         f"({size['batch'] / r['step_s']:.1f} images/s)"))
+    return rows
+
+
+def paper_rows(size: dict, repeats: int, iters: int) -> tuple[list[tuple[str, str]], float]:
+    """The paper config in float32 and bfloat16: images/s (and MFU on GPU); returns (rows, float32 images/s)."""
+    dev, rows, f32_rate = jax.devices()[0], [], float("nan")
+    for dtype, peaks in (("float32", PEAK_TF32), ("bfloat16", PEAK_BF16)):
+        c = paper_config(size, dtype=dtype)
+        compiled, state, batch, seconds, flops = compiled_step(c)
+        (sec,) = median_seconds([compiled], [state], [batch], repeats=repeats, iters=iters)
+        rate = c.training.batch_size / sec
+        f32_rate = rate if dtype == "float32" else f32_rate
+        text = f"{rate:.1f} images/s ({sec * 1e3:.1f} ms/step), compile {seconds:.1f} s"
+        peak = next((v for k, v in peaks.items() if k in dev.device_kind), None)
+        if dev.platform == "gpu":
+            text += f", {flops / sec / 1e12:.1f} TFLOP/s"
+            text += f", MFU {flops / sec / peak:.1%} of {peak / 1e12:.0f}" if peak else ", peak unknown"
+            text += f"; {rate / REFERENCE_IMAGES_PER_S:.2f}x the reference's 886 images/s (H200 float32)"
+        rows.append((f"paper config (cifar10: w{size['width']} L32 scan, batch {size['batch']}) {dtype} "
+                     f"on {dev.device_kind}", text))
+    return rows, f32_rate
+
+
+def pipeline_rate(data_config, batch_size: int, mesh, *, num_batches: int) -> float:
+    """Images/s from data.train_iterator through host_slice, stacking and shard_batch to ready device arrays."""
+    it = data.train_iterator(data_config, batch_size, seed=0)
+    next(it)                                                      # load the split first
+    t0 = time.perf_counter()
+    for _ in range(num_batches):
+        b = parallel.host_slice(next(it), batch_size)
+        out = parallel.shard_batch({k: b[k][None] for k in ("x", "label")}, mesh, leading_axes=1)
+    jax.block_until_ready(out)
+    return num_batches * batch_size / (time.perf_counter() - t0)
+
+
+def synthetic_cifar_cache(folder: str) -> dict:
+    """A CIFAR-10-shaped array cache (random uint8 50000 x 32x32x3, 10 classes) in DATA_DIR=folder; its config.data."""
+    from vdm import data_tfds
+    rng = np.random.default_rng(0)
+    info = {"shape": (32, 32, 3), "num_train": 50_000, "num_test": 10_000, "num_classes": 10}
+    for split, n in (("train", 50_000), ("test", 10_000)):
+        data_tfds.write_array_cache("cifar10", folder, split, rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+                                    rng.integers(0, 10, n).astype(np.int32), info)
+    c = load_config("cifar10").data
+    c.data_dir = folder
+    return c
+
+
+def pipeline_rows(size: dict, step_rates: dict) -> list[tuple[str, str]]:
+    """Input pipeline images/s against the train step's, for the default config and the paper config."""
+    mesh, rows = parallel.make_mesh(), []
+    default = load_config("fashion_mnist")
+    with tempfile.TemporaryDirectory() as folder:
+        cases = (("default config (fashion_mnist)", default.data, default.training.batch_size, "default"),
+                 (f"paper config (CIFAR-10-shaped cache), batch {size['batch']}", synthetic_cifar_cache(folder),
+                  size["batch"], "paper"))
+        for name, data_config, batch, key in cases:
+            rate = pipeline_rate(data_config, batch, mesh, num_batches=max(20, 20_000 // batch))
+            step = step_rates.get(key, float("nan"))
+            rows.append((f"pipeline: {name}", f"{rate:.0f} images/s to device; train step {step:.1f} images/s; "
+                         f"pipeline / step = {rate / step:.0f}x"))
+    return rows
+
+
+def default_rows(repeats: int, iters: int) -> tuple[list[tuple[str, str]], float]:
+    """The default config's train step, and the w32 L2 full step vs the bare network update."""
     c = load_config("fashion_mnist")
     trainer, mesh, state, batch = setup(c, (28, 28, 1))
     (sec,) = median_seconds([full_step(trainer, mesh)], [state], [batch], repeats=repeats, iters=iters)
-    m = c.model
-    rows.append((f"default config (fashion_mnist: {m.name} w{m.width} L{m.num_layers}, "
-                 f"batch {c.training.batch_size}) train step",
-                 f"{c.training.batch_size / sec:.1f} images/s ({sec * 1e3:.1f} ms/step)"))
-
-    # 2. VDM UNet width 32, 2 layers, batch 32, 32x32x3: full step vs bare update.
-    c = load_config("cifar10")
-    c.model.update(width=32, num_layers=2, dropout=0.0)
-    c.training.batch_size = 32
+    rate = c.training.batch_size / sec
+    rows = [(f"default config (fashion_mnist: vdm_unet w{c.model.width} L{c.model.num_layers}, batch "
+             f"{c.training.batch_size}) train step", f"{rate:.1f} images/s ({sec * 1e3:.1f} ms/step)")]
+    c = paper_config({"width": 32, "batch": 32}, num_layers=2, scan=False)
+    c.model.dropout = 0.0
     trainer, mesh, state, batch = setup(c, (32, 32, 3))
     carry = (jax.tree.map(jnp.copy, state.params), jax.tree.map(jnp.copy, state.opt_state))
     full_sec, bare_sec = median_seconds([full_step(trainer, mesh), bare_step(trainer)], [state, carry],
                                         [batch, bare_inputs(batch, c)], repeats=repeats, iters=iters)
-    rows.append(("vdm_unet w32 L2 batch 32 32x32x3: full train step", f"{32 / full_sec:.1f} images/s "
-                 f"({full_sec * 1e3:.1f} ms/step)"))
-    rows.append(("vdm_unet w32 L2 batch 32 32x32x3: bare fwd+bwd+update", f"{32 / bare_sec:.1f} images/s "
-                 f"({bare_sec * 1e3:.1f} ms/step)"))
-    rows.append(("ratio full / bare (target <= 1.10)", f"{full_sec / bare_sec:.3f}"))
+    rows.append(("vdm_unet w32 L2 batch 32 32x32x3: full train step / bare fwd+bwd+update (target <= 1.10)",
+                 f"{full_sec / bare_sec:.3f} ({32 / full_sec:.1f} vs {32 / bare_sec:.1f} images/s)"))
+    return rows, rate
 
-    # 3. GPU: the paper's CIFAR-10 config in bfloat16, with model FLOP utilisation.
-    dev = jax.devices()[0]
-    if dev.platform == "gpu":
-        c = load_config("cifar10")
-        c.training.dtype = "bfloat16"
-        trainer, mesh, state, batch = setup(c, (32, 32, 3))
-        fn = full_step(trainer, mesh)
-        flops = step_flops(fn, state, batch)
-        (sec,) = median_seconds([fn], [state], [batch], repeats=repeats, iters=iters)
-        peak = next((v for k, v in PEAK_BF16.items() if k in dev.device_kind), None)
-        mfu = f"{flops / sec / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else "peak unknown"
-        rows.append((f"cifar10 config bf16 (w128 L32 batch 128) on {dev.device_kind}",
-                     f"{128 / sec:.1f} images/s, {flops / sec / 1e12:.1f} TFLOP/s, MFU {mfu}"))
-    else:
-        rows.append(("cifar10 config bf16 images/s and MFU", f"skipped: no GPU ({dev.platform})"))
+
+def run(size: dict, sections: list[str], repeats: int, iters: int) -> list[tuple[str, str]]:
+    """All requested sections' rows, in order (the pipeline compares against the step rates measured here)."""
+    rows, rates = [], {}
+    if "default" in sections or "pipeline" in sections:
+        r, rates["default"] = default_rows(repeats, iters)
+        rows += r if "default" in sections else []
+    if "depth" in sections:
+        rows += depth_rows(size, repeats, iters)
+    if "paper" in sections or "pipeline" in sections:
+        r, rates["paper"] = paper_rows(size, repeats, iters)
+        rows += r if "paper" in sections else []
+    if "pipeline" in sections:
+        rows += pipeline_rows(size, rates)
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timings per measurement (median)")
-    parser.add_argument("--iters", type=int, default=5, help="steps per timing")
-    args = parser.parse_args()
-    rows = run(args.repeats, args.iters)
-    dev = jax.devices()[0]
-    header = (f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}, "
-              f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
-              f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the CPUs)")
+def write_table(rows: list[tuple[str, str]], header: str, path: str) -> None:
+    """Print the rows and write them as a markdown table to `path`."""
     width = max(len(r[0]) for r in rows)
     print(header)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    os.makedirs(os.path.join(ROOT, "experiments", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "experiments", "results", "benchmark.md"), "w") as f:
-        f.write("# Training throughput\n\n" + header + "\n\n| measurement | result |\n|---|---|\n")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("# Training speed\n\n" + header + "\n\n| measurement | result |\n|---|---|\n")
         f.writelines(f"| {name} | {value} |\n" for name, value in rows)
-        f.write("\nMeasured by `python experiments/benchmark.py`; synthetic on-device batches.\n")
-    print("wrote experiments/results/benchmark.md")
+        f.write("\nMeasured by `python experiments/benchmark.py " + " ".join(sys.argv[1:]) + "`.\n")
+    print(f"wrote {os.path.relpath(path, ROOT)}")
+
+
+def main() -> None:
+    """Parse the flags, run the sections, write the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="auto", choices=("auto", "gpu", "cpu"))
+    parser.add_argument("--sections", default="default,depth,paper,pipeline")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per measurement (median)")
+    parser.add_argument("--iters", type=int, default=5, help="steps per timing")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(depth_cell(*json.loads(args.child))))
+        return
+    dev = jax.devices()[0]
+    size = SIZES["gpu" if (args.size == "auto" and dev.platform == "gpu") else
+                 ("cpu" if args.size == "auto" else args.size)]
+    rows = run(size, args.sections.split(","), args.repeats, args.iters)
+    header = (f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}, "
+              f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
+              f"load average at the end {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d')}")
+    name = "benchmark_gpu.md" if dev.platform == "gpu" else "benchmark.md"
+    write_table(rows, header, os.path.join(ROOT, "experiments", "results", name))
 
 
 if __name__ == "__main__":

@@ -148,6 +148,14 @@ def _write_cached_split(name: str, data_dir: str, split: str, images: np.ndarray
         warnings.warn(f"could not write the array cache in {folder}: {err}")
 
 
+def write_array_cache(name: str, data_dir: str, split: str, images: np.ndarray, labels: np.ndarray,
+                      info: dict) -> None:
+    """Write a split as the array cache DATA_DIR/NAME/vdm_arrays (images uint8 [N, H, W, C], labels int [N]);
+    info: {'shape', 'num_train', 'num_test', 'num_classes'}. Reads then need no TFDS (e.g. data made elsewhere)."""
+    _check_name(name)
+    _write_cached_split(name, data_dir, split, np.asarray(images, np.uint8), np.asarray(labels, np.int32), info)
+
+
 def is_prepared(name: str, data_dir: str | None = None) -> bool:
     """True when `name` is prepared under data_dir in array_record format, or its array cache is there."""
     _check_name(name)
