@@ -32,13 +32,6 @@ def _gather(tree: PyTree) -> PyTree:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def host_slice(batch: dict, global_batch_size: int) -> dict:
-    """This host's rows of a global batch (hosts take consecutive blocks, in process order)."""
-    n = global_batch_size // jax.process_count()
-    i = jax.process_index()
-    return {k: v[i * n:(i + 1) * n] for k, v in batch.items()}
-
-
 def evaluate_elbo(eval_fn: Callable, params: PyTree, config: Any, info: data.DatasetInfo, mesh: Any,
                   key: Array, split: str = "test") -> dict[str, float]:
     """-ELBO in bits/dim over the whole split: eval/bpd{,_recon,_prior,_diffusion}, eval/bpd_se, eval/num_examples.
@@ -48,10 +41,9 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: Any, info: data.Dat
     """
     batch_size = config.eval.batch_size
     per_example = {k: [] for k in TERMS}
-    for i, batch in enumerate(data.eval_iterator(config.data, batch_size, split=split)):
-        mask = batch["mask"]
-        inputs = parallel.shard_batch(host_slice({"x": batch["x"], "label": batch["label"]}, batch_size),
-                                      mesh)
+    for i, batch in enumerate(data.eval_iterator(config.data, batch_size, split=split, **parallel.process_shard())):
+        mask = parallel.gather_host(batch["mask"])      # the global batch's mask, in process order
+        inputs = parallel.shard_batch({"x": batch["x"], "label": batch["label"]}, mesh)
         out = _gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))
         for k in TERMS:
             per_example[k].append(np.asarray(out[k], np.float64)[mask])

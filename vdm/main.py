@@ -31,7 +31,30 @@ _CLASSIFIER_WORKDIR = flags.DEFINE_string("classifier_workdir", None,
                                           "--mode=sample: noisy classifier (vdm.train_classifier) for guidance")
 _CLASSIFIER_SCALE = flags.DEFINE_float("classifier_scale", 1.0, "--mode=sample: classifier-guidance scale")
 _CLASSIFIER_LABEL = flags.DEFINE_integer("classifier_label", -1, "--mode=sample: class to guide toward (-1: each in turn)")
+# Multi-process jobs (one process per host; see README "Beyond one machine"). Unset: the
+# JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment, Slurm, Open MPI or a
+# TPU pod slice decide, and nothing of these means a single process.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "multi-process: host:port of process 0's coordinator (same on every process)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes in the job")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index in [0, num_processes)")
+_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "multi-process: seconds to wait for every process "
+                                     "to connect, then exit with status 3 and a message")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout", 100, "multi-process: seconds without a heartbeat "
+                                          "after which a process counts as dead and every other one aborts")
+_LOCAL_DEVICE_COUNT = flags.DEFINE_integer("local_device_count", 0, "CPU testing: split this host's CPU into N "
+                                           "devices (0: leave jax's default)")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def join_job() -> str:
+    """Join the multi-process job the flags or the environment describe (if any); returns a log prefix naming this process."""
+    from vdm import parallel     # jax starts here
+    parallel.set_local_device_count(_LOCAL_DEVICE_COUNT.value)
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    init_timeout=_INIT_TIMEOUT.value, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+    import jax
+    return f"[process {jax.process_index()}/{jax.process_count()}] " if jax.process_count() > 1 else ""
 
 
 def run(mode: str, config, workdir: str):
@@ -53,15 +76,20 @@ def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
     logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
     from vdm.data import DatasetNotFoundError
+    prefix = ""
     try:
         config_utils.validate(_CONFIG.value)
+        prefix = join_job()
+        if prefix:                                      # every log line says which process wrote it
+            absl_logging.get_absl_handler().setFormatter(
+                logging.Formatter(prefix + "%(levelname).1s %(asctime)s %(name)s] %(message)s"))
         result = run(_MODE.value, _CONFIG.value, _WORKDIR.value)
     except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError,
             FloatingPointError) as e:          # bad config, no data/checkpoint, NaN with 'stop'
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix}error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)
-    if _MODE.value == "train":
+    if _MODE.value == "train" and (not prefix or prefix.startswith("[process 0/")):   # the summary once
         w = _WORKDIR.value
         print(f"test bits/dim {result.get('eval/bpd', float('nan')):.4f} +- {result.get('eval/bpd_se', float('nan')):.4f}"
               f" (-ELBO, EMA params)\nsamples: {w}/samples/  metrics: {w}/metrics.jsonl (and {w}/tb/)"

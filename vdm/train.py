@@ -34,7 +34,7 @@ import tqdm
 
 from vdm import config_utils, data, diffusion, objectives, parallel
 from vdm.checkpoint import Checkpointer
-from vdm.evaluate import host_slice, evaluate_elbo, evaluate_ode, make_sampler, sample_labels
+from vdm.evaluate import evaluate_elbo, evaluate_ode, make_sampler, sample_labels
 from vdm.metrics import MetricWriter, plot_bpd, save_samples_png
 from vdm.models import LearnedSchedule, get_model, variance_minimizing_grads
 from vdm.schedules import Schedule, dgamma_dt, get_schedule
@@ -367,9 +367,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         if step >= t.num_steps:
             log.info("workdir already holds step %d >= num_steps; evaluating only.", step)
-        batches = data.train_iterator(config.data, t.batch_size, seed=config.seed, start_step=step)
+        batches = data.train_iterator(config.data, t.batch_size, seed=config.seed, start_step=step,
+                                      **parallel.process_shard())     # this process's rows only
         while step < t.num_steps:
-            group = [host_slice(next(batches), t.batch_size) for _ in range(t.steps_per_call)]
+            group = [next(batches) for _ in range(t.steps_per_call)]
             stacked = {k: np.stack([b[k] for b in group]) for k in ("x", "label")}
             state, metrics = train_fn(state, parallel.shard_batch(stacked, mesh, leading_axes=1))
             window.add(step, metrics)
@@ -481,8 +482,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *, classifier_workdi
     sampler = make_sampler(trainer, chunk, classifier=chunk_guidance)
     key = _derived_key(config, 2, step)
     num_chunks = -(-s.num_samples // chunk)
-    samples = np.concatenate([np.asarray(sampler(state.ema_params, key if num_chunks == 1
-                                                 else jax.random.fold_in(key, i)))
+    samples = np.concatenate([parallel.to_host(sampler(state.ema_params, key if num_chunks == 1
+                                                       else jax.random.fold_in(key, i)))
                               for i in range(num_chunks)])[:s.num_samples]
     name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
     if classifier_workdir:
