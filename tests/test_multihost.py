@@ -255,44 +255,59 @@ def _wait_for_step(workdir, step: int, job: Job, timeout: float = 120) -> int:
     pytest.fail(f"step {step} not reached in {timeout} s")
 
 
-LONG = TOY + ["--config.training.num_steps=400", "--config.training.checkpoint_every=10",
-              "--config.training.log_every=1", "--config.training.eval_every=400",
+LONG = TOY + ["--config.training.num_steps=150", "--config.training.checkpoint_every=10",
+              "--config.training.log_every=1", "--config.training.eval_every=150",
               "--config.training.keep_checkpoints=2", "--config.model.width=256",
               "--config.model.num_layers=3"]
+HEARTBEAT = 10
+
+
+def _stop_one(tmp_path, wd: str, victim: int, sig: int) -> int:
+    """Run LONG on 2 processes, send `sig` to `victim` after step 37; assert the survivor aborts in time. Returns the last logged step."""
+    job = Job(LONG + [f"--workdir={wd}"], tmp_path / "run", num_processes=2, local_devices=2,
+              timeout_flags=(60, HEARTBEAT))
+    _wait_for_step(wd, 37, job)
+    job.procs[victim].send_signal(sig)
+    t_sig = time.monotonic()
+    survivor = 1 - victim
+    try:
+        code = job.procs[survivor].wait(timeout=HEARTBEAT + 60)
+    finally:
+        exit_s = time.monotonic() - t_sig
+        job.procs[victim].kill()                 # (a stopped process is killed now)
+        job.procs[victim].wait()
+    reached = max(r["step"] for r in _records(wd) if "train/loss" in r)
+    print(f"survivor (process {survivor}) exited {code} {exit_s:.1f} s after {signal.Signals(sig).name} "
+          f"of process {victim} (heartbeat_timeout {HEARTBEAT} s); last logged step {reached}")
+    assert code != 0
+    assert "distributed service detected fatal errors" in job.stderr(survivor)
+    assert exit_s <= HEARTBEAT + 10
+    return reached
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", [1, 0])
-def test_sigkill_of_one_process_stops_the_other_in_time_and_the_job_resumes(tmp_path, victim):
-    """SIGKILL process `victim` mid-run: the survivor exits non-zero within heartbeat_timeout + 10 s;
-    a restart resumes losing at most one checkpoint interval, and finishes with the same params as
-    an uninterrupted 1-process run."""
+@pytest.mark.parametrize("victim,sig", [(0, signal.SIGKILL), (1, signal.SIGSTOP)])
+def test_a_dead_or_frozen_process_stops_the_other_within_the_heartbeat_timeout(tmp_path, victim, sig):
+    """SIGKILL of the coordinator, or SIGSTOP (frozen, no heartbeats) of process 1: the other
+    process aborts with jax's 'detected fatal errors' message within heartbeat_timeout + 10 s."""
+    _stop_one(tmp_path, str(tmp_path / "wd"), victim, sig)
+
+
+@pytest.mark.slow
+def test_after_sigkill_of_one_process_the_job_resumes_losing_at_most_one_interval(tmp_path):
+    """SIGKILL process 1 mid-run: the survivor aborts in time; a restart resumes losing at most one
+    checkpoint interval and ends with the params of an uninterrupted 1-process run."""
     wd = str(tmp_path / "wd")
-    heartbeat = 10
-    job = Job(LONG + [f"--workdir={wd}"], tmp_path / "run", num_processes=2, local_devices=2,
-              timeout_flags=(60, heartbeat))
-    _wait_for_step(wd, 37, job)
-    job.procs[victim].send_signal(signal.SIGKILL)
-    t_kill = time.monotonic()
-    reached = max(r["step"] for r in _records(wd) if "train/loss" in r)
-    survivor = 1 - victim
-    code = job.procs[survivor].wait(timeout=heartbeat + 60)
-    exit_s = time.monotonic() - t_kill
-    job.procs[victim].wait()
-    reached = max([reached] + [r["step"] for r in _records(wd) if "train/loss" in r])
-    print(f"survivor (process {survivor}) exited {code} {exit_s:.1f} s after SIGKILL of process {victim}; "
-          f"last logged step {reached}")
-    assert code != 0
-    assert "distributed service detected fatal errors" in job.stderr(survivor)
-    assert exit_s <= heartbeat + 10
+    reached = _stop_one(tmp_path, wd, 1, signal.SIGKILL)
     restart = Job(LONG + [f"--workdir={wd}"], tmp_path / "restart", num_processes=2, local_devices=2)
     restart.check(timeout=300)
-    err = restart.stderr(0)
-    resumed = int(err.split("resuming from checkpoint step ")[1].split()[0])
+    resumed = int(restart.stderr(0).split("resuming from checkpoint step ")[1].split()[0])
     print(f"resumed at step {resumed}: {reached - resumed} steps lost (checkpoint interval 10)")
     assert reached - 10 <= resumed <= reached
+    steps = [r["step"] for r in _records(wd) if "train/loss" in r]
+    assert steps[-1] == 150 and set(steps) == set(range(1, 151))
     ref = str(tmp_path / "ref")
     _run(LONG + [f"--workdir={ref}"], tmp_path / "ref_log", num_processes=1, local_devices=4)
-    d = _max_diff(_state(ref, 400), _state(wd, 400))
+    d = _max_diff(_state(ref, 150), _state(wd, 150))
     print(f"final state max |diff| resumed 2-proc vs uninterrupted 1-proc: {d:.3g}")
     assert d <= 1e-4
