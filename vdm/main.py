@@ -3,6 +3,10 @@
 
 Any config key can be overridden: --config.model.parameterization=x0 --config.training.num_steps=100.
 Configs are locked, so a misspelt key fails at once. train resumes from DIR/checkpoints by itself.
+
+Several processes (one per host) form one job with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I on each (or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID,
+or Slurm / Open MPI / a TPU pod slice, detected by jax); see README "Beyond one machine".
 """
 
 from __future__ import annotations
@@ -44,15 +48,21 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout", 100, "multi-proce
                                           "after which a process counts as dead and every other one aborts")
 _LOCAL_DEVICE_COUNT = flags.DEFINE_integer("local_device_count", 0, "CPU testing: split this host's CPU into N "
                                            "devices (0: leave jax's default)")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list("local_device_ids", None, "multi-process: the GPUs this process drives, e.g. "
+                                      "0,1,2,3 (unset: jax's choice; under Slurm that is one GPU per task)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def join_job() -> str:
     """Join the multi-process job the flags or the environment describe (if any); returns a log prefix naming this process."""
+    if _COORDINATOR.value is None and (_NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None):
+        raise config_utils.ConfigError("--num_processes/--process_id need --coordinator_address "
+                                       "(or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
     from vdm import parallel     # jax starts here
     parallel.set_local_device_count(_LOCAL_DEVICE_COUNT.value)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                    init_timeout=_INIT_TIMEOUT.value, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+                                    init_timeout=_INIT_TIMEOUT.value, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+                                    local_device_ids=[int(i) for i in _LOCAL_DEVICE_IDS.value or []] or None)
     import jax
     return f"[process {jax.process_index()}/{jax.process_count()}] " if jax.process_count() > 1 else ""
 

@@ -75,12 +75,15 @@ def _init_watchdog(seconds: float, where: str) -> threading.Timer:
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, init_timeout: int = INIT_TIMEOUT,
-                           heartbeat_timeout: int = HEARTBEAT_TIMEOUT) -> bool:
+                           heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+                           local_device_ids: list[int] | None = None) -> bool:
     """Join a multi-process job if the arguments (else JAX_COORDINATOR_ADDRESS / Slurm / Open MPI / a TPU pod) say so; True if joined.
 
     init_timeout: seconds to wait for every process to connect, then exit (status 3) with a
     message. heartbeat_timeout: seconds after which a process that stopped responding makes
     every other process abort (jax's coordination service). CPU processes talk through gloo.
+    local_device_ids: the accelerators this process drives (None: jax's choice, which under Slurm
+    is one GPU per task, [SLURM_LOCALID]; pass all of a host's GPUs for one process per host).
     """
     kwargs = _multiprocess_env() if coordinator_address is None else {"coordinator_address": coordinator_address}
     if coordinator_address is not None:
@@ -96,7 +99,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     timer = _init_watchdog(init_timeout, where)   # jax itself aborts ~5 s later, with a stack trace
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout,
-                                   heartbeat_timeout_seconds=heartbeat_timeout)
+                                   heartbeat_timeout_seconds=heartbeat_timeout,
+                                   local_device_ids=local_device_ids)
         jax.devices()                                # the global topology exchange also happens here
     finally:
         timer.cancel()
