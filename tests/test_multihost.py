@@ -208,6 +208,14 @@ def test_two_process_checkpoints_restore_on_one_and_two_processes_for_eval_and_s
     print("eval 1 proc vs 2:", evals[1]["eval/bpd"], evals[2]["eval/bpd"])
     assert evals[1]["eval/num_examples"] == evals[2]["eval/num_examples"] == 500
     assert abs(evals[1]["eval/bpd"] - evals[2]["eval/bpd"]) <= 1e-5 * abs(evals[1]["eval/bpd"])
+    ode = {}
+    for n, dev in ((1, 4), (2, 2)):                        # the ODE likelihood runs whole on each process
+        job = _run(base + ["--mode=eval", "--eval_method=ode", "--ode_steps=4", "--max_examples=64"],
+                   tmp_path / f"ode{n}", num_processes=n, local_devices=dev)
+        ode[n] = _result(job.stdout(0))
+    print("ode bpd 1 proc vs 2:", ode[1]["eval/ode_bpd"], ode[2]["eval/ode_bpd"])
+    assert ode[1]["eval/ode_num_examples"] == ode[2]["eval/ode_num_examples"] == 64
+    assert abs(ode[1]["eval/ode_bpd"] - ode[2]["eval/ode_bpd"]) <= 1e-5 * abs(ode[1]["eval/ode_bpd"])
     samples = {}
     for n, dev in ((1, 4), (2, 2)):
         job = _run(base + ["--mode=sample", "--config.sampling.num_samples=24"], tmp_path / f"sample{n}",
