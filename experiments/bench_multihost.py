@@ -87,12 +87,14 @@ def main() -> None:
     a = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_multihost_")
     rates: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+    lines = []
     try:
         for r in range(a.rounds):
             for name, (n, d) in LAYOUTS.items():
                 wd = os.path.join(tmp, f"r{r}_{n}x{d}")
                 got = timed_windows(a.config, n, d, a.windows, a.window_steps, wd, a.timeout)
-                print(f"round {r}, {name}: " + " ".join(f"{x:.2f}" for x in got), flush=True)
+                lines.append(f"round {r}, {name}: " + " ".join(f"{x:.2f}" for x in got))
+                print(lines[-1], flush=True)
                 rates[name] += got
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -111,7 +113,8 @@ def main() -> None:
     print(table)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
-        f.write(header + table)
+        f.write(header + table + "\nSteps/s of every timed window, run by run:\n\n```\n" + "\n".join(lines)
+                + "\n```\n")
 
 
 if __name__ == "__main__":

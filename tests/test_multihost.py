@@ -46,19 +46,28 @@ class Job:
     """n `python -m vdm.main` processes of one job (n = 1: a plain single-process run), logs in files."""
 
     def __init__(self, args: list[str], logdir, *, num_processes: int, local_devices: int,
-                 start: tuple[int, ...] | None = None, timeout_flags: tuple[int, int] = (60, 20)):
+                 start: tuple[int, ...] | None = None, timeout_flags: tuple[int, int] = (60, 20),
+                 via_env: bool = False):
         os.makedirs(logdir, exist_ok=True)
         self.logdir, self.procs, self.t0 = str(logdir), {}, time.monotonic()
         extra = [f"--local_device_count={local_devices}"]
+        address = f"127.0.0.1:{_free_port()}"
         if num_processes > 1:
-            extra += [f"--coordinator_address=127.0.0.1:{_free_port()}", f"--num_processes={num_processes}",
-                      f"--init_timeout={timeout_flags[0]}", f"--heartbeat_timeout={timeout_flags[1]}"]
+            extra += [f"--init_timeout={timeout_flags[0]}", f"--heartbeat_timeout={timeout_flags[1]}"]
+            if not via_env:
+                extra += [f"--coordinator_address={address}", f"--num_processes={num_processes}"]
         for i in (range(num_processes) if start is None else start):
-            pid_flag = [f"--process_id={i}"] if num_processes > 1 else []
+            env = _env()
+            pid_flag = []
+            if num_processes > 1 and via_env:        # the standard variables instead of the flags
+                env.update(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(num_processes),
+                           JAX_PROCESS_ID=str(i))
+            elif num_processes > 1:
+                pid_flag = [f"--process_id={i}"]
             out = open(os.path.join(self.logdir, f"out{i}"), "w")
             err = open(os.path.join(self.logdir, f"err{i}"), "w")
             self.procs[i] = subprocess.Popen([sys.executable, "-m", "vdm.main", *args, *extra, *pid_flag],
-                                             cwd=REPO_ROOT, env=_env(), stdout=out, stderr=err)
+                                             cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
 
     def wait(self, timeout: float = 300) -> dict[int, int]:
         """{process id: exit status}; kills whatever still runs after `timeout` seconds (then fails)."""
@@ -89,8 +98,8 @@ class Job:
             assert c == 0, f"process {i} exit {c}:\n{self.stderr(i)[-4000:]}"
 
 
-def _run(args, logdir, *, num_processes, local_devices, timeout=300):
-    job = Job(args, logdir, num_processes=num_processes, local_devices=local_devices)
+def _run(args, logdir, *, num_processes, local_devices, timeout=300, via_env=False):
+    job = Job(args, logdir, num_processes=num_processes, local_devices=local_devices, via_env=via_env)
     job.check(timeout)
     return job
 
@@ -191,16 +200,18 @@ def test_one_train_step_on_two_processes_equals_one_process_with_four_devices(tm
         assert abs(e1[k] - e2[k]) <= 1e-5 * abs(e1[k]) + 1e-7, k
     # Written once: one metrics line per step and kind, one config; both processes logged as such.
     assert len(r2) == len(r1)
-    assert "[process 1/2]" in job.stderr(1) or "process 1 of 2" in job.stderr(1)
+    assert "[process 1/2] I" in job.stderr(1) and "[process 0/2] I" in job.stderr(0)
     assert "test bits/dim" in job.stderr(0) and "test bits/dim" not in job.stderr(1)
 
 
 @pytest.mark.slow
 def test_two_process_checkpoints_restore_on_one_and_two_processes_for_eval_and_sample(tmp_path):
-    """A 2-process run's checkpoint: eval and sample on 1 and 2 processes agree; training continues on 1."""
+    """A 2-process run (joined through JAX_COORDINATOR_ADDRESS etc.): its checkpoint gives the same
+    eval (ELBO and ODE) and samples on 1 and 2 processes, and training continues on 1."""
     wd = str(tmp_path / "wd")
     base = TOY + ["--config.data.num_test=500", f"--workdir={wd}"]
-    _run(base, tmp_path / "train", num_processes=2, local_devices=2)
+    job = _run(base, tmp_path / "train", num_processes=2, local_devices=2, via_env=True)   # JAX_* variables
+    assert "jax.distributed: process 1 of 2, 2 local / 4 global devices" in job.stderr(1)
     evals = {}
     for n, dev in ((1, 4), (2, 2)):
         job = _run(base + ["--mode=eval"], tmp_path / f"eval{n}", num_processes=n, local_devices=dev)

@@ -41,7 +41,9 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: Any, info: data.Dat
     """
     batch_size = config.eval.batch_size
     per_example = {k: [] for k in TERMS}
-    for i, batch in enumerate(data.eval_iterator(config.data, batch_size, split=split, **parallel.process_shard())):
+    batches = data.eval_iterator(config.data, batch_size, split=split,
+                                 **parallel.process_shard())        # this process's rows only
+    for i, batch in enumerate(batches):
         mask = parallel.gather_host(batch["mask"])      # the global batch's mask, in process order
         inputs = parallel.shard_batch({"x": batch["x"], "label": batch["label"]}, mesh)
         out = _gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))

@@ -93,6 +93,7 @@ def main(argv: list[str]) -> int:
         if prefix:                                      # every log line says which process wrote it
             absl_logging.get_absl_handler().setFormatter(
                 logging.Formatter(prefix + "%(levelname).1s %(asctime)s %(name)s] %(message)s"))
+            logging.getLogger("vdm.main").info("--mode=%s in %s", _MODE.value, _WORKDIR.value)
         result = run(_MODE.value, _CONFIG.value, _WORKDIR.value)
     except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError,
             FloatingPointError) as e:          # bad config, no data/checkpoint, NaN with 'stop'
