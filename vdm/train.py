@@ -482,8 +482,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *, classifier_workdi
     sampler = make_sampler(trainer, chunk, classifier=chunk_guidance)
     key = _derived_key(config, 2, step)
     num_chunks = -(-s.num_samples // chunk)
-    samples = np.concatenate([parallel.to_host(sampler(state.ema_params, key if num_chunks == 1
-                                                       else jax.random.fold_in(key, i)))
+    samples = np.concatenate([np.asarray(sampler(state.ema_params, key if num_chunks == 1
+                                                 else jax.random.fold_in(key, i)))
                               for i in range(num_chunks)])[:s.num_samples]
     name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
     if classifier_workdir:
