@@ -142,7 +142,7 @@ class FeatureNetTask:
         return new_state(params, self.tx, k_run)
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
-        """Global batches {'x' float32 in [-1, 1], 'label' int32} of the train split; batch k depends only on (seed, k)."""
+        """This process's rows (parallel.host_slice) of the global batches {'x' in [-1, 1], 'label' int32}; batch k depends only on (seed, k)."""
         x_all, y_all = self.data["train"]
         num, size = len(y_all), self.config.training.batch_size
         step = start_step
@@ -152,6 +152,7 @@ class FeatureNetTask:
             for epoch in np.unique(epochs).tolist():
                 sel = epochs == epoch
                 idx[sel] = _epoch_permutation(self.config.seed, epoch, num)[offsets[sel]]
+            idx = parallel.host_slice(idx, size)
             yield {"x": from_8bit(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
             step += 1
 

@@ -3,6 +3,8 @@
     info = get_dataset_info(config.data)
     for batch in train_iterator(config.data, 128, seed=0, start_step=step): ...
     for batch in eval_iterator(config.data, 256): ...   # batch['mask'] marks padding
+    # multi-process: each process reads only its rows of every global batch
+    train_iterator(..., process_index=jax.process_index(), process_count=jax.process_count())
 
 Batches are dicts of numpy arrays: 'x' float32 [B, *info.shape] (8-bit values k
 as config.data.encoding says: k/127.5 - 1 or (k + 0.5)/128 - 1, vdm.encoding), 'label' int32 [B]; eval batches add 'mask' bool [B]. The train
@@ -172,13 +174,31 @@ def _to_float(x: np.ndarray, encoding: str) -> np.ndarray:
     return np.array(x, np.float32)
 
 
+def _process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    """The rows of a global batch that process `process_index` of `process_count` reads: one consecutive block."""
+    process_count = _check_int("process_count", process_count, 1)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index!r}.")
+    if batch_size % process_count:
+        raise ValueError(f"batch size {batch_size} does not split over {process_count} processes; "
+                         "choose a multiple of the process count.")
+    n = batch_size // process_count
+    return slice(process_index * n, (process_index + 1) * n)
+
+
 def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int, *, seed: int,
-                   start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B]}; batch k depends only on (seed, k)."""
+                   start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B]}; batch k depends only on (seed, k).
+
+    batch_size is the global batch B; with process_count > 1 each batch holds only this
+    process's rows of it, block `process_index` of B / process_count consecutive rows.
+    """
     spec = parse_config(data_config)
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
     start_step = _check_int("start_step", start_step, 0)
+    rows = _process_rows(batch_size, process_index, process_count)
     x_all, labels = load_arrays(data_config, "train")  # loaded now, so a missing data set fails at once
     num = len(labels)
 
@@ -195,9 +215,10 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
                     perms[epoch] = np.random.default_rng((seed, epoch)).permutation(num)
                 sel = epochs == epoch
                 idx[sel] = perms[epoch][offsets[sel]]
+            idx = idx[rows]                  # only this process's rows are read and converted
             x = _to_float(x_all[idx], spec.encoding)
             if spec.random_flip:
-                flip = np.random.default_rng((seed, step, _FLIP_STREAM)).random(batch_size) < 0.5
+                flip = np.random.default_rng((seed, step, _FLIP_STREAM)).random(batch_size)[rows] < 0.5
                 x[flip] = x[flip, :, ::-1]  # [B, H, W, C]: reverse W
             yield {"x": x, "label": labels[idx].astype(np.int32)}
             step += 1
@@ -206,16 +227,22 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
 
 
 def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int,
-                  split: str = "test") -> Iterator[dict[str, np.ndarray]]:
-    """The whole split in order, batches of B; the last is padded (with the first examples), mask False there."""
+                  split: str = "test", *, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """The whole split in order, batches of B; the last is padded (with the first examples), mask False there.
+
+    With process_count > 1 each batch holds only this process's block of B / process_count rows
+    (every process yields the same number of batches; together they cover the split once).
+    """
     spec = parse_config(data_config)
     batch_size = _check_int("batch_size", batch_size, 1)
+    rows = _process_rows(batch_size, process_index, process_count)
     x_all, labels = load_arrays(data_config, split)
     num = len(labels)
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, num, batch_size):
-            idx = np.arange(start, start + batch_size)
+            idx = np.arange(start, start + batch_size)[rows]
             mask = idx < num
             idx = np.where(mask, idx, idx % num)
             yield {"x": _to_float(x_all[idx], spec.encoding), "label": labels[idx].astype(np.int32), "mask": mask}

@@ -50,12 +50,14 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.Conf
     """
     batch_size = config.eval.batch_size
     per_example = {k: [] for k in TERMS}
-    for i, batch in enumerate(data.eval_iterator(config.data, batch_size, split=split)):
-        inputs = parallel.shard_batch(parallel.host_slice({"x": batch["x"], "label": batch["label"]}, batch_size),
-                                      mesh)
+    batches = data.eval_iterator(config.data, batch_size, split=split,
+                                 **parallel.process_shard())        # this process's rows only
+    for i, batch in enumerate(batches):
+        mask = parallel.gather_host(batch["mask"])      # the global batch's mask, in process order
+        inputs = parallel.shard_batch({"x": batch["x"], "label": batch["label"]}, mesh)
         out = parallel.gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))
         for k in TERMS:
-            per_example[k].append(np.asarray(out[k], np.float64)[batch["mask"]])
+            per_example[k].append(np.asarray(out[k], np.float64)[mask])
     nats = {k: np.concatenate(v) for k, v in per_example.items()}
     result = {f"eval/bpd{SUFFIX[k]}": float(bits_per_dim(np.mean(v), info.num_dims)) for k, v in nats.items()}
     result["eval/bpd_se"] = mean_and_se(nats["total"], info.num_dims)[1]

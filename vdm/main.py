@@ -4,6 +4,10 @@ shorthands for config.eval / config.guidance keys).
 
 Any config key can be overridden: --config.model.parameterization=x0 --config.training.num_steps=100.
 Configs are locked, so a misspelt key fails at once. train resumes from DIR/checkpoints by itself.
+
+Several processes (one per host) form one job with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I on each (or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID,
+or Slurm / Open MPI / a TPU pod slice, detected by jax); see README "Beyond one machine".
 """
 
 from __future__ import annotations
@@ -34,6 +38,22 @@ flags.DEFINE_integer("max_examples", None, "shorthand for --config.eval.max_exam
 flags.DEFINE_string("classifier_workdir", None, "shorthand for --config.guidance.classifier_workdir")
 flags.DEFINE_float("classifier_scale", None, "shorthand for --config.guidance.classifier_scale")
 flags.DEFINE_integer("classifier_label", None, "shorthand for --config.guidance.classifier_label")
+
+# Multi-process jobs (one process per host; see README "Beyond one machine"). Unset: the
+# JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment, Slurm, Open MPI or a
+# TPU pod slice decide, and nothing of these means a single process.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "multi-process: host:port of process 0's coordinator (same on every process)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "multi-process: number of processes in the job")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "multi-process: this process's index in [0, num_processes)")
+_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "multi-process: seconds to wait for every process "
+                                     "to connect, then exit with status 3 and a message")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout", 100, "multi-process: seconds without a heartbeat "
+                                          "after which a process counts as dead and every other one aborts")
+_LOCAL_DEVICE_COUNT = flags.DEFINE_integer("local_device_count", 0, "CPU testing: split this host's CPU into N "
+                                           "devices (0: leave jax's default)")
+_LOCAL_DEVICE_IDS = flags.DEFINE_list("local_device_ids", None, "multi-process: the GPUs this process drives, e.g. "
+                                      "0,1,2,3 (unset: jax's choice; under Slurm that is one GPU per task)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,6 +63,20 @@ def apply_shorthands(config, values: dict) -> None:
         if value is not None:
             section, key = SHORTHANDS[flag].split(".")
             config[section][key] = value
+
+
+def join_job() -> str:
+    """Join the multi-process job the flags or the environment describe (if any); returns a log prefix naming this process."""
+    if _COORDINATOR.value is None and (_NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None):
+        raise config_utils.ConfigError("--num_processes/--process_id need --coordinator_address "
+                                       "(or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+    from vdm import parallel     # jax starts here
+    parallel.set_local_device_count(_LOCAL_DEVICE_COUNT.value)
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    init_timeout=_INIT_TIMEOUT.value, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+                                    local_device_ids=[int(i) for i in _LOCAL_DEVICE_IDS.value or []] or None)
+    import jax
+    return f"[process {jax.process_index()}/{jax.process_count()}] " if jax.process_count() > 1 else ""
 
 
 def run(mode: str, config, workdir: str):
@@ -62,15 +96,21 @@ def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
     logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
     from vdm.data import DatasetNotFoundError
+    prefix = ""
     try:
         apply_shorthands(_CONFIG.value, {f: flags.FLAGS[f].value for f in SHORTHANDS})
+        prefix = join_job()
+        if prefix:                                      # every log line says which process wrote it
+            absl_logging.get_absl_handler().setFormatter(
+                logging.Formatter(prefix + "%(levelname).1s %(asctime)s %(name)s] %(message)s"))
+            logging.getLogger("vdm.main").info("--mode=%s in %s", _MODE.value, _WORKDIR.value)
         result = run(_MODE.value, _CONFIG.value, _WORKDIR.value)
     except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError,
             FloatingPointError) as e:          # bad config, no data/checkpoint, NaN with 'stop'
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix}error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)
-    if _MODE.value == "train":
+    if _MODE.value == "train" and (not prefix or prefix.startswith("[process 0/")):   # the summary once
         w = _WORKDIR.value
         print(f"test bits/dim {result.get('eval/bpd', float('nan')):.4f} +- {result.get('eval/bpd_se', float('nan')):.4f}"
               f" (-ELBO, EMA params)\nsamples: {w}/samples/  metrics: {w}/metrics.jsonl (and {w}/tb/)"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from typing import Any, Callable
 
 import jax
@@ -21,6 +23,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
 PyTree = Any
+log = logging.getLogger(__name__)
+
+
+# Failure bounds of a multi-process job (seconds): how long process 0 waits for the others to
+# connect, and how long a silent (dead) process goes unnoticed before every other one exits.
+INIT_TIMEOUT = 300
+HEARTBEAT_TIMEOUT = 100
+EXIT_NOT_FORMED = 3   # exit status of a process whose job did not form within INIT_TIMEOUT
 
 
 def _multiprocess_env() -> dict[str, Any] | None:
@@ -42,15 +52,61 @@ def _multiprocess_env() -> dict[str, Any] | None:
     return None
 
 
-def initialize_distributed() -> bool:
-    """Call jax.distributed.initialize() when JAX_COORDINATOR_ADDRESS / Slurm / Open MPI / a TPU pod says so; True if it did."""
-    kwargs = _multiprocess_env()
+def set_local_device_count(count: int) -> None:
+    """Split this host's CPU into `count` devices (testing only; before jax first touches a device)."""
+    if count > 0:
+        jax.config.update("jax_num_cpu_devices", count)
+
+
+def _init_watchdog(seconds: float, where: str) -> threading.Timer:
+    """A started timer that ends the process with a clear message if the job has not formed in `seconds`.
+
+    jax's own timeout aborts with a C++ stack trace a few seconds later; this says what happened.
+    """
+    def fire():
+        sys.stderr.write(f"error: {where}: the multi-process job did not form within {seconds:g} s "
+                         "(a process never started, or cannot reach the coordinator); exiting.\n")
+        sys.stderr.flush()
+        os._exit(EXIT_NOT_FORMED)
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, *, init_timeout: int = INIT_TIMEOUT,
+                           heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+                           local_device_ids: list[int] | None = None) -> bool:
+    """Join a multi-process job if the arguments (else JAX_COORDINATOR_ADDRESS / Slurm / Open MPI / a TPU pod) say so; True if joined.
+
+    init_timeout: seconds to wait for every process to connect, then exit (status 3) with a
+    message. heartbeat_timeout: seconds after which a process that stopped responding makes
+    every other process abort (jax's coordination service). CPU processes talk through gloo.
+    local_device_ids: the accelerators this process drives (None: jax's choice, which under Slurm
+    is one GPU per task, [SLURM_LOCALID]; pass all of a host's GPUs for one process per host).
+    """
+    kwargs = _multiprocess_env() if coordinator_address is None else {"coordinator_address": coordinator_address}
+    if coordinator_address is not None:
+        kwargs.update({k: v for k, v in (("num_processes", num_processes), ("process_id", process_id))
+                       if v is not None})
     if kwargs is None or jax.distributed.is_initialized():
         return False
-    jax.distributed.initialize(**kwargs)
-    logging.info("jax.distributed: process %d of %d, %d local / %d global devices.",
-                 jax.process_index(), jax.process_count(), jax.local_device_count(),
-                 jax.device_count())
+    # Cross-process collectives of the CPU backend (the default has none); GPUs/TPUs use their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    where = f"process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}"
+    log.info("%s: joining the job at %s (waits up to %d s for every process).", where,
+             kwargs.get("coordinator_address", "<auto-detected>"), init_timeout)
+    timer = _init_watchdog(init_timeout, where)   # jax itself aborts ~5 s later, with a stack trace
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout,
+                                   heartbeat_timeout_seconds=heartbeat_timeout,
+                                   local_device_ids=local_device_ids)
+        jax.devices()                                # the global topology exchange also happens here
+    finally:
+        timer.cancel()
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices.",
+             jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
 
 
@@ -91,6 +147,14 @@ def to_host(tree: PyTree) -> PyTree:
     return jax.tree.map(get, tree)
 
 
+def gather_host(tree: PyTree) -> PyTree:
+    """Every process's host (numpy) arrays concatenated along axis 0 in process order; a no-op for one process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(jax.tree.map(np.asarray, tree), tiled=True)
+
+
 def to_varying(tree: PyTree) -> PyTree:
     """Mark replicated values as per-device inside shard_map, so that grads w.r.t. them stay per-device.
 
@@ -112,6 +176,11 @@ def gather(tree: PyTree) -> PyTree:
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, tree)
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def process_shard() -> dict[str, int]:
+    """This process's place in the job, as vdm.data's iterators take it: process_index, process_count."""
+    return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
 def data_parallel(per_device_step: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]], mesh: Mesh,

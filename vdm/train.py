@@ -39,7 +39,8 @@ class Task(Protocol):
         """The step-0 state (host arrays), from config.seed."""
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
-        """Global train batches {'x', 'label'} from `start_step` on (batch k a pure function of the seed and k)."""
+        """This process's rows of the global train batches {'x', 'label'} from `start_step` on (batch k a pure
+        function of the seed and k; process p holds block p of B / process_count rows)."""
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One optimizer step on this device's shard (inside shard_map); metrics pmean-ed, with 'loss' and 'nonfinite'."""
@@ -66,7 +67,8 @@ class DiffusionTask:
     def train_batches(self, start_step: int) -> Iterator[dict]:
         """data.train_iterator of config.data."""
         t = self.config.training
-        return data.train_iterator(self.config.data, t.batch_size, seed=self.config.seed, start_step=start_step)
+        return data.train_iterator(self.config.data, t.batch_size, seed=self.config.seed, start_step=start_step,
+                                   **parallel.process_shard())       # this process's rows only
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """vdm.trainer.train_step."""
@@ -125,7 +127,7 @@ def _host_batches(task: Task, step: int) -> Callable[[], dict]:
     batches = task.train_batches(step)
 
     def take() -> dict:
-        group = [parallel.host_slice(next(batches), t.batch_size) for _ in range(t.steps_per_call)]
+        group = [next(batches) for _ in range(t.steps_per_call)]
         return {k: np.stack([b[k] for b in group]) for k in ("x", "label")}
     return take
 

@@ -64,7 +64,8 @@ class ClassifierTask:
     def train_batches(self, start_step: int):
         """data.train_iterator of config.data."""
         t = self.config.training
-        return data.train_iterator(self.config.data, t.batch_size, seed=self.config.seed, start_step=start_step)
+        return data.train_iterator(self.config.data, t.batch_size, seed=self.config.seed, start_step=start_step,
+                                   **parallel.process_shard())
 
     def logits_fn(self, params: Any) -> Callable[[Array, Array], Array]:
         """(z, gamma) -> logits [B, K] of the classifier with `params`."""
