@@ -249,24 +249,30 @@ def default_rows(repeats: int, iters: int) -> tuple[list[tuple[str, str]], float
     return rows, rate
 
 
-def run(size: dict, sections: list[str], repeats: int, iters: int) -> list[tuple[str, str]]:
-    """All requested sections' rows, in order (the pipeline compares against the step rates measured here)."""
+def run(size: dict, sections: list[str], repeats: int, iters: int,
+        report=lambda rows: None) -> list[tuple[str, str]]:
+    """The requested sections' rows in the order asked (the pipeline compares against step rates measured here);
+    report(rows so far) after each section, so a run cut short keeps what it measured."""
     rows, rates = [], {}
-    if "default" in sections or "pipeline" in sections:
-        r, rates["default"] = default_rows(repeats, iters)
-        rows += r if "default" in sections else []
-    if "depth" in sections:
-        rows += depth_rows(size, repeats, iters)
-    if "paper" in sections or "pipeline" in sections:
-        r, rates["paper"] = paper_rows(size, repeats, iters)
-        rows += r if "paper" in sections else []
-    if "pipeline" in sections:
-        rows += pipeline_rows(size, rates)
+    for section in sections:
+        if section == "default" or (section == "pipeline" and "default" not in rates):
+            r, rates["default"] = default_rows(repeats, iters)
+            rows += r if section == "default" else []
+        if section == "paper" or (section == "pipeline" and "paper" not in rates):
+            r, rates["paper"] = paper_rows(size, repeats, iters)
+            rows += r if section == "paper" else []
+        if section == "depth":
+            rows += depth_rows(size, repeats, iters)
+        if section == "pipeline":
+            rows += pipeline_rows(size, rates)
+        report(rows)
     return rows
 
 
 def write_table(rows: list[tuple[str, str]], header: str, path: str) -> None:
     """Print the rows and write them as a markdown table to `path`."""
+    if not rows:
+        return
     width = max(len(r[0]) for r in rows)
     print(header)
     for name, value in rows:
@@ -294,12 +300,12 @@ def main() -> None:
     dev = jax.devices()[0]
     size = SIZES["gpu" if (args.size == "auto" and dev.platform == "gpu") else
                  ("cpu" if args.size == "auto" else args.size)]
-    rows = run(size, args.sections.split(","), args.repeats, args.iters)
     header = (f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}, "
               f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
-              f"load average at the end {os.getloadavg()[0]:.1f}; {time.strftime('%Y-%m-%d')}")
-    name = "benchmark_gpu.md" if dev.platform == "gpu" else "benchmark.md"
-    write_table(rows, header, os.path.join(ROOT, "experiments", "results", name))
+              f"{time.strftime('%Y-%m-%d')}")
+    path = os.path.join(ROOT, "experiments", "results", "benchmark_gpu.md" if dev.platform == "gpu" else "benchmark.md")
+    run(size, args.sections.split(","), args.repeats, args.iters,
+        report=lambda rows: write_table(rows, header + f"; load average {os.getloadavg()[0]:.1f}", path))
 
 
 if __name__ == "__main__":

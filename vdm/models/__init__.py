@@ -30,25 +30,25 @@ _COMMON = ('width', 'dropout', 'fourier_features', 'fourier_min', 'fourier_max',
 
 
 def _get(cfg: Any, key: str) -> Any:
-  try:
-    return cfg[key]
-  except KeyError:
-    raise ValueError(
-        f"model config {cfg.get('name', '?')!r} is missing key {key!r}") from None
+    try:
+        return cfg[key]
+    except KeyError:
+        raise ValueError(
+            f"model config {cfg.get('name', '?')!r} is missing key {key!r}") from None
 
 
 def _kwargs(cfg: Any, keys: tuple[str, ...]) -> Dict[str, Any]:
-  """Read `keys` from the config, with tuples made of ints and floats of numbers."""
-  out = {k: _get(cfg, k) for k in keys}
-  for k in ('channel_mult', 'attention_resolutions'):
-    if k in out:
-      out[k] = tuple(int(v) for v in out[k])
-  for k in ('dropout', 'gamma_min', 'gamma_max'):
-    out[k] = float(out[k])
-  out['fourier_features'] = bool(out['fourier_features'])
-  if 'norm_groups' in out:
-    out['norm_groups'] = int(out['norm_groups'])
-  return out
+    """Read `keys` from the config, with tuples made of ints and floats of numbers."""
+    out = {k: _get(cfg, k) for k in keys}
+    for k in ('channel_mult', 'attention_resolutions'):
+        if k in out:
+            out[k] = tuple(int(v) for v in out[k])
+    for k in ('dropout', 'gamma_min', 'gamma_max'):
+        out[k] = float(out[k])
+    out['fourier_features'] = bool(out['fourier_features'])
+    if 'norm_groups' in out:
+        out['norm_groups'] = int(out['norm_groups'])
+    return out
 
 
 # The keys that make vdm_unet exactly google-research/vdm's ScoreUNet (see configs/cifar10.py);
@@ -72,24 +72,24 @@ LEARNED_SCHEDULES: Dict[str, str] = {'learned': 'variance', 'learned_linear': 'm
 
 
 def get_schedule_module(model_config: Any) -> Optional[nn.Module]:
-  """The Flax module of a learned schedule (config.model.schedule in LEARNED_SCHEDULES), else None."""
-  m = model_config
-  if m.schedule == 'learned':
-    return LearnedSchedule(m.gamma_min, m.gamma_max, m.learn_endpoints)
-  if m.schedule == 'learned_linear':
-    return LearnedLinearSchedule(m.gamma_min, m.gamma_max)
-  return None
+    """The Flax module of a learned schedule (config.model.schedule in LEARNED_SCHEDULES), else None."""
+    m = model_config
+    if m.schedule == 'learned':
+        return LearnedSchedule(m.gamma_min, m.gamma_max, m.learn_endpoints)
+    if m.schedule == 'learned_linear':
+        return LearnedLinearSchedule(m.gamma_min, m.gamma_max)
+    return None
 
 
 def get_model(model_config: Any, dtype: Any = None) -> nn.Module:
-  """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet' or 'mlp'); dtype: its compute dtype.
+    """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet' or 'mlp'); dtype: its compute dtype.
 
-  dtype (e.g. jnp.bfloat16) sets the activations' and matmuls' dtype; parameters stay
-  float32 and the output is float32. None: float32 throughout.
-  """
-  name = _get(model_config, 'name')
-  if name not in _BUILDERS:
-    raise ValueError(
-        f'unknown model name {name!r}; valid choices: {", ".join(MODEL_NAMES)}')
-  model = _BUILDERS[name](model_config)
-  return model if dtype is None else model.clone(dtype=dtype)
+    dtype (e.g. jnp.bfloat16) sets the activations' and matmuls' dtype; parameters stay
+    float32 and the output is float32. None: float32 throughout.
+    """
+    name = _get(model_config, 'name')
+    if name not in _BUILDERS:
+        raise ValueError(
+            f'unknown model name {name!r}; valid choices: {", ".join(MODEL_NAMES)}')
+    model = _BUILDERS[name](model_config)
+    return model if dtype is None else model.clone(dtype=dtype)

@@ -25,12 +25,12 @@ MAX_GROUPS = 32
 
 
 def rescale_gamma(gamma: Array, gamma_min: float, gamma_max: float) -> Array:
-  """t_in = (gamma - gamma_min) / (gamma_max - gamma_min) (VDM appendix B)."""
-  if not gamma_max > gamma_min:
-    raise ValueError(
-        f'need gamma_max > gamma_min, got gamma_min={gamma_min}, '
-        f'gamma_max={gamma_max}')
-  return (gamma - gamma_min) / (gamma_max - gamma_min)
+    """t_in = (gamma - gamma_min) / (gamma_max - gamma_min) (VDM appendix B)."""
+    if not gamma_max > gamma_min:
+        raise ValueError(
+            f'need gamma_max > gamma_min, got gamma_min={gamma_min}, '
+            f'gamma_max={gamma_max}')
+    return (gamma - gamma_min) / (gamma_max - gamma_min)
 
 
 EMBEDDING_FREQS = ('half', 'half_minus_one')
@@ -38,213 +38,213 @@ EMBEDDING_FREQS = ('half', 'half_minus_one')
 
 def timestep_embedding(t: Array, dim: int, scale: float = 1000.0,
                        max_period: float = 10000.0, freqs: str = 'half') -> Array:
-  """Sinusoidal embedding [sin(s t w_k), cos(s t w_k)], w_k = P^(-k/n), k < half = dim/2 (Vaswani 2017; DDPM).
+    """Sinusoidal embedding [sin(s t w_k), cos(s t w_k)], w_k = P^(-k/n), k < half = dim/2 (Vaswani 2017; DDPM).
 
-  t: [B] -> [B, dim]. `scale` maps t in [0, 1] to the DDPM step range.
-  freqs: 'half' n = half (w spans P^0..P^(-1+1/half)); 'half_minus_one' n = half - 1
-  (tensor2tensor/fairseq, google-research/vdm: w spans exactly P^0..P^-1).
-  """
-  if dim < 2 or dim % 2:
-    raise ValueError(f'embedding dim must be an even integer >= 2, got {dim}')
-  if freqs not in EMBEDDING_FREQS:
-    raise ValueError(f'unknown embedding freqs {freqs!r}; valid: {", ".join(EMBEDDING_FREQS)}')
-  half = dim // 2
-  denom = half if freqs == 'half' else half - 1
-  if denom < 1:
-    raise ValueError(f"embedding freqs 'half_minus_one' need dim >= 4, got {dim}")
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
-                  / denom)
-  args = scale * t.astype(jnp.float32)[:, None] * freqs[None, :]
-  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    t: [B] -> [B, dim]. `scale` maps t in [0, 1] to the DDPM step range.
+    freqs: 'half' n = half (w spans P^0..P^(-1+1/half)); 'half_minus_one' n = half - 1
+    (tensor2tensor/fairseq, google-research/vdm: w spans exactly P^0..P^-1).
+    """
+    if dim < 2 or dim % 2:
+        raise ValueError(f'embedding dim must be an even integer >= 2, got {dim}')
+    if freqs not in EMBEDDING_FREQS:
+        raise ValueError(f'unknown embedding freqs {freqs!r}; valid: {", ".join(EMBEDDING_FREQS)}')
+    half = dim // 2
+    denom = half if freqs == 'half' else half - 1
+    if denom < 1:
+        raise ValueError(f"embedding freqs 'half_minus_one' need dim >= 4, got {dim}")
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+                    / denom)
+    args = scale * t.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
 def fourier_features(z: Array, n_min: int, n_max: int) -> Array:
-  """Base-2 Fourier features sin(2^n 2 pi z), cos(2^n 2 pi z), n = n_min..n_max (VDM app. B).
+    """Base-2 Fourier features sin(2^n 2 pi z), cos(2^n 2 pi z), n = n_min..n_max (VDM app. B).
 
-  The frequencies 2^n * 2 pi are those of google-research/vdm (n = 6, 7 there):
-  period 2^-n, so n = 7 resolves the 8-bit grid spacing 2/255 ~ 2^-7.
-  z: [..., C] -> [..., 2 * C * (n_max - n_min + 1)], channel-last.
-  """
-  if n_max < n_min:
-    raise ValueError(
-        f'need fourier_min <= fourier_max, got {n_min} > {n_max}')
-  freqs = (2.0 ** jnp.arange(n_min, n_max + 1, dtype=jnp.float32)) * 2 * jnp.pi
-  arg = z[..., None] * freqs                       # [..., C, n]
-  arg = arg.reshape(*z.shape[:-1], -1)             # [..., C * n]
-  return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
+    The frequencies 2^n * 2 pi are those of google-research/vdm (n = 6, 7 there):
+    period 2^-n, so n = 7 resolves the 8-bit grid spacing 2/255 ~ 2^-7.
+    z: [..., C] -> [..., 2 * C * (n_max - n_min + 1)], channel-last.
+    """
+    if n_max < n_min:
+        raise ValueError(
+            f'need fourier_min <= fourier_max, got {n_min} > {n_max}')
+    freqs = (2.0 ** jnp.arange(n_min, n_max + 1, dtype=jnp.float32)) * 2 * jnp.pi
+    arg = z[..., None] * freqs                       # [..., C, n]
+    arg = arg.reshape(*z.shape[:-1], -1)             # [..., C * n]
+    return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
 
 
 def num_groups_for(channels: int, max_groups: int = MAX_GROUPS) -> int:
-  """Largest divisor g of `channels` with g <= max_groups and >= 2 channels per group.
+    """Largest divisor g of `channels` with g <= max_groups and >= 2 channels per group.
 
-  GroupNorm needs g to divide the channels. One channel per group would
-  normalise away the per-channel shift by which the noise/label embedding
-  enters a ResNet block, so the embedding would have no effect.
-  """
-  if channels < 1:
-    raise ValueError(f'channels must be >= 1, got {channels}')
-  for g in range(min(max_groups, channels // 2), 0, -1):
-    if channels % g == 0:
-      return g
-  return 1
+    GroupNorm needs g to divide the channels. One channel per group would
+    normalise away the per-channel shift by which the noise/label embedding
+    enters a ResNet block, so the embedding would have no effect.
+    """
+    if channels < 1:
+        raise ValueError(f'channels must be >= 1, got {channels}')
+    for g in range(min(max_groups, channels // 2), 0, -1):
+        if channels % g == 0:
+            return g
+    return 1
 
 
 def group_norm(channels: int, name: Optional[str] = None, dtype: Any = jnp.float32,
                groups: int = 0) -> nn.GroupNorm:
-  """GroupNorm (Wu & He 2018), epsilon 1e-6; groups 0: adapted to `channels` (num_groups_for), else fixed."""
-  if groups < 0:
-    raise ValueError(f'norm groups must be >= 0 (0: adaptive), got {groups}')
-  if groups and channels % groups:
-    raise ValueError(f'norm_groups={groups} must divide the channel count {channels}')
-  return nn.GroupNorm(num_groups=groups or num_groups_for(channels), name=name, dtype=dtype)
+    """GroupNorm (Wu & He 2018), epsilon 1e-6; groups 0: adapted to `channels` (num_groups_for), else fixed."""
+    if groups < 0:
+        raise ValueError(f'norm groups must be >= 0 (0: adaptive), got {groups}')
+    if groups and channels % groups:
+        raise ValueError(f'norm_groups={groups} must divide the channel count {channels}')
+    return nn.GroupNorm(num_groups=groups or num_groups_for(channels), name=name, dtype=dtype)
 
 
 def check_inputs(z: Array, gamma: Array, ndim: int,
                  y: Optional[Array] = None) -> Array:
-  """Validate z [B, ...] (z.ndim == ndim), gamma [B] or scalar, y [B]; return gamma as [B]."""
-  if z.ndim != ndim:
-    kind = '[B, H, W, C]' if ndim == 4 else '[B, D]'
-    raise ValueError(f'z must be {kind} (ndim {ndim}), got shape {z.shape}')
-  batch = z.shape[0]
-  gamma = jnp.asarray(gamma, dtype=jnp.float32)
-  if gamma.ndim == 0:
-    gamma = jnp.broadcast_to(gamma, (batch,))
-  if gamma.shape != (batch,):
-    raise ValueError(
-        f'gamma must be a scalar or [B]=[{batch}], got shape {gamma.shape}')
-  if y is not None and jnp.shape(y) != (batch,):
-    raise ValueError(f'y must be [B]=[{batch}] ints, got shape {jnp.shape(y)}')
-  return gamma
+    """Validate z [B, ...] (z.ndim == ndim), gamma [B] or scalar, y [B]; return gamma as [B]."""
+    if z.ndim != ndim:
+        kind = '[B, H, W, C]' if ndim == 4 else '[B, D]'
+        raise ValueError(f'z must be {kind} (ndim {ndim}), got shape {z.shape}')
+    batch = z.shape[0]
+    gamma = jnp.asarray(gamma, dtype=jnp.float32)
+    if gamma.ndim == 0:
+        gamma = jnp.broadcast_to(gamma, (batch,))
+    if gamma.shape != (batch,):
+        raise ValueError(
+            f'gamma must be a scalar or [B]=[{batch}], got shape {gamma.shape}')
+    if y is not None and jnp.shape(y) != (batch,):
+        raise ValueError(f'y must be [B]=[{batch}] ints, got shape {jnp.shape(y)}')
+    return gamma
 
 
 class NoiseEmbedding(nn.Module):
-  """Rescaled gamma -> sinusoidal embedding -> 2-layer MLP (+ label embedding).
+    """Rescaled gamma -> sinusoidal embedding -> 2-layer MLP (+ label embedding).
 
-  Class labels use an embedding with num_classes + 1 rows; row num_classes is
-  the NULL class of classifier-free guidance (Ho & Salimans 2022), used when
-  y is None. Returns [B, out_dim].
-  """
-  width: int
-  out_dim: int
-  gamma_min: float
-  gamma_max: float
-  num_classes: int = 0
-  dtype: Any = jnp.float32      # compute dtype; the sinusoids are computed in float32 first
-  embedding_freqs: str = 'half'  # see timestep_embedding
+    Class labels use an embedding with num_classes + 1 rows; row num_classes is
+    the NULL class of classifier-free guidance (Ho & Salimans 2022), used when
+    y is None. Returns [B, out_dim].
+    """
+    width: int
+    out_dim: int
+    gamma_min: float
+    gamma_max: float
+    num_classes: int = 0
+    dtype: Any = jnp.float32      # compute dtype; the sinusoids are computed in float32 first
+    embedding_freqs: str = 'half'  # see timestep_embedding
 
-  @nn.compact
-  def __call__(self, gamma: Array, y: Optional[Array] = None) -> Array:
-    t_in = rescale_gamma(gamma, self.gamma_min, self.gamma_max)
-    emb = timestep_embedding(t_in, self.width, freqs=self.embedding_freqs)
-    emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense0')(emb)
-    emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense1')(nn.swish(emb))
-    if self.num_classes < 0:
-      raise ValueError(f'num_classes must be >= 0, got {self.num_classes}')
-    if self.num_classes > 0:
-      if y is None:
-        y = jnp.full(gamma.shape, self.num_classes, dtype=jnp.int32)
-      if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
-        raise ValueError(f'y must be integer labels, got dtype {jnp.asarray(y).dtype}')
-      emb = emb + nn.Embed(self.num_classes + 1, self.out_dim, dtype=self.dtype,
-                           name='label_embedding')(y)
-    elif y is not None:
-      raise ValueError('got labels y but the model has num_classes=0 '
-                       '(unconditional); pass y=None or set num_classes > 0')
-    return emb
+    @nn.compact
+    def __call__(self, gamma: Array, y: Optional[Array] = None) -> Array:
+        t_in = rescale_gamma(gamma, self.gamma_min, self.gamma_max)
+        emb = timestep_embedding(t_in, self.width, freqs=self.embedding_freqs)
+        emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense0')(emb)
+        emb = nn.Dense(self.out_dim, dtype=self.dtype, name='dense1')(nn.swish(emb))
+        if self.num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got {self.num_classes}')
+        if self.num_classes > 0:
+            if y is None:
+                y = jnp.full(gamma.shape, self.num_classes, dtype=jnp.int32)
+            if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
+                raise ValueError(f'y must be integer labels, got dtype {jnp.asarray(y).dtype}')
+            emb = emb + nn.Embed(self.num_classes + 1, self.out_dim, dtype=self.dtype,
+                                 name='label_embedding')(y)
+        elif y is not None:
+            raise ValueError('got labels y but the model has num_classes=0 '
+                             '(unconditional); pass y=None or set num_classes > 0')
+        return emb
 
 
 class ResnetBlock(nn.Module):
-  """GN-swish-conv, + Dense(swish(cond)), GN-swish-dropout-conv(zero init), + skip (DDPM/VDM)."""
-  out_ch: int
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
-  norm_groups: int = 0              # GroupNorm groups; 0: adaptive (num_groups_for)
-  cond_proj_bias: bool = True       # google-research/vdm: False
-  cond_proj_zero_init: bool = False  # google-research/vdm: True (zero kernel)
+    """GN-swish-conv, + Dense(swish(cond)), GN-swish-dropout-conv(zero init), + skip (DDPM/VDM)."""
+    out_ch: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    norm_groups: int = 0              # GroupNorm groups; 0: adaptive (num_groups_for)
+    cond_proj_bias: bool = True       # google-research/vdm: False
+    cond_proj_zero_init: bool = False  # google-research/vdm: True (zero kernel)
 
-  @nn.compact
-  def __call__(self, x: Array, cond: Array, train: bool) -> Array:
-    """x: [B, H, W, C_in], cond: [B, E] -> [B, H, W, out_ch]."""
-    h = nn.swish(group_norm(x.shape[-1], 'norm0', self.dtype, self.norm_groups)(x))
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, name='conv0')(h)
-    proj_kw = {'kernel_init': nn.initializers.zeros} if self.cond_proj_zero_init else {}
-    h = h + nn.Dense(self.out_ch, use_bias=self.cond_proj_bias, dtype=self.dtype,
-                     name='cond_proj', **proj_kw)(nn.swish(cond))[:, None, None, :]
-    h = nn.swish(group_norm(self.out_ch, 'norm1', self.dtype, self.norm_groups)(h))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
-                dtype=self.dtype, name='conv1')(h)
-    if x.shape[-1] != self.out_ch:
-      x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name='skip')(x)
-    return x.astype(self.dtype) + h
+    @nn.compact
+    def __call__(self, x: Array, cond: Array, train: bool) -> Array:
+        """x: [B, H, W, C_in], cond: [B, E] -> [B, H, W, out_ch]."""
+        h = nn.swish(group_norm(x.shape[-1], 'norm0', self.dtype, self.norm_groups)(x))
+        h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, name='conv0')(h)
+        proj_kw = {'kernel_init': nn.initializers.zeros} if self.cond_proj_zero_init else {}
+        h = h + nn.Dense(self.out_ch, use_bias=self.cond_proj_bias, dtype=self.dtype,
+                         name='cond_proj', **proj_kw)(nn.swish(cond))[:, None, None, :]
+        h = nn.swish(group_norm(self.out_ch, 'norm1', self.dtype, self.norm_groups)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
+                    dtype=self.dtype, name='conv1')(h)
+        if x.shape[-1] != self.out_ch:
+            x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name='skip')(x)
+        return x.astype(self.dtype) + h
 
 
 class AttnBlock(nn.Module):
-  """Residual multi-head self-attention over all H*W positions (zero-init output)."""
-  num_heads: int = 1
-  dtype: Any = jnp.float32
-  norm_groups: int = 0   # GroupNorm groups; 0: adaptive (num_groups_for)
+    """Residual multi-head self-attention over all H*W positions (zero-init output)."""
+    num_heads: int = 1
+    dtype: Any = jnp.float32
+    norm_groups: int = 0   # GroupNorm groups; 0: adaptive (num_groups_for)
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """x: [B, H, W, C] -> [B, H, W, C]."""
-    b, hgt, wid, c = x.shape
-    if self.num_heads < 1 or c % self.num_heads:
-      raise ValueError(
-          f'num_heads={self.num_heads} must be >= 1 and divide the channel '
-          f'count {c} at the attention layer')
-    h = group_norm(c, 'norm', self.dtype, self.norm_groups)(x).reshape(b, hgt * wid, c)
-    h = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros,
-        deterministic=True, dtype=self.dtype, name='attn')(h, h)
-    return x + h.reshape(b, hgt, wid, c)
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """x: [B, H, W, C] -> [B, H, W, C]."""
+        b, hgt, wid, c = x.shape
+        if self.num_heads < 1 or c % self.num_heads:
+            raise ValueError(
+                f'num_heads={self.num_heads} must be >= 1 and divide the channel '
+                f'count {c} at the attention layer')
+        h = group_norm(c, 'norm', self.dtype, self.norm_groups)(x).reshape(b, hgt * wid, c)
+        h = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads, out_kernel_init=nn.initializers.zeros,
+            deterministic=True, dtype=self.dtype, name='attn')(h, h)
+        return x + h.reshape(b, hgt, wid, c)
 
 
 class Downsample(nn.Module):
-  """Strided 3x3 conv halving H and W (DDPM)."""
-  dtype: Any = jnp.float32
+    """Strided 3x3 conv halving H and W (DDPM)."""
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype, name='conv')(x)
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype, name='conv')(x)
 
 
 class Upsample(nn.Module):
-  """Nearest-neighbour x2 resize, then 3x3 conv (DDPM)."""
-  dtype: Any = jnp.float32
+    """Nearest-neighbour x2 resize, then 3x3 conv (DDPM)."""
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    b, hgt, wid, c = x.shape
-    x = jax.image.resize(x, (b, 2 * hgt, 2 * wid, c), method='nearest')
-    return nn.Conv(c, (3, 3), dtype=self.dtype, name='conv')(x)
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, hgt, wid, c = x.shape
+        x = jax.image.resize(x, (b, 2 * hgt, 2 * wid, c), method='nearest')
+        return nn.Conv(c, (3, 3), dtype=self.dtype, name='conv')(x)
 
 
 def output_head(h: Array, out_ch: int, dtype: Any = jnp.float32, norm_groups: int = 0) -> Array:
-  """Final GroupNorm, swish and zero-initialised 3x3 conv (output is 0 at init), returned in float32."""
-  h = nn.swish(group_norm(h.shape[-1], 'norm_out', dtype, norm_groups)(h))
-  return nn.Conv(out_ch, (3, 3), kernel_init=nn.initializers.zeros,
-                 dtype=dtype, name='conv_out')(h).astype(jnp.float32)
+    """Final GroupNorm, swish and zero-initialised 3x3 conv (output is 0 at init), returned in float32."""
+    h = nn.swish(group_norm(h.shape[-1], 'norm_out', dtype, norm_groups)(h))
+    return nn.Conv(out_ch, (3, 3), kernel_init=nn.initializers.zeros,
+                   dtype=dtype, name='conv_out')(h).astype(jnp.float32)
 
 
 def with_fourier(z: Array, use: bool, n_min: int, n_max: int) -> Array:
-  """Concatenate base-2 Fourier features of z to its channels when `use`."""
-  if not use:
-    return z
-  return jnp.concatenate([z, fourier_features(z, n_min, n_max)], axis=-1)
+    """Concatenate base-2 Fourier features of z to its channels when `use`."""
+    if not use:
+        return z
+    return jnp.concatenate([z, fourier_features(z, n_min, n_max)], axis=-1)
 
 
 def check_positive(**kw: int) -> None:
-  """Raise ValueError naming any argument that is not a positive int."""
-  for k, v in kw.items():
-    if not isinstance(v, int) or v < 1:
-      raise ValueError(f'{k} must be a positive integer, got {v!r}')
+    """Raise ValueError naming any argument that is not a positive int."""
+    for k, v in kw.items():
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f'{k} must be a positive integer, got {v!r}')
 
 
 def check_dropout(rate: float) -> None:
-  """Raise ValueError unless 0 <= rate < 1."""
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f'dropout must be in [0, 1), got {rate}')
+    """Raise ValueError unless 0 <= rate < 1."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f'dropout must be in [0, 1), got {rate}')
 
 
 __all__: Sequence[str] = (

@@ -30,112 +30,112 @@ Array = jax.Array
 
 
 class _DownStep(nn.Module):
-  """One scanned down block: carry h -> (h', h') (the output is also a skip)."""
-  block: dict
-  train: bool
+    """One scanned down block: carry h -> (h', h') (the output is also a skip)."""
+    block: dict
+    train: bool
 
-  @nn.compact
-  def __call__(self, h: Array, cond: Array) -> tuple[Array, Array]:
-    h = _resnet_cls(self.block)(**_block_kw(self.block), name='block')(h, cond, self.train)
-    return h, h
+    @nn.compact
+    def __call__(self, h: Array, cond: Array) -> tuple[Array, Array]:
+        h = _resnet_cls(self.block)(**_block_kw(self.block), name='block')(h, cond, self.train)
+        return h, h
 
 
 class _UpStep(nn.Module):
-  """One scanned up block: carry h, skip -> (block(concat(h, skip)), None)."""
-  block: dict
-  train: bool
+    """One scanned up block: carry h, skip -> (block(concat(h, skip)), None)."""
+    block: dict
+    train: bool
 
-  @nn.compact
-  def __call__(self, h: Array, skip: Array, cond: Array) -> tuple[Array, None]:
-    h = jnp.concatenate([h, skip], axis=-1)
-    return _resnet_cls(self.block)(**_block_kw(self.block), name='block')(h, cond, self.train), None
+    @nn.compact
+    def __call__(self, h: Array, skip: Array, cond: Array) -> tuple[Array, None]:
+        h = jnp.concatenate([h, skip], axis=-1)
+        return _resnet_cls(self.block)(**_block_kw(self.block), name='block')(h, cond, self.train), None
 
 
 def _block_kw(block: dict) -> dict:
-  return {k: v for k, v in block.items() if k != 'remat'}
+    return {k: v for k, v in block.items() if k != 'remat'}
 
 
 def _resnet_cls(block: dict) -> Any:
-  """ResnetBlock, rematerialised (activations recomputed in the backward pass) when block['remat']."""
-  if not block['remat']:
-    return layers.ResnetBlock
-  # `train` (arg 3, counting self) is a Python bool: static under remat.
-  return nn.remat(layers.ResnetBlock, static_argnums=(3,))
+    """ResnetBlock, rematerialised (activations recomputed in the backward pass) when block['remat']."""
+    if not block['remat']:
+        return layers.ResnetBlock
+    # `train` (arg 3, counting self) is a Python bool: static under remat.
+    return nn.remat(layers.ResnetBlock, static_argnums=(3,))
 
 
 class VDMUNet(nn.Module):
-  """VDM ScoreUNet shape: [B, H, W, C] noisy image, gamma [B] -> [B, H, W, C] prediction."""
-  width: int = 128
-  num_layers: int = 32
-  num_heads: int = 1
-  dropout: float = 0.1
-  fourier_features: bool = True
-  fourier_min: int = 6
-  fourier_max: int = 7
-  num_classes: int = 0
-  gamma_min: float = -13.3
-  gamma_max: float = 5.0
-  dtype: Any = jnp.float32   # compute dtype (bfloat16: params stay float32; z and its Fourier features float32)
-  embedding_freqs: str = 'half'      # timestep_embedding frequencies; reference: 'half_minus_one'
-  residual_output: bool = False      # return z + net(z); reference: True
-  cond_proj_bias: bool = True        # bias on each block's cond projection; reference: False
-  cond_proj_zero_init: bool = False  # zero-init that projection; reference: True
-  norm_groups: int = 0               # GroupNorm groups, 0: adaptive; reference: 32
-  scan_blocks: bool = False          # down/up blocks under nn.scan (stacked params)
-  remat: bool = False                # rematerialise each ResNet block in the backward pass
+    """VDM ScoreUNet shape: [B, H, W, C] noisy image, gamma [B] -> [B, H, W, C] prediction."""
+    width: int = 128
+    num_layers: int = 32
+    num_heads: int = 1
+    dropout: float = 0.1
+    fourier_features: bool = True
+    fourier_min: int = 6
+    fourier_max: int = 7
+    num_classes: int = 0
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+    dtype: Any = jnp.float32   # compute dtype (bfloat16: params stay float32; z and its Fourier features float32)
+    embedding_freqs: str = 'half'      # timestep_embedding frequencies; reference: 'half_minus_one'
+    residual_output: bool = False      # return z + net(z); reference: True
+    cond_proj_bias: bool = True        # bias on each block's cond projection; reference: False
+    cond_proj_zero_init: bool = False  # zero-init that projection; reference: True
+    norm_groups: int = 0               # GroupNorm groups, 0: adaptive; reference: 32
+    scan_blocks: bool = False          # down/up blocks under nn.scan (stacked params)
+    remat: bool = False                # rematerialise each ResNet block in the backward pass
 
-  @nn.compact
-  def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
-               train: bool = False) -> Array:
-    """z: [B, H, W, C], gamma: [B] (or scalar), y: [B] int or None -> [B, H, W, C]."""
-    layers.check_positive(width=self.width, num_layers=self.num_layers)
-    layers.check_dropout(self.dropout)
-    gamma = layers.check_inputs(z, gamma, 4, y)
-    cond = layers.NoiseEmbedding(
-        self.width, 4 * self.width, self.gamma_min, self.gamma_max,
-        self.num_classes, self.dtype, self.embedding_freqs, name='embed')(gamma, y)
-    block = dict(out_ch=self.width, dropout=self.dropout, dtype=self.dtype,
-                 norm_groups=self.norm_groups, cond_proj_bias=self.cond_proj_bias,
-                 cond_proj_zero_init=self.cond_proj_zero_init, remat=self.remat)
-    resnet = lambda name: _resnet_cls(block)(**_block_kw(block), name=name)
+    @nn.compact
+    def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
+                 train: bool = False) -> Array:
+        """z: [B, H, W, C], gamma: [B] (or scalar), y: [B] int or None -> [B, H, W, C]."""
+        layers.check_positive(width=self.width, num_layers=self.num_layers)
+        layers.check_dropout(self.dropout)
+        gamma = layers.check_inputs(z, gamma, 4, y)
+        cond = layers.NoiseEmbedding(
+            self.width, 4 * self.width, self.gamma_min, self.gamma_max,
+            self.num_classes, self.dtype, self.embedding_freqs, name='embed')(gamma, y)
+        block = dict(out_ch=self.width, dropout=self.dropout, dtype=self.dtype,
+                     norm_groups=self.norm_groups, cond_proj_bias=self.cond_proj_bias,
+                     cond_proj_zero_init=self.cond_proj_zero_init, remat=self.remat)
+        resnet = lambda name: _resnet_cls(block)(**_block_kw(block), name=name)
 
-    h = layers.with_fourier(z, self.fourier_features, self.fourier_min,
-                            self.fourier_max)
-    h = nn.Conv(self.width, (3, 3), dtype=self.dtype, name='conv_in')(h)
-    if self.scan_blocks:
-      h, skips = self._scanned_down(h, cond, block, train)
-    else:
-      skips = [h]
-      for i in range(self.num_layers):
-        h = resnet(f'down_{i}')(h, cond, train)
-        skips.append(h)
+        h = layers.with_fourier(z, self.fourier_features, self.fourier_min,
+                                self.fourier_max)
+        h = nn.Conv(self.width, (3, 3), dtype=self.dtype, name='conv_in')(h)
+        if self.scan_blocks:
+            h, skips = self._scanned_down(h, cond, block, train)
+        else:
+            skips = [h]
+            for i in range(self.num_layers):
+                h = resnet(f'down_{i}')(h, cond, train)
+                skips.append(h)
 
-    h = resnet('mid_0')(h, cond, train)
-    h = layers.AttnBlock(self.num_heads, self.dtype, self.norm_groups, name='mid_attn')(h)
-    h = resnet('mid_1')(h, cond, train)
+        h = resnet('mid_0')(h, cond, train)
+        h = layers.AttnBlock(self.num_heads, self.dtype, self.norm_groups, name='mid_attn')(h)
+        h = resnet('mid_1')(h, cond, train)
 
-    if self.scan_blocks:
-      h = self._scanned_up(h, skips, cond, block, train)
-    else:
-      for i in range(self.num_layers + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = resnet(f'up_{i}')(h, cond, train)
-      assert not skips
-    out = layers.output_head(h, z.shape[-1], self.dtype, self.norm_groups)
-    return z.astype(jnp.float32) + out if self.residual_output else out
+        if self.scan_blocks:
+            h = self._scanned_up(h, skips, cond, block, train)
+        else:
+            for i in range(self.num_layers + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = resnet(f'up_{i}')(h, cond, train)
+            assert not skips
+        out = layers.output_head(h, z.shape[-1], self.dtype, self.norm_groups)
+        return z.astype(jnp.float32) + out if self.residual_output else out
 
-  def _scanned_down(self, h0: Array, cond: Array, block: dict, train: bool) -> tuple[Array, Array]:
-    """num_layers down blocks in one scan; returns (h, skips [L+1, B, H, W, C], conv_in output first)."""
-    scan = nn.scan(_DownStep, variable_axes={'params': 0, 'intermediates': 0},
-                   split_rngs={'params': True, 'dropout': True},
-                   in_axes=nn.broadcast, length=self.num_layers)
-    h, outs = scan(block, train, name='down')(h0, cond)
-    return h, jnp.concatenate([h0[None], outs], axis=0)
+    def _scanned_down(self, h0: Array, cond: Array, block: dict, train: bool) -> tuple[Array, Array]:
+        """num_layers down blocks in one scan; returns (h, skips [L+1, B, H, W, C], conv_in output first)."""
+        scan = nn.scan(_DownStep, variable_axes={'params': 0, 'intermediates': 0},
+                       split_rngs={'params': True, 'dropout': True},
+                       in_axes=nn.broadcast, length=self.num_layers)
+        h, outs = scan(block, train, name='down')(h0, cond)
+        return h, jnp.concatenate([h0[None], outs], axis=0)
 
-  def _scanned_up(self, h: Array, skips: Array, cond: Array, block: dict, train: bool) -> Array:
-    """num_layers + 1 up blocks in one scan, consuming the skips last-first."""
-    scan = nn.scan(_UpStep, variable_axes={'params': 0, 'intermediates': 0},
-                   split_rngs={'params': True, 'dropout': True},
-                   in_axes=(0, nn.broadcast), length=self.num_layers + 1)
-    h, _ = scan(block, train, name='up')(h, skips[::-1], cond)
-    return h
+    def _scanned_up(self, h: Array, skips: Array, cond: Array, block: dict, train: bool) -> Array:
+        """num_layers + 1 up blocks in one scan, consuming the skips last-first."""
+        scan = nn.scan(_UpStep, variable_axes={'params': 0, 'intermediates': 0},
+                       split_rngs={'params': True, 'dropout': True},
+                       in_axes=(0, nn.broadcast), length=self.num_layers + 1)
+        h, _ = scan(block, train, name='up')(h, skips[::-1], cond)
+        return h
