@@ -15,7 +15,6 @@ experiments/results/bench_multihost.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -27,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = {"1 process x 4 devices": (1, 4), "2 processes x 2 devices": (2, 2)}
@@ -75,16 +76,20 @@ def timed_windows(config: str, num_processes: int, local_devices: int, windows: 
             f.close()
 
 
-def main() -> None:
+def define_flags() -> None:
+    """The command-line flags (absl), defined only when run as a script."""
+    flags.DEFINE_string("config", "configs/fashion_mnist.py", "config file of the timed runs")
+    flags.DEFINE_integer("rounds", 2, "rounds of the layouts in alternation")
+    flags.DEFINE_integer("windows", 5, "timed windows per run (plus one warm-up)")
+    flags.DEFINE_integer("window_steps", 25, "train steps per window")
+    flags.DEFINE_float("timeout", 900, "seconds per run")
+    flags.DEFINE_string("out", os.path.join(ROOT, "experiments", "results", "bench_multihost.md"), "output table")
+
+
+def main(argv: list[str]) -> None:
     """Run the layouts in alternation, print the table, write experiments/results/bench_multihost.md."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="configs/fashion_mnist.py")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--windows", type=int, default=5, help="timed windows per run (plus one warm-up)")
-    p.add_argument("--window_steps", type=int, default=25)
-    p.add_argument("--timeout", type=float, default=900, help="seconds per run")
-    p.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "bench_multihost.md"))
-    a = p.parse_args()
+    del argv
+    a = flags.FLAGS
     tmp = tempfile.mkdtemp(prefix="bench_multihost_")
     rates: dict[str, list[float]] = {name: [] for name in LAYOUTS}
     lines = []
@@ -118,4 +123,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -26,6 +25,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from absl import app, flags
 
 from vdm import analytic, sampling, schedules
 
@@ -151,18 +152,24 @@ def bench_quality(args) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--samples", type=int, default=4000)
-    parser.add_argument("--quality_steps", type=int, nargs="+", default=[5, 10, 20, 50, 100, 250])
-    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "results", "bench_samplers.md"))
-    args = parser.parse_args()
+def define_flags() -> None:
+    """The command-line flags (absl), defined only when run as a script."""
+    flags.DEFINE_integer("batch", 1024, "samples per sampler call (timing)")
+    flags.DEFINE_integer("hidden", 512, "MLP width of the timed network")
+    flags.DEFINE_integer("depth", 3, "MLP depth of the timed network")
+    flags.DEFINE_integer("steps", 50, "sampler steps (timing)")
+    flags.DEFINE_integer("repeats", 7, "timings per measurement (median)")
+    flags.DEFINE_integer("samples", 4000, "samples per quality measurement")
+    flags.DEFINE_list("quality_steps", ["5", "10", "20", "50", "100", "250"], "step counts of the quality table")
+    flags.DEFINE_bool("quick", False, "small sizes for a smoke run")
+    flags.DEFINE_string("out", os.path.join(ROOT, "experiments", "results", "bench_samplers.md"), "output table")
+
+
+def main(argv: list[str]) -> None:
+    """Run both benchmarks, print them and write the markdown report."""
+    del argv
+    args = flags.FLAGS
+    args.quality_steps = [int(v) for v in args.quality_steps]
     if args.quick:
         args.batch, args.hidden, args.steps, args.repeats, args.samples = 256, 128, 10, 3, 1000
         args.quality_steps = [5, 20]
@@ -184,4 +191,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

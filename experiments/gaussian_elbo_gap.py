@@ -8,13 +8,14 @@ is the prior mismatch KL(q(z_1) || N(0, I))); writes it to experiments/results/g
     python experiments/gaussian_elbo_gap.py [--n=200000]
 """
 
-import argparse
 import math
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from absl import app, flags
 
 from vdm import likelihood, objectives, schedules
 
@@ -38,12 +39,10 @@ def closed_form_gap(num_steps: int) -> float:
     return rec + prior + diff - np.sum(0.5 * np.log(2 * np.pi * s**2) + 0.5)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     """Print the gap table for --n examples and write it to experiments/results/gaussian_elbo_gap.md."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200_000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    del argv
+    args = flags.FLAGS
     sched = schedules.linear_logsnr(G0, G1)
     s32 = jnp.asarray(SCALES, jnp.float32)
 
@@ -80,4 +79,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_integer("n", 200_000, "Gaussian examples")
+    flags.DEFINE_integer("seed", 0, "seed of the data and the keys")
+    app.run(main)
