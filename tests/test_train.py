@@ -101,9 +101,8 @@ def test_train_loss_with_elbo_weighting_is_the_negative_elbo_in_expectation():
 
 
 _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
-    import sys, json
+    import json
     import jax, numpy as np
-    sys.path.insert(0, {tests!r})
     from test_train import _toy_config, _train
     from vdm import parallel
     from vdm import trainer as tr
@@ -122,8 +121,9 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 def test_two_steps_on_eight_devices_equal_one_device_and_restore_across_counts(tmp_path):
     # 8 fake CPU devices, both steps in one call (lax.scan), vs 1 device, one step per call.
     out = str(tmp_path / "ckpt8")
-    script = _MULTI_DEVICE_SCRIPT.format(tests=os.path.dirname(__file__), out=out, spc=2)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    script = _MULTI_DEVICE_SCRIPT.format(out=out, spc=2)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT])}    # test_train, conftest, vdm
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
