@@ -431,3 +431,23 @@ def test_bfloat16_models_compute_in_bf16_keep_f32_params_and_match_f32(name):
     assert set(_operand_dtypes(jaxpr, ('sin',))) == {'float32'}
     assert set(_operand_dtypes(jax.make_jaxpr(lambda p: f32.apply({'params': p}, z, gamma, y))(params).jaxpr,
                                ('conv_general_dilated', 'dot_general'))) == {'float32'}
+
+
+@pytest.mark.parametrize('kernel,padding', [((3, 3), 'SAME'), ((1, 1), 'SAME'), ((3, 3), ((2, 0), (1, 1)))])
+def test_loop_friendly_conv_has_lax_convolution_value_and_gradient(kernel, padding):
+    """The custom-VJP convolution of scanned blocks: value, dx and dw equal autodiff of lax.conv_general_dilated."""
+    from vdm.models.layers import loop_friendly_conv
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (2, 7, 6, 5))
+    w = jax.random.normal(kw, kernel + (5, 4))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
+    ours = lambda x, w: loop_friendly_conv(x, w, (1, 1), padding, dimension_numbers=dn)
+    y_ref, vjp_ref = jax.vjp(ref, x, w)
+    y, vjp = jax.vjp(ours, x, w)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, y.shape)
+    for a, b in zip(vjp(g), vjp_ref(g)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        assert float(jnp.max(jnp.abs(b))) > 0.1

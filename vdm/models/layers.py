@@ -12,6 +12,7 @@ Shapes: images are [B, H, W, C] (NHWC), flat data [B, D], gamma [B].
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -153,6 +154,59 @@ class NoiseEmbedding(nn.Module):
         return emb
 
 
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv_nhwc(x: Array, w: Array, padding: Sequence[tuple[int, int]]) -> Array:
+    """Stride-1 2-D convolution, x [B, H, W, Cin], w [kh, kw, Cin, Cout] (cross-correlation, as lax)."""
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_canonical_grads(x: Array, w: Array, padding: tuple) -> Array:
+    return _conv_nhwc(x, w, padding)
+
+
+def _conv_fwd(x, w, padding):
+    return _conv_nhwc(x, w, padding), (x, w)
+
+
+def _conv_bwd(padding, res, g):
+    """dx = g (*) flip(w)^T with padding k - 1 - p; dw[a, b, i, o] = sum_{n,h,w} x_pad[n, h + a, w + b, i] g[n, h, w, o]."""
+    x, w = res
+    (lo_h, hi_h), (lo_w, hi_w) = padding
+    kh, kw = w.shape[:2]
+    dx = _conv_nhwc(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), ((kh - 1 - lo_h, kh - 1 - hi_h),
+                                                            (kw - 1 - lo_w, kw - 1 - hi_w)))
+    dw = _conv_nhwc(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), padding).transpose(1, 2, 0, 3)
+    return dx, dw.astype(w.dtype)
+
+
+_conv_canonical_grads.defvjp(_conv_fwd, _conv_bwd)
+
+
+def loop_friendly_conv(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
+                       lhs_dilation: Any = None, rhs_dilation: Any = None, dimension_numbers: Any = None,
+                       feature_group_count: int = 1, precision: Any = None, **kw: Any) -> Array:
+    """lax.conv_general_dilated for nn.Conv, whose gradient on CPU is two NHWC/HWIO convolutions (a custom VJP).
+
+    Inside a scan (config.model.scan_blocks) XLA:CPU emits autodiff's transposed convolutions with
+    non-canonical dimension orders through a slow generic loop (~30x slower than the same convs
+    unrolled); the explicit transposes here keep them on the fast path. Same function and gradient
+    (to float rounding). Other backends, strides, dilations or groups: lax's own.
+    """
+    simple = (tuple(window_strides) == (1, 1) and lhs.ndim == 4 and feature_group_count == 1
+              and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+              and not kw and jax.default_backend() == 'cpu')
+    if not simple:
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kw)
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+    return _conv_canonical_grads(lhs, rhs, tuple(tuple(int(p) for p in pair) for pair in padding))
+
+
 class ResnetBlock(nn.Module):
     """GN-swish-conv, + Dense(swish(cond)), GN-swish-dropout-conv(zero init), + skip (DDPM/VDM)."""
     out_ch: int
@@ -161,21 +215,23 @@ class ResnetBlock(nn.Module):
     norm_groups: int = 0              # GroupNorm groups; 0: adaptive (num_groups_for)
     cond_proj_bias: bool = True       # google-research/vdm: False
     cond_proj_zero_init: bool = False  # google-research/vdm: True (zero kernel)
+    loop_conv: bool = False           # convolutions through loop_friendly_conv (blocks under nn.scan)
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
         """x: [B, H, W, C_in], cond: [B, E] -> [B, H, W, out_ch]."""
+        conv = functools.partial(nn.Conv, dtype=self.dtype, **(
+            {'conv_general_dilated': loop_friendly_conv} if self.loop_conv else {}))
         h = nn.swish(group_norm(x.shape[-1], 'norm0', self.dtype, self.norm_groups)(x))
-        h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, name='conv0')(h)
+        h = conv(self.out_ch, (3, 3), name='conv0')(h)
         proj_kw = {'kernel_init': nn.initializers.zeros} if self.cond_proj_zero_init else {}
         h = h + nn.Dense(self.out_ch, use_bias=self.cond_proj_bias, dtype=self.dtype,
                          name='cond_proj', **proj_kw)(nn.swish(cond))[:, None, None, :]
         h = nn.swish(group_norm(self.out_ch, 'norm1', self.dtype, self.norm_groups)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros,
-                    dtype=self.dtype, name='conv1')(h)
+        h = conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, name='conv1')(h)
         if x.shape[-1] != self.out_ch:
-            x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype, name='skip')(x)
+            x = conv(self.out_ch, (1, 1), name='skip')(x)
         return x.astype(self.dtype) + h
 
 

@@ -103,7 +103,7 @@ class VDMUNet(nn.Module):
                                 self.fourier_max)
         h = nn.Conv(self.width, (3, 3), dtype=self.dtype, name='conv_in')(h)
         if self.scan_blocks:
-            h, skips = self._scanned_down(h, cond, block, train)
+            h, skips = self._scanned_down(h, cond, dict(block, loop_conv=True), train)
         else:
             skips = [h]
             for i in range(self.num_layers):
@@ -115,7 +115,7 @@ class VDMUNet(nn.Module):
         h = resnet('mid_1')(h, cond, train)
 
         if self.scan_blocks:
-            h = self._scanned_up(h, skips, cond, block, train)
+            h = self._scanned_up(h, skips, cond, dict(block, loop_conv=True), train)
         else:
             for i in range(self.num_layers + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
