@@ -45,7 +45,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.residual_output = True       # eps prediction = z + net(z) (reference: `eps_pred += z`)
     config.model.cond_proj_bias = False       # no bias on the blocks' embedding projection (reference: use_bias=False)
     config.model.cond_proj_zero_init = True   # that projection starts at zero (reference: kernel_init zeros)
-    config.model.scan_blocks = True           # down/up blocks under nn.scan: compile time flat in depth (same function; on CPUs the scanned gradient is slow, see experiments/results/benchmark.md)
+    config.model.scan_blocks = True           # down/up blocks under nn.scan: compile time flat in depth (same function)
     config.model.remat = False                # recompute each ResNet block in the backward pass (saves memory)
     config.model.num_classes = 0           # 0: unconditional; 10 for class-conditional
     config.model.label_dropout = 0.0       # P(label -> null class) in training (classifier-free guidance)
@@ -125,7 +125,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.model.num_layers = 2
         config.model.norm_groups = 0   # 32 groups need >= 64 channels (2 per group); adaptive at width 16
         config.model.dropout = 0.0
-        config.model.scan_blocks = False  # a CPU check: XLA:CPU runs conv gradients inside a scan ~10x slower
         config.optimizer.warmup_steps = 5
         config.training.num_steps = 20
         config.training.batch_size = 16
