@@ -139,3 +139,12 @@ def test_locked_config_rejects_a_misspelt_key():
     config.lock()
     with pytest.raises(AttributeError, match="paramterization"):
         config.model.paramterization = "x0"
+
+
+def test_a_config_missing_a_key_is_named_not_a_traceback():
+    """An old config.json (before config.eval.method existed) fails validation with the key's name."""
+    import ml_collections
+    config = load_config("fashion_mnist").to_dict()
+    del config["eval"]["method"]
+    with pytest.raises(config_utils.ConfigError, match="no key 'method'.*older version"):
+        config_utils.validate(ml_collections.ConfigDict(config))

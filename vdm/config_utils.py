@@ -173,8 +173,23 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
         raise ConfigError(str(e)) from None
 
 
+def _missing_key(error: Exception) -> ConfigError:
+    """The ConfigError for a key the config lacks (e.g. a config.json written by an older version)."""
+    key = str(error).strip("\"'")
+    return ConfigError(f"the config has no key {key!r} (a config written by an older version of this code?); "
+                       "every key is listed, with its meaning, in configs/fashion_mnist.py: add it, e.g. "
+                       f"--config.<section>.{key}=..., or start from a current config file.")
+
+
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first invalid field of a diffusion config (choices, types, ranges, cross-field rules)."""
+    """Raise ConfigError naming the first invalid or missing field of a diffusion config (choices, types, ranges, cross-field rules)."""
+    try:
+        _validate(config, device_count)
+    except (AttributeError, KeyError) as e:
+        raise _missing_key(e) from None
+
+
+def _validate(config: ml_collections.ConfigDict, device_count: int | None) -> None:
     c = config
     _int("seed", c.seed, 0)
     _choices("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
