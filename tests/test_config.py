@@ -148,3 +148,7 @@ def test_a_config_missing_a_key_is_named_not_a_traceback():
     del config["eval"]["method"]
     with pytest.raises(config_utils.ConfigError, match="no key 'method'.*older version"):
         config_utils.validate(ml_collections.ConfigDict(config))
+    old_classifier = load_config("noisy_classifier").to_dict()
+    del old_classifier["optimizer"]                 # the msgpack-era classifier config.json had none
+    with pytest.raises(config_utils.ConfigError, match="no key 'optimizer'"):
+        config_utils.validate_classifier(ml_collections.ConfigDict(old_classifier))

@@ -177,7 +177,7 @@ def _missing_key(error: Exception) -> ConfigError:
     """The ConfigError for a key the config lacks (e.g. a config.json written by an older version)."""
     key = str(error).strip("\"'")
     return ConfigError(f"the config has no key {key!r} (a config written by an older version of this code?); "
-                       "every key is listed, with its meaning, in configs/fashion_mnist.py: add it, e.g. "
+                       "every key is listed, with its meaning, in the config files under configs/: add it, e.g. "
                        f"--config.<section>.{key}=..., or start from a current config file.")
 
 
@@ -203,7 +203,14 @@ def _validate(config: ml_collections.ConfigDict, device_count: int | None) -> No
 
 
 def validate_classifier(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first invalid field of a noisy-classifier config (configs/noisy_classifier.py)."""
+    """Raise ConfigError naming the first invalid or missing field of a noisy-classifier config (configs/noisy_classifier.py)."""
+    try:
+        _validate_classifier(config, device_count)
+    except (AttributeError, KeyError) as e:
+        raise _missing_key(e) from None
+
+
+def _validate_classifier(config: ml_collections.ConfigDict, device_count: int | None) -> None:
     c = config
     _int("seed", c.seed, 0)
     _choices("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
