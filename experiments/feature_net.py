@@ -89,9 +89,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         raise err(f"config.model.dropout={config.model.dropout} must be in [0, 1).")
     config_utils.validate_optimizer(config.optimizer)
     config_utils.validate_training(config.training, device_count)
-    if device_count is not None and config.eval.batch_size % device_count:
-        raise err(f"config.eval.batch_size={config.eval.batch_size} must be divisible by the number of "
-                  f"devices ({device_count}).")
+    config_utils.divisible_by_devices("eval.batch_size", config.eval.batch_size, device_count)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FeatureNet:

@@ -7,9 +7,10 @@ type-safe fields; `validate` adds choice sets, ranges and cross-field rules, and
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import ml_collections
 
@@ -71,8 +72,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
     _choices("model.name", m.name, MODEL_NAMES)
     _choices("model.parameterization", m.parameterization, parameterization.KINDS)
     _choices("model.schedule", m.schedule, tuple(schedules.SCHEDULES) + tuple(LEARNED_SCHEDULES))
-    _check(m.gamma_max > m.gamma_min, f"config.model.gamma_max={m.gamma_max} must exceed "
-           f"config.model.gamma_min={m.gamma_min}.")
+    _gamma_range(m)
     _float("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
     _float("model.label_dropout", m.label_dropout, 0.0, 1.0, hi_open=True)
     _int("model.num_classes", m.num_classes, 0)
@@ -121,9 +121,7 @@ def validate_training(t: ml_collections.ConfigDict, device_count: int | None = N
                f"config.training.{key}={t[key]} must be a multiple of "
                f"config.training.steps_per_call={t.steps_per_call} (steps run in groups of it).")
     _choices("training.nan_policy", t.nan_policy, NAN_POLICIES)
-    if device_count is not None:
-        _check(t.batch_size % device_count == 0, f"config.training.batch_size={t.batch_size} must be "
-               f"divisible by the number of devices ({device_count}).")
+    divisible_by_devices("training.batch_size", t.batch_size, device_count)
 
 
 def _validate_eval(c: ml_collections.ConfigDict, device_count: int | None) -> None:
@@ -134,9 +132,7 @@ def _validate_eval(c: ml_collections.ConfigDict, device_count: int | None) -> No
     _int("eval.ode_steps", e.ode_steps, 1)
     _int("eval.ode_probes", e.ode_probes, 1)
     _int("eval.max_examples", e.max_examples, 0)
-    if device_count is not None:
-        _check(e.batch_size % device_count == 0, f"config.eval.batch_size={e.batch_size} must be divisible "
-               f"by the number of devices ({device_count}).")
+    divisible_by_devices("eval.batch_size", e.batch_size, device_count)
     g = c.guidance
     _check(isinstance(g.classifier_workdir, str), "config.guidance.classifier_workdir must be a path ('' for none).")
     _float("guidance.classifier_scale", g.classifier_scale, 0.0)
@@ -181,19 +177,40 @@ def _missing_key(error: Exception) -> ConfigError:
                        f"--config.<section>.{key}=..., or start from a current config file.")
 
 
-def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first invalid or missing field of a diffusion config (choices, types, ranges, cross-field rules)."""
-    try:
-        _validate(config, device_count)
-    except (AttributeError, KeyError) as e:
-        raise _missing_key(e) from None
+def _names_missing_keys(validator: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a validator so that a key the config lacks raises ConfigError naming it (_missing_key)."""
+    @functools.wraps(validator)
+    def wrapped(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+        try:
+            validator(config, device_count=device_count)
+        except (AttributeError, KeyError) as e:
+            raise _missing_key(e) from None
+    return wrapped
 
 
-def _validate(config: ml_collections.ConfigDict, device_count: int | None) -> None:
-    c = config
+def _gamma_range(m: ml_collections.ConfigDict) -> None:
+    _check(m.gamma_max > m.gamma_min, f"config.model.gamma_max={m.gamma_max} must exceed "
+           f"config.model.gamma_min={m.gamma_min}.")
+
+
+def divisible_by_devices(name: str, batch_size: int, device_count: int | None) -> None:
+    """Raise ConfigError unless config.NAME = batch_size splits evenly over device_count devices (None: unchecked)."""
+    if device_count is not None:
+        _check(batch_size % device_count == 0, f"config.{name}={batch_size} must be divisible by the number "
+               f"of devices ({device_count}).")
+
+
+def _validate_seed_and_data(c: ml_collections.ConfigDict) -> None:
     _int("seed", c.seed, 0)
     _choices("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
     validate_data(c.data)
+
+
+@_names_missing_keys
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    """Raise ConfigError naming the first invalid or missing field of a diffusion config (choices, types, ranges, cross-field rules)."""
+    c = config
+    _validate_seed_and_data(c)
     _validate_model(c)
     validate_optimizer(c.optimizer)
     validate_training(c.training, device_count)
@@ -202,30 +219,19 @@ def _validate(config: ml_collections.ConfigDict, device_count: int | None) -> No
     _validate_sampling(c)
 
 
+@_names_missing_keys
 def validate_classifier(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
     """Raise ConfigError naming the first invalid or missing field of a noisy-classifier config (configs/noisy_classifier.py)."""
-    try:
-        _validate_classifier(config, device_count)
-    except (AttributeError, KeyError) as e:
-        raise _missing_key(e) from None
-
-
-def _validate_classifier(config: ml_collections.ConfigDict, device_count: int | None) -> None:
     c = config
-    _int("seed", c.seed, 0)
-    _choices("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
-    validate_data(c.data)
+    _validate_seed_and_data(c)
     _int("model.width", c.model.width, 1)
     _int("model.num_layers", c.model.num_layers, 1)
     _choices("model.schedule", c.model.schedule, tuple(schedules.SCHEDULES))
-    _check(c.model.gamma_max > c.model.gamma_min, f"config.model.gamma_max={c.model.gamma_max} must exceed "
-           f"config.model.gamma_min={c.model.gamma_min}.")
+    _gamma_range(c.model)
     validate_optimizer(c.optimizer)
     validate_training(c.training, device_count)
     _int("eval.batch_size", c.eval.batch_size, 1)
-    if device_count is not None:
-        _check(c.eval.batch_size % device_count == 0, f"config.eval.batch_size={c.eval.batch_size} must be "
-               f"divisible by the number of devices ({device_count}).")
+    divisible_by_devices("eval.batch_size", c.eval.batch_size, device_count)
 
 
 def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
