@@ -41,6 +41,24 @@ def mean_and_se(nats: np.ndarray, num_dims: int) -> tuple[float, float]:
     return float(bits_per_dim(np.mean(nats), num_dims)), se
 
 
+def over_split(eval_fn: Callable, params: PyTree, data_config: Any, batch_size: int, mesh: Any, key: Array,
+               split: str = "test") -> PyTree:
+    """Per-example outputs of eval_fn(params, batch, fold_in(key, i)) over every example of the split exactly once [N, ...].
+
+    eval_fn = parallel.data_parallel_eval(per-example step); each process reads only its rows of
+    every batch, and the padded end of the last batch is masked out.
+    """
+    outs = []
+    batches = data.eval_iterator(data_config, batch_size, split=split,
+                                 **parallel.process_shard())        # this process's rows only
+    for i, batch in enumerate(batches):
+        mask = parallel.gather_host(batch["mask"])      # the global batch's mask, in process order
+        inputs = parallel.shard_batch({"x": batch["x"], "label": batch["label"]}, mesh)
+        out = parallel.gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))
+        outs.append(jax.tree.map(lambda v: np.asarray(v)[mask], out))
+    return jax.tree.map(lambda *v: np.concatenate(v), *outs)
+
+
 def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, info: data.DatasetInfo,
                   mesh: Any, key: Array, split: str = "test") -> dict[str, float]:
     """-ELBO in bits/dim over the whole split: eval/bpd{,_recon,_prior,_diffusion}, eval/bpd_se, eval/num_examples.
@@ -48,17 +66,8 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.Conf
     eval_fn = parallel.data_parallel_eval(per-example eval step); bpd_se is the standard error
     std(total_bpd) / sqrt(N) of the per-example Monte-Carlo estimates.
     """
-    batch_size = config.eval.batch_size
-    per_example = {k: [] for k in TERMS}
-    batches = data.eval_iterator(config.data, batch_size, split=split,
-                                 **parallel.process_shard())        # this process's rows only
-    for i, batch in enumerate(batches):
-        mask = parallel.gather_host(batch["mask"])      # the global batch's mask, in process order
-        inputs = parallel.shard_batch({"x": batch["x"], "label": batch["label"]}, mesh)
-        out = parallel.gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))
-        for k in TERMS:
-            per_example[k].append(np.asarray(out[k], np.float64)[mask])
-    nats = {k: np.concatenate(v) for k, v in per_example.items()}
+    out = over_split(eval_fn, params, config.data, config.eval.batch_size, mesh, key, split)
+    nats = {k: np.asarray(out[k], np.float64) for k in TERMS}
     result = {f"eval/bpd{SUFFIX[k]}": float(bits_per_dim(np.mean(v), info.num_dims)) for k, v in nats.items()}
     result["eval/bpd_se"] = mean_and_se(nats["total"], info.num_dims)[1]
     result["eval/num_examples"] = len(nats["total"])

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from vdm import config_utils, data, diffusion, parallel
 from vdm.checkpoint import Checkpointer
+from vdm.evaluate import over_split
 from vdm.metrics import MetricWriter
 from vdm.models import NoisyClassifier
 from vdm.schedules import Schedule, get_schedule
@@ -102,14 +103,10 @@ def accuracy_at(task: ClassifierTask, params: Any, mesh: Any, t: float) -> float
                                          jnp.full((x.shape[0],), t), eps)
         return correct
 
-    fn = parallel.data_parallel_eval(per_device, mesh)
-    c, key = task.config, jax.random.PRNGKey(task.config.seed + 1)
-    hits = []
-    for i, b in enumerate(data.eval_iterator(c.data, c.eval.batch_size)):
-        inputs = parallel.shard_batch(parallel.host_slice({"x": b["x"], "label": b["label"]}, c.eval.batch_size),
-                                      mesh)
-        hits.append(np.asarray(parallel.gather(fn(params, inputs, jax.random.fold_in(key, i))))[b["mask"]])
-    return float(np.mean(np.concatenate(hits)))
+    c = task.config
+    hits = over_split(parallel.data_parallel_eval(per_device, mesh), params, c.data, c.eval.batch_size, mesh,
+                      jax.random.PRNGKey(c.seed + 1))
+    return float(np.mean(hits))
 
 
 def build(config: ml_collections.ConfigDict) -> ClassifierTask:
