@@ -13,7 +13,7 @@ import functools
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -202,8 +202,16 @@ def sample_chunk_size(num_samples: int, batch_size: int, num_classes: int = 0) -
     return min(batch_size, num_samples)
 
 
-def _classifier_guidance(config: ml_collections.ConfigDict) -> tuple | None:
-    """(log_prob_fn, labels [num_samples], scale) from config.guidance, or None without a classifier."""
+class ClassifierGuidance(NamedTuple):
+    """A noisy classifier for guided sampling: log p(y | z_t), the target labels [num_samples], the scale, K."""
+    log_prob_fn: Callable
+    labels: Array
+    scale: float
+    num_classes: int
+
+
+def _classifier_guidance(config: ml_collections.ConfigDict) -> ClassifierGuidance | None:
+    """The ClassifierGuidance of config.guidance, or None without a classifier."""
     g, n = config.guidance, config.sampling.num_samples
     if not g.classifier_workdir:
         return None
@@ -214,7 +222,7 @@ def _classifier_guidance(config: ml_collections.ConfigDict) -> tuple | None:
                                        f"class in turn) or a class of the classifier, in [0, {num_classes}).")
     labels = (jnp.full((n,), g.classifier_label, jnp.int32) if g.classifier_label >= 0
               else jnp.arange(n, dtype=jnp.int32) % num_classes)
-    return log_prob_fn, labels, g.classifier_scale, num_classes
+    return ClassifierGuidance(log_prob_fn, labels, g.classifier_scale, num_classes)
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -226,8 +234,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     trainer, mesh, state, step = restore_for_inference(config, workdir)
     s = config.sampling
     guidance = _classifier_guidance(config)
-    chunk = sample_chunk_size(s.num_samples, s.batch_size, guidance[3] if guidance else config.model.num_classes)
-    sampler = make_sampler(trainer, chunk, classifier=(guidance[0], guidance[1][:chunk], guidance[2])
+    chunk = sample_chunk_size(s.num_samples, s.batch_size,
+                              guidance.num_classes if guidance else config.model.num_classes)
+    sampler = make_sampler(trainer, chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale)
                            if guidance else None)
     key = derived_key(config, 2, step)
     num_chunks = -(-s.num_samples // chunk)
@@ -240,7 +249,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
         save_samples_png(path + ".png", samples, trainer.info.encoding)
-        labels = guidance[1] if guidance else sample_labels(config, s.num_samples)
+        labels = guidance.labels if guidance else sample_labels(config, s.num_samples)
         np.savez(path + ".npz", samples=samples,
                  labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
         config_utils.save_config(config, os.path.dirname(path), name=name)
