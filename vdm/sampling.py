@@ -98,17 +98,16 @@ def ancestral_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, key:
 
 # ----------------------------------------------------------------------------- options
 
-# config.sampling keys that are sampler options, and which methods take each (None: every method).
-CONFIG_OPTIONS = {"grid": None, "rho": None, "t_min": None, "t_max": None, "clip_x0": None,
-                  "dynamic_threshold": None, "final_denoise": None, "variance": ("ancestral",),
-                  "eta": ("ddim",), "snr": ("pc",), "corrector_steps": ("pc",), "order": ("dpm_solver",),
-                  "prediction": ("dpm_solver",), "lower_order_final": ("dpm_solver",)}
+# Options that only a program can pass (arrays, return types); every other option of a method is a
+# config.sampling key of the same name.
+PROGRAM_ONLY_OPTIONS = ("return_trajectory", "z_init")
 
 
 def options_from_config(sampling_config) -> dict:
     """The `sample` options of config.sampling.method from config.sampling (grid '' and dynamic_threshold 0 mean the default/off)."""
     s, method = sampling_config, sampling_config.method
-    opts = {k: s[k] for k, methods in CONFIG_OPTIONS.items() if methods is None or method in methods}
+    names = [k for k in {**COMMON_DEFAULTS, **DEFAULTS[method]} if k not in PROGRAM_ONLY_OPTIONS]
+    opts = {k: s[k] for k in names}
     opts["grid"] = opts["grid"] or None
     opts["dynamic_threshold"] = opts["dynamic_threshold"] or None
     return opts
