@@ -88,7 +88,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval.method = "elbo"    # --mode=eval: 'elbo' (-ELBO bits/dim) or 'ode' (probability-flow ODE bits/dim)
     config.eval.ode_steps = 64     # 'ode': RK4 steps, uniform in log-SNR (4 network evaluations each)
     config.eval.ode_probes = 1     # 'ode': Hutchinson probes per example for the divergence
-    config.eval.max_examples = 0   # 'ode': stop after this many test examples (0: the whole split)
+    config.eval.max_examples = 0   # evaluate only the first N test examples, both methods (0: the whole split)
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.method = "ancestral"   # ancestral, ddim, sde, ode, pc, dpm_solver

@@ -1,7 +1,8 @@
 """Noisy classifier p(y | z_t) for classifier guidance (Dhariwal & Nichol 2021).
 
 Run: python -m vdm.train_classifier --config=configs/noisy_classifier.py --workdir=runs/noisy_classifier
-Variant `:toy2d` classifies the 2-D mixture's components (seconds on a CPU).
+Variants (comma-separated): `:toy2d` classifies the 2-D mixture's components (seconds on a CPU);
+`:small` is a smoke test (a narrow net, 20 steps; composes: `:toy2d,small`).
 Use: python -m vdm.main --config=configs/fashion_mnist.py --workdir=DIR --mode=sample \
          --classifier_workdir=runs/noisy_classifier --classifier_scale=2 --classifier_label=3
 The schedule and gamma range must match the diffusion model's. It trains through the same loop
@@ -12,10 +13,12 @@ import ml_collections
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Config of the noisy classifier; arg in ('', 'toy2d')."""
-    if arg not in ("", "toy2d"):
-        raise ValueError(f"unknown noisy_classifier variant {arg!r}; choose '' or 'toy2d'.")
-    toy = arg == "toy2d"
+    """Config of the noisy classifier; arg: comma-separated variants from ('toy2d', 'small'), or ''."""
+    variants = set(filter(None, arg.split(",")))
+    if not variants <= {"toy2d", "small"}:
+        raise ValueError(f"unknown noisy_classifier variant(s) {sorted(variants - {'toy2d', 'small'})} in {arg!r}; "
+                         "choose from 'toy2d', 'small' (comma-separated), or ''.")
+    toy = "toy2d" in variants
     config = ml_collections.ConfigDict()
     config.seed = 0  # seeds params, train keys and the order of the data
 
@@ -60,4 +63,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 1000 if toy else 500   # test batch for the accuracies (global)
+    if "small" in variants:
+        config.model.width = 8
+        config.model.num_layers = 1
+        config.optimizer.warmup_steps = 5
+        config.training.num_steps = 20
+        config.training.batch_size = 16
+        config.training.eval_every = 20
+        config.training.checkpoint_every = 10
+        config.training.log_every = 5
     return config

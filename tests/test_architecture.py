@@ -21,7 +21,7 @@ LAYERS = [
     ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel"]),
     ("models", ["models"]),
     ("sampling", ["sampling", "guidance", "likelihood", "analytic"]),
-    ("config", ["config_utils"]),
+    ("config", ["config_utils", "record"]),
     ("trainer", ["trainer"]),
     ("loop", ["train", "evaluate", "train_classifier"]),
     ("cli", ["main"]),

@@ -137,14 +137,21 @@ def test_every_checkpoint_corrupt_raises_instead_of_starting_over(tmp_path):
             ckpt.restore_latest(_state(0))
 
 
-def test_state_of_another_shape_is_reported_not_silently_loaded(tmp_path):
+def test_state_of_another_shape_is_a_mismatch_not_corruption(tmp_path):
+    """Intact checkpoints of another config: CheckpointMismatchError naming the entry and both shapes; no
+    fallback to an older step (they are all the other config's), nothing moved or deleted."""
+    from vdm.checkpoint import CheckpointMismatchError
     d = str(tmp_path / "ckpt")
-    _save_steps(d, [1])
+    _save_steps(d, [1, 2])
     other = _state(0)
     other["params"]["w"] = np.zeros((5, 3), np.float32)
     with Checkpointer(d) as ckpt:
-        with pytest.raises(CheckpointCorruptError):
+        with pytest.raises(CheckpointMismatchError, match=r"\['w'\].*\(4, 3\).*\(5, 3\)"):
             ckpt.restore(1, other)
+        with pytest.raises(CheckpointMismatchError, match="step 2"):
+            ckpt.restore_latest(other, quarantine=True)
+        assert ckpt.all_steps() == [1, 2]
+    assert sorted(os.listdir(d)) == ["1", "2"]
 
 
 def test_unrolled_checkpoint_into_scanned_config_names_the_conversion(tmp_path):

@@ -8,15 +8,24 @@ Atomicity comes from orbax: a step is written into `<step>.orbax-checkpoint-tmp-
 renamed to `<step>` only when complete, and orbax lists only complete steps, so a kill
 mid-save leaves the previous newest checkpoint as the newest. Corruption after the fact
 (truncated or garbled files) is caught by the read failing or the checksums disagreeing;
-`restore_latest` then falls back to the previous step with a warning and deletes nothing.
+`restore_latest` then falls back to the previous step with a warning and deletes nothing; a
+training run (quarantine=True) moves the unreadable step aside to DIR/corrupt/<step>, so that
+the step it retrains is saved again. A checkpoint whose entries or shapes differ from the
+expected state is not corrupt but another run's: `CheckpointMismatchError`, no fallback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from typing import Any
+import re
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -78,15 +87,62 @@ class CheckpointCorruptError(RuntimeError):
     """A checkpoint exists but cannot be read back intact."""
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint is intact but holds another state than the run expects (a different config wrote it)."""
+
+
+# tensorstore's reads still in flight when a restore fails post to orbax's closed event loop, and
+# each prints a 'RuntimeError: Event loop is closed' traceback straight to fd 2 (hundreds of lines).
+_SPAM = re.compile(r"Traceback \(most recent call last\):|File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"
+                   r"|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)"
+                   r"|(RuntimeError)?: Event loop is closed|RuntimeError")
+
+
+def _is_spam(line: str) -> bool:
+    """Whether a line holds nothing but (interleaved pieces of) the 'Event loop is closed' tracebacks."""
+    return not _SPAM.sub("", line).strip()
+
+
+@contextlib.contextmanager
+def _without_event_loop_spam() -> Iterator[None]:
+    """Capture fd 2 while a restore may fail, wait for the failed reads to drain, and re-emit all but their spam."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    failed = False
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if failed:
+                time.sleep(0.3)               # the orphaned reads finish within ~0.1 s
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            if "Event loop is closed" in text:
+                text = "".join(line for line in text.splitlines(keepends=True) if not _is_spam(line))
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+
 class Checkpointer:
     """orbax CheckpointManager over DIR keeping the last `max_to_keep` steps of a host-array state."""
 
-    def __init__(self, directory: str, *, max_to_keep: int | None = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, max_to_keep: int | None = 3, async_save: bool = True,
+                 create: bool = True):
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 (or None for all), got {max_to_keep}.")
         self.directory = os.path.abspath(directory)
+        if not create and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"no checkpoint directory {self.directory}; train first (--mode=train) "
+                                    "with this --workdir.")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "meta"))
 
@@ -137,38 +193,64 @@ class Checkpointer:
             raise CheckpointCorruptError(f"cannot read checkpoint step {step} in {self.directory}: "
                                          f"{type(e).__name__}: {e}") from e
         if set(flat) != set(target) or set(meta.get("sha256", {})) != set(target):
-            raise CheckpointCorruptError(f"checkpoint step {step} holds other state entries than "
-                                         "this run's (was it written by a different config?).")
+            extra, missing = sorted(set(flat) - set(target)), sorted(set(target) - set(flat))
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} was written by a different config: it holds "
+                f"{len(extra)} entries this config lacks (e.g. {extra[:1]}) and lacks {len(missing)} it "
+                f"needs (e.g. {missing[:1]}); use the run's recorded config or a new --workdir.")
         for k, v in flat.items():
             if v.shape != target[k].shape or v.dtype != target[k].dtype:
-                raise CheckpointCorruptError(f"checkpoint step {step}: {k} is {v.dtype}{v.shape}, "
-                                             f"expected {target[k].dtype}{target[k].shape}.")
+                raise CheckpointMismatchError(
+                    f"checkpoint step {step} in {self.directory} was written by a different config: {k} is "
+                    f"{v.dtype}{v.shape} there, this config makes it {target[k].dtype}{target[k].shape}; use "
+                    "the run's recorded config or a new --workdir.")
             if _digest(v) != meta["sha256"][k]:
                 raise CheckpointCorruptError(f"checkpoint step {step}: checksum mismatch in {k}.")
         return _unflatten(flat, like)
 
-    def restore_latest(self, like: PyTree) -> tuple[PyTree | None, int | None]:
+    def restore_latest(self, like: PyTree, *, quarantine: bool = False) -> tuple[PyTree | None, int | None]:
         """(state, step) of the newest intact checkpoint, falling back past corrupt ones; (None, None) if none.
 
-        A corrupt checkpoint is logged as a warning and left on disk. If every checkpoint is
-        corrupt the error of the newest is raised (starting over silently would lose the run).
+        A corrupt checkpoint is logged as a warning; it is left in place, or with quarantine=True
+        (a run that will save again) moved to DIR/corrupt/<step> once an older one restored, so
+        the retrained step can be saved. If every checkpoint is corrupt the error of the newest is
+        raised (starting over silently would lose the run).
         """
-        errors = []
+        errors, corrupt = [], []
         for step in reversed(self.all_steps()):
             try:
-                state = self.restore(step, like)
+                with _without_event_loop_spam():
+                    state = self.restore(step, like)
             except CheckpointCorruptError as e:
-                log.warning("%s; falling back to the previous checkpoint (nothing is deleted).", e)
+                log.warning("%s; falling back to the previous checkpoint.", str(e).splitlines()[0][:400])
                 errors.append(e)
+                corrupt.append(step)
                 continue
             if errors:
-                log.warning("restored checkpoint step %d after skipping %d corrupt newer one(s).",
-                            step, len(errors))
+                moved = self._quarantine(corrupt) if quarantine else ""
+                log.warning("restored checkpoint step %d after skipping %d corrupt newer one(s)%s.",
+                            step, len(errors), moved)
             return state, step
         if errors:
             raise CheckpointCorruptError(f"no intact checkpoint in {self.directory}; newest error: "
                                          f"{errors[0]}") from errors[0]
         return None, None
+
+    def _quarantine(self, steps: list[int]) -> str:
+        """Move the step directories `steps` to DIR/corrupt/ (process 0; every process then rereads the steps)."""
+        target = os.path.join(self.directory, "corrupt")
+        if jax.process_index() == 0:
+            os.makedirs(target, exist_ok=True)
+            for step in steps:
+                dest = os.path.join(target, str(step))
+                while os.path.exists(dest):
+                    dest += "_"
+                shutil.move(os.path.join(self.directory, str(step)), dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("vdm_checkpoint_quarantine")
+        self._manager.reload()
+        return f"; moved them to {target}/ (kept for inspection)"
 
     def wait(self) -> None:
         """Block until background saves are on disk."""

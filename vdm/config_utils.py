@@ -10,9 +10,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import sys
 from typing import Any, Callable, Iterable
 
 import ml_collections
+
+from absl import flags
 
 from vdm.fileio import atomic_write_text
 
@@ -132,7 +136,7 @@ def _validate_eval(c: ml_collections.ConfigDict, device_count: int | None) -> No
     _int("eval.ode_steps", e.ode_steps, 1)
     _int("eval.ode_probes", e.ode_probes, 1)
     _int("eval.max_examples", e.max_examples, 0)
-    divisible_by_devices("eval.batch_size", e.batch_size, device_count)
+    divisible_by_devices("eval.batch_size", eval_batch_size(e, device_count or 1), device_count)
     g = c.guidance
     _check(isinstance(g.classifier_workdir, str), "config.guidance.classifier_workdir must be a path ('' for none).")
     _float("guidance.classifier_scale", g.classifier_scale, 0.0)
@@ -180,9 +184,9 @@ def _missing_key(error: Exception) -> ConfigError:
 def _names_missing_keys(validator: Callable[..., None]) -> Callable[..., None]:
     """Wrap a validator so that a key the config lacks raises ConfigError naming it (_missing_key)."""
     @functools.wraps(validator)
-    def wrapped(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    def wrapped(config: ml_collections.ConfigDict, **kwargs) -> None:
         try:
-            validator(config, device_count=device_count)
+            validator(config, **kwargs)
         except (AttributeError, KeyError) as e:
             raise _missing_key(e) from None
     return wrapped
@@ -191,6 +195,14 @@ def _names_missing_keys(validator: Callable[..., None]) -> Callable[..., None]:
 def _gamma_range(m: ml_collections.ConfigDict) -> None:
     _check(m.gamma_max > m.gamma_min, f"config.model.gamma_max={m.gamma_max} must exceed "
            f"config.model.gamma_min={m.gamma_min}.")
+
+
+def eval_batch_size(e: ml_collections.ConfigDict, device_count: int) -> int:
+    """The eval batch actually used: config.eval.batch_size, shrunk to the smallest multiple of the device count
+    that holds config.eval.max_examples (> 0), so a capped eval reads and holds no more than it needs."""
+    if e.max_examples <= 0:
+        return e.batch_size
+    return min(e.batch_size, -(-e.max_examples // device_count) * device_count)
 
 
 def divisible_by_devices(name: str, batch_size: int, device_count: int | None) -> None:
@@ -207,15 +219,20 @@ def _validate_seed_and_data(c: ml_collections.ConfigDict) -> None:
 
 
 @_names_missing_keys
-def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first invalid or missing field of a diffusion config (choices, types, ranges, cross-field rules)."""
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None, mode: str = "train") -> None:
+    """Raise ConfigError naming the first invalid or missing field of a diffusion config (choices, types, ranges, cross-field rules).
+
+    mode ('train', 'eval', 'sample') decides which batch sizes must split over `device_count`
+    devices: training and eval batches when training, the eval batch in eval mode, none to sample.
+    """
     c = config
+    _choices("mode", mode, ("train", "eval", "sample"))
     _validate_seed_and_data(c)
     _validate_model(c)
     validate_optimizer(c.optimizer)
-    validate_training(c.training, device_count)
+    validate_training(c.training, device_count if mode == "train" else None)
     _choices("training.dtype", c.training.dtype, DTYPES)
-    _validate_eval(c, device_count)
+    _validate_eval(c, device_count if mode in ("train", "eval") else None)
     _validate_sampling(c)
 
 
@@ -251,3 +268,45 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, name: str = "co
     atomic_write_text(os.path.join(workdir, f"{name}.json"),
                       json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n")
     atomic_write_text(os.path.join(workdir, f"{name}.yaml"), str(config))
+
+
+# ----------------------------------------------------------------------------- command-line errors
+
+def one_line(error: BaseException, argv: list[str] = ()) -> str:
+    """A flag or config-file error as one line: the innermost message, the offending flag named, 'Did you mean' kept."""
+    text = str(error)
+    if "Error whilst parsing config file" in text or "Traceback" in text:   # a config file's own error
+        lines = [ln.strip() for ln in text.splitlines() if re.match(r"\s*\w*(Error|Exception)\b.*:", ln)]
+        text = lines[-1] if lines else text
+    if "Failed loading config file" in text:
+        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
+        configs = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
+        return (f"--config={path}: no such config file" + (f" (configs/ holds {', '.join(configs)})" if configs
+                                                              else "") + ".")
+    text = text.strip().replace("\\'", "'").replace("\\n", "\n")
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]
+    text = " ".join(text.split())
+    bad = re.findall(r"'(\w+)'", text)
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and bad
+                 and a.split("=")[0].split(".")[-1] == bad[0]), None)
+    if flag and "Did you mean" in text:
+        return f"{flag}: the config has no key {bad[0]!r}; " + text[text.index("Did you mean"):]
+    if "Unknown command line flag 'config." in text:
+        text += " (--config.K=V overrides need --config=FILE; the workdir's config.json is used without one)"
+    return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing (and loading the --config file) with every error as one line on stderr, exit status 2.
+
+    For app.run(main, flags_parser=parse_flags) in every entry point with a --config flag.
+    """
+    try:
+        rest = flags.FLAGS(argv)
+        if flags.FLAGS["config"].present:
+            list(flags.FLAGS["config"].value.keys())   # the file is loaded lazily: its errors belong here
+        return rest
+    except Exception as e:                  # absl.flags.Error, or anything a config file raises
+        print(f"error: {one_line(e, argv)}", file=sys.stderr)
+        sys.exit(2)

@@ -227,18 +227,20 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
 
 
 def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int,
-                  split: str = "test", *, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """The whole split in order, batches of B; the last is padded (with the first examples), mask False there.
+                  split: str = "test", *, process_index: int = 0, process_count: int = 1,
+                  max_examples: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """The whole split in order (or its first max_examples > 0), batches of B; the last is padded
+    (with the first examples), mask False there.
 
     With process_count > 1 each batch holds only this process's block of B / process_count rows
     (every process yields the same number of batches; together they cover the split once).
     """
     spec = parse_config(data_config)
     batch_size = _check_int("batch_size", batch_size, 1)
+    max_examples = _check_int("max_examples", max_examples, 0)
     rows = _process_rows(batch_size, process_index, process_count)
     x_all, labels = load_arrays(data_config, split)
-    num = len(labels)
+    num = min(len(labels), max_examples) if max_examples else len(labels)
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, num, batch_size):

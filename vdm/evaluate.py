@@ -10,8 +10,12 @@ all its options) and config.guidance (classifier guidance).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import logging
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -19,19 +23,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from vdm import config_utils, data, parallel
 from vdm.checkpoint import Checkpointer
 from vdm.guidance import cfg_denoise_fn, classifier_guided_denoise_fn
-from vdm.metrics import MetricWriter, plot_bpd, save_samples_png
+from vdm.metrics import MetricWriter, plot_bpd, read_metrics, save_samples_png
 from vdm.objectives import bits_per_dim
 from vdm.sampling import options_from_config, sample as run_sampler
-from vdm.trainer import Trainer, TrainState, create_train_state, derived_key, eval_step, restore_or_init, setup
+from vdm.trainer import (Trainer, TrainState, create_train_state, derived_key, eval_step, ode_eval_step,
+                         restore_or_init, setup)
 
 Array = jax.Array
 PyTree = Any
 TERMS = ("total", "reconstruction", "prior", "diffusion")
 SUFFIX = {"total": "", "reconstruction": "_recon", "prior": "_prior", "diffusion": "_diffusion"}
+log = logging.getLogger(__name__)
 
 
 def mean_and_se(nats: np.ndarray, num_dims: int) -> tuple[float, float]:
@@ -42,16 +49,22 @@ def mean_and_se(nats: np.ndarray, num_dims: int) -> tuple[float, float]:
 
 
 def over_split(eval_fn: Callable, params: PyTree, data_config: Any, batch_size: int, mesh: Any, key: Array,
-               split: str = "test") -> PyTree:
+               split: str = "test", max_examples: int = 0, desc: str = "eval") -> PyTree:
     """Per-example outputs of eval_fn(params, batch, fold_in(key, i)) over every example of the split exactly once [N, ...].
 
     eval_fn = parallel.data_parallel_eval(per-example step); each process reads only its rows of
-    every batch, and the padded end of the last batch is masked out.
+    every batch, and the padded end of the last batch is masked out. max_examples > 0: only the
+    split's first max_examples examples are read.
     """
     outs = []
-    batches = data.eval_iterator(data_config, batch_size, split=split,
+    batches = data.eval_iterator(data_config, batch_size, split=split, max_examples=max_examples,
                                  **parallel.process_shard())        # this process's rows only
-    for i, batch in enumerate(batches):
+    num = data.get_dataset_info(data_config).num_test if split == "test" else None
+    num = min(num, max_examples) if num and max_examples else num
+    bar = tqdm.tqdm(batches, total=-(-num // batch_size) if num else None, desc=desc, unit="batch", leave=False,
+                    disable=jax.process_index() != 0, dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    for i, batch in enumerate(bar):
         mask = parallel.gather_host(batch["mask"])      # the global batch's mask, in process order
         inputs = parallel.shard_batch({"x": batch["x"], "label": batch["label"]}, mesh)
         out = parallel.gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))
@@ -66,7 +79,8 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.Conf
     eval_fn = parallel.data_parallel_eval(per-example eval step); bpd_se is the standard error
     std(total_bpd) / sqrt(N) of the per-example Monte-Carlo estimates.
     """
-    out = over_split(eval_fn, params, config.data, config.eval.batch_size, mesh, key, split)
+    out = over_split(eval_fn, params, config.data, config_utils.eval_batch_size(config.eval, jax.device_count()),
+                     mesh, key, split, config.eval.max_examples)
     nats = {k: np.asarray(out[k], np.float64) for k in TERMS}
     result = {f"eval/bpd{SUFFIX[k]}": float(bits_per_dim(np.mean(v), info.num_dims)) for k, v in nats.items()}
     result["eval/bpd_se"] = mean_and_se(nats["total"], info.num_dims)[1]
@@ -74,30 +88,20 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.Conf
     return result
 
 
-def evaluate_ode(denoise_fn: Callable, schedule: Any, config: ml_collections.ConfigDict, info: data.DatasetInfo,
-                 key: Array, split: str = "test") -> dict[str, float]:
-    """-log p(x) in bits/dim through the probability-flow ODE (vdm.likelihood.ode_nll) over the split, config.eval.ode_*.
+def evaluate_ode(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, info: data.DatasetInfo,
+                 mesh: Any, key: Array, split: str = "test") -> dict[str, float]:
+    """-log p(x) in bits/dim through the probability-flow ODE (trainer.ode_eval_step) over the split, config.eval.ode_*.
 
-    8-bit data is dequantised and carries the D log 127.5 offset, so the figure bounds the
-    discrete NLL and sits on the ELBO's scale. Runs on the default device, batch by batch;
-    config.eval.max_examples > 0 stops after that many (the ODE costs 4 x ode_steps evaluations).
+    eval_fn = parallel.data_parallel_eval(ode_eval_step): data-parallel like the ELBO. 8-bit data
+    is dequantised and carries the D log 127.5 offset, so the figure bounds the discrete NLL and
+    sits on the ELBO's scale; config.eval.max_examples > 0 reads only that many (the ODE costs
+    4 x ode_steps network evaluations per example).
     """
-    from vdm.likelihood import ode_nll
-
     e = config.eval
-    nll = jax.jit(lambda x, k: ode_nll(denoise_fn, x, k, schedule=schedule,
-                                       parameterization=config.model.parameterization,
-                                       num_steps=e.ode_steps, num_probes=e.ode_probes, dequantize=info.discrete,
-                                       encoding=info.encoding))
-    values = []
-    for i, batch in enumerate(data.eval_iterator(config.data, e.batch_size, split=split)):
-        values.append(np.asarray(nll(jnp.asarray(batch["x"]), jax.random.fold_in(key, i)),
-                                 np.float64)[batch["mask"]])
-        if e.max_examples and sum(map(len, values)) >= e.max_examples:
-            break
-    nats = np.concatenate(values)[:e.max_examples or None]
-    bpd, se = mean_and_se(nats, info.num_dims)
-    return {"eval/ode_bpd": bpd, "eval/ode_bpd_se": se, "eval/ode_num_examples": len(nats),
+    out = over_split(eval_fn, params, config.data, config_utils.eval_batch_size(e, jax.device_count()), mesh, key,
+                     split, e.max_examples, desc="ode eval")
+    bpd, se = mean_and_se(np.asarray(out["nll"], np.float64), info.num_dims)
+    return {"eval/ode_bpd": bpd, "eval/ode_bpd_se": se, "eval/ode_num_examples": len(out["nll"]),
             "eval/ode_num_steps": e.ode_steps}
 
 
@@ -160,26 +164,55 @@ def evaluate_and_sample(trainer: Trainer, mesh: Any, state: TrainState, step: in
     return result
 
 
-def restore_for_inference(config: ml_collections.ConfigDict, workdir: str) -> tuple[Trainer, Any, TrainState, int]:
-    """(trainer, mesh, state, step) from the newest intact checkpoint of `workdir`; error if there is none."""
-    trainer, mesh = setup(config)
-    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None) as ckpt:
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
+                          mode: str = "eval") -> tuple[Trainer, Any, TrainState, int]:
+    """(trainer, mesh, state, step) from the newest intact checkpoint of `workdir` (nothing is written); error if none.
+
+    `config` should be the run's own (config_utils.inference_config): the state's shapes come from it.
+    """
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) with this --workdir.")
+    trainer, mesh = setup(config, mode=mode)
+    with Checkpointer(ckpt_dir, max_to_keep=None, create=False) as ckpt:
         if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; "
-                                    "train first (--mode=train) with this --workdir.")
+            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) with this --workdir.")
         init = lambda: create_train_state(trainer, jax.random.PRNGKey(config.seed))
         state, step = restore_or_init(init, mesh, ckpt)
     return trainer, mesh, state, step
 
 
+def eval_settings(config: ml_collections.ConfigDict) -> dict:
+    """What decides an eval's number besides the checkpoint: config.eval and the device count (the noise layout)."""
+    return {**json.loads(config.eval.to_json()), "device_count": jax.device_count()}
+
+
+def recorded_eval(workdir: str, step: int, settings: dict) -> dict | None:
+    """The --mode=eval result already in metrics.jsonl for this checkpoint step and these settings, or None."""
+    for r in reversed(read_metrics(workdir)):
+        if r.get("step") == step and r.get("mode") == "eval" and r.get("eval_settings") == settings:
+            return {k: v for k, v in r.items() if k.startswith("eval/")}
+    return None
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=eval with the newest checkpoint's EMA params: config.eval.method 'elbo' (-ELBO bits/dim, continuous
-    or config.eval.num_steps discrete) or 'ode' (probability-flow ODE bits/dim); the config goes to config_eval.json."""
-    trainer, mesh, state, step = restore_for_inference(config, workdir)
+    or config.eval.num_steps discrete) or 'ode' (probability-flow ODE bits/dim); the config goes to config_eval.json.
+
+    The same checkpoint and settings evaluated before (metrics.jsonl) give the recorded result
+    (the estimate is deterministic given them); otherwise one row is appended.
+    """
+    trainer, mesh, state, step = restore_for_inference(config, workdir, mode="eval")
+    settings = eval_settings(config)
+    done = recorded_eval(workdir, step, settings)
+    if done is not None:
+        log.info("checkpoint step %d was evaluated with these settings before: the recorded result "
+                 "(metrics.jsonl).", step)
+        return done
     key = derived_key(config, 1, step)
     if config.eval.method == "ode":
-        result = evaluate_ode(trainer.denoise_fn(state.ema_params), trainer.schedule(state.ema_params),
-                              config, trainer.info, key)
+        eval_fn = parallel.data_parallel_eval(functools.partial(ode_eval_step, trainer), mesh, check_vma=False)
+        result = evaluate_ode(eval_fn, state.ema_params, config, trainer.info, mesh, key)
     else:
         eval_fn = parallel.data_parallel_eval(functools.partial(eval_step, trainer), mesh)
         result = evaluate_elbo(eval_fn, state.ema_params, config, trainer.info, mesh, key)
@@ -187,7 +220,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         config_utils.save_config(config, workdir, name="config_eval")
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
-    writer.write(step, result)
+    writer.write(step, result, tags={"mode": "eval", "eval_settings": settings})
     writer.close()
     return result
 
@@ -225,13 +258,26 @@ def _classifier_guidance(config: ml_collections.ConfigDict) -> ClassifierGuidanc
     return ClassifierGuidance(log_prob_fn, labels, g.classifier_scale, num_classes)
 
 
+def sample_name(config: ml_collections.ConfigDict, step: int) -> str:
+    """sample_step<k>_<method><steps>_w<w>_c<class>[_cls<scale>_y<label>]_<8 hex of every sampling/guidance key>.
+
+    The hash makes runs that differ in any option (eta, grid, clipping ...) write different files.
+    """
+    s, g = config.sampling, config.guidance
+    name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
+    if g.classifier_workdir:
+        name += f"_cls{g.classifier_scale:g}_y{g.classifier_label}"
+    options = json.dumps({"sampling": json.loads(s.to_json()), "guidance": json.loads(g.to_json())}, sort_keys=True)
+    return f"{name}_{hashlib.sha256(options.encode()).hexdigest()[:8]}"
+
+
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """--mode=sample: config.sampling.num_samples samples from the newest checkpoint to a PNG grid, an .npz and the config (.json).
 
     Drawn in chunks of config.sampling.batch_size, chunk i with fold_in(key, i); classifier guidance
     from config.guidance (a noisy classifier trained by vdm.train_classifier).
     """
-    trainer, mesh, state, step = restore_for_inference(config, workdir)
+    trainer, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
     s = config.sampling
     guidance = _classifier_guidance(config)
     chunk = sample_chunk_size(s.num_samples, s.batch_size,
@@ -243,9 +289,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     samples = np.concatenate([np.asarray(sampler(state.ema_params, key if num_chunks == 1
                                                  else jax.random.fold_in(key, i)))
                               for i in range(num_chunks)])[:s.num_samples]
-    name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
-    if guidance:
-        name += f"_cls{config.guidance.classifier_scale:g}_y{config.guidance.classifier_label}"
+    name = sample_name(config, step)
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
         save_samples_png(path + ".png", samples, trainer.info.encoding)

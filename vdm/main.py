@@ -3,7 +3,10 @@
 shorthands for config.eval / config.guidance keys).
 
 Any config key can be overridden: --config.model.parameterization=x0 --config.training.num_steps=100.
-Configs are locked, so a misspelt key fails at once. train resumes from DIR/checkpoints by itself.
+Configs are locked, so a misspelt key fails at once. train resumes from DIR/checkpoints by itself,
+and refuses a config whose model or objective differs from DIR/config.json. eval and sample run the
+model DIR/config.json records; --config (optional there) only sets eval, sampling and guidance keys.
+Every user error is one line on stderr and a non-zero exit status.
 
 Several processes (one per host) form one job with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I on each (or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID,
@@ -14,17 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vdm import config_utils
+from vdm import config_utils, record
 
 MODES = ("train", "eval", "sample")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg]); optional "
+                                          "with --mode=eval/sample or a resume: the workdir's config.json is the run",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics, samples, config")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "train (and evaluate), eval (bits/dim), sample")
@@ -54,7 +59,7 @@ _LOCAL_DEVICE_COUNT = flags.DEFINE_integer("local_device_count", 0, "CPU testing
                                            "devices (0: leave jax's default)")
 _LOCAL_DEVICE_IDS = flags.DEFINE_list("local_device_ids", None, "multi-process: the GPUs this process drives, e.g. "
                                       "0,1,2,3 (unset: jax's choice; under Slurm that is one GPU per task)")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def apply_shorthands(config, values: dict) -> None:
@@ -79,6 +84,28 @@ def join_job() -> str:
     return f"[process {jax.process_index()}/{jax.process_count()}] " if jax.process_count() > 1 else ""
 
 
+def resolve_config(mode: str, given, workdir: str, overridden: list[str]):
+    """The config a mode runs: train the given one (resuming: the recorded one if none is given); eval and sample
+    the workdir's recorded run with the eval/sampling/guidance keys of `given` (config_utils.inference_config)."""
+    if mode == "train":
+        if given is not None:
+            return given
+        recorded = record.load_recorded(workdir)
+        if recorded is None:
+            raise config_utils.ConfigError(f"--config is needed to start a run ({workdir} holds no config.json to "
+                                           "resume), e.g. --config=configs/fashion_mnist.py.")
+        recorded.lock()
+        return recorded
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir} does not exist; --mode={mode} needs a trained run's directory.")
+    config, ignored = record.inference_config(workdir, given, overridden)
+    if ignored:
+        logging.getLogger("vdm.main").info(
+            "--mode=%s uses the run's recorded model, data and loss (%s/config.json); %d key(s) of --config differ "
+            "and are not used: %s", mode, workdir, len(ignored), ", ".join(sorted(ignored)))
+    return config
+
+
 def run(mode: str, config, workdir: str):
     """Dispatch to one library function: train.train_and_evaluate, evaluate.evaluate or evaluate.sample."""
     from vdm import evaluate, train     # imported after flag parsing: jax starts here, not at --help
@@ -96,18 +123,27 @@ def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
     logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
     from vdm.data import DatasetNotFoundError
+    from vdm.checkpoint import CheckpointCorruptError, CheckpointMismatchError
     prefix = ""
     try:
-        apply_shorthands(_CONFIG.value, {f: flags.FLAGS[f].value for f in SHORTHANDS})
+        given = _CONFIG.value if flags.FLAGS["config"].present else None
+        overridden = list(config_flags.get_override_values(flags.FLAGS["config"])) if given is not None else []
+        config = resolve_config(_MODE.value, given, _WORKDIR.value, overridden)
+        apply_shorthands(config, {f: flags.FLAGS[f].value for f in SHORTHANDS})
         prefix = join_job()
         if prefix:                                      # every log line says which process wrote it
             absl_logging.get_absl_handler().setFormatter(
                 logging.Formatter(prefix + "%(levelname).1s %(asctime)s %(name)s] %(message)s"))
             logging.getLogger("vdm.main").info("--mode=%s in %s", _MODE.value, _WORKDIR.value)
-        result = run(_MODE.value, _CONFIG.value, _WORKDIR.value)
-    except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError,
-            FloatingPointError) as e:          # bad config, no data/checkpoint, NaN with 'stop'
-        print(f"{prefix}error: {e}", file=sys.stderr)
+        from vdm.train import Interrupted
+        try:
+            result = run(_MODE.value, config, _WORKDIR.value)
+        except Interrupted as e:
+            print(f"{prefix}{e}", file=sys.stderr)
+            return 128 + e.signum
+    except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError, FloatingPointError,
+            CheckpointMismatchError, CheckpointCorruptError) as e:   # bad config, no data/checkpoint, NaN, ...
+        print(f"{prefix}error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)
     if _MODE.value == "train" and (not prefix or prefix.startswith("[process 0/")):   # the summary once
@@ -119,4 +155,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_utils.parse_flags)

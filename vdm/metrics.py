@@ -38,12 +38,13 @@ class MetricWriter:
             from tensorboardX import SummaryWriter   # imported lazily: only the writing process needs it
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Record scalar metrics at `step` (one JSON object per call; non-finite values as null)."""
+    def write(self, step: int, scalars: Mapping[str, float], tags: Mapping | None = None) -> None:
+        """Record scalar metrics at `step` (one JSON object per call; non-finite values as null); `tags`: JSON-only fields."""
         if not self.enabled:
             return
         record = {"step": int(step)}
         record.update({k: _scalar(v) for k, v in scalars.items()})
+        record.update(tags or {})
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
@@ -135,7 +136,7 @@ def plot_bpd(workdir: str, path: str | None = None, *, num_dims: int | None = No
     """
     evals, train = {}, {}
     for r in read_metrics(workdir):          # a resumed run may repeat a step: the last record wins
-        if r.get("eval/bpd") is not None:
+        if r.get("eval/bpd") is not None and r.get("mode") is None:   # the loop's evals, not --mode=eval's
             evals[r["step"]] = r
         if r.get("train/loss") is not None:
             train[r["step"]] = r["train/loss"]
@@ -151,11 +152,15 @@ def plot_bpd(workdir: str, path: str | None = None, *, num_dims: int | None = No
         ts = sorted(train)
         ax.plot(ts, [bits_per_dim(train[s], num_dims) for s in ts], color="0.6", lw=1,
                 label="train loss / (D ln 2)")
-    for key, label in [("eval/bpd", "total"), ("eval/bpd_diffusion", "diffusion"),
-                       ("eval/bpd_recon", "reconstruction"), ("eval/bpd_prior", "prior")]:
+    # The diffusion term is nearly the total: the total is drawn wide and underneath, the terms
+    # thin and dashed on top, so both stay visible where they overlap.
+    for key, label, style in [("eval/bpd", "total", dict(lw=5, alpha=0.45, marker="o", ms=9, zorder=2)),
+                              ("eval/bpd_diffusion", "diffusion", dict(lw=1.5, ls="--", marker="x", zorder=3)),
+                              ("eval/bpd_recon", "reconstruction", dict(lw=1.5, ls="--", marker="s", ms=4)),
+                              ("eval/bpd_prior", "prior", dict(lw=1.5, ls=":", marker="^", ms=4))]:
         values = [evals[s].get(key) for s in steps]
         if all(v is not None for v in values):
-            ax.plot(steps, values, marker="o", label=label)
+            ax.plot(steps, values, label=label, **style)
     ax.set_xlabel("step")
     ax.set_ylabel("bits/dim (test -ELBO: EMA params)")
     if num_dims and train:

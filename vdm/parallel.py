@@ -205,12 +205,14 @@ def data_parallel(per_device_step: Callable[[PyTree, PyTree], tuple[PyTree, PyTr
     return jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
 
-def data_parallel_eval(per_device_eval: Callable[..., PyTree], mesh: Mesh) -> Callable[..., PyTree]:
+def data_parallel_eval(per_device_eval: Callable[..., PyTree], mesh: Mesh, *,
+                       check_vma: bool = True) -> Callable[..., PyTree]:
     """jit(shard_map(...)) of `per_device_eval(params, batch, key) -> per-example outputs [B_local, ...]`.
 
     params and key replicated, batch sharded over 'data'; the outputs come back as global
-    arrays sharded over 'data' (the per-example values of the whole batch).
+    arrays sharded over 'data' (the per-example values of the whole batch). check_vma=False for
+    code with no collectives whose scans start from replicated constants (the ODE likelihood).
     """
     sharded = jax.shard_map(per_device_eval, mesh=mesh, in_specs=(P(), P(AXIS), P()),
-                            out_specs=P(AXIS))
+                            out_specs=P(AXIS), check_vma=check_vma)
     return jax.jit(sharded)

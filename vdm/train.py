@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Protocol
 
@@ -22,10 +24,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from vdm import config_utils, data, parallel
+from vdm import config_utils, data, parallel, record
 from vdm.checkpoint import Checkpointer
 from vdm.evaluate import evaluate_and_sample
-from vdm.metrics import MetricWriter
+from vdm.metrics import MetricWriter, read_metrics
 from vdm.trainer import Trainer, TrainState, create_train_state, restore_or_init, setup, train_step
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,67 @@ class _Window:
         return scalars
 
 
+class Interrupted(Exception):
+    """The run stopped on SIGINT/SIGTERM after saving a checkpoint; `signum` says which signal."""
+
+    def __init__(self, signum: int, step: int, workdir: str):
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint {step} saved in "
+                         f"{workdir}/checkpoints; rerun the same command to resume.")
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to save at the next step boundary and stop; a second SIGINT exits at once.
+
+    In a multi-process job the processes agree on the stop (an all-gather of the flags) at every
+    log_every boundary, so they save the same step together.
+    """
+
+    def __init__(self, log_every: int):
+        self.signum, self.log_every, self._old = None, log_every, {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            print("interrupted again: exiting now, without saving this step.", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+              "(Ctrl-C again exits at once).", file=sys.stderr, flush=True)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether every process should save and stop after `step`."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        if step % self.log_every:
+            return False
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+        self.signum = self.signum or int(np.max(flags)) or None
+        return self.signum is not None
+
+
+def recorded_final_eval(workdir: str, step: int) -> dict:
+    """The loop's eval scalars recorded at `step` in metrics.jsonl (not a --mode=eval row), or {} if none."""
+    for r in reversed(read_metrics(workdir)):
+        if r.get("step") == step and r.get("mode") is None and any(k.startswith("eval/") for k in r):
+            return {k: v for k, v in r.items() if k.startswith("eval/")}
+    return {}
+
+
+def _has_checkpoints(directory: str) -> bool:
+    """Whether `directory` holds a committed checkpoint step (an all-digit folder name)."""
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
+
 def _progress(config: ml_collections.ConfigDict, step: int, enabled: bool) -> tqdm.tqdm:
     """A tqdm bar over config.training.num_steps starting at `step` (few lines when stderr is a log file)."""
     return tqdm.tqdm(total=config.training.num_steps, initial=step, unit="step", disable=not enabled,
@@ -132,42 +195,69 @@ def _host_batches(task: Task, step: int) -> Callable[[], dict]:
     return take
 
 
+def _open_run(task: Task, mesh: Any, workdir: str) -> tuple[TrainState, int, Checkpointer]:
+    """Check the config against the workdir's record (before writing anything), record it, restore or init the state."""
+    config, t = task.config, task.config.training
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    changes = record.check_resume(config, workdir) if _has_checkpoints(ckpt_dir) else {}
+    ckpt = Checkpointer(ckpt_dir, max_to_keep=t.keep_checkpoints)
+    try:
+        state, step = restore_or_init(task.init_state, mesh, ckpt, quarantine=True)
+    except BaseException:
+        ckpt.close()
+        raise
+    if jax.process_index() == 0:
+        record.record_changes(workdir, step, changes)
+        config_utils.save_config(config, workdir)
+    if changes:
+        log.info("resuming with changed keys (recorded in config_changes.jsonl): %s", ", ".join(changes))
+    return state, step, ckpt
+
+
 def run(task: Task, mesh: Any, workdir: str) -> dict:
     """Train task.config.training.num_steps steps in `workdir`, resuming from its checkpoints; return the last eval.
 
     Writes workdir/config.json, metrics.jsonl, tb/ and checkpoints/ (and what task.evaluate writes).
+    A resumed run must keep every key that defines the model (config_utils.check_resume). SIGINT
+    or SIGTERM saves a checkpoint at the next step boundary and raises `Interrupted`.
     """
     config, t = task.config, task.config.training
     is_main = jax.process_index() == 0
-    if is_main:
-        config_utils.save_config(config, workdir)
+    state, step, ckpt = _open_run(task, mesh, workdir)
+    if step >= t.num_steps and recorded_final_eval(workdir, step):
+        ckpt.close()
+        log.info("workdir already holds step %d >= num_steps, evaluated: its recorded result (metrics.jsonl).", step)
+        return recorded_final_eval(workdir, step)
     writer = MetricWriter(workdir, enabled=is_main)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.keep_checkpoints)
-    state, step = restore_or_init(task.init_state, mesh, ckpt)
     train_fn = parallel.data_parallel(task.train_step, mesh, steps_per_call=t.steps_per_call)
     window, last_eval, pbar = _Window(config, writer), {}, _progress(config, step, is_main)
     try:
-        if step >= t.num_steps:
-            log.info("workdir already holds step %d >= num_steps; evaluating only.", step)
-        next_batch = _host_batches(task, step)
-        while step < t.num_steps:
-            state, metrics = train_fn(state, parallel.shard_batch(next_batch(), mesh, leading_axes=1))
-            window.add(step, metrics)
-            step += t.steps_per_call
-            pbar.update(t.steps_per_call)
-            save = step % t.checkpoint_every == 0 or step == t.num_steps
-            evaluate = step % t.eval_every == 0 or step == t.num_steps
-            if step % t.log_every == 0 or save or evaluate:
-                scalars = window.flush(step, ckpt)      # raises under nan_policy='stop'
-                pbar.set_postfix(loss=f"{scalars['train/loss']:.4g}", refresh=False)
-            if save:
-                ckpt.save(step, parallel.to_host(state), info={"config": config.to_json()})
-            if evaluate:
+        with _StopOnSignal(t.log_every) as stop:
+            next_batch = _host_batches(task, step)
+            while step < t.num_steps:
+                state, metrics = train_fn(state, parallel.shard_batch(next_batch(), mesh, leading_axes=1))
+                window.add(step, metrics)
+                step += t.steps_per_call
+                pbar.update(t.steps_per_call)
+                interrupted = stop.should_stop(step)
+                save = step % t.checkpoint_every == 0 or step == t.num_steps or interrupted
+                evaluate = (step % t.eval_every == 0 or step == t.num_steps) and not interrupted
+                if step % t.log_every == 0 or save or evaluate:
+                    scalars = window.flush(step, ckpt)      # raises under nan_policy='stop'
+                    pbar.set_postfix(loss=f"{scalars['train/loss']:.4g}", refresh=False)
+                if save:
+                    ckpt.save(step, parallel.to_host(state), info={"config": config.to_json()})
+                if interrupted:
+                    ckpt.wait()
+                    raise Interrupted(stop.signum, step, workdir)
+                if evaluate:
+                    t0 = time.time()
+                    last_eval = task.evaluate(state, step, mesh, workdir, writer)
+                    pbar.start_t += time.time() - t0        # the bar's rate counts training steps only
+                    pbar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()
+                                                            if "bpd" in k or "acc" in k))
+            if not last_eval:
                 last_eval = task.evaluate(state, step, mesh, workdir, writer)
-                pbar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()
-                                                        if "bpd" in k or "acc" in k))
-        if not last_eval:
-            last_eval = task.evaluate(state, step, mesh, workdir, writer)
     finally:
         pbar.close()
         ckpt.close()

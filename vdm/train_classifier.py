@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -23,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from vdm import config_utils, data, diffusion, parallel
@@ -158,10 +161,19 @@ def load_log_prob_fn(workdir: str) -> tuple[Callable[[Array, Array, Array], Arra
 def main(argv: list[str]) -> int:
     """Train the noisy classifier of --config into --workdir and print its test accuracies."""
     del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
+    logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
+    from vdm.checkpoint import CheckpointCorruptError, CheckpointMismatchError
+    from vdm.data import DatasetNotFoundError
+    from vdm.train import Interrupted
     try:
         print(json.dumps(train_classifier(flags.FLAGS.config, flags.FLAGS.workdir), indent=1))
-    except config_utils.ConfigError as e:
-        print(f"error: {e}")
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 128 + e.signum
+    except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError, FloatingPointError,
+            CheckpointMismatchError, CheckpointCorruptError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     return 0
 
@@ -172,4 +184,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "noisy-classifier config", lock_config=True)
     flags.DEFINE_string("workdir", None, "where to train the classifier (checkpoints, metrics, config)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=config_utils.parse_flags)   # one-line flag and config-file errors

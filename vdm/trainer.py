@@ -253,29 +253,47 @@ def eval_step(trainer: Trainer, params: PyTree, batch: dict, key: Array) -> dict
                            encoding=trainer.info.encoding)
 
 
+def ode_eval_step(trainer: Trainer, params: PyTree, batch: dict, key: Array) -> dict:
+    """Per-example -log p(x) in nats through the probability-flow ODE (likelihood.ode_nll) on this device's shard.
+
+    config.eval.ode_steps RK4 steps, ode_probes Hutchinson probes; 8-bit data dequantised (the
+    D log 127.5 offset puts it on the ELBO's scale); class-conditional models get the true labels.
+    """
+    from vdm.likelihood import ode_nll
+    e = trainer.config.eval
+    key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+    denoise = trainer.denoise_fn(params, batch["label"])
+    return {"nll": ode_nll(denoise, batch["x"], key, schedule=trainer.schedule(params),
+                           parameterization=trainer.config.model.parameterization, num_steps=e.ode_steps,
+                           num_probes=e.ode_probes, dequantize=trainer.info.discrete, encoding=trainer.info.encoding)}
+
+
 # ----------------------------------------------------------------------------- set-up
 
-def setup(config: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
-    """Join the multi-host job if any, validate `config` (the one place), and build (trainer, mesh)."""
+def setup(config: ml_collections.ConfigDict, mode: str = "train") -> tuple[Trainer, Any]:
+    """Join the multi-host job if any, validate `config` for `mode` (the one place), and build (trainer, mesh)."""
     parallel.initialize_distributed()
-    config_utils.validate(config, device_count=jax.device_count())
+    config_utils.validate(config, device_count=jax.device_count(), mode=mode)
     info = data.get_dataset_info(config.data)
     config_utils.validate_for_data(config, info)
     return build_trainer(config, info), parallel.make_mesh()
 
 
-def restore_or_init(init: Callable[[], TrainState], mesh: Any, ckpt: Checkpointer) -> tuple[TrainState, int]:
+def restore_or_init(init: Callable[[], TrainState], mesh: Any, ckpt: Checkpointer,
+                    *, quarantine: bool = False) -> tuple[TrainState, int]:
     """(state on the mesh, step): the newest intact checkpoint in `ckpt`, else `init()` (a fresh host state).
 
+    quarantine=True (a training run): corrupt newer checkpoints are moved aside (Checkpointer.restore_latest).
     A checkpoint of the other VDMUNet block layout (scanned vs unrolled, config.model.scan_blocks)
     is restored in its own layout and converted (vdm.models.maybe_convert_params), with a warning.
     """
     fresh = parallel.to_host(init())
     try:
-        restored, step = ckpt.restore_latest(fresh)
+        restored, step = ckpt.restore_latest(fresh, quarantine=quarantine)
     except BlockLayoutError as e:
         scanned = bool(convert.is_scanned(fresh))
-        restored, step = ckpt.restore_latest(convert.maybe_convert_params(fresh, scanned=not scanned))
+        restored, step = ckpt.restore_latest(convert.maybe_convert_params(fresh, scanned=not scanned),
+                                             quarantine=quarantine)
         restored = convert.maybe_convert_params(restored, scanned=scanned)
         log.warning("%s Converted it to the %s layout.", e.args[0].split(". Either")[0],
                     "scanned" if scanned else "unrolled")

@@ -1,0 +1,145 @@
+"""The run's record: a workdir's config.json is the run; resume and eval/sample are checked against it.
+
+Training writes the resolved config to workdir/config.json. A resumed run may change only the
+loop's bookkeeping (RESUMABLE_KEYS) and the eval/sampling/guidance sections; each such change is
+appended to workdir/config_changes.jsonl. --mode=eval/sample run the recorded model, schedule,
+data and loss, with the eval/sampling/guidance keys of the given config (`inference_config`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+from vdm.config_utils import ConfigError
+
+# What may differ from a workdir's recorded config. At --mode=eval/sample: the evaluation,
+# sampling and guidance sections (and where the data lives). On resume, also the loop's
+# bookkeeping: how long to run, how often to evaluate/log/save (num_steps also sets the cosine
+# learning-rate horizon from then on). Every other key defines the model or the objective.
+INFERENCE_SECTIONS = ("eval", "sampling", "guidance")
+MACHINE_KEYS = ("data.data_dir",)
+RESUMABLE_KEYS = MACHINE_KEYS + tuple(f"training.{k}" for k in (
+    "num_steps", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "steps_per_call",
+    "nan_policy"))
+_ABSENT = "<absent>"
+
+
+def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+    """{'section.key': value} of a config, values as JSON gives them back (tuples as lists)."""
+    tree = json.loads(config.to_json()) if isinstance(config, ml_collections.ConfigDict) else config
+    out = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(tree, "")
+    return out
+
+
+def may_change(key: str, *, resume: bool) -> bool:
+    """Whether `key` may differ from the recorded config: at eval/sample time (resume=False) or on resume."""
+    if key.split(".")[0] in INFERENCE_SECTIONS or key in MACHINE_KEYS:
+        return True
+    return resume and key in RESUMABLE_KEYS
+
+
+def load_recorded(workdir: str, name: str = "config") -> ml_collections.ConfigDict | None:
+    """The config a run recorded in workdir/NAME.json, or None if there is none; ConfigError if unreadable."""
+    path = os.path.join(workdir, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the run's recorded config {path}: {e}") from None
+
+
+def config_diff(recorded: ml_collections.ConfigDict, given: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """{key: (recorded value, given value)} for every key whose values differ ('<absent>' where one lacks it)."""
+    a, b = flatten(recorded), flatten(given)
+    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def _describe(diff: dict[str, tuple], limit: int = 6) -> str:
+    items = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()]
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def check_resume(given: ml_collections.ConfigDict, workdir: str) -> dict[str, tuple]:
+    """Compare a resumed run's config with workdir/config.json before anything is written.
+
+    Raises ConfigError (one line, listing the keys) if a key that defines the model or the
+    objective changed; returns the allowed changes {key: (recorded, given)} (RESUMABLE_KEYS and
+    the eval/sampling/guidance sections). Keys the record lacks (a newer code version) are not changes.
+    """
+    recorded = load_recorded(workdir)
+    if recorded is None:
+        return {}
+    diff = {k: v for k, v in config_diff(recorded, given).items() if v[0] != _ABSENT}
+    fixed = {k: v for k, v in diff.items() if not may_change(k, resume=True)}
+    if fixed:
+        raise ConfigError(f"{workdir} holds checkpoints of a run with another config ({_describe(fixed)}); "
+                          "these keys define the model or the objective and cannot change mid-run: use a new "
+                          "--workdir for the new config, or drop the overrides (a rerun with no --config "
+                          "resumes with the recorded one).")
+    return diff
+
+
+def record_changes(workdir: str, step: int, changes: dict[str, tuple]) -> None:
+    """Append {'step', 'changes': {key: [recorded, new]}} to workdir/config_changes.jsonl (the config's history)."""
+    if not changes:
+        return
+    line = json.dumps({"step": int(step), "changes": {k: list(v) for k, v in changes.items()}}, sort_keys=True)
+    with open(os.path.join(workdir, "config_changes.jsonl"), "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    *path, leaf = key.split(".")
+    node = config
+    for p in path:
+        node = node[p]
+    old = node.get(leaf)
+    node[leaf] = tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value
+
+
+def inference_config(workdir: str, given: ml_collections.ConfigDict | None,
+                     overridden: Iterable[str] = ()) -> tuple[ml_collections.ConfigDict, dict[str, tuple]]:
+    """The config of --mode=eval/sample on `workdir`: its recorded run, with the eval/sampling/guidance keys of `given`.
+
+    Every key that defines the model, schedule, data or loss comes from workdir/config.json. A
+    key in `overridden` (a --config.K=V flag) that would change one of them raises ConfigError
+    naming the key, the recorded and the given value. Returns (config, ignored): the keys of
+    `given`'s file that differ from the record and were replaced by the recorded values.
+    """
+    recorded = load_recorded(workdir)
+    if recorded is None:
+        raise ConfigError(f"{workdir} holds no trained run (no config.json): train first, with "
+                          "python -m vdm.main --config=configs/... --workdir=DIR (--mode=train).")
+    if given is None:
+        recorded.lock()
+        return recorded, {}
+    diff = config_diff(recorded, given)
+    for key in overridden:
+        if key in diff and not may_change(key, resume=False) and diff[key][0] != _ABSENT:
+            raise ConfigError(f"--config.{key}={diff[key][1]!r} conflicts with the run in {workdir}, trained with "
+                              f"{key}={diff[key][0]!r}: eval and sample use the recorded model, schedule, data and "
+                              "loss; only eval.*, sampling.* and guidance.* keys may be given.")
+    config = given.copy_and_resolve_references()
+    config.unlock()
+    ignored = {}
+    for key, (old, new) in diff.items():
+        if not may_change(key, resume=False) and old != _ABSENT and new != _ABSENT:
+            _set(config, key, old)
+            ignored[key] = (old, new)
+    config.lock()
+    return config, ignored
