@@ -16,16 +16,13 @@ expected state is not corrupt but another run's: `CheckpointMismatchError`, no f
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import shutil
 import sys
-import tempfile
-import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -92,42 +89,40 @@ class CheckpointMismatchError(ValueError):
 
 
 # tensorstore's reads still in flight when a restore fails post to orbax's closed event loop, and
-# each prints a 'RuntimeError: Event loop is closed' traceback straight to fd 2 (hundreds of lines).
+# each prints a 'RuntimeError: Event loop is closed' traceback through sys.stderr, for up to
+# seconds after the failure (hundreds of lines). Python prints a traceback in pieces: a piece is
+# dropped when it holds nothing but those tracebacks' text.
 _SPAM = re.compile(r"Traceback \(most recent call last\):|File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"
                    r"|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)"
-                   r"|(RuntimeError)?: Event loop is closed|RuntimeError")
+                   r"|Event loop is closed|RuntimeError|\^+")
 
 
-def _is_spam(line: str) -> bool:
-    """Whether a line holds nothing but (interleaved pieces of) the 'Event loop is closed' tracebacks."""
-    return not _SPAM.sub("", line).strip()
+def _is_spam(text: str) -> bool:
+    """Whether `text` holds nothing but (pieces of) the 'Event loop is closed' tracebacks."""
+    return not _SPAM.sub("", text).strip(" \t:\n")
 
 
-@contextlib.contextmanager
-def _without_event_loop_spam() -> Iterator[None]:
-    """Capture fd 2 while a restore may fail, wait for the failed reads to drain, and re-emit all but their spam."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    failed = False
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            if failed:
-                time.sleep(0.3)               # the orphaned reads finish within ~0.1 s
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace")
-            if "Event loop is closed" in text:
-                text = "".join(line for line in text.splitlines(keepends=True) if not _is_spam(line))
-            sys.stderr.write(text)
-            sys.stderr.flush()
+class _WithoutEventLoopSpam:
+    """sys.stderr, less the orphaned reads' tracebacks (installed once, by the first restore; idempotent)."""
+
+    def __init__(self, stream: Any):
+        self._stream, self._dropping = stream, False
+
+    def write(self, text: str) -> int:
+        if _is_spam(text) and (text.strip(" \t:\n") or self._dropping):
+            self._dropping = True              # a bare newline after a dropped piece is the piece's
+            return len(text)
+        self._dropping = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _filter_event_loop_spam() -> None:
+    """Wrap sys.stderr in _WithoutEventLoopSpam unless it is already."""
+    if not isinstance(sys.stderr, _WithoutEventLoopSpam):
+        sys.stderr = _WithoutEventLoopSpam(sys.stderr)
 
 
 class Checkpointer:
@@ -217,10 +212,10 @@ class Checkpointer:
         raised (starting over silently would lose the run).
         """
         errors, corrupt = [], []
+        _filter_event_loop_spam()
         for step in reversed(self.all_steps()):
             try:
-                with _without_event_loop_spam():
-                    state = self.restore(step, like)
+                state = self.restore(step, like)
             except CheckpointCorruptError as e:
                 log.warning("%s; falling back to the previous checkpoint.", str(e).splitlines()[0][:400])
                 errors.append(e)
