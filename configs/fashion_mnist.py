@@ -1,10 +1,10 @@
-"""DEFAULT experiment: Fashion-MNIST 28x28x1 with a small VDM UNet, sized for ~15 minutes on 2 CPU cores.
+"""DEFAULT experiment: Fashion-MNIST 28x28x1 with a small VDM UNet, sized for ~20 minutes on 2 shared CPU cores.
 
 Run (what `make train` runs, after `make data`):
     python -m vdm.main --config=configs/fashion_mnist.py --workdir=workdir/fashion_mnist
-About 11 minutes of training, then the true ELBO in bits/dim over all 10,000 test images with the
+About 11-20 minutes of training (by the machine's load), then the true ELBO in bits/dim over all 10,000 test images with the
 EMA params, and a grid of samples. A rerun in the same workdir resumes from its checkpoints.
-Variants (the config argument, comma-separated): `:small` (a minute-long smoke test), `:mnist`
+Variants (the config argument, comma-separated): `:small` (a smoke test: 20 steps, 1-3.5 minutes, most of it the full-test-set eval), `:mnist`
 (the same settings on MNIST digits; prepare once with `python -m vdm.data prepare --dataset=mnist`),
 `:mnist,small`.
 """
