@@ -11,6 +11,7 @@ their classifiers through the same loop.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -27,10 +28,12 @@ import tqdm
 from vdm import config_utils, data, parallel, record
 from vdm.checkpoint import Checkpointer
 from vdm.evaluate import evaluate_and_sample
-from vdm.metrics import MetricWriter, read_metrics
+from vdm.fileio import atomic_write_text
+from vdm.metrics import MetricWriter
 from vdm.trainer import Trainer, TrainState, create_train_state, restore_or_init, setup, train_step
 
 log = logging.getLogger(__name__)
+FINAL_EVAL = "final_eval.json"      # the last eval of a finished run, returned by a rerun
 
 
 class Task(Protocol):
@@ -166,11 +169,21 @@ class _StopOnSignal:
 
 
 def recorded_final_eval(workdir: str, step: int) -> dict:
-    """The loop's eval scalars recorded at `step` in metrics.jsonl (not a --mode=eval row), or {} if none."""
-    for r in reversed(read_metrics(workdir)):
-        if r.get("step") == step and r.get("mode") is None and any(k.startswith("eval/") for k in r):
-            return {k: v for k, v in r.items() if k.startswith("eval/")}
-    return {}
+    """The result the loop recorded for its final eval at `step` (workdir/final_eval.json), or {} if none."""
+    path = os.path.join(workdir, FINAL_EVAL)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        done = json.load(f)
+    return done["result"] if done.get("step") == step else {}
+
+
+def _record_final_eval(workdir: str, step: int, result: dict) -> None:
+    """Write {'step', 'result'} to workdir/final_eval.json (process 0), so a rerun of a finished run need not evaluate."""
+    if jax.process_index() == 0:
+        atomic_write_text(os.path.join(workdir, FINAL_EVAL),
+                          json.dumps({"step": int(step), "result": {k: float(v) for k, v in result.items()}},
+                                     indent=1, sort_keys=True) + "\n")
 
 
 def _has_checkpoints(directory: str) -> bool:
@@ -258,6 +271,7 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                                                             if "bpd" in k or "acc" in k))
             if not last_eval:
                 last_eval = task.evaluate(state, step, mesh, workdir, writer)
+            _record_final_eval(workdir, step, last_eval)
     finally:
         pbar.close()
         ckpt.close()
