@@ -266,7 +266,8 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                 if evaluate:
                     t0 = time.time()
                     last_eval = task.evaluate(state, step, mesh, workdir, writer)
-                    pbar.start_t += time.time() - t0        # the bar's rate counts training steps only
+                    if not pbar.disable:                    # the bar's rate counts training steps only
+                        pbar.start_t += time.time() - t0
                     pbar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()
                                                             if "bpd" in k or "acc" in k))
             if not last_eval:
