@@ -10,6 +10,7 @@ their classifiers through the same loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -129,6 +130,10 @@ class Interrupted(Exception):
                          f"{workdir}/checkpoints; rerun the same command to resume.")
 
 
+class _StopNow(Exception):
+    """Raised by the signal handler inside an interruptible evaluation."""
+
+
 class _StopOnSignal:
     """SIGINT/SIGTERM ask the loop to save at the next step boundary and stop; a second SIGINT exits at once.
 
@@ -137,7 +142,7 @@ class _StopOnSignal:
     """
 
     def __init__(self, log_every: int):
-        self.signum, self.log_every, self._old = None, log_every, {}
+        self.signum, self.log_every, self._old, self._in_eval = None, log_every, {}, False
 
     def __enter__(self) -> "_StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -153,8 +158,20 @@ class _StopOnSignal:
             print("interrupted again: exiting now, without saving this step.", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
-        print(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-              "(Ctrl-C again exits at once).", file=sys.stderr, flush=True)
+        print(f"{signal.Signals(signum).name}: saving a checkpoint at the next step boundary (during an eval: now), "
+              "then stopping (Ctrl-C again exits at once).", file=sys.stderr, flush=True)
+        if self._in_eval:
+            raise _StopNow()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A block (an evaluation) that a signal ends at once, raising _StopNow; one process only (a
+        multi-process job would leave its peers waiting in a collective)."""
+        self._in_eval = jax.process_count() == 1
+        try:
+            yield
+        finally:
+            self._in_eval = False
 
     def should_stop(self, step: int) -> bool:
         """Whether every process should save and stop after `step`."""
@@ -182,7 +199,8 @@ def _record_final_eval(workdir: str, step: int, result: dict) -> None:
     """Write {'step', 'result'} to workdir/final_eval.json (process 0), so a rerun of a finished run need not evaluate."""
     if jax.process_index() == 0:
         atomic_write_text(os.path.join(workdir, FINAL_EVAL),
-                          json.dumps({"step": int(step), "result": {k: float(v) for k, v in result.items()}},
+                          json.dumps({"step": int(step), "result": {k: v if isinstance(v, int) else float(v)
+                                                                    for k, v in result.items()}},
                                      indent=1, sort_keys=True) + "\n")
 
 
@@ -227,12 +245,25 @@ def _open_run(task: Task, mesh: Any, workdir: str) -> tuple[TrainState, int, Che
     return state, step, ckpt
 
 
+def _evaluate(task: Task, stop: _StopOnSignal, state: TrainState, step: int, mesh: Any, workdir: str,
+              writer: MetricWriter, pbar: tqdm.tqdm) -> dict:
+    """task.evaluate at `step` (a signal ends it at once), its figures on the bar; the bar's rate excludes it."""
+    t0 = time.time()
+    with stop.interruptible():
+        result = task.evaluate(state, step, mesh, workdir, writer)
+    if not pbar.disable:
+        pbar.start_t += time.time() - t0
+    pbar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items() if "bpd" in k or "acc" in k))
+    return result
+
+
 def run(task: Task, mesh: Any, workdir: str) -> dict:
     """Train task.config.training.num_steps steps in `workdir`, resuming from its checkpoints; return the last eval.
 
     Writes workdir/config.json, metrics.jsonl, tb/ and checkpoints/ (and what task.evaluate writes).
     A resumed run must keep every key that defines the model (config_utils.check_resume). SIGINT
-    or SIGTERM saves a checkpoint at the next step boundary and raises `Interrupted`.
+    or SIGTERM saves a checkpoint at the next step boundary (during an evaluation: at once, at the
+    evaluated step) and raises `Interrupted`.
     """
     config, t = task.config, task.config.training
     is_main = jax.process_index() == 0
@@ -264,15 +295,15 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                     ckpt.wait()
                     raise Interrupted(stop.signum, step, workdir)
                 if evaluate:
-                    t0 = time.time()
-                    last_eval = task.evaluate(state, step, mesh, workdir, writer)
-                    if not pbar.disable:                    # the bar's rate counts training steps only
-                        pbar.start_t += time.time() - t0
-                    pbar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()
-                                                            if "bpd" in k or "acc" in k))
+                    last_eval = _evaluate(task, stop, state, step, mesh, workdir, writer, pbar)
             if not last_eval:
-                last_eval = task.evaluate(state, step, mesh, workdir, writer)
+                last_eval = _evaluate(task, stop, state, step, mesh, workdir, writer, pbar)
             _record_final_eval(workdir, step, last_eval)
+    except _StopNow:                                        # a signal during an evaluation
+        if step not in ckpt.all_steps():
+            ckpt.save(step, parallel.to_host(state), info={"config": config.to_json()})
+        ckpt.wait()
+        raise Interrupted(stop.signum, step, workdir) from None
     finally:
         pbar.close()
         ckpt.close()
