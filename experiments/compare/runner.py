@@ -28,7 +28,7 @@ from typing import IO, Callable
 
 import numpy as np
 
-from experiments import fid
+from vdm import feature_metrics
 from experiments.compare.grid import Cell
 from vdm.fileio import atomic_write
 from vdm.metrics import read_metrics
@@ -143,7 +143,7 @@ def _flat_fd(samples_path: str, opts: Options) -> dict:
     if bad > 0:
         return {**out, "fd": None}
     x_test, _ = vdm_data.load_arrays(opts.data_config, "test")
-    return {**out, "fd": fid.frechet_distance_of_samples(samples, np.asarray(x_test, np.float64))}
+    return {**out, "fd": feature_metrics.frechet_distance_of_samples(samples, np.asarray(x_test, np.float64))}
 
 
 def _stage_finished(stage: str, argv: list[str], stages: dict, cell_dir: str, opts: Options) -> bool:
