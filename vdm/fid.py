@@ -215,11 +215,12 @@ def _scores(sa: dict, sb: dict, kid_subsets: int, kid_subset_size: int) -> dict[
     return {"fid": fid, "kid": kid, "kid_se": kid_se}
 
 
-def compare(a: str, b: str, *, num: int | None = None, resize: str = "tf1", kid_subsets: int = 100,
-            kid_subset_size: int = 1000, net: Inception | None = None, **kw) -> dict[str, float]:
-    """{'fid', 'kid', 'kid_se', 'num_a', 'num_b'} between two sources (load_source), each cut to its first `num`."""
+def compare(a: str, b: str, *, num: int | None = None, num_b: int | None = None, resize: str = "tf1",
+            kid_subsets: int = 100, kid_subset_size: int = 1000, net: Inception | None = None,
+            **kw) -> dict[str, float]:
+    """{'fid', 'kid', 'kid_se', 'num_a', 'num_b'} between two sources (load_source), cut to their first `num` (b: `num_b`)."""
     net = net or load_inception(resize)
-    sa, sb = _source_stats(a, net, num, **kw), _source_stats(b, net, num, **kw)
+    sa, sb = _source_stats(a, net, num, **kw), _source_stats(b, net, num if num_b is None else num_b, **kw)
     out = _scores(sa, sb, kid_subsets, kid_subset_size)
     return {**out, "num_a": int(sa["num"]), "num_b": int(sb["num"])}
 
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vdm.fid", description=__doc__.split("\n")[0])
     p.add_argument("sources", nargs="+", help="'prepare', or two sources: .npz, PNG folder, NAME:SPLIT")
     p.add_argument("--num", type=int, default=None, help="use the first NUM images of each source")
+    p.add_argument("--num_b", type=int, default=None, help="use the first NUM_B images of B (default: --num)")
+    p.add_argument("--json", default=None, help="also write the result as JSON to this file")
     p.add_argument("--resize", default="tf1", choices=RESIZE_MODES)
     p.add_argument("--encoding", default=None, choices=encoding.ENCODINGS,
                    help="of float samples (default: the config .json beside the .npz, else endpoints)")
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if len(args.sources) != 2:
             p.error("give 'prepare' or exactly two sources")
-        r = compare(*args.sources, num=args.num, resize=args.resize, kid_subsets=args.kid_subsets,
+        r = compare(*args.sources, num=args.num, num_b=args.num_b, resize=args.resize, kid_subsets=args.kid_subsets,
                     kid_subset_size=args.kid_subset_size, encoding_name=args.encoding,
                     data_dir=args.data_dir, batch_size=args.batch_size, progress=True)
     except (fid_weights.WeightsError, ValueError, data_tfds.DatasetNotFoundError) as e:
@@ -274,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"FID {r['fid']:.4f}   KID {r['kid']:.6f} +- {r['kid_se']:.6f}   "
           f"(N = {r['num_a']}, {r['num_b']}; resize {args.resize})")
+    if args.json:
+        r = {**r, "a": args.sources[0], "b": args.sources[1], "resize": args.resize,
+             "metric": "Inception-v3 2015-12-05 pool features (vdm.fid)"}
+        atomic_write(args.json, lambda f: f.write(json.dumps(r, indent=1, sort_keys=True).encode()), binary=True)
     return 0
 
 
