@@ -2,28 +2,28 @@
 
 Truths used: for commuting covariances C1 = Q diag(a) Q^T, C2 = Q diag(b) Q^T the squared
 Fréchet (2-Wasserstein) distance is ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2; in general it
-equals tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), computed here from symmetric eigendecompositions
-(numpy.linalg.eigh), independently of the scipy.linalg.sqrtm of the product the code uses.
+equals tr(C1 + C2 - 2 (C1 C2)^1/2), computed here with scipy.linalg.sqrtm of the non-symmetric
+product, independently of the symmetric form tr (B^T C2 B)^1/2, B B^T = C1, the code uses.
 KID: the unbiased MMD^2 estimate written as explicit double sums over pairs (Gretton et al. 2012,
 Eq. 3), and its expectation 0 for two samples of one distribution (Bińkowski et al. 2018).
 """
 
+import warnings
+
 import numpy as np
 import pytest
+import scipy.linalg
 
 from vdm import feature_metrics as fm
 from vdm import fid
 
 
-def _psd_sqrt(c):
-    w, v = np.linalg.eigh(c)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
 def _w2_squared(mu1, c1, mu2, c2):
-    """Squared 2-Wasserstein distance of two Gaussians via the symmetric form (Dowson & Landau 1982)."""
-    r1 = _psd_sqrt(c1)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(_psd_sqrt(r1 @ c2 @ r1)))
+    """Squared 2-Wasserstein distance of two Gaussians via sqrtm of the product C1 C2 (Dowson & Landau 1982)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(c1 @ c2)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean).real)
 
 
 def _random_rotation(rng, d):
@@ -50,7 +50,7 @@ def test_frechet_distance_matches_closed_form_for_commuting_full_covariances():
     assert got == pytest.approx(truth, rel=1e-8, abs=1e-9)
 
 
-def test_frechet_distance_matches_symmetric_form_for_non_commuting_covariances():
+def test_frechet_distance_matches_the_product_form_for_non_commuting_covariances():
     rng = np.random.default_rng(2)
     d = 8
     c1 = (lambda m: m @ m.T / d + 0.1 * np.eye(d))(rng.standard_normal((d, d)))
@@ -70,7 +70,7 @@ def test_frechet_distance_handles_a_singular_covariance():
     assert fm.frechet_distance(np.zeros(2), c1, np.zeros(2), c2) == pytest.approx(truth, abs=1e-5)
 
 
-def test_frechet_distance_matches_symmetric_form_for_rank_deficient_covariances():
+def test_frechet_distance_matches_the_product_form_for_rank_deficient_covariances():
     # Like features with dead ReLU units: 12-D covariances of rank 7 and 9, zero rows included.
     rng = np.random.default_rng(4)
     a, b = rng.standard_normal((12, 7)), rng.standard_normal((12, 9))
@@ -173,3 +173,11 @@ def test_kid_rejects_bad_input():
         fid.kid_from_features(x, np.zeros((1, 3)))
     with pytest.raises(ValueError, match="num_subsets >= 2"):
         fid.kid_from_features(x, x, num_subsets=1)
+
+
+def test_fid_of_fewer_samples_than_features_is_finite_and_zero_for_one_set():
+    """N < F (covariances of rank N - 1, as at N = 8 Inception features): no complex square roots, FID(x, x) = 0."""
+    rng = np.random.default_rng(9)
+    x, y = np.abs(rng.standard_normal((8, 64))), np.abs(rng.standard_normal((8, 64)))
+    assert fid.fid_from_features(x, x) == pytest.approx(0.0, abs=1e-7 * np.trace(np.cov(x, rowvar=False)))
+    assert 0 < fid.fid_from_features(x, y) < np.inf
