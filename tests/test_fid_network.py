@@ -100,3 +100,17 @@ def test_preprocess_scales_to_the_networks_range_and_rejects_bad_images():
         fid.inception_features(np.zeros((2, 28, 28, 2), np.uint8))
     with pytest.raises(ValueError, match="unknown resize mode 'area'"):
         fid.load_inception("area")
+
+
+def test_features_are_the_same_sharded_over_several_devices(ref, tmp_path):
+    """2 fake CPU devices: batches split over the mesh (3 images padded to 4) give the TorchScript features."""
+    import subprocess
+    import sys
+    script = ("import sys, numpy as np, jax; from vdm import fid; assert jax.local_device_count() == 2; "
+              "x = np.load(sys.argv[1])['fmnist28'][:3]; np.save(sys.argv[2], fid.inception_features(x, batch_size=3))")
+    out = tmp_path / "f.npy"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script, FIXTURE, str(out)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _assert_close(np.load(out), ref["feat_fmnist28"][:3])

@@ -5,7 +5,7 @@
 
 A source is an `.npz` of samples as `--mode=sample` writes (key `samples`: floats in [-1, 1],
 decoded to 8 bits with the encoding of the config .json beside it, or uint8), a folder of PNGs, or
-a data set split `NAME:SPLIT` (e.g. `fashion_mnist:test`; read through vdm.data, features cached).
+a data set split `NAME:SPLIT` (e.g. `fashion_mnist:test`; read through vdm.data_tfds, statistics cached).
 
 Features (`inception_features`): uint8 images [N, H, W, C], C in {1, 3}; grey repeated to RGB;
 resized to 299x299 on floats, by default as TF1's resize_bilinear (source = dest * in/out, edges
@@ -171,8 +171,10 @@ def _png_images(folder: str) -> np.ndarray:
     paths = sorted(glob.glob(os.path.join(folder, "*.png")))
     if not paths:
         raise ValueError(f"{folder} has no .png files.")
-    images = [np.asarray(Image.open(p).convert("L" if Image.open(p).mode in ("L", "1", "I;16") else "RGB"))
-              for p in paths]
+    def read(path: str) -> np.ndarray:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB"))
+    images = [read(p) for p in paths]
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise ValueError(f"the PNGs of {folder} have different shapes: {sorted(shapes)[:4]}.")
