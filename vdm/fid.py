@@ -83,7 +83,12 @@ def _check_images(images: np.ndarray) -> np.ndarray:
 
 def inception_features(images: np.ndarray, *, net: Inception | None = None, resize: str = "tf1",
                        batch_size: int = DEFAULT_BATCH, progress: bool = False) -> np.ndarray:
-    """uint8 [N, H, W, C], C in {1, 3} -> float32 [N, 2048] pool features of the FID Inception-v3 (Heusel et al. 2017)."""
+    """uint8 [N, H, W, C], C in {1, 3} -> float32 [N, 2048] pool features of the FID Inception-v3 (Heusel et al. 2017).
+
+    net: a `load_inception()` to reuse across calls (else the weights are loaded and compiled per
+    call); batches of `batch_size` (rounded up to a multiple of the local device count, the last
+    one zero-padded) go through the jitted shard_map over this process's devices.
+    """
     images = _check_images(images)
     net = net or load_inception(resize)
     ndev = net.mesh.devices.size
