@@ -1,6 +1,6 @@
-"""Training speed: compile time against depth, the paper config's throughput (and MFU on a GPU), the input pipeline.
+"""Speed: compile time against depth, the paper config's throughput (and MFU on a GPU), the input pipeline, FID features.
 
-    python experiments/benchmark.py [--size auto|gpu|cpu] [--sections depth,paper,pipeline,default]
+    python experiments/benchmark.py [--size auto|gpu|cpu] [--sections default,depth,paper,pipeline,fid]
                                     [--repeats 5] [--iters 5]
 
 Sections (medians over `repeats` timings of `iters` steps each, after compiling; one run, so ratios
@@ -15,10 +15,14 @@ between rows are meaningful on a shared machine):
   pipeline  images/s that vdm.data delivers from the array cache onto the devices (iterator, host
             slice, stack, device_put), against the train step's images/s, for the default config and
             for the paper config (CIFAR-10-shaped random 8-bit data written as an array cache);
-  default   the default config's train step, and the full step / bare network update ratio.
+  default   the default config's train step, and the full step / bare network update ratio;
+  fid       features/s of the FID Inception-v3 (vdm.fid.inception_features, batches of 64 over all
+            local devices) for 28x28 grey input (resized to 299x299 inside) and 299x299 RGB, and the
+            seconds of the first call (weights load + compile); needs `make fid-weights`.
 --size gpu is the paper's size (width 128, batch 128); --size cpu shrinks width and batch (32, 8)
 so it runs on 2 cores. Prints a table; writes experiments/results/benchmark.md (benchmark_gpu.md
-on a GPU).
+on a GPU) when all sections run, else benchmark[_gpu]_<sections>.md, so a partial run never
+overwrites the full table.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}   
 PEAK_TF32 = {"H100": 494e12, "H200": 494e12, "A100": 156e12, "B200": 1100e12}   # float32 matmuls run as TF32
 REFERENCE_IMAGES_PER_S = 886.0      # google-research/vdm's model code, paper size, float32, one H200 (issue 9)
 SIZES = {"gpu": {"width": 128, "batch": 128}, "cpu": {"width": 32, "batch": 8}}
+ALL_SECTIONS = ("default", "depth", "paper", "pipeline", "fid")
 
 
 def load_config(name: str, arg: str = ""):
@@ -249,6 +254,33 @@ def default_rows(repeats: int, iters: int) -> tuple[list[tuple[str, str]], float
     return rows, rate
 
 
+def fid_rows(repeats: int, iters: int, batch: int = 64) -> list[tuple[str, str]]:
+    """Features/s of vdm.fid.inception_features at 28x28x1 and 299x299x3 (median of repeats x iters batches)."""
+    from vdm import fid, fid_weights
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    try:
+        net = fid.load_inception()
+    except fid_weights.WeightsError as e:
+        return [("fid: Inception-v3 pool features", f"not measured: {e}")]
+    fid.inception_features(np.zeros((batch, 28, 28, 1), np.uint8), net=net, batch_size=batch)
+    first = time.perf_counter() - t0
+    rows = []
+    for shape in ((28, 28, 1), (299, 299, 3)):
+        images = rng.integers(0, 256, (batch * iters, *shape), dtype=np.uint8)
+        fid.inception_features(images[:batch], net=net, batch_size=batch)          # compiled for this shape
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fid.inception_features(images, net=net, batch_size=batch)
+            times.append(time.perf_counter() - t)
+        rate = len(images) / statistics.median(times)
+        rows.append((f"fid: Inception-v3 pool features, {shape[0]}x{shape[1]}x{shape[2]} uint8 input, batch {batch}",
+                     f"{rate:.1f} features/s ({jax.local_device_count()} device(s))"))
+    rows.append(("fid: first call (weights load + sha256 + compile), 28x28x1", f"{first:.1f} s"))
+    return rows
+
+
 def run(size: dict, sections: list[str], repeats: int, iters: int,
         report=lambda rows: None) -> list[tuple[str, str]]:
     """The requested sections' rows in the order asked (the pipeline compares against step rates measured here);
@@ -265,6 +297,8 @@ def run(size: dict, sections: list[str], repeats: int, iters: int,
             rows += depth_rows(size, repeats, iters)
         if section == "pipeline":
             rows += pipeline_rows(size, rates)
+        if section == "fid":
+            rows += fid_rows(repeats, iters)
         report(rows)
     return rows
 
@@ -279,7 +313,7 @@ def write_table(rows: list[tuple[str, str]], header: str, path: str) -> None:
         print(f"{name:<{width}}  {value}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        f.write("# Training speed\n\n" + header + "\n\n| measurement | result |\n|---|---|\n")
+        f.write("# Speed\n\n" + header + "\n\n| measurement | result |\n|---|---|\n")
         f.writelines(f"| {name} | {value} |\n" for name, value in rows)
         f.write("\nMeasured by `python experiments/benchmark.py " + " ".join(sys.argv[1:]) + "`.\n")
     print(f"wrote {os.path.relpath(path, ROOT)}")
@@ -289,7 +323,7 @@ def main() -> None:
     """Parse the flags, run the sections, write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="auto", choices=("auto", "gpu", "cpu"))
-    parser.add_argument("--sections", default="default,depth,paper,pipeline")
+    parser.add_argument("--sections", default=",".join(ALL_SECTIONS))
     parser.add_argument("--repeats", type=int, default=5, help="timings per measurement (median)")
     parser.add_argument("--iters", type=int, default=5, help="steps per timing")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -303,8 +337,14 @@ def main() -> None:
     header = (f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}, "
               f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
               f"{time.strftime('%Y-%m-%d')}")
-    path = os.path.join(ROOT, "experiments", "results", "benchmark_gpu.md" if dev.platform == "gpu" else "benchmark.md")
-    run(size, args.sections.split(","), args.repeats, args.iters,
+    sections = args.sections.split(",")
+    unknown = sorted(set(sections) - set(ALL_SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; valid: {', '.join(ALL_SECTIONS)}")
+    name = "benchmark_gpu" if dev.platform == "gpu" else "benchmark"
+    name += "" if set(sections) == set(ALL_SECTIONS) else "_" + "_".join(sections)
+    path = os.path.join(ROOT, "experiments", "results", name + ".md")
+    run(size, sections, args.repeats, args.iters,
         report=lambda rows: write_table(rows, header + f"; load average {os.getloadavg()[0]:.1f}", path))
 
 

@@ -20,8 +20,11 @@ Every cell runs the commands a user runs (each printed with --dry_run):
   eval T  the same with --mode=eval --config.eval.num_steps=T, for each T in --eval_steps;
   sample  the same with --mode=sample --config.sampling.num_samples=--fd_samples;
   fd      images: python experiments/feature_net.py --mode=fd (Fréchet distance of classifier
-          features, NOT Inception FID; see experiments/fid.py); flat toy data: Fréchet distance
+          features, NOT Inception FID; see vdm/feature_metrics.py); flat toy data: Fréchet distance
           of the raw coordinates, computed here.
+  inception  images: python -m vdm.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json: Inception
+          FID and KID (the literature's metric; vdm/fid.py) against the first R = --inception_reference
+          test images, whose statistics are computed once and cached beside the data set.
 The reported ELBO is always the true continuous-time ELBO in bits/dim (whatever the training
 weighting), with its standard error and its three terms; eval T adds the T-step discrete ELBO.
 
@@ -62,7 +65,8 @@ def _options(F: flags.FlagValues, passed_overrides: list[str]) -> tuple[list[gri
         raise ValueError(f"--eval_steps={F.eval_steps}: discrete T must be >= 1 (the continuous ELBO is always reported).")
     opts = runner.Options(grid.absolute_config_arg(F["config"].config_filename), tuple(passed_overrides), steps,
                           eval_every, eval_steps, F.fd_samples, base.data.dataset in TOY_DATASETS,
-                          os.path.abspath(F.feature_net_dir), json.loads(base.data.to_json()))
+                          os.path.abspath(F.feature_net_dir), json.loads(base.data.to_json()),
+                          F.inception_reference)
     return cells, opts
 
 
@@ -76,6 +80,9 @@ def _dry_run(cells: list[grid.Cell], opts: runner.Options, result_dir: str, para
         if opts.fd_samples > 0 and not opts.flat_data:
             fd = runner.fd_command(opts, cell_dir + "/samples/<sample>.npz", cell_dir + "/fd.json")
             print(f"[{cell.name}] fd: {shlex.join(fd)}")
+            if opts.inception_reference > 0:
+                inc = runner.inception_command(opts, cell_dir + "/samples/<sample>.npz", cell_dir + "/inception.json")
+                print(f"[{cell.name}] inception: {shlex.join(inc)}")
 
 
 def _write_report(F: flags.FlagValues, opts: runner.Options, num_cells: int, result_dir: str, rows: list[dict],
@@ -85,7 +92,7 @@ def _write_report(F: flags.FlagValues, opts: runner.Options, num_cells: int, res
               "steps": opts.steps, "eval_every": opts.eval_every, "seeds": ",".join(F.seeds),
               "grid": ",".join(F.grid), "cells_finished": f"{len(rows)} of {num_cells}{rebuilt}",
               "hardware": hardware, "parallel": parallel, "wall_clock_s": wall_clock_s,
-              "fd_samples": opts.fd_samples,
+              "fd_samples": opts.fd_samples, "inception_reference": 0 if opts.flat_data else opts.inception_reference,
               "fd_features": "data coordinates" if opts.flat_data else f"feature net ({opts.feature_net_dir})",
               "date": time.strftime("%Y-%m-%d %H:%M")}
     report.write_report(result_dir, rows, eval_steps=opts.eval_steps, header=header,
@@ -150,7 +157,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("parallel", 0, "cells at a time (0: one per GPU, or 1 on a CPU host); more than "
                          "the GPUs puts several cells on one GPU, splitting its memory")
     flags.DEFINE_list("eval_steps", ["10", "100", "1000"], "discrete T for extra ELBO evaluations")
-    flags.DEFINE_integer("fd_samples", 2000, "samples for the Fréchet distance (0: no sampling)")
+    flags.DEFINE_integer("fd_samples", 2000, "samples for the Fréchet distance and the Inception FID/KID (0: no sampling)")
+    flags.DEFINE_integer("inception_reference", 10000, "image data: test images of the Inception FID/KID "
+                         "reference (cached once; 0: no Inception FID/KID)")
     flags.DEFINE_integer("num_evals", 5, "ELBO evaluations during training (the bpd-vs-steps curves)")
     flags.DEFINE_string("feature_net_dir", runner.DEFAULT_FEATURE_NET_DIR, "trained feature net (make feature-net)")
     flags.DEFINE_string("results_root", runner.DEFAULT_RESULTS_ROOT, "parent of the result folder")

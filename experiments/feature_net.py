@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from experiments import fid
+from vdm import feature_metrics
 from vdm import config_utils, parallel
 from vdm import data as vdm_data
 from vdm.checkpoint import Checkpointer
@@ -239,12 +239,12 @@ def _measure(task: FeatureNetTask, params: Any, workdir: str) -> dict:
     batch_size = task.config.eval.batch_size
     logits, feats = extract(task.model, params, x_test, batch_size)
     correct = np.argmax(logits, -1) == y_test
-    mu, cov = fid.gaussian_stats(feats)
+    mu, cov = feature_metrics.gaussian_stats(feats)
     if jax.process_index() == 0:
         atomic_write(os.path.join(workdir, "test_stats.npz"),
                      lambda f: np.savez(f, mu=mu, cov=cov, num=len(feats)), binary=True)
     _, train_feats = extract(task.model, params, x_train[:max(FLOOR_SIZES)], batch_size)
-    floor = {str(n): fid.frechet_distance(*fid.gaussian_stats(train_feats[:n]), mu, cov)
+    floor = {str(n): feature_metrics.frechet_distance(*feature_metrics.gaussian_stats(train_feats[:n]), mu, cov)
              for n in FLOOR_SIZES if 1 < n <= len(train_feats)}
     acc = float(correct.mean())
     return {"test_accuracy": acc, "test_accuracy_se": float(np.sqrt(acc * (1 - acc) / len(correct))),
@@ -309,7 +309,8 @@ def fd_to_test_set(samples: np.ndarray, workdir: str) -> dict:
     if bad > 0:
         return {**out, "fd": float("nan")}
     _, feats = extract(model, params, samples, config.eval.batch_size)
-    return {**out, "fd": fid.frechet_distance(*fid.gaussian_stats(feats), stats["mu"], stats["cov"])}
+    mu, cov = feature_metrics.gaussian_stats(feats)
+    return {**out, "fd": feature_metrics.frechet_distance(mu, cov, stats["mu"], stats["cov"])}
 
 
 def main(argv: list[str]) -> int:

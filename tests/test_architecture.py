@@ -17,10 +17,12 @@ import pytest
 from conftest import REPO_ROOT
 
 LAYERS = [
-    ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "encoding", "fileio"]),
-    ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel"]),
+    ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "encoding", "fileio",
+              "feature_metrics"]),
+    ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel", "torchscript",
+                        "fid_weights"]),
     ("models", ["models"]),
-    ("sampling", ["sampling", "guidance", "likelihood", "analytic"]),
+    ("sampling", ["sampling", "guidance", "likelihood", "analytic", "fid"]),
     ("config", ["config_utils", "record"]),
     ("trainer", ["trainer"]),
     ("loop", ["train", "evaluate", "train_classifier"]),

@@ -98,6 +98,7 @@ def test_report_tables_and_heatmap_average_seeds(tmp_path):
     rows = _rows([("eps", "elbo", 0, 3.0, 1.0), ("eps", "elbo", 1, 4.0, 3.0), ("v", "snr", 0, 2.5, None)])
     rows.append({"cell": "v-elbo-cosine-s0", "parameterization": "v", "weighting": "elbo", "schedule": "cosine",
                  "seed": 0, "steps": 10, "status": "failed"})
+    rows[0].update(fid=12.345, kid=0.0042, kid_se=0.0003)       # Inception FID / KID of an image cell
     params, weights, m = report.heatmap_matrix(rows, "bpd")
     assert params == ["eps", "v"] and weights == ["elbo", "snr"]
     assert m[0, 0] == 3.5 and m[1, 1] == 2.5 and math.isnan(m[0, 1]) and math.isnan(m[1, 0])   # failed cell: NaN
@@ -109,6 +110,8 @@ def test_report_tables_and_heatmap_average_seeds(tmp_path):
     table = report.markdown_table(rows, (10,)).splitlines()
     assert table[0].startswith("| cell | param | weighting | schedule | seed | bpd ± se |") and "bpd T=10" in table[0]
     assert len(table) == 2 + 4 and "3.000 ± 0.100" in table[2] and "**failed**" in table[5]
+    assert "| FID | KID ± se | FD |" in table[0] and "| 12.35 | 4.20 ± 0.30 e-3 | 1.0000 |" in table[2]
+    assert back[0]["fid"] == 12.345 and back[0]["kid_se"] == 0.0003 and back[1]["fid"] is None
 
 
 def _run(name, root, *extra):
@@ -234,9 +237,10 @@ def test_dry_run_as_a_module_prints_every_stage_of_an_image_grid(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"# 1 cells -> {tmp_path}/dry/cells/<cell>")
     stages = [line.split("]", 1)[1].split(":", 1)[0].strip() for line in lines[1:]]
-    assert stages == ["train", "eval_T10", "sample", "fd"]
+    assert stages == ["train", "eval_T10", "sample", "fd", "inception"]
     assert "--config.model.parameterization=v" in lines[1] and "--config.training.num_steps=10" in lines[1]
     assert os.path.join(REPO_ROOT, "experiments", "feature_net.py") + " --mode=fd" in lines[4]
+    assert " -m vdm.fid " in lines[5] and "fashion_mnist:test --num_b=10000 --json=" in lines[5]   # Inception FID/KID
     assert not os.path.exists(tmp_path / "dry")                # nothing ran
 
 
@@ -260,3 +264,26 @@ def test_run_grid_gives_each_gpu_its_share_and_keeps_cell_order(monkeypatch):
     # Three slots on two GPUs: GPU 0 holds two processes (memory split in two), GPU 1 one.
     assert {(slot.device, slot.share, slot.hardware) for _, slot in seen} <= {("0", 2, "hw"), ("1", 1, "hw")}
     assert len(seen) == 5 and [len(p) for p in progress] == [1, 2, 3, 4, 5]
+
+
+def test_image_cells_get_inception_fid_and_kid_once(tmp_path, monkeypatch):
+    """The fd stage of an image cell also runs `python -m vdm.fid` (recorded, not rerun); its JSON fills fid/kid."""
+    ran = []
+
+    def fake_run_stage(argv, log_path, device, share=1):
+        ran.append(argv)
+        out = next(a.split("=", 1)[1] for a in argv if a.startswith(("--out=", "--json=")))
+        json.dump({"fd": 1.5, "num_samples": 8} if "--mode=fd" in argv else
+                  {"fid": 42.0, "kid": 0.01, "kid_se": 0.001}, open(out, "w"))
+        return 0.0
+
+    monkeypatch.setattr(runner, "run_stage", fake_run_stage)
+    opts = runner.Options("c.py", (), 10, 5, (), 8, False, str(tmp_path / "fnet"), {"dataset": "fashion_mnist"},
+                          inception_reference=500)
+    stages = {"sample": {"npz": str(tmp_path / "s.npz")}}
+    runner._fd_stage(opts, str(tmp_path), stages, runner.Slot())
+    runner._fd_stage(opts, str(tmp_path), stages, runner.Slot())          # done already: nothing reruns
+    assert len(ran) == 2 and ran[1][1:5] == ["-m", "vdm.fid", str(tmp_path / "s.npz"), "fashion_mnist:test"]
+    assert "--num_b=500" in ran[1] and stages["inception"]["key"]["reference"] == 500
+    inc = runner.read_json(str(tmp_path / "inception.json"))
+    assert inc["fid"] == 42.0

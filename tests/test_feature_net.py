@@ -1,10 +1,4 @@
-"""The Fréchet distance against closed forms and Monte Carlo, and the feature network's plumbing.
-
-Truths used: for commuting covariances C1 = Q diag(a) Q^T, C2 = Q diag(b) Q^T the squared
-Fréchet (2-Wasserstein) distance is ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2; in general it
-equals tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2), computed here from symmetric eigendecompositions
-(numpy.linalg.eigh), independently of the scipy.linalg.sqrtm of the product the code uses.
-"""
+"""The feature network's plumbing (the Fréchet distance itself: tests/test_fid_metrics.py)."""
 
 import json
 import os
@@ -15,102 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from experiments import feature_net, fid
+from experiments import feature_net
 from vdm.config_utils import ConfigError
 from vdm.metrics import read_metrics
-
-
-def _psd_sqrt(c):
-    w, v = np.linalg.eigh(c)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def _w2_squared(mu1, c1, mu2, c2):
-    """Squared 2-Wasserstein distance of two Gaussians via the symmetric form (Dowson & Landau 1982)."""
-    r1 = _psd_sqrt(c1)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(_psd_sqrt(r1 @ c2 @ r1)))
-
-
-def _random_rotation(rng, d):
-    q, r = np.linalg.qr(rng.standard_normal((d, d)))
-    return q * np.sign(np.diag(r))
-
-
-def test_frechet_distance_matches_closed_form_for_diagonal_covariances():
-    rng = np.random.default_rng(0)
-    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
-    a, b = rng.uniform(0.1, 3.0, 5), rng.uniform(0.1, 3.0, 5)
-    truth = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(truth, rel=1e-10, abs=1e-10)
-
-
-def test_frechet_distance_matches_closed_form_for_commuting_full_covariances():
-    rng = np.random.default_rng(1)
-    d = 6
-    q = _random_rotation(rng, d)
-    a, b = rng.uniform(0.05, 4.0, d), rng.uniform(0.05, 4.0, d)
-    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
-    truth = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    got = fid.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
-    assert got == pytest.approx(truth, rel=1e-8, abs=1e-9)
-
-
-def test_frechet_distance_matches_symmetric_form_for_non_commuting_covariances():
-    rng = np.random.default_rng(2)
-    d = 8
-    c1 = (lambda m: m @ m.T / d + 0.1 * np.eye(d))(rng.standard_normal((d, d)))
-    c2 = (lambda m: m @ m.T / d + 0.1 * np.eye(d))(rng.standard_normal((d, d)))
-    assert np.abs(c1 @ c2 - c2 @ c1).max() > 0.1           # really non-commuting
-    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
-    got = fid.frechet_distance(mu1, c1, mu2, c2)
-    assert got == pytest.approx(_w2_squared(mu1, c1, mu2, c2), rel=1e-8)
-    assert fid.frechet_distance(mu2, c2, mu1, c1) == pytest.approx(got, rel=1e-8)   # symmetric
-    assert fid.frechet_distance(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_frechet_distance_handles_a_singular_covariance():
-    # C1 of rank 1 (features that never vary in one direction): W2 still has its closed form.
-    c1, c2 = np.diag([2.0, 0.0]), np.diag([1.0, 3.0])
-    truth = (np.sqrt(2.0) - 1.0) ** 2 + 3.0
-    assert fid.frechet_distance(np.zeros(2), c1, np.zeros(2), c2) == pytest.approx(truth, abs=1e-5)
-
-
-def test_frechet_distance_matches_symmetric_form_for_rank_deficient_covariances():
-    # Like features with dead ReLU units: 12-D covariances of rank 7 and 9, zero rows included.
-    rng = np.random.default_rng(4)
-    a, b = rng.standard_normal((12, 7)), rng.standard_normal((12, 9))
-    a[:2], b[:3] = 0.0, 0.0
-    c1, c2 = a @ a.T, b @ b.T
-    mu1, mu2 = rng.standard_normal(12), rng.standard_normal(12)
-    assert fid.frechet_distance(mu1, c1, mu2, c2) == pytest.approx(_w2_squared(mu1, c1, mu2, c2), rel=1e-6)
-
-
-def test_frechet_distance_rejects_bad_input():
-    with pytest.raises(ValueError, match="mu \\[F\\] and cov \\[F, F\\]"):
-        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
-    with pytest.raises(ValueError, match="non-finite"):
-        fid.frechet_distance(np.array([np.nan, 0.0]), np.eye(2), np.zeros(2), np.eye(2))
-    with pytest.raises(ValueError, match="N >= 2"):
-        fid.gaussian_stats(np.zeros((1, 3)))
-
-
-def test_frechet_distance_of_samples_converges_to_the_gaussians_distance():
-    """Sample estimate of FD between two known Gaussians: mean over 16 replicates within 4 SE + the O(F/N) bias."""
-    rng = np.random.default_rng(3)
-    d, n, reps = 3, 4000, 16
-    q = _random_rotation(rng, d)
-    mu1, mu2 = np.zeros(d), np.array([0.5, -0.3, 0.2])
-    c1 = q @ np.diag([1.0, 0.5, 0.2]) @ q.T
-    c2 = np.diag([0.7, 1.5, 0.3])
-    truth = _w2_squared(mu1, c1, mu2, c2)
-    l1, l2 = np.linalg.cholesky(c1), np.linalg.cholesky(c2)
-    est = [fid.frechet_distance_of_samples(mu1 + rng.standard_normal((n, d)) @ l1.T,
-                                           mu2 + rng.standard_normal((n, d)) @ l2.T) for _ in range(reps)]
-    se = np.std(est, ddof=1) / np.sqrt(reps)
-    # E||mean1 - mean2||^2 = truth part + (tr C1 + tr C2)/n; the trace-sqrt term's bias is of the same order.
-    bias = 2 * (np.trace(c1) + np.trace(c2)) / n
-    assert abs(np.mean(est) - truth) < 4 * se + bias, (np.mean(est), truth, se, bias)
-    assert se < 0.05 * truth
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,14 @@ from vdm.metrics import read_metrics
 
 BASE_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "seed", "steps", "status",
                 "bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion")
-TAIL_COLUMNS = ("fd", "fd_features", "fd_num_samples", "sample_nonfinite_frac", "train_seconds",
+TAIL_COLUMNS = ("fid", "kid", "kid_se", "fd", "fd_features", "fd_num_samples", "sample_nonfinite_frac", "train_seconds",
                 "measure_seconds", "hardware", "samples_png", "notes")
 TEXT_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "status", "fd_features", "hardware",
                 "samples_png", "notes")
 
 
 def columns(eval_steps: tuple[int, ...] | list[int]) -> list[str]:
-    """CSV columns: cell identity, ELBO bits/dim (+ SE, 3 terms), bpd_T<T>(+_se) per T, FD, timings."""
+    """CSV columns: cell identity, ELBO bits/dim (+ SE, 3 terms), bpd_T<T>(+_se) per T, Inception FID/KID, FD, timings."""
     return [*BASE_COLUMNS, *(c for t in eval_steps for c in (f"bpd_T{t}", f"bpd_T{t}_se")), *TAIL_COLUMNS]
 
 
@@ -70,10 +70,17 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _kid(r: dict) -> str:
+    """'KID ± se' of a row, KID in units of 1e-3, or an en dash."""
+    if r.get("kid") is None:
+        return "–"
+    return f"{1e3 * r['kid']:.2f} ± {1e3 * (r.get('kid_se') or 0.0):.2f} e-3"
+
+
 def markdown_table(rows: list[dict], eval_steps: tuple[int, ...]) -> str:
-    """A Markdown table: one line per cell, bpd ± SE and its terms, discrete-T bpd, FD, train seconds."""
+    """A Markdown table: one line per cell, bpd ± SE and its terms, discrete-T bpd, FID, KID ± se, FD, train seconds."""
     head = ["cell", "param", "weighting", "schedule", "seed", "bpd ± se", "recon", "prior", "diffusion",
-            *(f"bpd T={t}" for t in eval_steps), "FD", "train s", "notes"]
+            *(f"bpd T={t}" for t in eval_steps), "FID", "KID ± se", "FD", "train s", "notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("status") != "ok":
@@ -83,7 +90,8 @@ def markdown_table(rows: list[dict], eval_steps: tuple[int, ...]) -> str:
         vals = [r["cell"], r["parameterization"], r["weighting"], r["schedule"], str(r["seed"]),
                 f"{_fmt(r['bpd'])} ± {_fmt(r['bpd_se'])}", _fmt(r["bpd_recon"]), _fmt(r["bpd_prior"], 4),
                 _fmt(r["bpd_diffusion"]), *(_fmt(r.get(f"bpd_T{t}")) for t in eval_steps),
-                _fmt(r.get("fd"), 4), _fmt(r.get("train_seconds"), 0), r.get("notes") or ""]
+                _fmt(r.get("fid"), 2), _kid(r), _fmt(r.get("fd"), 4), _fmt(r.get("train_seconds"), 0),
+                r.get("notes") or ""]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -225,7 +233,11 @@ def _summary(result_dir: str, rows: list[dict], header: dict, eval_steps: tuple[
              "the training weighting; `bpd T=k`: the k-step discrete ELBO",
              (f"- FD: squared Fréchet distance of {header.get('fd_features')} between {header.get('fd_samples')} "
               "samples and the test split (not Inception FID)" if header.get("fd_samples")
-              else "- FD: not measured (--fd_samples=0)"), f"- date: {header.get('date')}", "",
+              else "- FD: not measured (--fd_samples=0)"),
+             (f"- FID, KID: Inception-v3 (2015-12-05) pool features (vdm.fid, TF1 resize), the samples against "
+              f"the first {header.get('inception_reference')} test images; KID ± its standard error over "
+              "100 subsets of 1000" if header.get("inception_reference") and header.get("fd_samples")
+              else "- FID, KID: not measured"), f"- date: {header.get('date')}", "",
              markdown_table(rows, eval_steps)]
     return "\n".join(lines)
 

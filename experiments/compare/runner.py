@@ -6,7 +6,9 @@ Every cell runs the commands a user runs:
   eval T  the same with --mode=eval --config.eval.num_steps=T, for each T in --eval_steps;
   sample  the same with --mode=sample --config.sampling.num_samples=--fd_samples;
   fd      images: python experiments/feature_net.py --mode=fd; flat toy data: the Fréchet
-          distance of the raw coordinates, computed here.
+          distance of the raw coordinates, computed here;
+  inception  images: python -m vdm.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json,
+          Inception FID and KID against the first R test images (R = --inception_reference).
 A finished stage is recorded in CELL/stages.json (with its argv) and not rerun; a finished cell
 has CELL/DONE.json, so a rerun of the same command skips it. Cells run on device slots, one
 process per GPU (CUDA_VISIBLE_DEVICES), or several sharing one GPU's memory.
@@ -28,7 +30,7 @@ from typing import IO, Callable
 
 import numpy as np
 
-from experiments import fid
+from vdm import feature_metrics
 from experiments.compare.grid import Cell
 from vdm.fileio import atomic_write
 from vdm.metrics import read_metrics
@@ -52,6 +54,7 @@ class Options:
     flat_data: bool                 # toy data [N, D]: FD of raw coordinates, else feature-net FD
     feature_net_dir: str
     data_config: dict               # config.data, to load the test split of flat data
+    inception_reference: int = 0    # test images of the Inception FID/KID reference (0: not measured)
     python: str = sys.executable
 
 
@@ -73,6 +76,12 @@ def fd_command(opts: Options, samples: str, out: str) -> list[str]:
     """argv of the feature-net Fréchet distance of an .npz of image samples."""
     return [opts.python, os.path.join(EXPERIMENTS, "feature_net.py"), "--mode=fd",
             f"--workdir={opts.feature_net_dir}", f"--samples={samples}", f"--out={out}"]
+
+
+def inception_command(opts: Options, samples: str, out: str) -> list[str]:
+    """argv of the Inception FID and KID (vdm.fid) of an .npz of image samples against the test split."""
+    return [opts.python, "-m", "vdm.fid", samples, f"{opts.data_config['dataset']}:test",
+            f"--num_b={opts.inception_reference}", f"--json={out}"]
 
 
 def final_eval(records: list[dict], step: int, num_steps: int | None = None) -> dict | None:
@@ -143,7 +152,7 @@ def _flat_fd(samples_path: str, opts: Options) -> dict:
     if bad > 0:
         return {**out, "fd": None}
     x_test, _ = vdm_data.load_arrays(opts.data_config, "test")
-    return {**out, "fd": fid.frechet_distance_of_samples(samples, np.asarray(x_test, np.float64))}
+    return {**out, "fd": feature_metrics.frechet_distance_of_samples(samples, np.asarray(x_test, np.float64))}
 
 
 def _stage_finished(stage: str, argv: list[str], stages: dict, cell_dir: str, opts: Options) -> bool:
@@ -186,7 +195,8 @@ def _run_stages(cell: Cell, opts: Options, cell_dir: str, stages: dict, slot: Sl
 
 
 def _fd_stage(opts: Options, cell_dir: str, stages: dict, slot: Slot) -> None:
-    """CELL/fd.json for the sampled .npz (flat data here, images by the feature net's CLI), unless already done."""
+    """CELL/fd.json for the sampled .npz (flat data here, images by the feature net's CLI), and for images
+    CELL/inception.json (vdm.fid), each unless already done."""
     npz = stages["sample"]["npz"]
     fd_key = {"npz": npz, "flat": opts.flat_data, "feature_net_dir": opts.feature_net_dir}
     if stages.get("fd", {}).get("key") == fd_key:
@@ -199,6 +209,15 @@ def _fd_stage(opts: Options, cell_dir: str, stages: dict, slot: Slot) -> None:
         run_stage(fd_command(opts, npz, out), os.path.join(cell_dir, "logs", "fd.log"), slot.device, slot.share)
     stages["fd"] = {"key": fd_key, "seconds": time.perf_counter() - t0}
     atomic_write(os.path.join(cell_dir, "stages.json"), json_writer(stages))
+    if opts.flat_data or opts.inception_reference <= 0:
+        return
+    key = {"npz": npz, "reference": opts.inception_reference}
+    if stages.get("inception", {}).get("key") != key:
+        t0 = time.perf_counter()
+        run_stage(inception_command(opts, npz, os.path.join(cell_dir, "inception.json")),
+                  os.path.join(cell_dir, "logs", "inception.log"), slot.device, slot.share)
+        stages["inception"] = {"key": key, "seconds": time.perf_counter() - t0}
+        atomic_write(os.path.join(cell_dir, "stages.json"), json_writer(stages))
 
 
 def run_cell(cell: Cell, opts: Options, cell_dir: str, *, slot: Slot = Slot(), log: Log = print) -> dict:
@@ -209,7 +228,8 @@ def run_cell(cell: Cell, opts: Options, cell_dir: str, *, slot: Slot = Slot(), l
     """
     cmds = stage_commands(cell, opts, cell_dir)
     spec = {"commands": {k: v[1:] for k, v in cmds.items()}, "fd_samples": opts.fd_samples,
-            "flat_data": opts.flat_data, "feature_net_dir": opts.feature_net_dir}
+            "flat_data": opts.flat_data, "feature_net_dir": opts.feature_net_dir,
+            "inception_reference": opts.inception_reference}
     done_path = os.path.join(cell_dir, "DONE.json")
     done = read_json(done_path)
     if done is not None and done.get("spec") == spec:
@@ -239,6 +259,8 @@ def _notes(row: dict, opts: Options, stages: dict) -> str:
     wanted = [(f"bpd_T{t}", f"eval_T{t}") for t in opts.eval_steps]
     if opts.fd_samples > 0:
         wanted.append(("fd", "fd"))
+        if not opts.flat_data and opts.inception_reference > 0:
+            wanted.append(("fid", "inception"))
     not_run = [col for col, stage in wanted if row[col] is None and stage not in stages]
     nonfinite = [col for col, stage in wanted if row[col] is None and stage in stages]
     notes = ([f"non-finite: {', '.join(nonfinite)}"] if nonfinite else []) + \
@@ -270,6 +292,8 @@ def cell_row(cell: Cell, opts: Options, cell_dir: str, stages: dict) -> dict:
     row["fd"] = fd_out.get("fd")
     row["fd_features"] = ("data" if opts.flat_data else "feature_net") if fd_out else ""
     row["fd_num_samples"] = fd_out.get("num_samples")
+    inc = read_json(os.path.join(cell_dir, "inception.json"), {}) if "inception" in stages else {}
+    row["fid"], row["kid"], row["kid_se"] = inc.get("fid"), inc.get("kid"), inc.get("kid_se")
     row["train_seconds"] = stages["train"]["seconds"]
     row["measure_seconds"] = sum(v.get("seconds", 0.0) for k, v in stages.items() if k != "train")
     row["hardware"] = stages["train"].get("hardware", "")

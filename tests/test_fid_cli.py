@@ -1,0 +1,96 @@
+"""Where a user meets Inception FID: sources (.npz of samples, PNG folder, NAME:SPLIT), the cached reference
+statistics, score_samples and `python -m vdm.fid A B`, on a tiny Fashion-MNIST-shaped array cache in a
+temporary data_dir (so nothing is written beside the real data set).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT
+from vdm import data_tfds, encoding, fid
+
+
+@pytest.fixture(scope="module")
+def net():
+    return fid.load_inception()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A data_dir holding 'fashion_mnist' with 12 train and 12 test images (shapes as the real one)."""
+    folder = str(tmp_path_factory.mktemp("tfds"))
+    rng = np.random.default_rng(0)
+    info = {"shape": (28, 28, 1), "num_train": 12, "num_test": 12, "num_classes": 10}
+    images = {s: rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8) for s in ("train", "test")}
+    for split, x in images.items():
+        data_tfds.write_array_cache("fashion_mnist", folder, split, x, np.zeros(12, np.int32), info)
+    return folder, images
+
+
+def test_reference_stats_are_cached_beside_the_data_keyed_by_weights_and_resize(tiny_data, net):
+    folder, images = tiny_data
+    stats = fid.reference_stats("fashion_mnist:test", num=10, net=net, data_dir=folder)
+    files = os.listdir(os.path.join(folder, "fashion_mnist", "vdm_fid"))
+    assert files == [f"test_n10_tf1_{net.weights_sha256[:16]}.npz"]
+    feats = fid.inception_features(images["test"][:10], net=net)
+    np.testing.assert_allclose(stats["features"], feats, atol=1e-6)
+    assert int(stats["num"]) == 10 and stats["cov"].dtype == np.float64
+    again = fid.reference_stats("fashion_mnist:test", num=10, net=net, data_dir=folder)   # from the file
+    np.testing.assert_array_equal(again["mu"], stats["mu"])
+    with pytest.raises(ValueError, match=r"num must be in \[2, 12\]"):
+        fid.reference_stats("fashion_mnist:test", num=13, net=net, data_dir=folder)
+    with pytest.raises(ValueError, match="not a data set split"):
+        fid.reference_stats("fashion_mnist:validation", net=net, data_dir=folder)
+
+
+def test_score_samples_decodes_float_samples_and_scores_them_against_the_reference(tiny_data, net):
+    folder, images = tiny_data
+    x = encoding.encode(images["train"][:8])                  # as --mode=sample returns them, in [-1, 1]
+    out = fid.score_samples(x, "fashion_mnist:test", num_reference=10, data_dir=folder, net=net,
+                            kid_subsets=4, kid_subset_size=4)
+    assert set(out) == {"fid", "kid", "kid_se", "num_samples", "num_reference"}
+    assert out["num_samples"] == 8 and out["num_reference"] == 10 and out["fid"] > 0
+    same = fid.score_samples(images["train"][:8], "fashion_mnist:test", num_reference=10, data_dir=folder,
+                             net=net, kid_subsets=4, kid_subset_size=4)
+    assert same["fid"] == pytest.approx(out["fid"], rel=1e-6)   # the decoding is exact
+    with pytest.raises(ValueError, match="uint8 or floats"):
+        fid.score_samples(np.zeros((4, 28, 28, 1), np.int32), "fashion_mnist:test", net=net, data_dir=folder)
+
+
+def test_sources_npz_png_folder_and_split_give_the_same_images(tiny_data, tmp_path):
+    folder, images = tiny_data
+    x = images["test"][:5]
+    np.savez(tmp_path / "s.npz", samples=encoding.encode(x, "bin_centres"), labels=np.zeros(5))
+    (tmp_path / "s.json").write_text(json.dumps({"data": {"encoding": "bin_centres"}}))   # the config beside it
+    np.testing.assert_array_equal(fid.load_source(str(tmp_path / "s.npz")), x)
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for i, im in enumerate(x):
+        Image.fromarray(im[..., 0]).save(pngs / f"{i:03d}.png")
+    np.testing.assert_array_equal(fid.load_source(str(pngs)), x)
+    np.testing.assert_array_equal(fid.load_source("fashion_mnist:test", data_dir=folder), images["test"])
+    with pytest.raises(ValueError, match="is not a source"):
+        fid.load_source("nothing_here")
+
+
+def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
+    folder, images = tiny_data
+    np.savez(tmp_path / "a.npz", samples=images["train"][:6])
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "vdm.fid", str(tmp_path / "a.npz"), "fashion_mnist:train",
+                           "--num_b=6", f"--data_dir={folder}", "--kid_subsets=3", "--kid_subset_size=3",
+                           f"--json={out}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FID " in proc.stdout and "KID " in proc.stdout and "(N = 6, 6; resize tf1)" in proc.stdout
+    r = json.loads(out.read_text())
+    assert abs(r["fid"]) < 1e-2 and r["num_a"] == 6          # the same six images: FID 0 up to rounding
+    bad = subprocess.run([sys.executable, "-m", "vdm.fid", "x.npz", "fashion_mnist:train"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "VDM_FID_DIR": str(tmp_path / "none")})
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "make fid-weights" in bad.stderr
