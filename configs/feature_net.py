@@ -2,7 +2,7 @@
 
 Trained once (about 2 min on 2 CPU cores, seconds on a GPU) to a cached checkpoint, then reused by
 experiments/compare_objectives.py for Fréchet distances between the features of samples and of
-the test set (not Inception FID; see experiments/fid.py). It trains through the same loop as the
+the test set (not Inception FID; see vdm/feature_metrics.py). It trains through the same loop as the
 diffusion model (vdm/train.py): orbax checkpoints with resume, metrics.jsonl, TensorBoard.
 
 Run:

@@ -77,6 +77,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval.ode_steps = 64     # 'ode': RK4 steps, uniform in log-SNR (4 network evaluations each)
     config.eval.ode_probes = 1     # 'ode': Hutchinson probes per example for the divergence
     config.eval.max_examples = 0   # evaluate only the first N test examples, both methods (0: the whole split)
+    config.eval.fid_samples = 0    # --mode=sample: Inception FID/KID of this many samples (0: none; images only)
+    config.eval.fid_reference = "train"   # ... against this split's cached Inception statistics: 'train' or 'test'
+    config.eval.fid_reference_examples = 0   # ... its first N examples (0: the whole split; computed once, cached)
 
     config.sampling = ml_collections.ConfigDict()
     config.sampling.method = "ancestral"  # ancestral, ddim, sde, ode, pc, dpm_solver

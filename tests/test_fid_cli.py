@@ -94,3 +94,34 @@ def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "VDM_FID_DIR": str(tmp_path / "none")})
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "make fid-weights" in bad.stderr
+
+
+def test_sample_mode_scores_what_it_drew_into_metrics(tiny_data, tmp_path):
+    """--mode=sample with config.eval.fid_samples writes the Inception FID/KID of its first samples against the
+    split's reference to metrics.jsonl; the same figures come from `python -m vdm.fid`'s path on the saved .npz."""
+    from conftest import run_cli
+    folder, _ = tiny_data
+    wd = str(tmp_path / "run")
+    small = ["--config=configs/fashion_mnist.py:small", f"--workdir={wd}"]
+    proc = run_cli(small + ["--config.training.num_steps=2", "--config.training.eval_every=2",
+                            "--config.training.checkpoint_every=2", "--config.training.log_every=1",
+                            "--config.eval.max_examples=20"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(small + ["--mode=sample", "--config.sampling.num_steps=4", "--config.sampling.num_samples=6",
+                            "--config.eval.fid_samples=8", "--config.eval.fid_reference=test",
+                            "--config.eval.fid_reference_examples=10", f"--config.data.data_dir={folder}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    npz = proc.stdout.strip().splitlines()[-1][:-4] + ".npz"
+    assert np.load(npz)["samples"].shape == (8, 28, 28, 1)      # max(num_samples, fid_samples) drawn
+    row = [json.loads(r) for r in open(os.path.join(wd, "metrics.jsonl")) if '"sample/fid"' in r][-1]
+    assert row["mode"] == "sample" and row["sample/num_samples"] == 8 and row["sample/num_reference"] == 10
+    again = fid.compare(npz, "fashion_mnist:test", num=8, num_b=10, data_dir=folder, kid_subset_size=8)
+    assert row["sample/fid"] == pytest.approx(again["fid"], rel=1e-9)
+    assert row["sample/kid"] == pytest.approx(again["kid"], rel=1e-9, abs=1e-12)
+
+
+def test_fid_samples_on_toy_data_is_one_line_naming_image_data(tmp_path):
+    from conftest import run_cli
+    proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={tmp_path}", "--config.eval.fid_samples=8"])
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "needs image data" in lines[0], proc.stderr[-2000:]

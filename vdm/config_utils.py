@@ -136,6 +136,13 @@ def _validate_eval(c: ml_collections.ConfigDict, device_count: int | None) -> No
     _int("eval.ode_steps", e.ode_steps, 1)
     _int("eval.ode_probes", e.ode_probes, 1)
     _int("eval.max_examples", e.max_examples, 0)
+    _int("eval.fid_samples", e.fid_samples, 0)
+    _check(e.fid_samples != 1, "config.eval.fid_samples must be 0 (no FID) or >= 2 (a covariance needs two).")
+    _choices("eval.fid_reference", e.fid_reference, ("train", "test"))
+    _int("eval.fid_reference_examples", e.fid_reference_examples, 0)
+    _check(e.fid_samples == 0 or c.data.dataset in IMAGE_DATASETS,
+           f"config.eval.fid_samples > 0 needs image data (Inception FID); {c.data.dataset!r} is not one of "
+           + repr(IMAGE_DATASETS) + ".")
     divisible_by_devices("eval.batch_size", eval_batch_size(e, device_count or 1), device_count)
     g = c.guidance
     _check(isinstance(g.classifier_workdir, str), "config.guidance.classifier_workdir must be a path ('' for none).")

@@ -243,9 +243,9 @@ class ClassifierGuidance(NamedTuple):
     num_classes: int
 
 
-def _classifier_guidance(config: ml_collections.ConfigDict) -> ClassifierGuidance | None:
-    """The ClassifierGuidance of config.guidance, or None without a classifier."""
-    g, n = config.guidance, config.sampling.num_samples
+def _classifier_guidance(config: ml_collections.ConfigDict, n: int) -> ClassifierGuidance | None:
+    """The ClassifierGuidance of config.guidance for n samples, or None without a classifier."""
+    g = config.guidance
     if not g.classifier_workdir:
         return None
     from vdm.train_classifier import load_log_prob_fn       # same layer: the classifier's own trainer
@@ -279,22 +279,47 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """
     trainer, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
     s = config.sampling
-    guidance = _classifier_guidance(config)
-    chunk = sample_chunk_size(s.num_samples, s.batch_size,
-                              guidance.num_classes if guidance else config.model.num_classes)
+    num = max(s.num_samples, config.eval.fid_samples)
+    guidance = _classifier_guidance(config, num)
+    chunk = sample_chunk_size(num, s.batch_size, guidance.num_classes if guidance else config.model.num_classes)
     sampler = make_sampler(trainer, chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale)
                            if guidance else None)
     key = derived_key(config, 2, step)
-    num_chunks = -(-s.num_samples // chunk)
+    num_chunks = -(-num // chunk)
     samples = np.concatenate([np.asarray(sampler(state.ema_params, key if num_chunks == 1
                                                  else jax.random.fold_in(key, i)))
-                              for i in range(num_chunks)])[:s.num_samples]
+                              for i in range(num_chunks)])[:num]
     name = sample_name(config, step)
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
         save_samples_png(path + ".png", samples, trainer.info.encoding)
-        labels = guidance.labels if guidance else sample_labels(config, s.num_samples)
+        labels = guidance.labels if guidance else sample_labels(config, num)
         np.savez(path + ".npz", samples=samples,
                  labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
         config_utils.save_config(config, os.path.dirname(path), name=name)
+        if config.eval.fid_samples > 0:
+            score_samples(config, trainer.info, samples[:config.eval.fid_samples], step, workdir, name)
     return path + ".png"
+
+
+def score_samples(config: ml_collections.ConfigDict, info: data.DatasetInfo, samples: np.ndarray, step: int,
+                  workdir: str, name: str) -> dict[str, float]:
+    """Inception FID and KID (vdm.fid.score_samples) of samples against config.eval.fid_reference, to metrics.jsonl.
+
+    The reference statistics of the split (its first fid_reference_examples, 0: all) are computed
+    once and cached beside the data.
+    """
+    from vdm import fid
+    e = config.eval
+    scores = fid.score_samples(samples, f"{config.data.dataset}:{e.fid_reference}",
+                               num_reference=e.fid_reference_examples or None, encoding_name=info.encoding,
+                               data_dir=config.data.data_dir or None,
+                               kid_subset_size=min(1000, len(samples)))
+    result = {f"sample/{k}": v for k, v in scores.items()}
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
+    writer.write(step, result, tags={"mode": "sample", "samples": name})
+    writer.close()
+    log.info("%s: Inception FID %.3f, KID %.5f +- %.5f (%d samples vs %d of %s:%s)", name, scores["fid"],
+             scores["kid"], scores["kid_se"], scores["num_samples"], scores["num_reference"],
+             config.data.dataset, e.fid_reference)
+    return result
