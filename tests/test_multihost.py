@@ -330,3 +330,28 @@ def test_after_sigkill_of_one_process_the_job_resumes_losing_at_most_one_interva
     d = _max_diff(_state(ref, 150), _state(wd, 150))
     print(f"final state max |diff| resumed 2-proc vs uninterrupted 1-proc: {d:.3g}")
     assert d <= 1e-4
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_saved_step(tmp_path):
+    """SIGTERM to process 1 alone: both processes agree at the next log_every boundary, save that step together
+    and exit 128 + SIGTERM with the one-line message; the checkpoint is complete (readable)."""
+    wd = str(tmp_path / "run")
+    args = TOY + [f"--workdir={wd}", "--config.training.num_steps=100000", "--config.training.log_every=5",
+                  "--config.training.checkpoint_every=100000", "--config.training.eval_every=100000",
+                  "--config.optimizer.decay=constant"]
+    job = Job(args, tmp_path / "log", num_processes=2, local_devices=2)
+    deadline = time.monotonic() + 180
+    metrics = os.path.join(wd, "metrics.jsonl")
+    while time.monotonic() < deadline and all(p.poll() is None for p in job.procs.values()):
+        if os.path.exists(metrics) and any(r.get("step", 0) >= 10 for r in _records(wd)):
+            break
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in job.procs.values()), job.stderr(0)[-3000:] + job.stderr(1)[-3000:]
+    job.procs[1].send_signal(signal.SIGTERM)
+    codes = job.wait(120)
+    assert codes == {0: 128 + signal.SIGTERM, 1: 128 + signal.SIGTERM}, job.stderr(0)[-3000:]
+    steps = [int(n) for n in os.listdir(os.path.join(wd, "checkpoints")) if n.isdigit()]
+    assert len(steps) == 1 and steps[0] % 5 == 0 and steps[0] >= 10, steps
+    for i in (0, 1):
+        assert f"stopped by SIGTERM at step {steps[0]}" in job.stderr(i) and "Traceback" not in job.stderr(i)
+    assert _state(wd, steps[0])                         # a complete, readable checkpoint
