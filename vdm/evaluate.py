@@ -72,6 +72,14 @@ def over_split(eval_fn: Callable, params: PyTree, data_config: Any, batch_size: 
     return jax.tree.map(lambda *v: np.concatenate(v), *outs)
 
 
+def _over_eval_split(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, mesh: Any, key: Array,
+                     split: str, desc: str) -> PyTree:
+    """over_split with config.eval's batch (config_utils.eval_batch_size) and its max_examples cap."""
+    e = config.eval
+    return over_split(eval_fn, params, config.data, config_utils.eval_batch_size(e, jax.device_count()), mesh, key,
+                      split, e.max_examples, desc)
+
+
 def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, info: data.DatasetInfo,
                   mesh: Any, key: Array, split: str = "test") -> dict[str, float]:
     """-ELBO in bits/dim over the whole split: eval/bpd{,_recon,_prior,_diffusion}, eval/bpd_se, eval/num_examples.
@@ -79,8 +87,7 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.Conf
     eval_fn = parallel.data_parallel_eval(per-example eval step); bpd_se is the standard error
     std(total_bpd) / sqrt(N) of the per-example Monte-Carlo estimates.
     """
-    out = over_split(eval_fn, params, config.data, config_utils.eval_batch_size(config.eval, jax.device_count()),
-                     mesh, key, split, config.eval.max_examples)
+    out = _over_eval_split(eval_fn, params, config, mesh, key, split, "eval")
     nats = {k: np.asarray(out[k], np.float64) for k in TERMS}
     result = {f"eval/bpd{SUFFIX[k]}": float(bits_per_dim(np.mean(v), info.num_dims)) for k, v in nats.items()}
     result["eval/bpd_se"] = mean_and_se(nats["total"], info.num_dims)[1]
@@ -98,8 +105,7 @@ def evaluate_ode(eval_fn: Callable, params: PyTree, config: ml_collections.Confi
     4 x ode_steps network evaluations per example).
     """
     e = config.eval
-    out = over_split(eval_fn, params, config.data, config_utils.eval_batch_size(e, jax.device_count()), mesh, key,
-                     split, e.max_examples, desc="ode eval")
+    out = _over_eval_split(eval_fn, params, config, mesh, key, split, "ode eval")
     bpd, se = mean_and_se(np.asarray(out["nll"], np.float64), info.num_dims)
     return {"eval/ode_bpd": bpd, "eval/ode_bpd_se": se, "eval/ode_num_examples": len(out["nll"]),
             "eval/ode_num_steps": e.ode_steps}
@@ -168,11 +174,9 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
                           mode: str = "eval") -> tuple[Trainer, Any, TrainState, int]:
     """(trainer, mesh, state, step) from the newest intact checkpoint of `workdir` (nothing is written); error if none.
 
-    `config` should be the run's own (config_utils.inference_config): the state's shapes come from it.
+    `config` should be the run's own (record.inference_config): the state's shapes come from it.
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) with this --workdir.")
     trainer, mesh = setup(config, mode=mode)
     with Checkpointer(ckpt_dir, max_to_keep=None, create=False) as ckpt:
         if ckpt.latest_step() is None:

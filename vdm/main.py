@@ -86,7 +86,7 @@ def join_job() -> str:
 
 def resolve_config(mode: str, given, workdir: str, overridden: list[str]):
     """The config a mode runs: train the given one (resuming: the recorded one if none is given); eval and sample
-    the workdir's recorded run with the eval/sampling/guidance keys of `given` (config_utils.inference_config)."""
+    the workdir's recorded run with the eval/sampling/guidance keys of `given` (record.inference_config)."""
     if mode == "train":
         if given is not None:
             return given
@@ -122,8 +122,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
     logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
-    from vdm.data import DatasetNotFoundError
-    from vdm.checkpoint import CheckpointCorruptError, CheckpointMismatchError
+    from vdm.train import USER_ERRORS, Interrupted
     prefix = ""
     try:
         given = _CONFIG.value if flags.FLAGS["config"].present else None
@@ -135,14 +134,12 @@ def main(argv: list[str]) -> int:
             absl_logging.get_absl_handler().setFormatter(
                 logging.Formatter(prefix + "%(levelname).1s %(asctime)s %(name)s] %(message)s"))
             logging.getLogger("vdm.main").info("--mode=%s in %s", _MODE.value, _WORKDIR.value)
-        from vdm.train import Interrupted
         try:
             result = run(_MODE.value, config, _WORKDIR.value)
         except Interrupted as e:
             print(f"{prefix}{e}", file=sys.stderr)
             return 128 + e.signum
-    except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError, FloatingPointError,
-            CheckpointMismatchError, CheckpointCorruptError) as e:   # bad config, no data/checkpoint, NaN, ...
+    except USER_ERRORS as e:
         print(f"{prefix}error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)

@@ -28,9 +28,8 @@ RESUMABLE_KEYS = MACHINE_KEYS + tuple(f"training.{k}" for k in (
 _ABSENT = "<absent>"
 
 
-def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+def flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """{'section.key': value} of a config, values as JSON gives them back (tuples as lists)."""
-    tree = json.loads(config.to_json()) if isinstance(config, ml_collections.ConfigDict) else config
     out = {}
 
     def walk(node: dict, prefix: str) -> None:
@@ -39,7 +38,7 @@ def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
                 walk(v, f"{prefix}{k}.")
             else:
                 out[f"{prefix}{k}"] = v
-    walk(tree, "")
+    walk(json.loads(config.to_json()), "")
     return out
 
 
@@ -50,9 +49,9 @@ def may_change(key: str, *, resume: bool) -> bool:
     return resume and key in RESUMABLE_KEYS
 
 
-def load_recorded(workdir: str, name: str = "config") -> ml_collections.ConfigDict | None:
-    """The config a run recorded in workdir/NAME.json, or None if there is none; ConfigError if unreadable."""
-    path = os.path.join(workdir, f"{name}.json")
+def load_recorded(workdir: str) -> ml_collections.ConfigDict | None:
+    """The config a run recorded in workdir/config.json, or None if there is none; ConfigError if unreadable."""
+    path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
     try:

@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from vdm import config_utils, data, parallel, record
-from vdm.checkpoint import Checkpointer
+from vdm.checkpoint import CheckpointCorruptError, Checkpointer, CheckpointMismatchError
 from vdm.evaluate import evaluate_and_sample
 from vdm.fileio import atomic_write_text
 from vdm.metrics import MetricWriter
@@ -35,6 +35,10 @@ from vdm.trainer import Trainer, TrainState, create_train_state, restore_or_init
 
 log = logging.getLogger(__name__)
 FINAL_EVAL = "final_eval.json"      # the last eval of a finished run, returned by a rerun
+# What an entry point reports as one line and exit status 1: a bad config, no data or checkpoint,
+# a checkpoint of another config or none intact, a non-finite loss under nan_policy='stop'.
+USER_ERRORS = (config_utils.ConfigError, data.DatasetNotFoundError, FileNotFoundError, FloatingPointError,
+               CheckpointMismatchError, CheckpointCorruptError)
 
 
 class Task(Protocol):
@@ -245,6 +249,11 @@ def _open_run(task: Task, mesh: Any, workdir: str) -> tuple[TrainState, int, Che
     return state, step, ckpt
 
 
+def _save(ckpt: Checkpointer, step: int, state: TrainState, config: ml_collections.ConfigDict) -> None:
+    """Checkpoint `state` (fetched to the host) as `step`, with the config in its info."""
+    ckpt.save(step, parallel.to_host(state), info={"config": config.to_json()})
+
+
 def _evaluate(task: Task, stop: _StopOnSignal, state: TrainState, step: int, mesh: Any, workdir: str,
               writer: MetricWriter, pbar: tqdm.tqdm) -> dict:
     """task.evaluate at `step` (a signal ends it at once), its figures on the bar; the bar's rate excludes it."""
@@ -268,10 +277,11 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
     config, t = task.config, task.config.training
     is_main = jax.process_index() == 0
     state, step, ckpt = _open_run(task, mesh, workdir)
-    if step >= t.num_steps and recorded_final_eval(workdir, step):
+    done = recorded_final_eval(workdir, step) if step >= t.num_steps else {}
+    if done:
         ckpt.close()
-        log.info("workdir already holds step %d >= num_steps, evaluated: its recorded result (metrics.jsonl).", step)
-        return recorded_final_eval(workdir, step)
+        log.info("workdir already holds step %d >= num_steps, evaluated: its recorded result (%s).", step, FINAL_EVAL)
+        return done
     writer = MetricWriter(workdir, enabled=is_main)
     train_fn = parallel.data_parallel(task.train_step, mesh, steps_per_call=t.steps_per_call)
     window, last_eval, pbar = _Window(config, writer), {}, _progress(config, step, is_main)
@@ -290,7 +300,7 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                     scalars = window.flush(step, ckpt)      # raises under nan_policy='stop'
                     pbar.set_postfix(loss=f"{scalars['train/loss']:.4g}", refresh=False)
                 if save:
-                    ckpt.save(step, parallel.to_host(state), info={"config": config.to_json()})
+                    _save(ckpt, step, state, config)
                 if interrupted:
                     ckpt.wait()
                     raise Interrupted(stop.signum, step, workdir)
@@ -301,7 +311,7 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
             _record_final_eval(workdir, step, last_eval)
     except _StopNow:                                        # a signal during an evaluation
         if step not in ckpt.all_steps():
-            ckpt.save(step, parallel.to_host(state), info={"config": config.to_json()})
+            _save(ckpt, step, state, config)
         ckpt.wait()
         raise Interrupted(stop.signum, step, workdir) from None
     finally:

@@ -163,16 +163,13 @@ def main(argv: list[str]) -> int:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
     logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
-    from vdm.checkpoint import CheckpointCorruptError, CheckpointMismatchError
-    from vdm.data import DatasetNotFoundError
-    from vdm.train import Interrupted
+    from vdm.train import USER_ERRORS, Interrupted
     try:
         print(json.dumps(train_classifier(flags.FLAGS.config, flags.FLAGS.workdir), indent=1))
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
-    except (config_utils.ConfigError, DatasetNotFoundError, FileNotFoundError, FloatingPointError,
-            CheckpointMismatchError, CheckpointCorruptError) as e:
+    except USER_ERRORS as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     return 0
