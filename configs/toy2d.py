@@ -42,10 +42,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
     config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
     config.model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
+    config.model.decoder = 'gaussian'  # TEMP
 
     config.loss = ml_collections.ConfigDict()
     config.loss.weighting = "elbo"   # elbo, simple, snr, min_snr, sigmoid, edm
     config.loss.antithetic = True    # low-discrepancy t sampling over the batch (VDM)
+    config.loss.sigmoid_bias = -2.0  # TEMP
+    config.loss.min_snr_gamma = 5.0
+    config.loss.edm_p_mean = -1.2
+    config.loss.edm_p_std = 1.2
+    config.loss.edm_sigma_data = 0.5
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 2e-3  # peak learning rate

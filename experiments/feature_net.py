@@ -42,7 +42,8 @@ from vdm.data_toy import from_8bit
 from vdm.fileio import atomic_write
 from vdm.metrics import MetricWriter
 from vdm.train import run
-from vdm.trainer import TrainState, lr_schedule, make_optimizer, new_state, optimizer_step, step_keys
+from vdm.models.convert import decay_mask
+from vdm.optim import Optimizer, TrainState, step_keys
 
 Array = jax.Array
 DEFAULT_WORKDIR = "experiments/results/feature_net"
@@ -129,15 +130,20 @@ class FeatureNetTask:
     """
     config: ml_collections.ConfigDict
     model: FeatureNet
-    tx: optax.GradientTransformation
+    optimizer: Optimizer
     data: dict | None
     cache: dict = dataclasses.field(default_factory=dict)
+    display: tuple[str, ...] = ("eval/test_accuracy",)
 
     def init_state(self) -> TrainState:
         """Fresh params from config.seed."""
         k_init, k_run = jax.random.split(jax.random.PRNGKey(self.config.seed))
         params = self.model.init(k_init, jnp.zeros((1,) + IMAGE_SHAPE))["params"]
-        return new_state(params, self.tx, k_run)
+        return self.optimizer.init(params, k_run)
+
+    def restore(self, ckpt: Any, like: TrainState, *, quarantine: bool = False):
+        """Checkpointer.restore_latest (one parameter layout: nothing to migrate)."""
+        return ckpt.restore_latest(like, quarantine=quarantine)
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
         """This process's rows (parallel.host_slice) of the global batches {'x' in [-1, 1], 'label' int32}; batch k depends only on (seed, k)."""
@@ -165,8 +171,7 @@ class FeatureNetTask:
             return ce, {"loss": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
         grads, terms = jax.grad(loss, has_aux=True)(parallel.to_varying(state.params))
-        return optimizer_step(self.tx, state, grads, terms, ema_decay=self.config.optimizer.ema_decay,
-                              lr=lr_schedule(self.config)(state.step))
+        return self.optimizer.update(state, grads, terms)
 
     def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
         """Accuracy of the EMA params on the whole test split (data parallel)."""
@@ -197,8 +202,9 @@ def heldout_accuracy(task: FeatureNetTask, params: Any, mesh: Any) -> float:
 
 
 def build_task(config: ml_collections.ConfigDict, num_classes: int, data: dict | None = None) -> FeatureNetTask:
-    """The FeatureNetTask of a validated config: its model with `num_classes` outputs, make_optimizer(config)."""
-    return FeatureNetTask(config, build_model(config, num_classes), make_optimizer(config), data)
+    """The FeatureNetTask of a validated config: its model with `num_classes` outputs, Optimizer.from_config(config)."""
+    optimizer = Optimizer.from_config(config, functools.partial(decay_mask, kind=config.optimizer.decay_mask))
+    return FeatureNetTask(config, build_model(config, num_classes), optimizer, data)
 
 
 def _load(config: ml_collections.ConfigDict) -> dict:

@@ -1,7 +1,7 @@
 """The package's shape, checked: modules in layers that import only downward, and size limits.
 
 Layers, lowest first (ARCHITECTURE.md): math -> data/infrastructure -> models -> sampling/likelihood
--> config -> trainer -> loop/evaluation -> CLI. A module may import modules of its own layer or
+-> config -> the diffusion model -> the loop -> the models' Tasks -> eval/sample modes -> CLI. A module may import modules of its own layer or
 lower ones, never higher (lazy imports inside functions count too). No module of vdm/ is over 400
 lines and no function over 60 (configs/ excepted: a config is one long function by design).
 """
@@ -20,12 +20,14 @@ LAYERS = [
     ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "encoding", "fileio",
               "feature_metrics"]),
     ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel", "torchscript",
-                        "fid_weights"]),
+                        "fid_weights", "optim"]),
     ("models", ["models"]),
     ("sampling", ["sampling", "guidance", "likelihood", "analytic", "fid"]),
     ("config", ["config_utils", "record"]),
-    ("trainer", ["trainer"]),
-    ("loop", ["train", "evaluate", "train_classifier"]),
+    ("model", ["diffusion_model"]),
+    ("loop", ["train"]),
+    ("tasks", ["diffusion_task", "train_classifier"]),
+    ("modes", ["evaluate"]),
     ("cli", ["main"]),
 ]
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
@@ -76,9 +78,9 @@ def test_every_module_imports_only_its_own_layer_or_lower():
 
 def test_the_check_catches_an_upward_import(tmp_path):
     path = tmp_path / "x.py"
-    path.write_text("def f():\n    from vdm import trainer\n")
-    assert _vdm_imports(str(path), "vdm.diffusion") == {"vdm.trainer"}
-    assert _layer("vdm.trainer") > _layer("vdm.diffusion")
+    path.write_text("def f():\n    from vdm import train\n")
+    assert _vdm_imports(str(path), "vdm.diffusion") == {"vdm.train"}
+    assert _layer("vdm.train") > _layer("vdm.diffusion")
 
 
 @pytest.mark.parametrize("folder", ["vdm", "experiments"])

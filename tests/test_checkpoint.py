@@ -186,22 +186,24 @@ def test_a_run_resumes_across_block_layouts_with_the_same_function(tmp_path):
     import jax.numpy as jnp
 
     from conftest import load_config
-    from vdm import data, parallel, trainer as tr
+    from vdm import data, diffusion_model as dm, parallel
+    from vdm.diffusion_task import DiffusionTask
     from vdm.models import unstack_blocks
+    from vdm.train import restore_or_init
 
     def build(scan):
         c = load_config("fashion_mnist", "small")
         c.model.update(num_layers=2, scan_blocks=scan)
-        return tr.build_trainer(c, data.get_dataset_info(c.data)), parallel.make_mesh()
+        return dm.build(c, data.get_dataset_info(c.data)), parallel.make_mesh()
 
     (unrolled, mesh), (scanned, _) = build(False), build(True)
-    state = tr.create_train_state(unrolled, jax.random.PRNGKey(3))
+    state = unrolled.init_state(jax.random.PRNGKey(3))
     state = state.replace(step=jnp.int32(7), params=jax.tree.map(lambda p: p + 0.01, state.params))
     d = str(tmp_path / "ckpt")
     with Checkpointer(d) as ckpt:
         ckpt.save(7, parallel.to_host(state))
     with Checkpointer(d) as ckpt:
-        restored, step = tr.restore_or_init(lambda: tr.create_train_state(scanned, jax.random.PRNGKey(0)), mesh, ckpt)
+        restored, step = restore_or_init(DiffusionTask(scanned), mesh, ckpt)
     assert step == 7 and "down" in restored.params["model"] and "down_0" not in restored.params["model"]
     back = unstack_blocks(parallel.to_host(restored.params))
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(parallel.to_host(state.params))):

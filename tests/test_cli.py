@@ -82,14 +82,15 @@ def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
         assert samples.shape == (16, 2) and np.all(np.isfinite(samples)), method
     # Chunked sampling (sampling.batch_size): chunk i is the one-shot sampler's draw with key fold_in(key, i).
     import jax
-    from vdm.trainer import derived_key
+    from vdm.diffusion_model import derived_key
+    from vdm.diffusion_task import make_sampler
     config = load_config("toy2d", "small")
     config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = "ddim", 4, 10
     config.sampling.batch_size = 4                       # chunks of 4, 4, 4 (the last cut to 2)
     chunked = np.load(evaluate.sample(config, wd)[:-4] + ".npz")["samples"]
     trainer, _, state, step = evaluate.restore_for_inference(config, wd)
     key = derived_key(config, 2, step)
-    one = evaluate.make_sampler(trainer, 4)
+    one = make_sampler(trainer, 4)
     expect = np.concatenate([np.asarray(one(state.ema_params, jax.random.fold_in(key, i))) for i in range(3)])
     assert chunked.shape == (10, 2)
     np.testing.assert_allclose(chunked, expect[:10], rtol=1e-5, atol=1e-6)

@@ -123,7 +123,8 @@ def test_more_steps_give_a_tighter_bound():
 
 
 def test_discrete_step_two_routes_agree():
-    """T/2 expm1(g_t - g_s)||eps - eps_hat||^2 / T equals KL(q(z_s|z_t,x) || q(z_s|z_t,x_hat)) summed over dims."""
+    """The discrete term / T equals KL(q(z_s|z_t,x) || q(z_s|z_t,x_hat)) from the two posteriors' own means, and
+    T/2 expm1(g_t - g_s) ||eps - eps_hat||^2 / T."""
     T = 50
     sched = S.cosine()
     x = gaussian_data(16, 11)
@@ -132,7 +133,7 @@ def test_discrete_step_two_routes_agree():
     denoise = lambda z, t: optimal_eps(z, t, sched) + 0.1 * jnp.sin(3 * z)
     for i in [1, 2, 17, 49, 50]:
         t = jnp.full((16,), i / T, jnp.float32)
-        step = O.diffusion_term(denoise, x, eps, t, schedule=sched, num_steps=T) / T
+        step = O.discrete_diffusion_term(denoise, x, eps, t, schedule=sched, parameterization="eps", num_steps=T) / T
         g_s = sched(jnp.float32((i - 1) / T))
         g_t = sched(jnp.float32(i / T))
         z_t = D.q_sample(x, g_t, eps)
@@ -141,6 +142,9 @@ def test_discrete_step_two_routes_agree():
         m_p, v_p = D.posterior(z_t, x_hat, g_s, g_t)
         kl = D.sum_except_batch(D.kl_normal(m_q, v_q, m_p, v_p))
         np.testing.assert_allclose(step, kl, rtol=2e-3, atol=1e-6)
+        eps_hat = denoise(z_t, t)
+        np.testing.assert_allclose(step, 0.5 * jnp.expm1(g_t - g_s) * D.sum_except_batch((eps - eps_hat) ** 2),
+                                   rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -160,7 +164,16 @@ def test_antithetic_t_covers_the_interval_evenly():
     assert 0.0 <= t.min() < 0.01
 
 
-def _expected_weighted(weighting, schedule_np, dschedule_np, s=SCALES):
+def _weighted_loss(denoise, x, key, *, schedule, weighting, antithetic=True, **kwargs):
+    """The diffusion term of O.neg_elbo_terms under `weighting`, at t ~ U(0, 1) (antithetic) and eps ~ N(0, I)."""
+    k_t, k_eps = jax.random.split(key)
+    t = O.sample_t(k_t, x.shape[0], antithetic=antithetic)
+    eps = jax.random.normal(k_eps, x.shape)
+    return O.neg_elbo_terms(denoise, x, t, eps, jnp.zeros_like(x), schedule=schedule, weighting=weighting,
+                            decoder="gaussian", weighting_kwargs=kwargs)["diffusion"]
+
+
+def _expected_weighted(weighting, schedule_np, dschedule_np, s=SCALES, bias=-2.0, snr_gamma=5.0):
     """E[L_w] from each loss's own definition, by quadrature over t."""
     def integrand(t):
         g, dg = schedule_np(t), dschedule_np(t)
@@ -173,8 +186,8 @@ def _expected_weighted(weighting, schedule_np, dschedule_np, s=SCALES):
             "elbo": 0.5 * dg * e_mmse,                                # VDM eq. 17
             "simple": e_mmse,                                         # Ho et al. 2020
             "snr": max(snr, 1.0) * x_mmse,                            # Salimans & Ho 2022
-            "min_snr": min(snr, 5.0) * x_mmse,                        # Hang et al. 2023
-            "sigmoid": 0.5 * dg / (1 + np.exp(lam + 2.0)) * e_mmse,   # sigmoid(-lambda + b), b = -2
+            "min_snr": min(snr, snr_gamma) * x_mmse,                  # Hang et al. 2023
+            "sigmoid": 0.5 * dg / (1 + np.exp(lam - bias)) * e_mmse,  # sigmoid(-lambda + b), default b = -2
             # EDM: E_{ln sigma ~ N(-1.2, 1.2^2)} [(sigma^2 + 0.25)/(0.25 sigma^2) ||x - x_hat||^2] / 2,
             # written as a density over t through lambda = -2 ln sigma.
             "edm": 0.5 * dg * np.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2) / (2.4 * np.sqrt(2 * np.pi))
@@ -198,8 +211,8 @@ def test_weighted_losses_match_their_definitions(weighting, schedule_name):
         dg_np = lambda t: 0.0 if not GAMMA_MIN < raw(t) < GAMMA_MAX else c * (
             1 / np.tan(t * c) + 1 / np.tan((t + 0.016) * c) + 2 / np.tan((1 - t) * c))
     x = gaussian_data(50_000, 21)
-    loss = jax.jit(lambda x, k: O.weighted_loss(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched,
-                                                weighting=weighting, antithetic=True))(x, jax.random.PRNGKey(2))
+    loss = jax.jit(lambda x, k: _weighted_loss(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched,
+                                               weighting=weighting))(x, jax.random.PRNGKey(2))
     loss = np.asarray(loss, np.float64)
     expected = _expected_weighted(weighting, g_np, dg_np)
     se = loss.std() / math.sqrt(loss.size)
@@ -213,9 +226,24 @@ def test_schedule_free_weightings_do_not_depend_on_the_schedule():
     assert lin == pytest.approx(sq, rel=1e-6)
     x = gaussian_data(50_000, 5)
     warped = lambda t: GAMMA_MIN + 18.3 * jnp.square(t)
-    loss = O.weighted_loss(lambda z, t: optimal_eps(z, t, warped), x, jax.random.PRNGKey(1),
-                           schedule=warped, weighting="sigmoid", antithetic=True)
+    loss = _weighted_loss(lambda z, t: optimal_eps(z, t, warped), x, jax.random.PRNGKey(1),
+                          schedule=warped, weighting="sigmoid")
     assert abs(float(loss.mean()) - lin) < 4 * float(loss.std()) / math.sqrt(50_000)
+
+
+@pytest.mark.parametrize("weighting,kwargs", [("sigmoid", {"bias": 1.5}), ("min_snr", {"snr_gamma": 1.0})])
+def test_weighting_hyperparameters_are_used(weighting, kwargs):
+    """A non-default sigmoid bias / min-SNR gamma gives its own quadrature value, not the default's."""
+    sched = S.linear_logsnr(GAMMA_MIN, GAMMA_MAX)
+    g_np, dg_np = (lambda t: GAMMA_MIN + (GAMMA_MAX - GAMMA_MIN) * t), (lambda t: GAMMA_MAX - GAMMA_MIN)
+    x = gaussian_data(50_000, 23)
+    loss = np.asarray(jax.jit(lambda x, k: _weighted_loss(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched,
+                                                          weighting=weighting, **kwargs))(x, jax.random.PRNGKey(4)))
+    expected = _expected_weighted(weighting, g_np, dg_np, **kwargs)
+    default = _expected_weighted(weighting, g_np, dg_np)
+    se = loss.std() / math.sqrt(loss.size)
+    assert abs(loss.mean() - expected) < 4 * se + 1e-3 * abs(expected), (loss.mean(), expected, se)
+    assert abs(expected - default) > 20 * se                    # the check can tell the two apart
 
 
 def test_bits_per_dim_and_errors():
@@ -223,7 +251,7 @@ def test_bits_per_dim_and_errors():
     sched = S.linear_logsnr()
     x = gaussian_data(4)
     with pytest.raises(ValueError, match="choose one of"):
-        O.weighted_loss(lambda z, t: z, x, jax.random.PRNGKey(0), schedule=sched, weighting="lsimple")
+        _weighted_loss(lambda z, t: z, x, jax.random.PRNGKey(0), schedule=sched, weighting="lsimple")
     with pytest.raises(ValueError, match="choose one of"):
         O.elbo(lambda z, t: z, x, jax.random.PRNGKey(0), schedule=sched, decoder="bernoulli")
     with pytest.raises(ValueError, match="expected the shape of z"):

@@ -146,9 +146,9 @@ def _restore(wd: str, step: int) -> np.ndarray:
     """Every leaf of the train state checkpointed at `step` in workdir `wd`, flattened (its recorded config's shapes)."""
     import jax
     from vdm import parallel
-    from vdm.trainer import create_train_state, setup
-    trainer, _ = setup(record.load_recorded(wd))
-    like = parallel.to_host(create_train_state(trainer, jax.random.PRNGKey(0)))
+    from vdm.diffusion_model import setup
+    model, _ = setup(record.load_recorded(wd))
+    like = parallel.to_host(model.init_state(jax.random.PRNGKey(0)))
     with Checkpointer(os.path.join(wd, "checkpoints"), create=False) as ckpt:
         state = ckpt.restore(step, like)
     return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(state)])

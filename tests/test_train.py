@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import REPO_ROOT, load_config, run_cli
-from vdm import data, evaluate, objectives, parallel
-from vdm import trainer as tr
+from vdm import data, diffusion_task, objectives, parallel
+from vdm import diffusion_model as dm
 from vdm.checkpoint import Checkpointer
 
 
@@ -35,29 +35,29 @@ def _toy_config(**training):
 
 def _train(trainer, mesh, state, num_steps, *, start=0, steps_per_call=1):
     c = trainer.config
-    fn = parallel.data_parallel(lambda s, b: tr.train_step(trainer, s, b), mesh,
+    fn = parallel.data_parallel(lambda s, b: dm.train_step(trainer, s, b), mesh,
                                 steps_per_call=steps_per_call)
     batches = data.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start)
     metrics = []
     for _ in range(num_steps // steps_per_call):
         group = [next(batches) for _ in range(steps_per_call)]
-        stacked = {k: np.stack([b[k] for b in group]) for k in ("x", "label")}
+        stacked = {k: np.stack([b[k] for b in group]) for k in group[0]}
         state, m = fn(state, parallel.shard_batch(stacked, mesh, leading_axes=1))
         metrics.append(m)
     return state, metrics, fn
 
 
 def _elbo(trainer, mesh, params):
-    eval_fn = parallel.data_parallel_eval(lambda p, b, k: tr.eval_step(trainer, p, b, k), mesh)
-    return evaluate.evaluate_elbo(eval_fn, params, trainer.config, trainer.info, mesh,
+    eval_fn = parallel.data_parallel_eval(lambda p, b, k: dm.eval_step(trainer, p, b, k), mesh)
+    return diffusion_task.evaluate_elbo(eval_fn, params, trainer.config, trainer.info, mesh,
                                   jax.random.PRNGKey(5))
 
 
 def test_training_lowers_the_elbo_toward_the_true_nll_on_gaussian_data():
     c = _toy_config()
     c.data.num_test = 8000                            # bpd_se ~ 0.1
-    trainer, mesh = tr.setup(c)
-    state = parallel.replicate(tr.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    trainer, mesh = dm.setup(c)
+    state = parallel.replicate(trainer.init_state(jax.random.PRNGKey(0)), mesh)
     before = _elbo(trainer, mesh, state.ema_params)
     state, metrics, fn = _train(trainer, mesh, state, c.training.num_steps)
     after = _elbo(trainer, mesh, state.params)
@@ -73,25 +73,27 @@ def test_training_lowers_the_elbo_toward_the_true_nll_on_gaussian_data():
     assert int(state.step) == c.training.num_steps
 
 
-def test_train_loss_with_elbo_weighting_is_the_negative_elbo_in_expectation():
-    """E[batch loss] (reconstruction + prior + f ||eps - eps_hat||^2) equals E[-ELBO] of vdm.objectives.elbo."""
+def test_train_loss_with_elbo_weighting_is_the_eval_elbo_and_its_mean_is_the_negative_elbo():
+    """One function for both: with the same noise the training terms (weighting 'elbo') equal the eval step's terms
+    exactly, and over fresh noise the batch loss averages to E[-ELBO] of vdm.objectives.elbo's own draws."""
     c = _toy_config()
     c.training.batch_size = 1000
-    trainer, mesh = tr.setup(c)
-    params = tr.create_train_state(trainer, jax.random.PRNGKey(1)).params
+    c.loss.antithetic = False
+    trainer, mesh = dm.setup(c)
+    params = trainer.init_state(jax.random.PRNGKey(1)).params
     # Give the net a non-trivial output first: perturb the zero-initialised last layer.
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
     x = jnp.asarray(data.load_arrays(c.data, "test")[0][:1000])
-    batch = {"x": x, "label": jnp.zeros((1000,), jnp.int32)}
-
-    def loss(key):
-        f = jax.shard_map(lambda p, b: tr.loss_and_grads(trainer, parallel.to_varying(p), b, key, key)[0],
-                          mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("data")),
-                          out_specs=jax.sharding.PartitionSpec(), check_vma=False)
-        return f(params, batch)
+    batch = {"x": x, "label": jnp.zeros((1000,), jnp.int32), "index": jnp.arange(1000)}
+    key = jax.random.PRNGKey(3)
+    train_terms = jax.jit(lambda p, k: trainer.loss_terms(p, batch, k, train=True))(params, key)
+    eval_terms = jax.jit(lambda p, k: trainer.loss_terms(p, batch, k, train=False))(params, key)
+    for name in objectives.TERM_NAMES:
+        np.testing.assert_array_equal(train_terms[name], eval_terms[name])
 
     keys = jax.random.split(jax.random.PRNGKey(3), 40)
-    ours = np.array([float(jax.jit(loss)(k)) for k in keys])
+    loss = jax.jit(lambda k: trainer.value_and_grad(params, batch, k)[0][0])
+    ours = np.array([float(loss(k)) for k in keys])
     ref_fn = jax.jit(lambda k: jnp.mean(objectives.elbo(trainer.denoise_fn(params), x, k,
                                                         schedule=trainer.fixed_schedule,
                                                         decoder="gaussian")["total"]))
@@ -100,17 +102,37 @@ def test_train_loss_with_elbo_weighting_is_the_negative_elbo_in_expectation():
     assert abs(ours.mean() - ref.mean()) < 4 * se, (ours.mean(), ref.mean(), se)
 
 
+def test_the_loss_is_a_pure_function_of_the_batch_whatever_the_device_split():
+    """Per-example terms computed outside shard_map on the whole batch equal those of any contiguous split of it
+    (each part with its rows' global indices): the noise is drawn by (key, global example index)."""
+    c = _toy_config()
+    trainer, _ = dm.setup(c)
+    params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+                          trainer.init_state(jax.random.PRNGKey(0)).params)
+    b = next(data.train_iterator(c.data, 128, seed=0))
+    key = jax.random.PRNGKey(7)
+    terms = jax.jit(lambda bb: trainer.loss_terms(params, bb, key))
+    whole = terms(b)
+    for parts in (2, 8):
+        pieces = [terms({k: v[i * 128 // parts:(i + 1) * 128 // parts] for k, v in b.items()})
+                  for i in range(parts)]
+        for name in objectives.TERM_NAMES:
+            np.testing.assert_allclose(np.concatenate([p[name] for p in pieces]), whole[name], rtol=2e-6, atol=2e-5)
+    shuffled = {k: v[::-1] for k, v in b.items()}          # the same rows in another order
+    np.testing.assert_allclose(terms(shuffled)["total"][::-1], whole["total"], rtol=2e-6, atol=2e-5)
+
+
 _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import json
     import jax, numpy as np
     from test_train import _toy_config, _train
     from vdm import parallel
-    from vdm import trainer as tr
+    from vdm import diffusion_model as dm
     from vdm.checkpoint import Checkpointer
     assert jax.device_count() == 8, jax.devices()
     c = _toy_config(steps_per_call={spc})
-    trainer, mesh = tr.setup(c)
-    state = parallel.replicate(tr.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    trainer, mesh = dm.setup(c)
+    state = parallel.replicate(trainer.init_state(jax.random.PRNGKey(0)), mesh)
     state, metrics, _ = _train(trainer, mesh, state, 2, steps_per_call={spc})
     with Checkpointer({out!r}) as ckpt:
         ckpt.save(int(state.step), parallel.to_host(state))
@@ -130,9 +152,9 @@ def test_two_steps_on_eight_devices_equal_one_device_and_restore_across_counts(t
     losses8 = json.loads(proc.stdout.strip().splitlines()[-1])
 
     c = _toy_config()
-    trainer, mesh = tr.setup(c)
+    trainer, mesh = dm.setup(c)
     assert jax.device_count() == 1
-    state = parallel.replicate(tr.create_train_state(trainer, jax.random.PRNGKey(0)), mesh)
+    state = parallel.replicate(trainer.init_state(jax.random.PRNGKey(0)), mesh)
     state, metrics, _ = _train(trainer, mesh, state, 2)
     losses1 = [float(m["loss"][0]) for m in metrics]
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
@@ -203,16 +225,17 @@ def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_los
     """Against central finite differences: shape <- d E[L_diff^2], endpoints <- d E[loss] (VDM sec. 5.2)."""
     c = _toy_config()
     c.model.schedule, c.model.learn_endpoints = "learned", True
-    trainer, mesh = tr.setup(c)
-    params = tr.create_train_state(trainer, jax.random.PRNGKey(0)).params
+    trainer, mesh = dm.setup(c)
+    params = trainer.init_state(jax.random.PRNGKey(0)).params
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
     x = jnp.asarray(data.load_arrays(c.data, "train")[0][:256])
-    batch = {"x": x, "label": jnp.zeros((256,), jnp.int32)}
-    P = jax.sharding.PartitionSpec
+    batch = {"x": x, "label": jnp.zeros((256,), jnp.int32), "index": jnp.arange(256)}
     keys = jax.random.split(jax.random.PRNGKey(3))
-    run = jax.jit(jax.shard_map(
-        lambda p, b: tr.loss_and_grads(trainer, parallel.to_varying(p), b, *keys)[1:],
-        mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False))
+
+    @jax.jit
+    def run(p, b):
+        (_, terms), grads = trainer.value_and_grad(p, b, *keys)
+        return grads, objectives.batch_means(terms)
     grads, _ = run(params, batch)
 
     def second_moment(terms):
@@ -238,21 +261,17 @@ def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     c32 = _toy_config()
     c16 = _toy_config(dtype="bfloat16")
     info = data.get_dataset_info(c32.data)
-    t32, t16 = tr.build_trainer(c32, info), tr.build_trainer(c16, info)
-    params = tr.init_params(t32, jax.random.PRNGKey(0))
+    t32, t16 = dm.build(c32, info), dm.build(c16, info)
+    params = t32.init_params(jax.random.PRNGKey(0))
     # Away from the zero-initialised output layer, so the network's output is not exactly 0.
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda p: p + jnp.asarray(0.05 * rng.standard_normal(p.shape), p.dtype), params)
     batch = next(data.train_iterator(c32.data, 128, seed=0))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    mesh = parallel.make_mesh()
-    P = jax.sharding.PartitionSpec
-
     def loss_grads(trainer):
-        f = jax.shard_map(lambda p, b: tr.loss_and_grads(trainer, parallel.to_varying(p), b,
-                                                            jax.random.PRNGKey(1), jax.random.PRNGKey(2))[:2],
-                          mesh=mesh, in_specs=(P(), P("data")), out_specs=P(), check_vma=False)
-        return jax.jit(f)(params, batch)
+        f = lambda p, b: trainer.value_and_grad(p, b, jax.random.PRNGKey(1), jax.random.PRNGKey(2))
+        (loss, _), grads = jax.jit(f)(params, batch)
+        return loss, grads
 
     loss32, g32 = loss_grads(t32)
     loss16, g16 = loss_grads(t16)

@@ -20,16 +20,14 @@ from absl import flags
 
 from vdm.fileio import atomic_write_text
 
-from vdm import objectives, parameterization, schedules
+from vdm import diffusion, objectives, parameterization, schedules
 from vdm.data_tfds import IMAGE_DATASETS
 from vdm.data_toy import TOY_DATASETS
 
-# The choice sets come from the modules that implement them, so they cannot drift.
-DTYPES = ("float32", "bfloat16")
-NAN_POLICIES = ("stop", "skip")
-LR_DECAYS = ("cosine", "constant")
-DECAY_MASKS = ("matrices", "non_bias", "all")
-EVAL_METHODS = ("elbo", "ode")
+# The choice sets come from the modules that implement them, so they cannot drift; the loop's and
+# the eval modes' (above this layer) are defined here and compared by name there.
+NAN_POLICIES = ("stop", "skip")     # vdm.train._Window.flush
+EVAL_METHODS = ("elbo", "ode")      # vdm.evaluate.evaluate
 
 
 class ConfigError(ValueError):
@@ -98,10 +96,23 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         for key in VDM_BOOLS:
             _check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
     _choices("loss.weighting", c.loss.weighting, tuple(objectives.WEIGHTINGS))
+    _validate_weighting(c.loss)
+    _choices("model.decoder", m.decoder, diffusion.DECODERS)
+
+
+def _validate_weighting(loss: ml_collections.ConfigDict) -> None:
+    """The weightings' hyperparameters (diffusion_model.WEIGHTING_KEYS): numbers, scales > 0."""
+    _float("loss.sigmoid_bias", loss.sigmoid_bias)
+    _float("loss.min_snr_gamma", loss.min_snr_gamma, 0.0, lo_open=True)
+    _float("loss.edm_p_mean", loss.edm_p_mean)
+    _float("loss.edm_p_std", loss.edm_p_std, 0.0, lo_open=True)
+    _float("loss.edm_sigma_data", loss.edm_sigma_data, 0.0, lo_open=True)
 
 
 def validate_optimizer(o: ml_collections.ConfigDict) -> None:
     """Raise ConfigError for an invalid config.optimizer (shared by every model this codebase trains)."""
+    from vdm.models.convert import DECAY_MASKS      # here: flax is heavy, config checks are not
+    from vdm.optim import LR_DECAYS
     _float("optimizer.learning_rate", o.learning_rate, 0.0, lo_open=True)
     _float("optimizer.b1", o.b1, 0.0, 1.0, hi_open=True)
     _float("optimizer.b2", o.b2, 0.0, 1.0, hi_open=True)
@@ -109,7 +120,7 @@ def validate_optimizer(o: ml_collections.ConfigDict) -> None:
     _float("optimizer.weight_decay", o.weight_decay, 0.0)
     _choices("optimizer.decay_mask", o.decay_mask, DECAY_MASKS)
     _int("optimizer.warmup_steps", o.warmup_steps, 0)
-    _choices("optimizer.decay", o.decay, LR_DECAYS)
+    _choices("optimizer.decay", o.decay, tuple(LR_DECAYS))
     _float("optimizer.grad_clip", o.grad_clip, 0.0)
     _float("optimizer.ema_decay", o.ema_decay, 0.0, 1.0, hi_open=True)
 
@@ -238,7 +249,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     _validate_model(c)
     validate_optimizer(c.optimizer)
     validate_training(c.training, device_count if mode == "train" else None)
-    _choices("training.dtype", c.training.dtype, DTYPES)
+    from vdm.models import COMPUTE_DTYPES
+    _choices("training.dtype", c.training.dtype, tuple(COMPUTE_DTYPES))
     _validate_eval(c, device_count if mode in ("train", "eval") else None)
     _validate_sampling(c)
 
@@ -264,6 +276,12 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
     want = 1 if m.name == "mlp" else 3
     _check(len(info.shape) == want, f"config.model.name={m.name!r} needs data of rank {want}, "
            f"but {info.name!r} has shape {tuple(info.shape)}.")
+    discrete = m.decoder != "gaussian"
+    _check(discrete == bool(info.discrete),
+           f"config.model.decoder={m.decoder!r} does not fit {info.name!r}: "
+           + ("8-bit data needs a discrete decoder, 'categorical' or 'discretized_gaussian', so that its likelihood "
+              "is a probability of the 8-bit values (real bits/dim)." if info.discrete else
+              "continuous data needs decoder='gaussian' (the other two model 8-bit values)."))
     _check(m.num_classes in (0, info.num_classes),
            f"config.model.num_classes={m.num_classes} must be 0 (unconditional) or the data set's "
            f"number of classes, {info.num_classes}.")

@@ -189,10 +189,11 @@ def _process_rows(batch_size: int, process_index: int, process_count: int) -> sl
 def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int, *, seed: int,
                    start_step: int = 0, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B]}; batch k depends only on (seed, k).
+    """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B], 'index': int32 [B]}; batch k depends only on (seed, k).
 
     batch_size is the global batch B; with process_count > 1 each batch holds only this
-    process's rows of it, block `process_index` of B / process_count consecutive rows.
+    process's rows of it, block `process_index` of B / process_count consecutive rows; 'index' is
+    each row's place in the global batch (what per-example noise is drawn by).
     """
     spec = parse_config(data_config)
     batch_size = _check_int("batch_size", batch_size, 1)
@@ -201,6 +202,8 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
     rows = _process_rows(batch_size, process_index, process_count)
     x_all, labels = load_arrays(data_config, "train")  # loaded now, so a missing data set fails at once
     num = len(labels)
+
+    index = np.arange(batch_size, dtype=np.int32)[rows]   # each row's place in the global batch
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         perms: dict[int, np.ndarray] = {}  # the (at most few) epochs the current batch touches
@@ -220,7 +223,7 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
             if spec.random_flip:
                 flip = np.random.default_rng((seed, step, _FLIP_STREAM)).random(batch_size)[rows] < 0.5
                 x[flip] = x[flip, :, ::-1]  # [B, H, W, C]: reverse W
-            yield {"x": x, "label": labels[idx].astype(np.int32)}
+            yield {"x": x, "label": labels[idx].astype(np.int32), "index": index}
             step += 1
 
     return batches()
@@ -230,7 +233,7 @@ def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: 
                   split: str = "test", *, process_index: int = 0, process_count: int = 1,
                   max_examples: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The whole split in order (or its first max_examples > 0), batches of B; the last is padded
-    (with the first examples), mask False there.
+    (with the first examples), mask False there; 'index' is each row's place in the global batch.
 
     With process_count > 1 each batch holds only this process's block of B / process_count rows
     (every process yields the same number of batches; together they cover the split once).
@@ -242,12 +245,15 @@ def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: 
     x_all, labels = load_arrays(data_config, split)
     num = min(len(labels), max_examples) if max_examples else len(labels)
 
+    index = np.arange(batch_size, dtype=np.int32)[rows]   # each row's place in the global batch
+
     def batches() -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, num, batch_size):
             idx = np.arange(start, start + batch_size)[rows]
             mask = idx < num
             idx = np.where(mask, idx, idx % num)
-            yield {"x": _to_float(x_all[idx], spec.encoding), "label": labels[idx].astype(np.int32), "mask": mask}
+            yield {"x": _to_float(x_all[idx], spec.encoding), "label": labels[idx].astype(np.int32), "mask": mask,
+                   "index": index}
 
     return batches()
 

@@ -67,8 +67,12 @@ def posterior(z_t: Array, x: Array, gamma_s: Array, gamma_t: Array) -> tuple[Arr
 
 
 def kl_normal(mean1: Array, var1: Array, mean2: Array, var2: Array) -> Array:
-    """KL(N(m1, v1) || N(m2, v2)) = 1/2 [log(v2/v1) + (v1 + (m1 - m2)^2)/v2 - 1], elementwise."""
-    return 0.5 * (jnp.log(var2) - jnp.log(var1) + (var1 + jnp.square(mean1 - mean2)) / var2 - 1.0)
+    """KL(N(m1, v1) || N(m2, v2)) = 1/2 [log(v2/v1) + (v1 + (m1 - m2)^2)/v2 - 1], elementwise.
+
+    Evaluated as 1/2 [log v2 - log v1 + (v1 - v2)/v2 + (m1 - m2)^2/v2]: equal variances give exactly
+    (m1 - m2)^2 / (2 v), with no cancellation against the 1 (the discrete ELBO's per-step terms).
+    """
+    return 0.5 * (jnp.log(var2) - jnp.log(var1) + (var1 - var2) / var2 + jnp.square(mean1 - mean2) / var2)
 
 
 def normal_logpdf(x: Array, mean: Array, var: Array) -> Array:
@@ -141,7 +145,7 @@ def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array,
     return jnp.where(bottom, log_ndtr(hi), jnp.where(top, log_ndtr(-lo), interior))
 
 
-DECODERS = ("discrete", "discretized_gaussian", "gaussian")
+DECODERS = ("categorical", "discretized_gaussian", "gaussian")
 
 
 def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discrete",
@@ -153,7 +157,7 @@ def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discr
     gamma_0 broadcastable against them. encoding: the 8-bit grid of x for the two discrete
     decoders (vdm.encoding; DatasetInfo.encoding).
     """
-    if decoder == "discrete":
+    if decoder in ("categorical", "discrete"):      # 'discrete': the core contract's name for it
         log_probs = categorical_log_probs(z_0, gamma_0, encoding)
         ll = jnp.take_along_axis(log_probs, to_bin_index(x, encoding)[..., None], axis=-1)[..., 0]
     elif decoder == "discretized_gaussian":

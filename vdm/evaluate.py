@@ -1,10 +1,11 @@
-"""Evaluation and sampling of a trained diffusion model: the loop's periodic eval, and --mode=eval / --mode=sample.
+"""--mode=eval and --mode=sample of a trained diffusion model, from the newest checkpoint of its workdir.
 
-`evaluate_elbo` reports the true ELBO in bits/dim (total and its three terms, VDM eq. 11)
-with a standard error, averaged over every example of the split exactly once (the padded
-last batch is masked), whatever objective or parameterisation the model was trained with.
-Every setting comes from the config: config.eval (method, steps), config.sampling (method and
-all its options) and config.guidance (classifier guidance).
+--mode=eval reports the true ELBO in bits/dim (diffusion_task.evaluate_elbo: total and its three
+terms, VDM eq. 11, with a standard error, every example of the split exactly once) or the
+probability-flow ODE's bits/dim, whatever objective or parameterisation the model was trained
+with; --mode=sample writes a PNG grid, an .npz and optionally Inception FID/KID. Every setting
+comes from the config: config.eval (method, steps), config.sampling (method and its options) and
+config.guidance (classifier guidance).
 """
 
 from __future__ import annotations
@@ -13,91 +14,31 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
-import sys
-import time
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from vdm import config_utils, data, parallel
 from vdm.checkpoint import Checkpointer
-from vdm.guidance import cfg_denoise_fn, classifier_guided_denoise_fn
-from vdm.metrics import MetricWriter, plot_bpd, read_metrics, save_samples_png
-from vdm.objectives import bits_per_dim
-from vdm.sampling import options_from_config, sample as run_sampler
-from vdm.trainer import (Trainer, TrainState, create_train_state, derived_key, eval_step, ode_eval_step,
-                         restore_or_init, setup)
+from vdm.diffusion_model import DiffusionModel, derived_key, eval_step, ode_eval_step, setup
+from vdm.diffusion_task import DiffusionTask, evaluate_elbo, make_sampler, mean_and_se, over_eval_split, sample_labels
+from vdm.guidance import load_log_prob_fn
+from vdm.metrics import MetricWriter, read_metrics, save_samples_png
+from vdm.optim import TrainState
+from vdm.train import restore_or_init
 
 Array = jax.Array
 PyTree = Any
-TERMS = ("total", "reconstruction", "prior", "diffusion")
-SUFFIX = {"total": "", "reconstruction": "_recon", "prior": "_prior", "diffusion": "_diffusion"}
 log = logging.getLogger(__name__)
-
-
-def mean_and_se(nats: np.ndarray, num_dims: int) -> tuple[float, float]:
-    """(mean, standard error std/sqrt(N)) of per-example nats, in bits/dim."""
-    n = len(nats)
-    se = float(bits_per_dim(np.std(nats, ddof=1), num_dims) / math.sqrt(n)) if n > 1 else float("nan")
-    return float(bits_per_dim(np.mean(nats), num_dims)), se
-
-
-def over_split(eval_fn: Callable, params: PyTree, data_config: Any, batch_size: int, mesh: Any, key: Array,
-               split: str = "test", max_examples: int = 0, desc: str = "eval") -> PyTree:
-    """Per-example outputs of eval_fn(params, batch, fold_in(key, i)) over every example of the split exactly once [N, ...].
-
-    eval_fn = parallel.data_parallel_eval(per-example step); each process reads only its rows of
-    every batch, and the padded end of the last batch is masked out. max_examples > 0: only the
-    split's first max_examples examples are read.
-    """
-    outs = []
-    batches = data.eval_iterator(data_config, batch_size, split=split, max_examples=max_examples,
-                                 **parallel.process_shard())        # this process's rows only
-    num = data.get_dataset_info(data_config).num_test if split == "test" else None
-    num = min(num, max_examples) if num and max_examples else num
-    bar = tqdm.tqdm(batches, total=-(-num // batch_size) if num else None, desc=desc, unit="batch", leave=False,
-                    disable=jax.process_index() != 0, dynamic_ncols=True,
-                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    for i, batch in enumerate(bar):
-        mask = parallel.gather_host(batch["mask"])      # the global batch's mask, in process order
-        inputs = parallel.shard_batch({"x": batch["x"], "label": batch["label"]}, mesh)
-        out = parallel.gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))
-        outs.append(jax.tree.map(lambda v: np.asarray(v)[mask], out))
-    return jax.tree.map(lambda *v: np.concatenate(v), *outs)
-
-
-def _over_eval_split(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, mesh: Any, key: Array,
-                     split: str, desc: str) -> PyTree:
-    """over_split with config.eval's batch (config_utils.eval_batch_size) and its max_examples cap."""
-    e = config.eval
-    return over_split(eval_fn, params, config.data, config_utils.eval_batch_size(e, jax.device_count()), mesh, key,
-                      split, e.max_examples, desc)
-
-
-def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, info: data.DatasetInfo,
-                  mesh: Any, key: Array, split: str = "test") -> dict[str, float]:
-    """-ELBO in bits/dim over the whole split: eval/bpd{,_recon,_prior,_diffusion}, eval/bpd_se, eval/num_examples.
-
-    eval_fn = parallel.data_parallel_eval(per-example eval step); bpd_se is the standard error
-    std(total_bpd) / sqrt(N) of the per-example Monte-Carlo estimates.
-    """
-    out = _over_eval_split(eval_fn, params, config, mesh, key, split, "eval")
-    nats = {k: np.asarray(out[k], np.float64) for k in TERMS}
-    result = {f"eval/bpd{SUFFIX[k]}": float(bits_per_dim(np.mean(v), info.num_dims)) for k, v in nats.items()}
-    result["eval/bpd_se"] = mean_and_se(nats["total"], info.num_dims)[1]
-    result["eval/num_examples"] = len(nats["total"])
-    return result
 
 
 def evaluate_ode(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, info: data.DatasetInfo,
                  mesh: Any, key: Array, split: str = "test") -> dict[str, float]:
-    """-log p(x) in bits/dim through the probability-flow ODE (trainer.ode_eval_step) over the split, config.eval.ode_*.
+    """-log p(x) in bits/dim through the probability-flow ODE (diffusion_model.ode_eval_step) over the split, config.eval.ode_*.
 
     eval_fn = parallel.data_parallel_eval(ode_eval_step): data-parallel like the ELBO. 8-bit data
     is dequantised and carries the D log 127.5 offset, so the figure bounds the discrete NLL and
@@ -105,90 +46,32 @@ def evaluate_ode(eval_fn: Callable, params: PyTree, config: ml_collections.Confi
     4 x ode_steps network evaluations per example).
     """
     e = config.eval
-    out = _over_eval_split(eval_fn, params, config, mesh, key, split, "ode eval")
+    out = over_eval_split(eval_fn, params, config, mesh, key, split, "ode eval")
     bpd, se = mean_and_se(np.asarray(out["nll"], np.float64), info.num_dims)
     return {"eval/ode_bpd": bpd, "eval/ode_bpd_se": se, "eval/ode_num_examples": len(out["nll"]),
             "eval/ode_num_steps": e.ode_steps}
 
 
-def sample_labels(config: ml_collections.ConfigDict, num: int) -> Array | None:
-    """Labels for conditional sampling: config.sampling.class_label, or one of each class in turn (-1); None if unconditional."""
-    num_classes = config.model.num_classes
-    if num_classes == 0:
-        return None
-    if config.sampling.class_label >= 0:
-        return jnp.full((num,), config.sampling.class_label, jnp.int32)
-    return jnp.arange(num, dtype=jnp.int32) % num_classes
-
-
-def make_sampler(trainer: Trainer, num: int, classifier: tuple | None = None) -> Callable[[PyTree, Array], Array]:
-    """jit fn(params, key) -> num samples [num, *shape] with config.sampling (method, steps, options, guidance, class).
-
-    classifier: optional (log_prob_fn(z, t, y), labels [num], scale) for classifier guidance.
-    """
-    c = trainer.config
-    labels = sample_labels(c, num)
-    shape = (num,) + tuple(trainer.info.shape)
-    options = options_from_config(c.sampling)
-
-    def fn(params: PyTree, key: Array) -> Array:
-        if labels is not None and c.sampling.guidance_weight > 0:
-            cond = lambda z, t, y: trainer.denoise_fn(params, y)(z, t)
-            denoise = cfg_denoise_fn(cond, c.model.num_classes, c.sampling.guidance_weight, y=labels)
-        else:
-            denoise = trainer.denoise_fn(params, labels)
-        if classifier is not None:
-            log_prob_fn, y, scale = classifier
-            denoise = classifier_guided_denoise_fn(denoise, log_prob_fn, y, scale, trainer.schedule(params),
-                                                   c.model.parameterization)
-        return run_sampler(denoise, shape, key, schedule=trainer.schedule(params),
-                           parameterization=c.model.parameterization, method=c.sampling.method,
-                           num_steps=c.sampling.num_steps, **options)
-
-    return jax.jit(fn)
-
-
-def evaluate_and_sample(trainer: Trainer, mesh: Any, state: TrainState, step: int, workdir: str,
-                        writer: MetricWriter, cache: dict) -> dict:
-    """The loop's periodic eval: ELBO over the test split (EMA params), a sample grid to workdir/samples/step_<step>.png.
-
-    `cache` keeps the compiled eval step and sampler between calls.
-    """
-    config = trainer.config
-    if not cache:
-        cache["eval"] = parallel.data_parallel_eval(functools.partial(eval_step, trainer), mesh)
-        cache["sample"] = make_sampler(trainer, config.sampling.num_samples)
-    t0 = time.perf_counter()
-    result = evaluate_elbo(cache["eval"], state.ema_params, config, trainer.info, mesh, derived_key(config, 1, step))
-    result["eval/seconds"] = time.perf_counter() - t0
-    samples = parallel.to_host(cache["sample"](state.ema_params, derived_key(config, 2, step)))
-    result["eval/sample_nonfinite_frac"] = float(np.mean(~np.isfinite(samples)))
-    writer.write(step, result)
-    if jax.process_index() == 0:
-        save_samples_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples, trainer.info.encoding)
-        plot_bpd(workdir, num_dims=trainer.info.num_dims)
-    return result
-
-
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
-                          mode: str = "eval") -> tuple[Trainer, Any, TrainState, int]:
-    """(trainer, mesh, state, step) from the newest intact checkpoint of `workdir` (nothing is written); error if none.
+                          mode: str = "eval") -> tuple[DiffusionModel, Any, TrainState, int]:
+    """(model, mesh, state, step) from the newest intact checkpoint of `workdir` (nothing is written); error if none.
 
     `config` should be the run's own (record.inference_config): the state's shapes come from it.
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    trainer, mesh = setup(config, mode=mode)
+    model, mesh = setup(config, mode=mode)
     with Checkpointer(ckpt_dir, max_to_keep=None, create=False) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) with this --workdir.")
-        init = lambda: create_train_state(trainer, jax.random.PRNGKey(config.seed))
-        state, step = restore_or_init(init, mesh, ckpt)
-    return trainer, mesh, state, step
+        state, step = restore_or_init(DiffusionTask(model), mesh, ckpt)
+    return model, mesh, state, step
 
 
 def eval_settings(config: ml_collections.ConfigDict) -> dict:
-    """What decides an eval's number besides the checkpoint: config.eval and the device count (the noise layout)."""
-    return {**json.loads(config.eval.to_json()), "device_count": jax.device_count()}
+    """What decides an eval's number besides the checkpoint: config.eval (and for the ODE, whose noise is drawn per
+    device, the device count; the ELBO's noise is drawn per example, whatever the layout)."""
+    settings = json.loads(config.eval.to_json())
+    return {**settings, "device_count": jax.device_count()} if config.eval.method == "ode" else settings
 
 
 def recorded_eval(workdir: str, step: int, settings: dict) -> dict | None:
@@ -206,7 +89,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The same checkpoint and settings evaluated before (metrics.jsonl) give the recorded result
     (the estimate is deterministic given them); otherwise one row is appended.
     """
-    trainer, mesh, state, step = restore_for_inference(config, workdir, mode="eval")
+    model, mesh, state, step = restore_for_inference(config, workdir, mode="eval")
     settings = eval_settings(config)
     done = recorded_eval(workdir, step, settings)
     if done is not None:
@@ -215,11 +98,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return done
     key = derived_key(config, 1, step)
     if config.eval.method == "ode":
-        eval_fn = parallel.data_parallel_eval(functools.partial(ode_eval_step, trainer), mesh, check_vma=False)
-        result = evaluate_ode(eval_fn, state.ema_params, config, trainer.info, mesh, key)
+        eval_fn = parallel.data_parallel_eval(functools.partial(ode_eval_step, model), mesh, check_vma=False)
+        result = evaluate_ode(eval_fn, state.ema_params, config, model.info, mesh, key)
     else:
-        eval_fn = parallel.data_parallel_eval(functools.partial(eval_step, trainer), mesh)
-        result = evaluate_elbo(eval_fn, state.ema_params, config, trainer.info, mesh, key)
+        eval_fn = parallel.data_parallel_eval(functools.partial(eval_step, model), mesh)
+        result = evaluate_elbo(eval_fn, state.ema_params, config, model.info, mesh, key)
         result["eval/num_steps"] = config.eval.num_steps
     if jax.process_index() == 0:
         config_utils.save_config(config, workdir, name="config_eval")
@@ -252,7 +135,6 @@ def _classifier_guidance(config: ml_collections.ConfigDict, n: int) -> Classifie
     g = config.guidance
     if not g.classifier_workdir:
         return None
-    from vdm.train_classifier import load_log_prob_fn       # same layer: the classifier's own trainer
     log_prob_fn, num_classes = load_log_prob_fn(g.classifier_workdir)
     if not -1 <= g.classifier_label < num_classes:
         raise config_utils.ConfigError(f"config.guidance.classifier_label={g.classifier_label} must be -1 (each "
@@ -281,12 +163,12 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     Drawn in chunks of config.sampling.batch_size, chunk i with fold_in(key, i); classifier guidance
     from config.guidance (a noisy classifier trained by vdm.train_classifier).
     """
-    trainer, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
+    model, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
     s = config.sampling
     num = max(s.num_samples, config.eval.fid_samples)
     guidance = _classifier_guidance(config, num)
     chunk = sample_chunk_size(num, s.batch_size, guidance.num_classes if guidance else config.model.num_classes)
-    sampler = make_sampler(trainer, chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale)
+    sampler = make_sampler(model, chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale)
                            if guidance else None)
     key = derived_key(config, 2, step)
     num_chunks = -(-num // chunk)
@@ -296,13 +178,13 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     name = sample_name(config, step)
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
-        save_samples_png(path + ".png", samples, trainer.info.encoding)
+        save_samples_png(path + ".png", samples, model.info.encoding)
         labels = guidance.labels if guidance else sample_labels(config, num)
         np.savez(path + ".npz", samples=samples,
                  labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
         config_utils.save_config(config, os.path.dirname(path), name=name)
         if config.eval.fid_samples > 0:
-            score_samples(config, trainer.info, samples[:config.eval.fid_samples], step, workdir, name)
+            score_samples(config, model.info, samples[:config.eval.fid_samples], step, workdir, name)
     return path + ".png"
 
 

@@ -5,16 +5,23 @@ Classifier-free guidance combines a conditional and an unconditional prediction,
 and classifier guidance adds a classifier's gradient to the score,
     score_guided = score + scale grad_z log p(y | z_t, t),  i.e.
     eps_guided = eps - scale sigma_t grad_z log p(y | z_t, t)   (Dhariwal & Nichol 2021, Alg. 2).
+`load_log_prob_fn` reads log p(y | z_t) of a noisy classifier trained by vdm.train_classifier.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from vdm import data, parallel
+from vdm.checkpoint import Checkpointer
 from vdm.diffusion import expand_to
+from vdm.models.classifier import classifier_from_config
 from vdm.parameterization import KINDS, convert
 from vdm.schedules import Schedule, alpha_sigma
 
@@ -68,3 +75,28 @@ def classifier_guided_denoise_fn(denoise_fn: Callable[[Array, Array], Array],
         return convert(eps - scale * sigma * grad, z, gamma, source="eps", target=parameterization)
 
     return guided
+
+
+def load_log_prob_fn(workdir: str) -> tuple[Callable[[Array, Array, Array], Array], int]:
+    """(log_prob_fn(z, t, y) -> log p(y | z_t) [B], num_classes) from the newest checkpoint of the noisy classifier
+    trained by vdm.train_classifier in workdir (EMA params; its config from workdir/config.json)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no noisy classifier in {workdir}: train one with python -m vdm.train_classifier "
+                                "--config=configs/noisy_classifier.py --workdir=...")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    info = data.get_dataset_info(config.data)
+    model, schedule, optimizer = classifier_from_config(config, info.num_classes)
+    k_init, k_run = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = model.init(k_init, jnp.zeros((1,) + tuple(info.shape)), jnp.zeros((1,)))["params"]
+    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None, create=False) as ckpt:
+        state, _ = ckpt.restore_latest(parallel.to_host(optimizer.init(params, k_run)))
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train the classifier first.")
+
+    def log_prob_fn(z: Array, t: Array, y: Array) -> Array:
+        logits = model.apply({"params": state.ema_params}, z, jnp.broadcast_to(schedule(t), z.shape[:1]))
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)[:, 0]
+
+    return log_prob_fn, info.num_classes

@@ -107,17 +107,17 @@ def resolve_config(mode: str, given, workdir: str, overridden: list[str]):
 
 
 def run(mode: str, config, workdir: str):
-    """Dispatch to one library function: train.train_and_evaluate, evaluate.evaluate or evaluate.sample."""
-    from vdm import evaluate, train     # imported after flag parsing: jax starts here, not at --help
+    """Dispatch to one library function: diffusion_task.train_and_evaluate, evaluate.evaluate or evaluate.sample."""
+    from vdm import diffusion_task, evaluate   # imported after flag parsing: jax starts here, not at --help
     if mode == "eval":
         return evaluate.evaluate(config, workdir)
     if mode == "sample":
         return evaluate.sample(config, workdir)
-    return train.train_and_evaluate(config, workdir)
+    return diffusion_task.train_and_evaluate(config, workdir)
 
 
 def main(argv: list[str]) -> int:
-    """Run the chosen mode (the config is validated once, in vdm.trainer.setup); user errors print one clear line and exit 1."""
+    """Run the chosen mode (the config is validated once, in vdm.diffusion_model.setup); user errors print one clear line and exit 1."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here

@@ -1,4 +1,4 @@
-"""The ELBO (continuous and discrete time) and the weighted training losses.
+"""The negative ELBO's terms, one per-example function for training (weighted) and evaluation (w = 1).
 
 The negative ELBO of x splits into three terms (VDM, Kingma et al. 2021, eq. 11):
     -ELBO = E[-log p(x|z_0)] + KL(q(z_1|x) || p(z_1)) + L_T(x)
@@ -11,6 +11,12 @@ Training objectives (Kingma & Gao 2023): every usual diffusion loss is a weighte
 same per-noise-level loss, L_w = 1/2 E_t[w(lambda_t) gamma'(t) ||eps - eps_hat||^2], lambda = -gamma;
 w = 1 is the ELBO. The weightings below are small pure functions of the log-SNR (and of gamma'(t),
 which turns w(lambda) into a weight at the sampled t).
+
+`neg_elbo_terms` is the one loss: given the noise (t, eps, eps_0, drawn by `example_noise` from a
+key and each example's global index), per-example nats of the three terms with the diffusion term
+weighted by w; w = 1 is the ELBO, so `elbo` (evaluation) is neg_elbo_terms with its own draws. Its
+gradient is jax.value_and_grad of the batch mean; VDM's variance-minimising gradient for a learned
+schedule's shape (sec. 5.2) is the opt-in wrapper `variance_minimizing_value_and_grad`.
 """
 
 from __future__ import annotations
@@ -24,12 +30,12 @@ import jax.numpy as jnp
 
 from vdm import diffusion
 from vdm.parameterization import convert
-from vdm.schedules import Schedule, dgamma_dt
+from vdm.schedules import Schedule, alpha_sigma, dgamma_dt
 
 Array = jax.Array
 PyTree = Any
 DenoiseFn = Callable[[Array, Array], Array]
-SCHEDULE_GRADS = ("none", "mean", "variance")
+TERM_NAMES = ("reconstruction", "prior", "diffusion", "total")     # neg_elbo_terms' per-example nats
 
 
 # ----------------------------------------------------------------------------- weightings
@@ -86,7 +92,7 @@ def get_weighting(name: str) -> Callable[..., Array]:
     return WEIGHTINGS[name]
 
 
-# ----------------------------------------------------------------------------- pieces
+# ----------------------------------------------------------------------------- noise
 
 def sample_t(key: Array, batch_size: int, *, antithetic: bool = False) -> Array:
     """t ~ U(0, 1) per example; antithetic: t_i = (u + i/B) mod 1, one shared u (VDM, low-discrepancy sampler)."""
@@ -96,10 +102,43 @@ def sample_t(key: Array, batch_size: int, *, antithetic: bool = False) -> Array:
     return jax.random.uniform(key, (batch_size,))
 
 
+def example_noise(key: Array, index: Array, shape: tuple[int, ...], dtype=jnp.float32, *, antithetic: bool = False,
+                  batch_size: int | None = None) -> dict[str, Array]:
+    """Per-example draws from fold_in(key, i) for the global example index i [B]: t [B], eps and eps_0 [B, *shape], u [B].
+
+    A pure function of (key, index), so any split of a batch over devices draws the same noise.
+    antithetic: t_i = (u0 + i / batch_size) mod 1 with one u0 for the whole (global) batch of
+    `batch_size` examples (VDM's low-discrepancy sampler), else t_i ~ U(0, 1) independently.
+    u ~ U(0, 1) serves label dropout.
+    """
+    index = jnp.asarray(index)
+    key_shared, key = jax.random.split(key)
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 4))(index)   # [B, 4, 2]
+    normal = jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))
+    uniform = jax.vmap(lambda k: jax.random.uniform(k, ()))
+    if antithetic:
+        if batch_size is None:
+            raise ValueError("example_noise(antithetic=True) needs batch_size, the global batch size.")
+        u0 = jax.random.uniform(key_shared, ())
+        t = jnp.mod(u0 + index.astype(jnp.float32) / batch_size, 1.0)
+    else:
+        t = uniform(keys[:, 0])
+    return {"t": t, "eps": normal(keys[:, 1]), "eps_0": normal(keys[:, 2]), "u": uniform(keys[:, 3])}
+
+
 def discretize_t(t: Array, num_steps: int) -> Array:
     """Map t in [0, 1) to the step end t_i = i/T, i = floor(t T) + 1 in 1..T (uniform over steps)."""
     i = jnp.minimum(jnp.floor(t * num_steps), num_steps - 1) + 1.0
     return i / num_steps
+
+
+# ----------------------------------------------------------------------------- the terms
+
+def _prediction(denoise_fn: DenoiseFn, z_t: Array, t: Array, x: Array) -> Array:
+    pred = denoise_fn(z_t, t)
+    if pred.shape != x.shape:
+        raise ValueError(f"denoise_fn returned shape {pred.shape}; expected the shape of z, {x.shape}.")
+    return pred
 
 
 def eps_error(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Array,
@@ -107,84 +146,106 @@ def eps_error(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Ar
     """||eps - eps_hat(z_t; t)||^2 per example, with z_t = alpha_t x + sigma_t eps; [B]."""
     g = diffusion.expand_to(gamma_t, x)
     z_t = diffusion.q_sample(x, g, eps)
-    pred = denoise_fn(z_t, t)
-    if pred.shape != x.shape:
-        raise ValueError(f"denoise_fn returned shape {pred.shape}; expected the shape of z, {x.shape}.")
-    eps_hat = convert(pred, z_t, g, source=parameterization, target="eps")
+    eps_hat = convert(_prediction(denoise_fn, z_t, t, x), z_t, g, source=parameterization, target="eps")
     return diffusion.sum_except_batch(jnp.square(eps - eps_hat))
 
 
-def diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, *, schedule: Schedule,
-                   parameterization: str = "eps", num_steps: int = 0) -> Array:
-    """Per-example diffusion loss at t [B]: 1/2 gamma'(t) ||.||^2 (T=0) or T/2 expm1(g_t - g_s) ||.||^2, t = i/T, s = (i-1)/T (VDM eq. 13, 17)."""
-    if num_steps == 0:
-        gamma_t, dgamma = dgamma_dt(schedule, t)
-        return 0.5 * dgamma * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
+def discrete_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, *, schedule: Schedule,
+                            parameterization: str, num_steps: int) -> Array:
+    """T KL(q(z_s | z_t, x) || p(z_s | z_t)) per example at t = i/T, s = (i-1)/T, p = q(z_s | z_t, x_hat) (VDM eq. 13).
+
+    Both Gaussians have the posterior variance sigma_s^2 c, c = -expm1(g_s - g_t), and their means
+    differ by alpha_s c (x - x_hat) = alpha_s c e^{g_t/2} (eps_hat - eps), formed directly (no
+    cancellation of two means); so the KL equals T/2 expm1(g_t - g_s) ||eps - eps_hat||^2.
+    """
     i = jnp.round(t * num_steps)                      # t must lie on the grid i/T, i = 1..T
-    gamma_t = schedule(i / num_steps)
-    gamma_s = schedule((i - 1.0) / num_steps)
-    weight = 0.5 * num_steps * jnp.expm1(gamma_t - gamma_s)
-    return weight * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
+    gamma_t = diffusion.expand_to(schedule(i / num_steps), x)
+    gamma_s = diffusion.expand_to(schedule((i - 1.0) / num_steps), x)
+    z_t = diffusion.q_sample(x, gamma_t, eps)
+    eps_hat = convert(_prediction(denoise_fn, z_t, t, x), z_t, gamma_t, source=parameterization, target="eps")
+    c = -jnp.expm1(gamma_s - gamma_t)
+    alpha_s, sigma_s = alpha_sigma(gamma_s)
+    mean_diff = alpha_s * c * jnp.exp(0.5 * gamma_t) * (eps_hat - eps)
+    var = jnp.square(sigma_s) * c
+    kl = diffusion.kl_normal(mean_diff, var, jnp.zeros_like(mean_diff), var)
+    return num_steps * diffusion.sum_except_batch(kl)
 
 
-def reconstruction_term(x: Array, key: Array, gamma_0: Array, decoder: str, encoding: str = "endpoints") -> Array:
-    """-log p(x | z_0) per example, z_0 ~ q(z_0 | x), one sample (VDM eq. 11, first term); encoding: x's 8-bit grid."""
-    z_0 = diffusion.q_sample(x, gamma_0, jax.random.normal(key, x.shape, x.dtype))
-    return -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder, encoding)
+def neg_elbo_terms(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps_0: Array, *, schedule: Schedule,
+                   parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
+                   encoding: str = "endpoints", num_steps: int = 0,
+                   weighting_kwargs: dict | None = None) -> dict[str, Array]:
+    """Per-example nats 'reconstruction', 'prior', 'diffusion' (weighted by w), 'total' (VDM eq. 11; Kingma & Gao 2023, eq. 7).
+
+    reconstruction = -log p(x | z_0), z_0 = alpha_0 x + sigma_0 eps_0; prior = KL(q(z_1|x) || N(0, I));
+    diffusion = f(gamma_t, gamma'_t) ||eps - eps_hat(z_t; t)||^2 with f of `weighting` (WEIGHTINGS;
+    'elbo': f = gamma'/2, the true term; its hyperparameters in weighting_kwargs) in continuous
+    time (num_steps=0), or the T-step discrete term (`discrete_diffusion_term`, w = 1 only).
+    x, eps, eps_0 [B, ...], t [B]; denoise_fn(z, t) -> prediction of kind `parameterization`.
+    schedule may be a bound learned schedule: jax.grad of the mean total is the training gradient.
+    """
+    gammas = schedule_values(schedule, t, num_steps)
+    return neg_elbo_terms_at(denoise_fn, x, t, eps, eps_0, gammas, schedule=schedule,
+                             parameterization=parameterization, weighting=weighting, decoder=decoder,
+                             encoding=encoding, num_steps=num_steps, weighting_kwargs=weighting_kwargs)
 
 
-# ----------------------------------------------------------------------------- losses
+def schedule_values(schedule: Schedule, t: Array, num_steps: int = 0) -> tuple[Array, Array, Array, Array]:
+    """(gamma(0), gamma(1), gamma(t), gamma'(t)): what of the schedule the terms use (gamma' None in discrete time)."""
+    gamma_0 = schedule(jnp.zeros((), jnp.float32))
+    gamma_1 = schedule(jnp.ones((), jnp.float32))
+    if num_steps:
+        return gamma_0, gamma_1, None, None
+    gamma_t, dgamma = dgamma_dt(schedule, t)
+    return gamma_0, gamma_1, gamma_t, dgamma
+
+
+def neg_elbo_terms_at(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps_0: Array,
+                      gammas: tuple[Array, Array, Array, Array], *, schedule: Schedule | None = None,
+                      parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
+                      encoding: str = "endpoints", num_steps: int = 0,
+                      weighting_kwargs: dict | None = None) -> dict[str, Array]:
+    """`neg_elbo_terms` given the schedule's values `gammas` = schedule_values(schedule, t): to differentiate at them.
+
+    (schedule is needed only in discrete time, num_steps > 0.)
+    """
+    if num_steps < 0 or int(num_steps) != num_steps:
+        raise ValueError(f"num_steps must be 0 (continuous time) or a positive integer, got {num_steps}.")
+    weight_fn = get_weighting(weighting)
+    gamma_0, gamma_1, gamma_t, dgamma = gammas
+    z_0 = diffusion.q_sample(x, gamma_0, eps_0)
+    rec = -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder, encoding)
+    prior = diffusion.prior_kl(x, gamma_1)
+    if num_steps:
+        if weighting != "elbo":
+            raise ValueError(f"the discrete-time terms (num_steps={num_steps}) are the ELBO's; weighting="
+                             f"{weighting!r} is defined in continuous time only (num_steps=0).")
+        diff = discrete_diffusion_term(denoise_fn, x, eps, t, schedule=schedule, parameterization=parameterization,
+                                       num_steps=int(num_steps))
+    else:
+        w = weight_fn(gamma_t, dgamma, **(weighting_kwargs or {}))
+        diff = w * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
+    return {"reconstruction": rec, "prior": prior, "diffusion": diff, "total": rec + prior + diff}
+
 
 def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
          parameterization: str = "eps", num_steps: int = 0, decoder: str = "discrete",
          antithetic: bool = False, encoding: str = "endpoints") -> dict[str, Array]:
-    """Per-example negative-ELBO terms in nats (VDM eq. 11): 'reconstruction', 'prior', 'diffusion', 'total'.
+    """Per-example negative-ELBO terms in nats (VDM eq. 11): neg_elbo_terms with w = 1 and noise drawn from `key`.
 
     num_steps=0 is continuous time; num_steps=T the T-step discrete model on the grid i/T.
-    decoder: 'discrete' (8-bit data in [-1, 1]), 'discretized_gaussian' or 'gaussian' (continuous);
-    encoding: the 8-bit grid of x for the discrete decoders (vdm.encoding).
+    decoder: 'discrete' (= 'categorical', 8-bit data in [-1, 1]), 'discretized_gaussian' or
+    'gaussian' (continuous); encoding: the 8-bit grid of x for the discrete decoders (vdm.encoding).
     """
     if num_steps < 0 or int(num_steps) != num_steps:
         raise ValueError(f"num_steps must be 0 (continuous time) or a positive integer, got {num_steps}.")
-    if decoder not in diffusion.DECODERS:
-        raise ValueError(f"Unknown decoder {decoder!r}; choose one of {diffusion.DECODERS}.")
     key_rec, key_t, key_eps = jax.random.split(key, 3)
-    batch = x.shape[0]
-    gamma_0 = schedule(jnp.zeros((), jnp.float32))
-    gamma_1 = schedule(jnp.ones((), jnp.float32))
-    rec = reconstruction_term(x, key_rec, gamma_0, decoder, encoding)
-    prior = diffusion.prior_kl(x, gamma_1)
-    t = sample_t(key_t, batch, antithetic=antithetic)
+    t = sample_t(key_t, x.shape[0], antithetic=antithetic)
     if num_steps:
         t = discretize_t(t, num_steps)
-    eps = jax.random.normal(key_eps, x.shape, x.dtype)
-    diff = diffusion_term(denoise_fn, x, eps, t, schedule=schedule,
-                          parameterization=parameterization, num_steps=num_steps)
-    return {"reconstruction": rec, "prior": prior, "diffusion": diff, "total": rec + prior + diff}
-
-
-def weighted_loss(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
-                  parameterization: str = "eps", weighting: str = "elbo",
-                  antithetic: bool = False, **weighting_kwargs) -> Array:
-    """Per-example training loss f(gamma_t, gamma'_t) ||eps - eps_hat||^2 = 1/2 w(lambda_t) gamma'(t) ||.||^2, t ~ U(0,1) (Kingma & Gao 2023, eq. 7)."""
-    get_weighting(weighting)                          # fail on a bad name before any work
-    key_t, key_eps = jax.random.split(key)
-    t = sample_t(key_t, x.shape[0], antithetic=antithetic)
-    eps = jax.random.normal(key_eps, x.shape, x.dtype)
-    gamma_t, dgamma = dgamma_dt(schedule, t)
-    return weighted_diffusion_term(denoise_fn, x, eps, t, gamma_t, dgamma, parameterization=parameterization,
-                                   weighting=weighting, **weighting_kwargs)
-
-
-def weighted_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Array,
-                            dgamma: Array, *, parameterization: str = "eps", weighting: str = "elbo",
-                            **weighting_kwargs) -> Array:
-    """Per-example f(gamma_t, gamma'_t) ||eps - eps_hat(z_t; t)||^2 at given t, gamma_t, gamma'_t [B] (Kingma & Gao 2023, eq. 7).
-
-    gamma_t and gamma'_t are inputs so a trainer can differentiate through them (learned schedules).
-    """
-    w = get_weighting(weighting)(gamma_t, dgamma, **weighting_kwargs)
-    return w * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
+    return neg_elbo_terms(denoise_fn, x, t, jax.random.normal(key_eps, x.shape, x.dtype),
+                          jax.random.normal(key_rec, x.shape, x.dtype), schedule=schedule,
+                          parameterization=parameterization, decoder=decoder, encoding=encoding, num_steps=num_steps)
 
 
 def bits_per_dim(nats, num_dims: int):
@@ -192,59 +253,40 @@ def bits_per_dim(nats, num_dims: int):
     return nats / (num_dims * math.log(2.0))
 
 
-# ----------------------------------------------------------------------------- the training loss
-
-def endpoint_terms(x: Array, eps_0: Array, gamma_0: Array, gamma_1: Array, decoder: str,
-                   encoding: str = "endpoints") -> tuple[Array, Array]:
-    """Per-example (-log p(x | z_0), KL(q(z_1|x) || N(0, I))), z_0 = alpha_0 x + sigma_0 eps_0 (VDM eq. 11)."""
-    z_0 = diffusion.q_sample(x, gamma_0, eps_0)
-    return -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder, encoding), diffusion.prior_kl(x, gamma_1)
+def batch_means(terms: dict[str, Array]) -> dict[str, Array]:
+    """What a train step logs of per-example terms: batch means as 'loss' (the total) and each term, and Var(diffusion)."""
+    return {"loss": jnp.mean(terms["total"]), "reconstruction": jnp.mean(terms["reconstruction"]),
+            "prior": jnp.mean(terms["prior"]), "diffusion": jnp.mean(terms["diffusion"]),
+            "diffusion_var": jnp.var(terms["diffusion"])}       # what a learned schedule lowers
 
 
-def loss_and_grads(net_apply: Callable[[PyTree, Array, Array], Array], model_params: PyTree,
-                   schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree | None,
-                   x: Array, t: Array, eps: Array, eps_0: Array, *, parameterization: str = "eps",
-                   weighting: str = "elbo", decoder: str = "discrete", encoding: str = "endpoints",
-                   schedule_grad: str = "none") -> tuple[Array, PyTree, dict]:
-    """(mean loss, grads {'model'[, 'schedule']}, batch-mean terms) of reconstruction + prior + weighted diffusion (VDM eq. 11; Kingma & Gao 2023).
+# ----------------------------------------------------------------------------- VDM's schedule gradient
 
-    net_apply(model_params, z, gamma_t) -> prediction of kind `parameterization`; schedule_apply(
-    schedule_params, t) -> gamma(t). Per example: x, eps, eps_0 [B, ...], t [B]. schedule_grad:
-    'none' (fixed schedule), 'mean' (the mean-loss gradient, e.g. learned endpoints of a linear
-    schedule) or 'variance' (VDM sec. 5.2: grad E[L^2] for params['shape'], the mean-loss gradient
-    for params['endpoints']). All from one backward pass through the network.
+def variance_minimizing_value_and_grad(terms_at: Callable[[PyTree, tuple], dict], model_params: PyTree,
+                                       schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree,
+                                       t: Array) -> tuple[tuple[Array, dict], PyTree]:
+    """((mean total, per-example terms), grads {'model', 'schedule'}) with VDM's schedule gradient (sec. 5.2).
+
+    terms_at(model_params, gammas) -> per-example terms (neg_elbo_terms_at, the network conditioned
+    on gammas' gamma(t)). The network and the schedule's 'endpoints' get the mean-loss gradient;
+    the schedule's 'shape' gets grad E[L_diffusion^2] (variance_minimizing_grads), from the same
+    backward pass: its per-example cotangents at gamma(t), gamma'(t).
     """
-    if schedule_grad not in SCHEDULE_GRADS:
-        raise ValueError(f"schedule_grad={schedule_grad!r}; choose one of {SCHEDULE_GRADS}.")
+    def values(sched_params):
+        return schedule_values(functools.partial(schedule_apply, sched_params), t)
 
-    def schedule_outputs(sched_params):
-        schedule = functools.partial(schedule_apply, sched_params)
-        gamma_t, dgamma = dgamma_dt(schedule, t)
-        return schedule(jnp.zeros(())), schedule(jnp.ones(())), gamma_t, dgamma
+    gammas, sched_vjp = jax.vjp(values, schedule_params)
 
-    def diffusion_loss(params, gamma_t, dgamma):
-        net = lambda z, _: net_apply(params, z, gamma_t)
-        return weighted_diffusion_term(net, x, eps, t, gamma_t, dgamma, parameterization=parameterization,
-                                       weighting=weighting)
+    def mean_total(mp, gs):
+        terms = terms_at(mp, gs)
+        return jnp.mean(terms["total"]), terms
 
-    (gamma_0, gamma_1, gamma_t, dgamma), sched_vjp = jax.vjp(schedule_outputs, schedule_params)
-    (rec, prior), ep_vjp = jax.vjp(lambda g0, g1: endpoint_terms(x, eps_0, g0, g1, decoder, encoding), gamma_0, gamma_1)
-    diff, diff_vjp = jax.vjp(diffusion_loss, model_params, gamma_t, dgamma)
-    batch = x.shape[0]
-    mean_cot = lambda v: jnp.full_like(v, 1.0 / batch)           # cotangent of the batch mean
-    g_model, cot_gamma, cot_dgamma = diff_vjp(mean_cot(diff))
-    grads = {"model": g_model}
-    if schedule_grad != "none":
-        (g_sched,) = sched_vjp((*ep_vjp((mean_cot(rec), mean_cot(prior))), cot_gamma, cot_dgamma))
-        if schedule_grad == "variance":       # per-example partials dL_i/dgamma_i = B cot_i
-            g_sched = variance_minimizing_grads(schedule_apply, schedule_params, t, diff, batch * cot_gamma,
-                                                batch * cot_dgamma, g_sched.get("endpoints"))
-        grads["schedule"] = g_sched
-    terms = {"loss": jnp.mean(rec + prior + diff), "reconstruction": jnp.mean(rec), "prior": jnp.mean(prior),
-             "diffusion": jnp.mean(diff), "diffusion_var": jnp.var(diff)}   # what a learned schedule lowers
-    if schedule_grad != "none":
-        terms.update(gamma_0=gamma_0, gamma_1=gamma_1)
-    return terms["loss"], grads, terms
+    (loss, terms), (g_model, cot) = jax.value_and_grad(mean_total, argnums=(0, 1), has_aux=True)(model_params, gammas)
+    (g_mean,) = sched_vjp(cot)
+    batch = t.shape[0]                      # per-example partials dL_i/dgamma_i = B cot_i
+    g_sched = variance_minimizing_grads(schedule_apply, schedule_params, t, terms["diffusion"], batch * cot[2],
+                                        batch * cot[3], _shape_subtree(g_mean)[0].get("endpoints"))
+    return (loss, terms), {"model": g_model, "schedule": g_sched}
 
 
 def variance_minimizing_grads(schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree,

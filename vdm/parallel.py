@@ -18,8 +18,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vdm import data
 
 AXIS = "data"
 PyTree = Any
@@ -216,3 +219,27 @@ def data_parallel_eval(per_device_eval: Callable[..., PyTree], mesh: Mesh, *,
     sharded = jax.shard_map(per_device_eval, mesh=mesh, in_specs=(P(), P(AXIS), P()),
                             out_specs=P(AXIS), check_vma=check_vma)
     return jax.jit(sharded)
+
+
+def over_split(eval_fn: Callable, params: PyTree, data_config: Any, batch_size: int, mesh: Mesh, key: jax.Array,
+               split: str = "test", max_examples: int = 0, desc: str = "eval") -> PyTree:
+    """Per-example outputs of eval_fn(params, batch, fold_in(key, i)) over every example of the split exactly once [N, ...].
+
+    eval_fn = data_parallel_eval(per-example step); batch i holds {'x', 'label', 'index'}; each
+    process reads only its rows of every batch, and the padded end of the last batch is masked
+    out. max_examples > 0: only the split's first max_examples examples are read.
+    """
+    outs = []
+    batches = data.eval_iterator(data_config, batch_size, split=split, max_examples=max_examples,
+                                 **process_shard())        # this process's rows only
+    num = data.get_dataset_info(data_config).num_test if split == "test" else None
+    num = min(num, max_examples) if num and max_examples else num
+    bar = tqdm.tqdm(batches, total=-(-num // batch_size) if num else None, desc=desc, unit="batch", leave=False,
+                    disable=jax.process_index() != 0, dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    for i, batch in enumerate(bar):
+        mask = gather_host(batch["mask"])      # the global batch's mask, in process order
+        inputs = shard_batch({k: v for k, v in batch.items() if k != "mask"}, mesh)
+        out = gather(eval_fn(params, inputs, jax.random.fold_in(key, i)))
+        outs.append(jax.tree.map(lambda v: np.asarray(v)[mask], out))
+    return jax.tree.map(lambda *v: np.concatenate(v), *outs)

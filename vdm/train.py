@@ -1,11 +1,12 @@
 """The training loop, one for every model this codebase trains: steps, checkpoints, metrics, periodic eval.
 
-A `Task` supplies the model-specific parts (a fresh state, the per-device train step, the
-periodic evaluation); `run` drives it: data-parallel steps over the mesh (vdm/parallel.py),
-orbax checkpoints with resume (vdm/checkpoint.py), metrics to metrics.jsonl and TensorBoard
-(vdm/metrics.py), the NaN policy, a progress bar. `train_and_evaluate` runs the diffusion model
-(what `python -m vdm.main` does); vdm/train_classifier.py and experiments/feature_net.py run
-their classifiers through the same loop.
+A `Task` supplies the model-specific parts (a fresh state, the batches, the per-device train step,
+the periodic evaluation, the restore of a checkpoint, what the progress bar prints); `run` drives
+it: data-parallel steps over the mesh (vdm/parallel.py), orbax checkpoints with resume
+(vdm/checkpoint.py), the run's record (vdm/record.py), metrics to metrics.jsonl and TensorBoard
+(vdm/metrics.py), the NaN policy, a progress bar, SIGINT/SIGTERM. It knows no model: the diffusion
+model's Task is vdm/diffusion_task.py, the noisy classifier's vdm/train_classifier.py, the feature
+net's experiments/feature_net.py.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ import tqdm
 
 from vdm import config_utils, data, parallel, record
 from vdm.checkpoint import CheckpointCorruptError, Checkpointer, CheckpointMismatchError
-from vdm.evaluate import evaluate_and_sample
 from vdm.fileio import atomic_write_text
 from vdm.metrics import MetricWriter
-from vdm.trainer import Trainer, TrainState, create_train_state, restore_or_init, setup, train_step
+from vdm.optim import TrainState
 
 log = logging.getLogger(__name__)
 FINAL_EVAL = "final_eval.json"      # the last eval of a finished run, returned by a rerun
@@ -42,51 +42,39 @@ USER_ERRORS = (config_utils.ConfigError, data.DatasetNotFoundError, FileNotFound
 
 
 class Task(Protocol):
-    """What the loop needs of a model: its config, a fresh state, a per-device step, a periodic evaluation."""
+    """What the loop needs of a model: its config, a fresh state, batches, a per-device step, a periodic evaluation."""
     config: ml_collections.ConfigDict
+    display: tuple[str, ...]    # the eval scalars the progress bar prints
 
     def init_state(self) -> TrainState:
         """The step-0 state (host arrays), from config.seed."""
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
-        """This process's rows of the global train batches {'x', 'label'} from `start_step` on (batch k a pure
-        function of the seed and k; process p holds block p of B / process_count rows)."""
+        """This process's rows of the global train batches (a dict of arrays [B_host, ...]) from `start_step` on (batch k
+        a pure function of the seed and k; process p holds block p of B / process_count rows)."""
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One optimizer step on this device's shard (inside shard_map); metrics pmean-ed, with 'loss' and 'nonfinite'."""
+
+    def restore(self, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False
+                ) -> tuple[TrainState | None, int | None]:
+        """The newest intact checkpoint shaped like `like` (Checkpointer.restore_latest, plus any layout migration)."""
 
     def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
         """Evaluate `state` at `step`, write what it measures to `writer` (and files to workdir); return the scalars."""
 
 
-@dataclasses.dataclass(eq=False)
-class DiffusionTask:
-    """The diffusion model as a Task: vdm.trainer's steps, evaluate_and_sample's ELBO and sample grid."""
-    trainer: Trainer
-    cache: dict = dataclasses.field(default_factory=dict)
+def restore_or_init(task: Task, mesh: Any, ckpt: Checkpointer, *, quarantine: bool = False) -> tuple[TrainState, int]:
+    """(state on the mesh, step): the newest intact checkpoint in `ckpt` (task.restore), else task.init_state().
 
-    @property
-    def config(self) -> ml_collections.ConfigDict:
-        """The run's config."""
-        return self.trainer.config
-
-    def init_state(self) -> TrainState:
-        """create_train_state from PRNGKey(config.seed)."""
-        return create_train_state(self.trainer, jax.random.PRNGKey(self.config.seed))
-
-    def train_batches(self, start_step: int) -> Iterator[dict]:
-        """data.train_iterator of config.data."""
-        t = self.config.training
-        return data.train_iterator(self.config.data, t.batch_size, seed=self.config.seed, start_step=start_step,
-                                   **parallel.process_shard())       # this process's rows only
-
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        """vdm.trainer.train_step."""
-        return train_step(self.trainer, state, batch)
-
-    def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
-        """Test -ELBO bits/dim with the EMA params and a sample grid."""
-        return evaluate_and_sample(self.trainer, mesh, state, step, workdir, writer, self.cache)
+    quarantine=True (a training run): corrupt newer checkpoints are moved aside (Checkpointer.restore_latest).
+    """
+    fresh = parallel.to_host(task.init_state())
+    restored, step = task.restore(ckpt, fresh, quarantine=quarantine)
+    if restored is None:
+        return parallel.replicate(fresh, mesh), 0
+    log.info("resuming from checkpoint step %d in %s", step, ckpt.directory)
+    return parallel.replicate(restored, mesh), int(step)
 
 
 class _Window:
@@ -226,7 +214,7 @@ def _host_batches(task: Task, step: int) -> Callable[[], dict]:
 
     def take() -> dict:
         group = [next(batches) for _ in range(t.steps_per_call)]
-        return {k: np.stack([b[k] for b in group]) for k in ("x", "label")}
+        return {k: np.stack([b[k] for b in group]) for k in group[0]}
     return take
 
 
@@ -237,7 +225,7 @@ def _open_run(task: Task, mesh: Any, workdir: str) -> tuple[TrainState, int, Che
     changes = record.check_resume(config, workdir) if _has_checkpoints(ckpt_dir) else {}
     ckpt = Checkpointer(ckpt_dir, max_to_keep=t.keep_checkpoints)
     try:
-        state, step = restore_or_init(task.init_state, mesh, ckpt, quarantine=True)
+        state, step = restore_or_init(task, mesh, ckpt, quarantine=True)
     except BaseException:
         ckpt.close()
         raise
@@ -262,7 +250,7 @@ def _evaluate(task: Task, stop: _StopOnSignal, state: TrainState, step: int, mes
         result = task.evaluate(state, step, mesh, workdir, writer)
     if not pbar.disable:
         pbar.start_t += time.time() - t0
-    pbar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items() if "bpd" in k or "acc" in k))
+    pbar.write(f"step {step}: " + ", ".join(f"{k}={result[k]:.4f}" for k in task.display if k in result))
     return result
 
 
@@ -319,9 +307,3 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
         ckpt.close()
         writer.close()
     return last_eval
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train the diffusion model of `config` in `workdir` (resuming); return the last eval metrics (eval/bpd, ...)."""
-    trainer, mesh = setup(config)
-    return run(DiffusionTask(trainer), mesh, workdir)

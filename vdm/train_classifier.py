@@ -7,7 +7,7 @@ schedule, and minimises the cross-entropy of vdm.models.NoisyClassifier(z_t, gam
 through the same loop as the diffusion model (vdm/train.py): data parallel, orbax checkpoints
 in DIR/checkpoints with resume, metrics.jsonl and TensorBoard, DIR/config.json. `python -m
 vdm.main --mode=sample --classifier_workdir=DIR --classifier_scale=s` then adds
-s * grad log p(y | z_t) to the score.
+s * grad log p(y | z_t) to the score (the classifier read back by vdm.guidance.load_log_prob_fn).
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from ml_collections import config_flags
 
 from vdm import config_utils, data, diffusion, parallel
 from vdm.checkpoint import Checkpointer
-from vdm.evaluate import over_split
 from vdm.metrics import MetricWriter
 from vdm.models import NoisyClassifier
-from vdm.schedules import Schedule, get_schedule
+from vdm.models.classifier import classifier_from_config
+from vdm.objectives import example_noise
+from vdm.optim import Optimizer, TrainState, step_keys
+from vdm.schedules import Schedule
 from vdm.train import run
-from vdm.trainer import TrainState, example_noise, lr_schedule, make_optimizer, new_state, optimizer_step, step_keys
 
 Array = jax.Array
 EVAL_TIMES = (0.1, 0.5, 0.9)
@@ -57,13 +58,18 @@ class ClassifierTask:
     info: data.DatasetInfo
     model: NoisyClassifier
     schedule: Schedule
-    tx: optax.GradientTransformation
+    optimizer: Optimizer
+    display: tuple[str, ...] = tuple(f"classifier/test_acc_t{t}" for t in EVAL_TIMES)
 
     def init_state(self) -> TrainState:
         """Fresh params from config.seed."""
         k_init, k_run = jax.random.split(jax.random.PRNGKey(self.config.seed))
         x = jnp.zeros((1,) + tuple(self.info.shape))
-        return new_state(self.model.init(k_init, x, jnp.zeros((1,)))["params"], self.tx, k_run)
+        return self.optimizer.init(self.model.init(k_init, x, jnp.zeros((1,)))["params"], k_run)
+
+    def restore(self, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False):
+        """Checkpointer.restore_latest (one parameter layout: nothing to migrate)."""
+        return ckpt.restore_latest(like, quarantine=quarantine)
 
     def train_batches(self, start_step: int):
         """data.train_iterator of config.data."""
@@ -78,7 +84,8 @@ class ClassifierTask:
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One step of the mean cross-entropy (per-example t and eps from the global example index)."""
         k_example, _ = step_keys(state)
-        noise = example_noise(k_example, batch["x"], antithetic=False)
+        x = batch["x"]
+        noise = example_noise(k_example, batch["index"], x.shape[1:], x.dtype)
 
         def loss(params):
             ce, correct = noisy_cross_entropy(self.logits_fn(params), self.schedule, batch["x"], batch["label"],
@@ -86,8 +93,7 @@ class ClassifierTask:
             return jnp.mean(ce), {"loss": jnp.mean(ce), "accuracy": jnp.mean(correct)}
 
         grads, terms = jax.grad(loss, has_aux=True)(parallel.to_varying(state.params))
-        return optimizer_step(self.tx, state, grads, terms, ema_decay=self.config.optimizer.ema_decay,
-                              lr=lr_schedule(self.config)(state.step))
+        return self.optimizer.update(state, grads, terms)
 
     def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
         """Test accuracy on z_t at each t in EVAL_TIMES (whole test split, EMA params)."""
@@ -107,7 +113,7 @@ def accuracy_at(task: ClassifierTask, params: Any, mesh: Any, t: float) -> float
         return correct
 
     c = task.config
-    hits = over_split(parallel.data_parallel_eval(per_device, mesh), params, c.data, c.eval.batch_size, mesh,
+    hits = parallel.over_split(parallel.data_parallel_eval(per_device, mesh), params, c.data, c.eval.batch_size, mesh,
                       jax.random.PRNGKey(c.seed + 1))
     return float(np.mean(hits))
 
@@ -119,11 +125,7 @@ def build(config: ml_collections.ConfigDict) -> ClassifierTask:
     if info.num_classes < 2:
         raise config_utils.ConfigError(f"dataset {info.name!r} has {info.num_classes} classes; a classifier "
                                        "needs >= 2.")
-    m = config.model
-    model = NoisyClassifier(num_classes=info.num_classes, width=m.width, num_layers=m.num_layers,
-                            gamma_min=m.gamma_min, gamma_max=m.gamma_max)
-    schedule = get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
-    return ClassifierTask(config, info, model, schedule, make_optimizer(config))
+    return ClassifierTask(config, info, *classifier_from_config(config, info.num_classes))
 
 
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -135,27 +137,6 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(result, f, indent=1)
     return result
-
-
-def load_log_prob_fn(workdir: str) -> tuple[Callable[[Array, Array, Array], Array], int]:
-    """(log_prob_fn(z, t, y) -> log p(y | z_t) [B], num_classes) from the newest checkpoint of the classifier in workdir (EMA params)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no noisy classifier in {workdir}: train one with python -m vdm.train_classifier "
-                                "--config=configs/noisy_classifier.py --workdir=...")
-    with open(path) as f:
-        task = build(ml_collections.ConfigDict(json.load(f)))
-    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None) as ckpt:
-        state, _ = ckpt.restore_latest(parallel.to_host(task.init_state()))
-    if state is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train the classifier first.")
-    logits_fn = task.logits_fn(state.ema_params)
-
-    def log_prob_fn(z: Array, t: Array, y: Array) -> Array:
-        logits = logits_fn(z, jnp.broadcast_to(task.schedule(t), z.shape[:1]))
-        return jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=-1)[:, 0]
-
-    return log_prob_fn, task.info.num_classes
 
 
 def main(argv: list[str]) -> int:
@@ -176,8 +157,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # Flags are defined only when run as a script, so importing this module (vdm.evaluate does, for
-    # guidance) does not clash with the CLI's own --config.
+    # Flags are defined only when run as a script, so importing this module does not clash with
+    # another entry point's --config.
     config_flags.DEFINE_config_file("config", None, "noisy-classifier config", lock_config=True)
     flags.DEFINE_string("workdir", None, "where to train the classifier (checkpoints, metrics, config)")
     flags.mark_flags_as_required(["config", "workdir"])

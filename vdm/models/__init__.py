@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from vdm.models.classifier import NoisyClassifier
 from vdm.models.convert import from_reference, maybe_convert_params, stack_blocks, unstack_blocks
@@ -64,6 +65,7 @@ _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
     'mlp': lambda c: MLPDenoiser(**_kwargs(c, _COMMON + ('num_layers',))),
 }
 MODEL_NAMES = tuple(_BUILDERS)
+COMPUTE_DTYPES: Dict[str, Any] = {'float32': None, 'bfloat16': jnp.bfloat16}   # config.training.dtype -> get_model's dtype
 
 # Learned schedules (config.model.schedule) and how they learn (vdm.objectives.loss_and_grads):
 # 'variance': VDM's variance-minimising gradient for the shape, the mean-loss gradient for the endpoints;

@@ -9,12 +9,17 @@ Both condition on the rescaled gamma like the denoisers and return logits
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vdm.models import layers
+from vdm.models.convert import decay_mask
 from vdm.models.mlp import MLPBlock
+from vdm.optim import Optimizer
+from vdm.schedules import get_schedule
 
 Array = jax.Array
 
@@ -54,3 +59,13 @@ class NoisyClassifier(nn.Module):
                 h = MLPBlock(self.width, self.dropout, name=f'block_{i}')(h, cond, train)
             h = nn.swish(nn.LayerNorm(name='norm_out')(h))
         return nn.Dense(self.num_classes, name='logits')(h)
+
+
+def classifier_from_config(config, num_classes: int):
+    """(NoisyClassifier, its schedule gamma(t), its Optimizer) of a noisy-classifier config (configs/noisy_classifier.py)."""
+    m = config.model
+    model = NoisyClassifier(num_classes=num_classes, width=m.width, num_layers=m.num_layers,
+                            gamma_min=m.gamma_min, gamma_max=m.gamma_max)
+    schedule = get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
+    optimizer = Optimizer.from_config(config, functools.partial(decay_mask, kind=config.optimizer.decay_mask))
+    return model, schedule, optimizer

@@ -166,11 +166,11 @@ def from_reference(ref: Mapping, scanned: bool = False) -> dict:
 
 # --- weight decay masks -------------------------------------------------------------------------
 
-DECAY_MASKS = ('matrices', 'non_bias')
+DECAY_MASKS = ('matrices', 'non_bias', 'all')
 
 
 def decay_mask(params: PyTree, kind: str) -> PyTree:
-    """AdamW mask over {'model': ..., ['schedule': ...]}: 'matrices' (model leaves of per-layer ndim >= 2) or 'non_bias'.
+    """AdamW mask over {'model': ..., ['schedule': ...]}: 'matrices' (model leaves of per-layer ndim >= 2), 'non_bias' or 'all'.
 
     'non_bias' is google-research/vdm's mask: every leaf whose name is not 'bias' (norm scales and
     the learned schedule's w and b included). 'matrices' counts ndim per layer, i.e. without the
@@ -181,6 +181,8 @@ def decay_mask(params: PyTree, kind: str) -> PyTree:
 
     def leaf(path: tuple, p: Any) -> bool:
         names = [getattr(k, 'key', None) for k in path]
+        if kind == 'all':
+            return True
         if kind == 'non_bias':
             return names[-1] != 'bias'
         stacked = any(a in ('down', 'up') and b == 'block' for a, b in zip(names, names[1:]))

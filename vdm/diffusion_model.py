@@ -1,0 +1,223 @@
+"""The diffusion model: network + noise schedule + decoder, its objective, and its pure per-device steps.
+
+`DiffusionModel` is built once from the config and the data set's info (`build`). Its objective is
+`objectives.neg_elbo_terms`, the one per-example loss: the reconstruction, prior and diffusion
+terms of the negative ELBO (VDM eq. 11), the diffusion term weighted by config.loss.weighting
+(Kingma & Gao 2023) in training and by w = 1 in evaluation. This module supplies what the
+objective needs from the model: the network conditioned on gamma(t), the schedule (fixed or
+learned), the decoder, the per-example noise (`objectives.example_noise` of the step key and the
+example's global index, so the loss is a pure function of the batch and runs outside shard_map),
+and classifier-free label dropout. The gradient is jax.value_and_grad of the batch mean; a
+schedule learned the VDM way ('learned') takes objectives.variance_minimizing_value_and_grad.
+The steps run per device (vdm/parallel.py wraps them in shard_map); the update is vdm.optim's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vdm import config_utils, data, objectives, parallel
+from vdm.likelihood import ode_nll
+from vdm.models import COMPUTE_DTYPES, LEARNED_SCHEDULES, convert, get_model, get_schedule_module
+from vdm.optim import Optimizer, TrainState, step_keys
+from vdm.schedules import Schedule, get_schedule
+
+Array = jax.Array
+PyTree = Any
+# The weightings' hyperparameters: objectives' keyword <- config.loss key.
+WEIGHTING_KEYS = {"sigmoid": {"bias": "sigmoid_bias"}, "min_snr": {"snr_gamma": "min_snr_gamma"},
+                  "edm": {"p_mean": "edm_p_mean", "p_std": "edm_p_std", "sigma_data": "edm_sigma_data"}}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)   # hashed by identity: a static jit argument
+class DiffusionModel:
+    """The static pieces of a diffusion run (from the config and the data info): network, schedule, decoder, optimizer."""
+    config: ml_collections.ConfigDict
+    info: data.DatasetInfo
+    network: nn.Module
+    optimizer: Optimizer
+    schedule_module: nn.Module | None       # a learned schedule ('learned', 'learned_linear'), else None
+    fixed_schedule: Schedule | None
+
+    @property
+    def decoder(self) -> str:
+        """p(x | z_0): config.model.decoder ('categorical', 'discretized_gaussian', 'gaussian')."""
+        return self.config.model.decoder
+
+    @property
+    def weighting_kwargs(self) -> dict[str, float]:
+        """The hyperparameters of config.loss.weighting, from their config.loss keys (WEIGHTING_KEYS)."""
+        loss = self.config.loss
+        return {k: float(loss[key]) for k, key in WEIGHTING_KEYS.get(loss.weighting, {}).items()}
+
+    def schedule_apply(self, schedule_params: PyTree | None, t: Array) -> Array:
+        """gamma(t): the fixed schedule, or the learned one with `schedule_params`."""
+        if self.schedule_module is None:
+            return self.fixed_schedule(t)
+        return self.schedule_module.apply({"params": schedule_params}, t)
+
+    def schedule(self, params: PyTree) -> Schedule:
+        """gamma(t) of this run: the fixed schedule, or the learned one at params['schedule']."""
+        return functools.partial(self.schedule_apply, params.get("schedule"))
+
+    def apply_network(self, model_params: PyTree, z: Array, gamma: Array, y: Array | None, *,
+                      train: bool, dropout_key: Array | None = None) -> Array:
+        """Network prediction [B, ...] (float32) of kind config.model.parameterization (bfloat16 inside if configured)."""
+        rngs = {"dropout": dropout_key} if dropout_key is not None else {}
+        y = y if self.config.model.num_classes > 0 else None
+        out = self.network.apply({"params": model_params}, z, gamma, y=y, train=train, rngs=rngs)
+        return out.astype(jnp.float32)
+
+    def denoise_fn(self, params: PyTree, y: Array | None = None) -> Callable[[Array, Array], Array]:
+        """denoise_fn(z, t) for the objectives and samplers: the network at gamma(t), eval mode."""
+        schedule = self.schedule(params)
+
+        def fn(z: Array, t: Array) -> Array:
+            gamma = jnp.broadcast_to(schedule(t), z.shape[:1])
+            return self.apply_network(params["model"], z, gamma, y, train=False)
+        return fn
+
+    def init_params(self, key: Array) -> PyTree:
+        """Fresh params {'model': ..., ['schedule': ...]} (shapes from a batch of 1)."""
+        k_model, k_sched = jax.random.split(key)
+        z = jnp.zeros((1,) + tuple(self.info.shape), jnp.float32)
+        y = jnp.zeros((1,), jnp.int32) if self.config.model.num_classes > 0 else None
+        params = {"model": self.network.init({"params": k_model}, z, jnp.zeros((1,)), y=y, train=False)["params"]}
+        if self.schedule_module is not None:
+            params["schedule"] = self.schedule_module.init(k_sched, jnp.zeros((1,)))["params"]
+        return params
+
+    def init_state(self, key: Array) -> TrainState:
+        """Step 0: fresh params (EMA = params), fresh optimizer state; `key` becomes the run's base key."""
+        k_init, k_run = jax.random.split(key)
+        return self.optimizer.init(jax.jit(DiffusionModel.init_params, static_argnums=0)(self, k_init), k_run)
+
+    # ------------------------------------------------------------------------- the objective
+
+    def noise(self, batch: dict, key: Array, *, train: bool) -> dict[str, Array]:
+        """objectives.example_noise of `key` at batch['index'] (antithetic t in training if config.loss.antithetic)."""
+        antithetic = train and self.config.loss.antithetic
+        x = batch["x"]
+        return objectives.example_noise(key, batch["index"], x.shape[1:], x.dtype, antithetic=antithetic,
+                                        batch_size=self.config.training.batch_size)
+
+    def terms_at(self, model_params: PyTree, gammas: tuple, batch: dict, noise: dict, *, train: bool,
+                 dropout_key: Array | None = None) -> dict[str, Array]:
+        """Per-example objectives.neg_elbo_terms_at (training: the configured weighting and label dropout; else w = 1)."""
+        c = self.config
+        y = batch["label"]
+        if train:
+            y = drop_labels(y, noise["u"], c.model.num_classes, c.model.label_dropout)
+        gamma_t = gammas[2]
+        net = lambda z, t: self.apply_network(model_params, z, gamma_t, y, train=train, dropout_key=dropout_key)
+        return objectives.neg_elbo_terms_at(
+            net, batch["x"], noise["t"], noise["eps"], noise["eps_0"], gammas,
+            parameterization=c.model.parameterization, weighting=c.loss.weighting if train else "elbo",
+            decoder=self.decoder, encoding=self.info.encoding,
+            weighting_kwargs=self.weighting_kwargs if train else None)
+
+    def loss_terms(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None, *,
+                   train: bool = True) -> dict[str, Array]:
+        """Per-example -ELBO terms of `batch` {'x', 'label', 'index'} with noise from `key` (pure; no device axis)."""
+        noise = self.noise(batch, key, train=train)
+        gammas = objectives.schedule_values(self.schedule(params), noise["t"])
+        return self.terms_at(params["model"], gammas, batch, noise, train=train, dropout_key=dropout_key)
+
+    def value_and_grad(self, params: PyTree, batch: dict, key: Array,
+                       dropout_key: Array | None = None) -> tuple[tuple[Array, dict], PyTree]:
+        """((mean loss, per-example terms), grads) of the training objective: jax.value_and_grad of the batch mean,
+        or for schedule 'learned' VDM's variance-minimising schedule gradient (sec. 5.2)."""
+        if LEARNED_SCHEDULES.get(self.config.model.schedule) != "variance":
+            def mean_loss(p):
+                terms = self.loss_terms(p, batch, key, dropout_key)
+                return jnp.mean(terms["total"]), terms
+            return jax.value_and_grad(mean_loss, has_aux=True)(params)
+        noise = self.noise(batch, key, train=True)
+        terms_at = lambda mp, gammas: self.terms_at(mp, gammas, batch, noise, train=True, dropout_key=dropout_key)
+        return objectives.variance_minimizing_value_and_grad(terms_at, params["model"], self.schedule_apply,
+                                                             params["schedule"], noise["t"])
+
+
+def drop_labels(y: Array, u: Array, num_classes: int, rate: float) -> Array:
+    """Classifier-free guidance training: label -> null class num_classes where u < rate, u ~ U(0,1) [B] (Ho & Salimans 2022)."""
+    if rate == 0.0:
+        return y
+    return jnp.where(u < rate, num_classes, y)
+
+
+# ----------------------------------------------------------------------------- per-device steps
+
+def train_step(model: DiffusionModel, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One optimizer step on this device's shard (inside shard_map): loss and grads here, averaged in Optimizer.update."""
+    params = parallel.to_varying(state.params)          # per-device grads, averaged in the update
+    (_, terms), grads = model.value_and_grad(params, batch, *step_keys(state))
+    metrics = objectives.batch_means(terms)
+    if model.schedule_module is not None:
+        schedule = model.schedule(params)
+        metrics.update(gamma_0=schedule(jnp.zeros(())), gamma_1=schedule(jnp.ones(())))
+    return model.optimizer.update(state, grads, metrics)
+
+
+def eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:
+    """Per-example negative-ELBO terms in nats [B_local] on this device's shard: the true ELBO (w = 1).
+
+    Continuous time, or config.eval.num_steps discrete steps (objectives.neg_elbo_terms); the noise
+    comes from `key` and batch['index'], so the figure does not depend on the device count;
+    class-conditional models are evaluated with the true labels, i.e. -log p(x | y).
+    """
+    num_steps = model.config.eval.num_steps
+    if num_steps == 0:
+        return model.loss_terms(params, batch, key, train=False)
+    noise = model.noise(batch, key, train=False)
+    return objectives.neg_elbo_terms(model.denoise_fn(params, batch["label"]), batch["x"],
+                                     objectives.discretize_t(noise["t"], num_steps), noise["eps"], noise["eps_0"],
+                                     schedule=model.schedule(params), parameterization=model.config.model.parameterization,
+                                     decoder=model.decoder, encoding=model.info.encoding, num_steps=num_steps)
+
+
+def ode_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:
+    """Per-example -log p(x) in nats through the probability-flow ODE (likelihood.ode_nll) on this device's shard.
+
+    config.eval.ode_steps RK4 steps, ode_probes Hutchinson probes; 8-bit data dequantised (the
+    D log 127.5 offset puts it on the ELBO's scale); class-conditional models get the true labels.
+    """
+    e = model.config.eval
+    key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
+    denoise = model.denoise_fn(params, batch["label"])
+    return {"nll": ode_nll(denoise, batch["x"], key, schedule=model.schedule(params),
+                           parameterization=model.config.model.parameterization, num_steps=e.ode_steps,
+                           num_probes=e.ode_probes, dequantize=model.info.discrete, encoding=model.info.encoding)}
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def build(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> DiffusionModel:
+    """Network, schedule and optimizer for `config` (validated) on data described by `info`."""
+    m = config.model
+    sched_module = get_schedule_module(m)
+    fixed = None if sched_module is not None else get_schedule(m.schedule, gamma_min=m.gamma_min,
+                                                               gamma_max=m.gamma_max)
+    compute = COMPUTE_DTYPES[config.training.dtype]
+    optimizer = Optimizer.from_config(config, functools.partial(convert.decay_mask, kind=config.optimizer.decay_mask))
+    return DiffusionModel(config, info, get_model(m, compute), optimizer, sched_module, fixed)
+
+
+def setup(config: ml_collections.ConfigDict, mode: str = "train") -> tuple[DiffusionModel, Any]:
+    """Join the multi-host job if any, validate `config` for `mode` (the one place), and build (model, mesh)."""
+    parallel.initialize_distributed()
+    config_utils.validate(config, device_count=jax.device_count(), mode=mode)
+    info = data.get_dataset_info(config.data)
+    config_utils.validate_for_data(config, info)
+    return build(config, info), parallel.make_mesh()
+
+
+def derived_key(config: ml_collections.ConfigDict, stream: int, step: int) -> Array:
+    """Key for evaluation (stream 1) or sampling (stream 2) at `step`, independent of the train keys."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), stream), step)
