@@ -42,7 +42,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
     config.model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
     config.model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
-    config.model.decoder = 'gaussian'  # TEMP
+    config.model.decoder = 'categorical' if arg == 'grid' else 'gaussian'  # TEMP
 
     config.loss = ml_collections.ConfigDict()
     config.loss.weighting = "elbo"   # elbo, simple, snr, min_snr, sigmoid, edm

@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 from vdm import data, parallel
-from vdm import trainer as tr
+from vdm import diffusion_model as dm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}   # dense, SXM datasheets
@@ -91,22 +91,22 @@ def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[fl
 
 
 def setup(config, shape, num_classes=10):
-    """(trainer, mesh, state, sharded synthetic batch [1, B, *shape]) for `config` on data of `shape`."""
+    """(model, mesh, state, sharded synthetic batch [1, B, *shape]) for `config` on data of `shape`."""
     info = data.DatasetInfo("synthetic", tuple(shape), 50_000, 10_000, num_classes, True,
                             encoding=config.data.encoding)
-    trainer, mesh = tr.build_trainer(config, info), parallel.make_mesh()
-    state = parallel.replicate(parallel.to_host(tr.create_train_state(trainer, jax.random.PRNGKey(0))), mesh)
+    trainer, mesh = dm.build(config, info), parallel.make_mesh()
+    state = parallel.replicate(parallel.to_host(trainer.init_state(jax.random.PRNGKey(0))), mesh)
     rng = np.random.default_rng(0)
     b = config.training.batch_size
     x = (rng.integers(0, 256, (1, b, *shape)) / 127.5 - 1).astype(np.float32)
-    batch = parallel.shard_batch({"x": x, "label": rng.integers(0, num_classes, (1, b)).astype(np.int32)},
-                                 mesh, leading_axes=1)
+    batch = parallel.shard_batch({"x": x, "label": rng.integers(0, num_classes, (1, b)).astype(np.int32),
+                                  "index": np.arange(b, dtype=np.int32)[None]}, mesh, leading_axes=1)
     return trainer, mesh, state, batch
 
 
 def full_step(trainer, mesh):
-    """The trainer's jitted, sharded, donating step (what the loop runs)."""
-    return parallel.data_parallel(lambda s, b: tr.train_step(trainer, s, b), mesh)
+    """The diffusion model's jitted, sharded, donating train step (what the loop runs)."""
+    return parallel.data_parallel(lambda s, b: dm.train_step(trainer, s, b), mesh)
 
 
 def compiled_step(config, shape=(32, 32, 3)) -> tuple:
@@ -129,12 +129,12 @@ def bare_step(trainer):
         def loss(p):
             z = jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None, None] * x \
                 + jnp.sqrt(jax.nn.sigmoid(gamma))[:, None, None, None] * eps
-            pred = trainer.apply_model(p["model"], z, gamma, batch["label"][0], train=True,
+            pred = trainer.apply_network(p["model"], z, gamma, batch["label"][0], train=True,
                                        dropout_key=jax.random.PRNGKey(0))
             return jnp.mean(jnp.square(pred - eps))
 
         value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = trainer.tx.update(grads, opt_state, params)
+        updates, opt_state = trainer.optimizer.tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), value
 
     return jax.jit(step, donate_argnums=0)

@@ -239,3 +239,21 @@ def test_inference_config_takes_eval_keys_from_the_given_and_the_rest_from_the_r
     with pytest.raises(record.ConfigError, match="model.width=32 .* trained with model.width=48"):
         record.inference_config(str(tmp_path), given, overridden=["model.width"])
     assert record.inference_config(str(tmp_path), given, overridden=["eval.num_steps"])[0].eval.num_steps == 7
+
+
+@pytest.mark.parametrize("config_arg,decoder", [("toy2d.py:small", "gaussian"), ("toy2d.py:grid", "categorical"),
+                                                ("fashion_mnist.py:small", "categorical")])
+def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, config_arg, decoder):
+    """A config.json without the keys added later (record.ADDED_KEYS) loads with the values the run used, so its
+    resume check and eval see no change."""
+    name, arg = config_arg.split(":")
+    config = load_config(name[:-3], arg)
+    assert config.model.decoder == decoder
+    old = json.loads(config.to_json())
+    for key in record.ADDED_KEYS:
+        section, leaf = key.split(".")
+        del old[section][leaf]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    recorded = record.load_recorded(str(tmp_path))
+    assert record.config_diff(recorded, config) == {}
+    assert recorded.model.decoder == decoder

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from vdm.config_utils import ConfigError
+from vdm.data_tfds import IMAGE_DATASETS
 
 # What may differ from a workdir's recorded config. At --mode=eval/sample: the evaluation,
 # sampling and guidance sections (and where the data lives). On resume, also the loop's
@@ -56,9 +57,29 @@ def load_recorded(workdir: str) -> ml_collections.ConfigDict | None:
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            return ml_collections.ConfigDict(json.load(f))
+            return ml_collections.ConfigDict(upgrade(json.load(f)))
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the run's recorded config {path}: {e}") from None
+
+
+# Keys added after runs were recorded without them, with the value that reproduces what such a run
+# did (a function of the recorded config): a recorded run stays resumable and evaluable as it was.
+ADDED_KEYS = {
+    "model.decoder": lambda c: ("categorical" if c["data"]["dataset"] in IMAGE_DATASETS + ("grid8bit2d",)
+                                else "gaussian"),          # what the decoder was: by whether the data is 8-bit
+    "loss.sigmoid_bias": lambda c: -2.0, "loss.min_snr_gamma": lambda c: 5.0, "loss.edm_p_mean": lambda c: -1.2,
+    "loss.edm_p_std": lambda c: 1.2, "loss.edm_sigma_data": lambda c: 0.5,
+}
+
+
+def upgrade(recorded: dict) -> dict:
+    """A recorded diffusion config (a dict from config.json) with every ADDED_KEYS key it lacks filled in; others as they are."""
+    if "model" not in recorded or "loss" not in recorded:      # not a diffusion model's config (a classifier's)
+        return recorded
+    for key, value in ADDED_KEYS.items():
+        section, name = key.split(".")
+        recorded[section].setdefault(name, value(recorded))
+    return recorded
 
 
 def config_diff(recorded: ml_collections.ConfigDict, given: ml_collections.ConfigDict) -> dict[str, tuple]:
