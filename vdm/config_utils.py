@@ -92,7 +92,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
     if m.name == "vdm_unet":
         missing = [k for k in ("embedding_freqs", "norm_groups") + VDM_BOOLS if k not in m]
         _check(not missing, f"config.model.name='vdm_unet' needs the keys {missing} in config.model "
-               "(see configs/fashion_mnist.py for their meaning and the values that keep the default network).")
+               "(see configs/base.py for their meaning and the values that keep the default network).")
         _choices("model.embedding_freqs", m.embedding_freqs, EMBEDDING_FREQS)
         _int("model.norm_groups", m.norm_groups, 0)
         for key in VDM_BOOLS:
