@@ -71,9 +71,8 @@ COMMON_CHECKS = (
 
 
 # ----------------------------------------------------------------------------- one step
-# A step is read_prediction (x0_hat, eps_hat from the network's output) and one update of
-# vdm.solvers. The contract steps below are those two calls; the runners make the same two calls
-# inside their scans (through _make_predict), so there is one implementation of each step.
+# A step is read_prediction (x0_hat, eps_hat of the network's output) and one vdm.solvers update: the
+# contract steps are those two calls, and the runners make the same two inside their scans (_make_predict).
 
 def read_prediction(pred: Array, z: Array, gamma: Array, parameterization: str = "eps", *,
                     clip_x0: bool = False, dynamic_threshold: float | None = None) -> tuple[Array, Array]:
@@ -107,14 +106,13 @@ def ancestral_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, key:
 
 # ----------------------------------------------------------------------------- options
 
-# Options that only a program can pass (arrays, return types); every other option of a method is a
-# config.sampling key of the same name, None there meaning the method's default.
+# Options only a program can pass (arrays, return types); every other option is a config.sampling key (None: default).
 PROGRAM_ONLY_OPTIONS = ("return_trajectory", "z_init")
 _OLD_UNSET = {"grid": "", "dynamic_threshold": 0}   # how configs before None-means-default said it
 
 
 def option_names(method: str) -> tuple[str, ...]:
-    """The options of `method` a config can set: COMMON_DEFAULTS and SAMPLERS[method].options, less PROGRAM_ONLY_OPTIONS."""
+    """The options of `method` a config can set: COMMON_DEFAULTS, SAMPLERS[method].options, less PROGRAM_ONLY_OPTIONS."""
     return tuple(k for k in {**COMMON_DEFAULTS, **_sampler(method).options} if k not in PROGRAM_ONLY_OPTIONS)
 
 
