@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -152,3 +153,121 @@ def test_a_config_missing_a_key_is_named_not_a_traceback():
     del old_classifier["optimizer"]                 # the msgpack-era classifier config.json had none
     with pytest.raises(config_utils.ConfigError, match="no key 'optimizer'"):
         config_utils.validate_classifier(ml_collections.ConfigDict(old_classifier))
+
+
+# ----------------------------------------------------------------------------- the base config and sampler options
+
+def _assignments_without_comment(path):
+    """Key assignments (`x.key = ...`) of a config file's code that carry no comment."""
+    lines = open(path).read().splitlines()
+    return [ln.strip() for ln in lines if re.match(r"\s+\w+(\.\w+)+ = ", ln) and "#" not in ln
+            and not re.search(r" = (ml_collections\.ConfigDict\(\)|_\w+\()", ln)]   # sections
+
+
+def test_the_base_config_documents_every_key_and_derived_configs_only_override_it():
+    """configs/base.py comments every key; each experiment config's keys are the base's (of its kind)."""
+    assert not _assignments_without_comment(os.path.join(REPO_ROOT, "configs", "base.py"))
+    base = load_config("base", "image")
+    for name, arg, kind in (("fashion_mnist", "", "image"), ("cifar10", "small", "image"), ("toy2d", "grid", "toy")):
+        keys = set(_flat(load_config(name, arg).to_dict()))
+        assert keys == set(_flat(load_config("base", kind).to_dict())), (name, arg)
+    assert load_config("fashion_mnist").to_dict() == base.to_dict()
+    with pytest.raises(ValueError, match="'image', 'toy'"):
+        load_config("base", "tiny")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+_PARSE = """
+import json, sys
+from absl import flags
+from ml_collections import config_flags
+config_flags.DEFINE_config_file("config", None, "config", lock_config=True)
+flags.FLAGS(sys.argv)
+c = flags.FLAGS.config
+try:
+    c.sampling.etaa = 0.5
+except AttributeError as e:
+    print("locked:", e)
+print(json.dumps(c.sampling.to_dict()))
+"""
+
+
+def _parse(argv, cwd):
+    """config.sampling of `argv`'s --config, parsed by ml_collections.config_flags (locked, as vdm.main), in `cwd`."""
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", _PARSE] + argv, cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": REPO_ROOT})
+    return proc, (json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else None)
+
+
+def test_command_line_sets_unset_sampler_options_from_any_working_directory(tmp_path):
+    """Loaded by path from another directory, configs/fashion_mnist.py takes overrides of its unset (None)
+    sampler options; a locked config still refuses a misspelt key, on the command line or in code."""
+    path = os.path.join(REPO_ROOT, "configs", "fashion_mnist.py")
+    proc, s = _parse([f"--config={path}:small", "--config.sampling.method=ddim", "--config.sampling.eta=0.5",
+                      "--config.sampling.grid=edm", "--config.sampling.clip_x0=True", "--config.sampling.order=3"],
+                     tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (s["eta"], s["grid"], s["clip_x0"], s["order"], s["variance"]) == (0.5, "edm", True, 3, None)
+    assert "locked:" in proc.stdout and "etaa" in proc.stdout
+    proc, _ = _parse([f"--config={path}", "--config.sampling.etta=0.5"], tmp_path)
+    assert proc.returncode != 0 and "etta" in proc.stderr
+    proc, _ = _parse([f"--config={path}", "--config.sampling.eta=half"], tmp_path)
+    assert proc.returncode != 0 and "half" in proc.stderr       # an unset option keeps its type
+    config = load_config("fashion_mnist")
+    config.sampling.method, config.sampling.eta = "ddim", 0.5
+    config_utils.validate(config)
+
+
+def test_a_config_naming_one_option_gets_the_methods_defaults_for_the_rest():
+    """resolve() fills the method's other options with exactly what sample() uses when not given them."""
+    import jax
+    import numpy as np
+    from vdm import analytic, sampling, schedules
+    config = load_config("toy2d", "small")
+    config.sampling.method, config.sampling.eta = "ddim", 0.5
+    s = config_utils.resolve(config).sampling
+    assert s.eta == 0.5 and s.grid == "uniform_t" and s.variance is None   # variance: not a ddim option
+    recorded = {k: s[k] for k in sampling.option_names("ddim")}
+    assert None not in [v for k, v in recorded.items() if k != "dynamic_threshold"]
+    sched = schedules.linear_logsnr()
+    fn = analytic.denoise_fn(analytic.default_mixture(), sched)
+    draw = lambda **o: np.asarray(sampling.sample(fn, (8, 2), jax.random.key(0), schedule=sched, method="ddim",
+                                                  num_steps=5, **o))
+    np.testing.assert_array_equal(draw(eta=0.5), draw(**sampling.options_from_config(config.sampling)))
+    np.testing.assert_array_equal(draw(eta=0.5), draw(**recorded))
+    assert load_config("toy2d", "small").sampling.eta is None      # the file itself leaves it unset
+
+
+def test_the_resolved_options_are_recorded_in_config_json(tmp_path):
+    import json
+    from vdm import sampling
+    config = load_config("fashion_mnist", "small")
+    config.sampling.method, config.sampling.order = "dpm_solver", 3
+    config_utils.save_config(config, str(tmp_path))
+    saved = json.load(open(tmp_path / "config.json"))["sampling"]
+    expect = sampling.resolve_options("dpm_solver", {"order": 3})
+    assert {k: saved[k] for k in sampling.option_names("dpm_solver")} == \
+        {k: expect[k] for k in sampling.option_names("dpm_solver")}
+    assert saved["grid"] == "uniform_logsnr" and saved["order"] == 3 and saved["eta"] is None
+    assert config.sampling.grid is None            # the given config is left as it was
+
+
+def test_bad_sampler_options_fail_in_one_line_naming_the_valid_values():
+    for key, value, needle in (("grid", "log", "'uniform_t', 'uniform_logsnr', 'edm'"),
+                               ("variance", "learned", "choose one of 'small', 'large'"),
+                               ("eta", 2.0, "eta must lie in [0, 1]")):
+        config = load_config("fashion_mnist")
+        config.sampling.method = "ddim" if key == "eta" else "ancestral"
+        config.sampling[key] = value
+        with pytest.raises(config_utils.ConfigError) as err:
+            config_utils.validate(config)
+        assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -195,6 +195,8 @@ def test_allowed_changes_on_resume_are_recorded(v_run, tmp_path):
     with open(os.path.join(wd, "config_changes.jsonl")) as f:
         change = json.loads(f.readline())
     assert change["step"] == 4 and change["changes"]["training.num_steps"] == [4, 6]
+    # config.json holds the resolved sampler options, the command line their unset markers: no change.
+    assert set(change["changes"]) == {"training.num_steps", "training.eval_every"}, change
     assert json.load(open(os.path.join(wd, "config.json")))["training"]["num_steps"] == 6
 
 
@@ -257,3 +259,22 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
     recorded = record.load_recorded(str(tmp_path))
     assert record.config_diff(recorded, config) == {}
     assert recorded.model.decoder == decoder
+
+
+def test_unset_sampler_options_against_their_recorded_resolved_values_are_no_change(tmp_path):
+    """A run records resolved options (config.json); resuming with the file's unset (None) options is no change,
+    an option set to another value is one (recorded by value), and so is a new method's defaults."""
+    from vdm import config_utils
+    config = load_config("toy2d", "small")
+    config_utils.save_config(config, str(tmp_path))
+    assert json.load(open(tmp_path / "config.json"))["sampling"]["variance"] == "small"
+    assert record.check_resume(load_config("toy2d", "small"), str(tmp_path)) == {}
+    given = load_config("toy2d", "small")
+    given.sampling.variance = "large"
+    assert record.check_resume(given, str(tmp_path)) == {"sampling.variance": ("small", "large")}
+    given.sampling.variance = "small"                   # set to its default: still no change
+    assert record.check_resume(given, str(tmp_path)) == {}
+    given = load_config("toy2d", "small")
+    given.sampling.method = "ddim"
+    assert record.check_resume(given, str(tmp_path)) == {
+        "sampling.method": ("ancestral", "ddim"), "sampling.variance": ("small", None), "sampling.eta": (None, 0.0)}

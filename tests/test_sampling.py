@@ -175,6 +175,37 @@ def test_ddim_is_deterministic_given_z1_and_inverts_by_its_own_ode():
     assert errs[1] < 0.05 and errs[1] < errs[0] / 3, errs
 
 
+def test_the_ddim_and_ancestral_samplers_step_through_the_contract_steps():
+    """sample(method='ddim' | 'ancestral') equals a Python loop of ddim_step / ancestral_step on the same grid,
+    keys and network outputs (the ancestral loop up to its last step, which adds no noise)."""
+    fn = A.denoise_fn(GAUSS, SCHED, "x0")
+    n, shape, key = 6, (64, 2), jax.random.key(3)
+    t, g = solvers.time_grid(SCHED, n, "uniform_t")
+    keys = jax.random.split(jax.random.split(key)[1], n)
+    z1 = jax.random.normal(jax.random.key(4), shape)
+    for method, step in (("ddim", lambda z, p, i: sampling.ddim_step(z, p, g[i], g[i + 1], parameterization="x0",
+                                                                       eta=0.5, key=keys[i], clip_x0=True)),
+                         ("ancestral", lambda z, p, i: sampling.ancestral_step(z, p, g[i], g[i + 1], keys[i],
+                                                                               parameterization="x0"))):
+        opts = {"eta": 0.5, "clip_x0": True} if method == "ddim" else {}
+        _, traj = sampling.sample(fn, shape, key, schedule=SCHED, parameterization="x0", method=method,
+                                  num_steps=n, z_init=z1, return_trajectory=True, **opts)
+        z = z1
+        for i in range(n - 1):
+            z = step(z, fn(z, jnp.full((shape[0],), t[i])), i)
+            np.testing.assert_allclose(traj[i + 1], z, rtol=1e-5, atol=1e-6, err_msg=f"{method} step {i}")
+
+
+def test_the_table_has_one_complete_record_per_method():
+    """Each SAMPLERS entry's defaults pass its own checks, its grid is a grid, and METHODS is the table's keys."""
+    assert sampling.METHODS == tuple(sampling.SAMPLERS)
+    for method, rec in sampling.SAMPLERS.items():
+        opts = sampling.resolve_options(method, {})
+        assert opts["grid"] == rec.grid in solvers.GRIDS and rec.num_steps >= 1
+        assert {k: opts[k] for k in rec.options} == rec.options
+        assert set(sampling.option_names(method)) == set(opts) - set(sampling.PROGRAM_ONLY_OPTIONS)
+
+
 def _abar(g):
     return float(jax.nn.sigmoid(-g))
 
@@ -330,8 +361,10 @@ def test_bad_options_raise_naming_the_valid_ones():
     kw = dict(schedule=SCHED, num_steps=2)
     with pytest.raises(ValueError, match="dpm_solver"):
         sampling.sample(fn, (2, 2), jax.random.key(0), method="euler", **kw)
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['etaa'\] for method 'ddim'; valid options: .*'eta'"):
         sampling.sample(fn, (2, 2), jax.random.key(0), method="ddim", etaa=0.0, **kw)
+    with pytest.raises(ValueError, match="Unknown option.*'variance'"):    # another method's option
+        sampling.resolve_options("ddim", {"variance": "large"})
     with pytest.raises(ValueError, match="uniform_logsnr"):
         sampling.sample(fn, (2, 2), jax.random.key(0), method="ddim", grid="log", **kw)
     with pytest.raises(ValueError, match="eta must lie"):

@@ -90,7 +90,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
     if m.name == "vdm_unet":
         missing = [k for k in ("embedding_freqs", "norm_groups") + VDM_BOOLS if k not in m]
         _check(not missing, f"config.model.name='vdm_unet' needs the keys {missing} in config.model "
-               "(see configs/fashion_mnist.py for their meaning and the values that keep the default network).")
+               "(see configs/base.py for their meaning and the values that keep the default network).")
         _choices("model.embedding_freqs", m.embedding_freqs, EMBEDDING_FREQS)
         _int("model.norm_groups", m.norm_groups, 0)
         for key in VDM_BOOLS:
@@ -168,11 +168,12 @@ def _validate_sampling(c: ml_collections.ConfigDict) -> None:
     _int("sampling.num_steps", s.num_steps, 1)
     _int("sampling.num_samples", s.num_samples, 1)
     _int("sampling.batch_size", s.batch_size, 0)
-    _choices("sampling.grid", s.grid, ("",) + tuple(sampling.GRIDS))
-    try:
-        sampling.resolve_options(s.method, sampling.options_from_config(s))
-    except ValueError as e:
-        raise ConfigError(f"config.sampling: {e}") from None
+    if s.get("grid") not in (None, ""):               # None (older configs: ''): the method's default grid
+        _choices("sampling.grid", s.grid, sampling.GRIDS)
+    _check(s.get("variance") != "learned", "config.sampling.variance='learned' is not valid: no model returns a "
+           "variance yet (sampling.sample takes it from a denoise_fn returning (pred, v)); choose one of "
+           + ", ".join(repr(v) for v in sampling.VARIANCES if v != "learned") + ", or leave it unset (None).")
+    resolve(c)
     _float("sampling.guidance_weight", s.guidance_weight, 0.0)
     _int("sampling.class_label", s.class_label, -1)
     _check(s.class_label < max(m.num_classes, 0) or s.class_label == -1,
@@ -287,8 +288,28 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
            f"number of classes, {info.num_classes}.")
 
 
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose config.sampling options of its method are resolved: each unset (None) one set to the
+    method's default (sampling.resolve_options of sampling.options_from_config); a config without sampling as it is."""
+    from vdm import sampling
+    out = config.copy_and_resolve_references()
+    s = out.get("sampling")
+    if s is None or "method" not in s:
+        return out
+    try:
+        opts = sampling.resolve_options(s.method, sampling.options_from_config(s))
+    except ValueError as e:
+        raise ConfigError(f"config.sampling: {e}") from None
+    for name in sampling.option_names(s.method):
+        if name in s:
+            s[name] = opts[name]
+    return out
+
+
 def save_config(config: ml_collections.ConfigDict, workdir: str, name: str = "config") -> None:
-    """Write the resolved config to workdir/NAME.json and workdir/NAME.yaml (ml_collections YAML repr)."""
+    """Write the resolved config (`resolve`: sampler options as the run uses them) to workdir/NAME.json and
+    workdir/NAME.yaml (ml_collections YAML repr)."""
+    config = resolve(config)
     os.makedirs(workdir, exist_ok=True)
     atomic_write_text(os.path.join(workdir, f"{name}.json"),
                       json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n")

@@ -149,7 +149,8 @@ def sample_name(config: ml_collections.ConfigDict, step: int) -> str:
 
     The hash makes runs that differ in any option (eta, grid, clipping ...) write different files.
     """
-    s, g = config.sampling, config.guidance
+    resolved = config_utils.resolve(config)       # an option left unset and set to its default: the same name
+    s, g = resolved.sampling, resolved.guidance
     name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
     if g.classifier_workdir:
         name += f"_cls{g.classifier_scale:g}_y{g.classifier_label}"

@@ -1,6 +1,6 @@
 """The run's record: a workdir's config.json is the run; resume and eval/sample are checked against it.
 
-Training writes the resolved config to workdir/config.json. A resumed run may change only the
+Training writes the resolved config (config_utils.resolve) to workdir/config.json. A resumed run may change only the
 loop's bookkeeping (RESUMABLE_KEYS) and the eval/sampling/guidance sections; each such change is
 appended to workdir/config_changes.jsonl. --mode=eval/sample run the recorded model, schedule,
 data and loss, with the eval/sampling/guidance keys of the given config (`inference_config`).
@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from vdm.config_utils import ConfigError
+from vdm.config_utils import ConfigError, resolve
 from vdm.data_tfds import IMAGE_DATASETS
 
 # What may differ from a workdir's recorded config. At --mode=eval/sample: the evaluation,
@@ -89,6 +89,14 @@ def config_diff(recorded: ml_collections.ConfigDict, given: ml_collections.Confi
             if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 
 
+def _resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """config_utils.resolve(config) (an unset sampler option reads as its method's default), or `config` if it fails."""
+    try:
+        return resolve(config)
+    except ConfigError:
+        return config
+
+
 def _describe(diff: dict[str, tuple], limit: int = 6) -> str:
     items = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()]
     return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
@@ -99,12 +107,13 @@ def check_resume(given: ml_collections.ConfigDict, workdir: str) -> dict[str, tu
 
     Raises ConfigError (one line, listing the keys) if a key that defines the model or the
     objective changed; returns the allowed changes {key: (recorded, given)} (RESUMABLE_KEYS and
-    the eval/sampling/guidance sections). Keys the record lacks (a newer code version) are not changes.
+    the eval/sampling/guidance sections). Keys the record lacks (a newer code version) are not changes, and
+    both sides are compared resolved: an unset sampler option is its method's default, as config.json records it.
     """
     recorded = load_recorded(workdir)
     if recorded is None:
         return {}
-    diff = {k: v for k, v in config_diff(recorded, given).items() if v[0] != _ABSENT}
+    diff = {k: v for k, v in config_diff(_resolved(recorded), _resolved(given)).items() if v[0] != _ABSENT}
     fixed = {k: v for k, v in diff.items() if not may_change(k, resume=True)}
     if fixed:
         raise ConfigError(f"{workdir} holds checkpoints of a run with another config ({_describe(fixed)}); "

@@ -10,7 +10,8 @@ returns x0_hat(z_{t_min}, t_min), one extra network evaluation; `final_denoise=F
 z_{t_min} / alpha_{t_min}, the mean of VDM's Gaussian decoder. The stochastic samplers add no
 noise on their last step (Ho et al. 2020, Alg. 2).
 
-Methods and their options (defaults in DEFAULTS; default grid per method in DEFAULT_GRID):
+Methods and their options (one record per method in SAMPLERS: runner, option defaults and checks,
+default grid and steps, network evaluations):
   ancestral   z_s ~ q(z_s | z_t, x0_hat); variance 'small' (beta_tilde), 'large' (beta, the
               forward variance 1 - alpha_t^2/alpha_s^2) or 'learned' (denoise_fn returns
               (pred, v_interp), log-variance interpolated between the two, improved-DDPM).
@@ -34,12 +35,13 @@ Common options: grid ('uniform_t' | 'uniform_logsnr' | 'edm', with rho), t_min, 
 clip_x0, dynamic_threshold (percentile p), final_denoise, return_trajectory (then returns
 (x, traj) with traj [N + 1, *shape] the z's on the grid, z_1 first), z_init (the starting
 latent at t_max instead of a N(0, I) draw, e.g. from `ddim_encode`). Options are static
-Python values. `num_evaluations` gives the network evaluations of a call.
+Python values. `num_evaluations` gives the network evaluations of a call. A config names only the
+options it changes (`options_from_config`: None means the method's default).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,34 +57,40 @@ from vdm.solvers import GRIDS, VARIANCES, threshold_x0
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Any]
 
-METHODS = ("ancestral", "ddim", "sde", "ode", "pc", "dpm_solver")
-COMMON_DEFAULTS = dict(grid=None, rho=7.0, t_min=0.0, t_max=1.0, clip_x0=False,
-                       dynamic_threshold=None, final_denoise=True, return_trajectory=False,
-                       z_init=None)
-DEFAULTS = {
-    "ancestral": dict(variance="small"),
-    "ddim": dict(eta=0.0),
-    "sde": dict(),
-    "ode": dict(),
-    "pc": dict(snr=0.16, corrector_steps=1),
-    "dpm_solver": dict(order=2, prediction="x0", lower_order_final=True),
-}
-DEFAULT_GRID = {"ancestral": "uniform_t", "ddim": "uniform_t", "sde": "uniform_t", "ode": "edm",
-                "pc": "uniform_t", "dpm_solver": "uniform_logsnr"}
-DEFAULT_NUM_STEPS = {"ancestral": 1000, "ddim": 50, "sde": 1000, "ode": 18, "pc": 1000, "dpm_solver": 20}
+# Options every method takes, and their defaults (grid None: the method's default grid).
+COMMON_DEFAULTS = dict(grid=None, rho=7.0, t_min=0.0, t_max=1.0, clip_x0=False, dynamic_threshold=None,
+                       final_denoise=True, return_trajectory=False, z_init=None)
+# (ok(opts), what is valid) for the common options; each method's own checks are in its SAMPLERS entry.
+COMMON_CHECKS = (
+    (lambda o: o["grid"] in GRIDS, f"grid must be one of {GRIDS}"),
+    (lambda o: 0.0 <= o["t_min"] < o["t_max"] <= 1.0, "need 0 <= t_min < t_max <= 1"),
+    (lambda o: o["rho"] > 0, "rho must be > 0"),
+    (lambda o: o["dynamic_threshold"] is None or 0.0 < o["dynamic_threshold"] <= 1.0,
+     "dynamic_threshold is a percentile p in (0, 1] (or None)"),
+)
 
 
-# ----------------------------------------------------------------------------- contract steps
+# ----------------------------------------------------------------------------- one step
+# A step is read_prediction (x0_hat, eps_hat of the network's output) and one vdm.solvers update: the
+# contract steps are those two calls, and the runners make the same two inside their scans (_make_predict).
+
+def read_prediction(pred: Array, z: Array, gamma: Array, parameterization: str = "eps", *,
+                    clip_x0: bool = False, dynamic_threshold: float | None = None) -> tuple[Array, Array]:
+    """(x0_hat, eps_hat) from a prediction of kind `parameterization` (z = alpha x0 + sigma eps); with thresholding,
+    eps_hat = (z - alpha x0_hat) / sigma follows the modified x0_hat (Saharia et al. 2022, sec. 2.3)."""
+    x0, eps = to_x0_eps(pred, z, gamma, parameterization)
+    if clip_x0 or dynamic_threshold is not None:
+        x0 = threshold_x0(x0, clip=clip_x0, percentile=dynamic_threshold)
+        eps = solvers.eps_from_x0(z, x0, gamma)
+    return x0, eps
+
 
 def ddim_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, *, parameterization: str = "eps",
               eta: float = 0.0, key: Array | None = None, clip_x0: bool = False) -> Array:
     """DDIM update z_t -> z_s (Song et al. 2021a, eq. 12): alpha_s x0 + sqrt(sigma_s^2 - s_eta^2) eps + s_eta noise."""
     if eta != 0.0 and key is None:
         raise ValueError("ddim_step with eta > 0 needs a PRNG key.")
-    x0, eps = to_x0_eps(pred, z_t, gamma_t, parameterization)
-    if clip_x0:
-        x0 = threshold_x0(x0, clip=True)
-        eps = solvers.eps_from_x0(z_t, x0, gamma_t)
+    x0, eps = read_prediction(pred, z_t, gamma_t, parameterization, clip_x0=clip_x0)
     noise = None if key is None else jax.random.normal(key, z_t.shape, z_t.dtype)
     return solvers.ddim_update(x0, eps, gamma_t, gamma_s, eta, noise)
 
@@ -91,62 +99,54 @@ def ancestral_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, key:
                    parameterization: str = "eps", variance: str = "small",
                    v_interp: Array | None = None) -> Array:
     """Ancestral update z_s ~ N(posterior mean of q(z_s|z_t, x0_hat), var) (Ho et al. 2020, Alg. 2; VDM eq. 29-30)."""
-    x0, _ = to_x0_eps(pred, z_t, gamma_t, parameterization)
+    x0, _ = read_prediction(pred, z_t, gamma_t, parameterization)
     noise = jax.random.normal(key, z_t.shape, z_t.dtype)
     return solvers.ancestral_update(z_t, x0, gamma_t, gamma_s, noise, variance, v_interp)
 
 
 # ----------------------------------------------------------------------------- options
 
-# Options that only a program can pass (arrays, return types); every other option of a method is a
-# config.sampling key of the same name.
+# Options only a program can pass (arrays, return types); every other option is a config.sampling key (None: default).
 PROGRAM_ONLY_OPTIONS = ("return_trajectory", "z_init")
+_OLD_UNSET = {"grid": "", "dynamic_threshold": 0}   # how configs before None-means-default said it
+
+
+def option_names(method: str) -> tuple[str, ...]:
+    """The options of `method` a config can set: COMMON_DEFAULTS, SAMPLERS[method].options, less PROGRAM_ONLY_OPTIONS."""
+    return tuple(k for k in {**COMMON_DEFAULTS, **_sampler(method).options} if k not in PROGRAM_ONLY_OPTIONS)
 
 
 def options_from_config(sampling_config) -> dict:
-    """The `sample` options of config.sampling.method from config.sampling (grid '' and dynamic_threshold 0 mean the default/off)."""
-    s, method = sampling_config, sampling_config.method
-    names = [k for k in {**COMMON_DEFAULTS, **DEFAULTS[method]} if k not in PROGRAM_ONLY_OPTIONS]
-    opts = {k: s[k] for k in names}
-    opts["grid"] = opts["grid"] or None
-    opts["dynamic_threshold"] = opts["dynamic_threshold"] or None
-    return opts
+    """The `sample` options config.sampling sets for its method: a key that is None or absent is left to the
+    method's default (older configs: grid '' is the default too, dynamic_threshold 0 is off)."""
+    s = sampling_config
+    return {k: s[k] for k in option_names(s.method) if s.get(k) not in (None, _OLD_UNSET.get(k))}
 
 
 def resolve_options(method: str, options: dict) -> dict:
     """The options of `method` with defaults filled in; unknown methods, options or values raise ValueError."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown sampling method {method!r}; choose one of {METHODS}.")
-    valid = {**COMMON_DEFAULTS, **DEFAULTS[method]}
+    sampler = _sampler(method)
+    valid = {**COMMON_DEFAULTS, **sampler.options}
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"Unknown option(s) {unknown} for method {method!r}; valid options: {sorted(valid)}.")
     opts = {**valid, **options}
-    opts["grid"] = opts["grid"] or DEFAULT_GRID[method]
-    checks = [
-        (opts["grid"] in GRIDS, f"grid must be one of {GRIDS}"),
-        (0.0 <= opts["t_min"] < opts["t_max"] <= 1.0, "need 0 <= t_min < t_max <= 1"),
-        (opts["rho"] > 0, "rho must be > 0"),
-        (opts["dynamic_threshold"] is None or 0.0 < opts["dynamic_threshold"] <= 1.0,
-         "dynamic_threshold is a percentile p in (0, 1] (or None)"),
-        (opts.get("variance", "small") in VARIANCES, f"variance must be one of {VARIANCES}"),
-        (0.0 <= opts.get("eta", 0.0) <= 1.0, "eta must lie in [0, 1]"),
-        (opts.get("snr", 1.0) > 0, "snr must be > 0"),
-        (int(opts.get("corrector_steps", 0)) == opts.get("corrector_steps", 0) >= 0,
-         "corrector_steps must be an integer >= 0"),
-        (opts.get("order", 1) in (1, 2, 3), "order must be 1, 2 or 3"),
-        (opts.get("prediction", "x0") in ("x0", "eps"), "prediction must be 'x0' (DPM-Solver++) or 'eps'"),
-    ]
-    for ok, message in checks:
-        if not ok:
+    opts["grid"] = opts["grid"] or sampler.grid
+    for ok, message in COMMON_CHECKS + sampler.checks:
+        if not ok(opts):
             raise ValueError(f"Bad option for method {method!r}: {message}; got {options}.")
     return opts
 
 
+def _sampler(method: str) -> "Sampler":
+    if method not in SAMPLERS:
+        raise ValueError(f"Unknown sampling method {method!r}; choose one of {METHODS}.")
+    return SAMPLERS[method]
+
+
 def _make_predict(denoise_fn: DenoiseFn, parameterization: str, shape: tuple, opts: dict, learned: bool):
-    """(z, t, gamma) -> (x0_hat, eps_hat, v_interp) with thresholding applied (eps made consistent)."""
+    """(z, t, gamma) -> (x0_hat, eps_hat, v_interp): the network at (z, t), read by read_prediction."""
     batch = shape[0]
-    modify = opts["clip_x0"] or opts["dynamic_threshold"] is not None
 
     def predict(z, t, gamma):
         out = denoise_fn(z, jnp.full((batch,), t, jnp.float32))
@@ -159,17 +159,14 @@ def _make_predict(denoise_fn: DenoiseFn, parameterization: str, shape: tuple, op
             raise ValueError("denoise_fn returned a tuple; that is only valid with variance='learned'.")
         if out.shape != tuple(shape):
             raise ValueError(f"denoise_fn returned shape {out.shape}; expected the sample shape {tuple(shape)}.")
-        x0, eps = to_x0_eps(out, z, gamma, parameterization)
-        if modify:
-            x0 = threshold_x0(x0, clip=opts["clip_x0"], percentile=opts["dynamic_threshold"])
-            eps = solvers.eps_from_x0(z, x0, gamma)
+        x0, eps = read_prediction(out, z, gamma, parameterization, clip_x0=opts["clip_x0"],
+                                  dynamic_threshold=opts["dynamic_threshold"])
         return x0, eps, v
 
     return predict
 
 
-# ----------------------------------------------------------------------------- the scans
-# Each runner: (predict, z_1, xs, opts, schedule) -> (z_{t_min}, per-step z's or None).
+# ----------------------------------------------------------------------------- the scans (Sampler.run)
 # xs holds per-step arrays: t, t_next, g, g_next [N], key [N], last [N] (1.0 on the final step).
 
 def _noise(key, z, last):
@@ -280,8 +277,47 @@ def _run_dpm(predict, z, xs, opts, schedule, trace):
     return z, (jnp.concatenate([z1[None], traj]) if trace else None)
 
 
-RUNNERS = {"ancestral": _run_ancestral, "ddim": _run_ddim, "sde": _run_sde, "ode": _run_ode,
-           "pc": _run_pc, "dpm_solver": _run_dpm}
+# ----------------------------------------------------------------------------- the table
+
+class Sampler(NamedTuple):
+    """One sampler method: its runner, its own options (defaults and checks), default grid and steps, its NFE."""
+    run: Callable          # (predict, z_1, xs, opts, schedule, trace) -> (z_{t_min}, the z's per step or None)
+    options: dict          # its own options and their defaults (every method also takes COMMON_DEFAULTS)
+    checks: tuple          # (ok(opts), what is valid) for its own options
+    grid: str              # the time grid when the option grid is None
+    num_steps: int         # steps when sample() is given none
+    evaluations: Callable  # (num_steps, opts, schedule or None) -> network evaluations of the steps
+
+
+def _ode_evaluations(n: int, opts: dict, schedule: Schedule | None) -> int:
+    """Heun: two per step, one on a last step to gamma(t_min) = -inf (Euler only; `schedule` tells, None: finite)."""
+    last_finite = schedule is None or bool(jnp.isfinite(schedule(jnp.float32(opts["t_min"]))))
+    return 2 * n - (0 if last_finite else 1)
+
+
+SAMPLERS = {
+    "ancestral": Sampler(
+        _run_ancestral, dict(variance="small"),
+        ((lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}"),),
+        grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
+    "ddim": Sampler(
+        _run_ddim, dict(eta=0.0), ((lambda o: 0.0 <= o["eta"] <= 1.0, "eta must lie in [0, 1]"),),
+        grid="uniform_t", num_steps=50, evaluations=lambda n, o, schedule: n),
+    "sde": Sampler(_run_sde, {}, (), grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
+    "ode": Sampler(_run_ode, {}, (), grid="edm", num_steps=18, evaluations=_ode_evaluations),
+    "pc": Sampler(
+        _run_pc, dict(snr=0.16, corrector_steps=1),
+        ((lambda o: o["snr"] > 0, "snr must be > 0"),
+         (lambda o: int(o["corrector_steps"]) == o["corrector_steps"] >= 0, "corrector_steps must be an integer >= 0")),
+        grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n * (int(o["corrector_steps"]) + 1)),
+    "dpm_solver": Sampler(
+        _run_dpm, dict(order=2, prediction="x0", lower_order_final=True),
+        ((lambda o: o["order"] in (1, 2, 3), "order must be 1, 2 or 3"),
+         (lambda o: o["prediction"] in ("x0", "eps"), "prediction must be 'x0' (DPM-Solver++) or 'eps'")),
+        grid="uniform_logsnr", num_steps=20,   # order 3: one extra evaluation (the midpoint of its first step)
+        evaluations=lambda n, o, schedule: n + int(o["order"] == 3 and n >= 2)),
+}
+METHODS = tuple(SAMPLERS)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -293,12 +329,12 @@ def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedul
 
     denoise_fn(z [*shape], t [B]) returns a prediction of kind `parameterization` (for
     variance='learned', a pair (pred, v_interp in [0, 1])). num_steps defaults per method
-    (DEFAULT_NUM_STEPS). Returns x, or (x, traj [N + 1, *shape]) with return_trajectory=True.
+    (SAMPLERS[method].num_steps). Returns x, or (x, traj [N + 1, *shape]) with return_trajectory=True.
     """
     opts = resolve_options(method, options)
     if parameterization not in KINDS:
         raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {KINDS}.")
-    num_steps = DEFAULT_NUM_STEPS[method] if num_steps is None else num_steps
+    num_steps = SAMPLERS[method].num_steps if num_steps is None else num_steps
     if int(num_steps) != num_steps or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
     shape = tuple(int(d) for d in shape)
@@ -321,7 +357,7 @@ def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedul
           "last": (jnp.arange(num_steps) == num_steps - 1).astype(z.dtype)}
     learned = method == "ancestral" and opts["variance"] == "learned"
     predict = _make_predict(denoise_fn, parameterization, shape, opts, learned)
-    z_end, traj = RUNNERS[method](predict, z, xs, opts, schedule, opts["return_trajectory"])
+    z_end, traj = SAMPLERS[method].run(predict, z, xs, opts, schedule, opts["return_trajectory"])
 
     if opts["final_denoise"]:
         x, _, _ = predict(z_end, t[-1], g[-1])
@@ -338,15 +374,7 @@ def num_evaluations(method: str, num_steps: int, *, schedule: Schedule | None = 
     For 'ode' the last step is Euler only if gamma(t_min) = -inf, which needs `schedule` to tell.
     """
     opts = resolve_options(method, options)
-    final = int(bool(opts["final_denoise"]))
-    if method == "ode":
-        last_finite = schedule is None or bool(jnp.isfinite(schedule(jnp.float32(opts["t_min"]))))
-        return 2 * num_steps - (0 if last_finite else 1) + final
-    if method == "pc":
-        return num_steps * (int(opts["corrector_steps"]) + 1) + final
-    if method == "dpm_solver" and opts["order"] == 3 and num_steps >= 2:
-        return num_steps + 1 + final
-    return num_steps + final
+    return SAMPLERS[method].evaluations(int(num_steps), opts, schedule) + int(bool(opts["final_denoise"]))
 
 
 def ddim_encode(denoise_fn: DenoiseFn, x: Array, *, schedule: Schedule, parameterization: str = "eps",

@@ -239,7 +239,7 @@ def _open_run(task: Task, mesh: Any, workdir: str) -> tuple[TrainState, int, Che
 
 def _save(ckpt: Checkpointer, step: int, state: TrainState, config: ml_collections.ConfigDict) -> None:
     """Checkpoint `state` (fetched to the host) as `step`, with the config in its info."""
-    ckpt.save(step, parallel.to_host(state), info={"config": config.to_json()})
+    ckpt.save(step, parallel.to_host(state), info={"config": config_utils.resolve(config).to_json()})
 
 
 def _evaluate(task: Task, stop: _StopOnSignal, state: TrainState, step: int, mesh: Any, workdir: str,

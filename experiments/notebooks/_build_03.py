@@ -107,7 +107,7 @@ print(f"floor (data vs data, n={N}): {FLOOR:.2e}  (each pair: {', '.join(f'{v:.1
     ("md", r"""
 ## 2. Sweep: every method at every step count
 
-Each method runs on its default time grid (`vdm.sampling.DEFAULT_GRID`), from the same $z_1$ key, and NFE counts
+Each method runs on its default time grid (`vdm.sampling.SAMPLERS[method].grid`), from the same $z_1$ key, and NFE counts
 every network call including the final denoising step (`vdm.sampling.num_evaluations`).
 """),
     ("code", r"""

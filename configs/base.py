@@ -1,0 +1,155 @@
+"""Every key of a diffusion experiment, once, with its meaning: the experiment configs start from here.
+
+Not run by itself: configs/fashion_mnist.py (the default experiment) is this config as it is,
+configs/cifar10.py and configs/toy2d.py state only what they change. `get_config('image')` holds
+the keys of image data and the VDM UNet; `get_config('toy')` those of generated flat data and
+the MLP. The values are the default experiment's (Fashion-MNIST 28x28x1, a small VDM UNet, about
+20 minutes on 2 CPU cores).
+
+Sampler options (config.sampling, after `class_label`): None means the method's default
+(vdm.sampling.SAMPLERS); a config or a flag names only the options it changes, e.g.
+`--config.sampling.method=ddim --config.sampling.eta=0.5`. The run records them resolved (the
+method's defaults filled in) in workdir/config.json (vdm.config_utils.resolve).
+
+Derived configs load this file by its path, next to their own (`_base()` in each), not as the
+module `configs.base`: they load from any working directory, without the repository on sys.path.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+KINDS = ("image", "toy")
+
+
+def get_config(kind: str = "image") -> ml_collections.ConfigDict:
+    """Every key of a diffusion experiment; kind 'image' (TFDS images, VDM UNet) or 'toy' (generated flat data, MLP)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown base config kind {kind!r}; choose one of {KINDS}.")
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # seeds params, train keys and the order of the data
+    config.data = _data(kind)
+    config.model = _model(kind)
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.weighting = "elbo"   # elbo, simple, snr, min_snr, sigmoid, edm
+    config.loss.antithetic = True    # low-discrepancy t sampling over the batch (VDM)
+    config.loss.sigmoid_bias = -2.0  # weighting 'sigmoid': w = sigmoid(b - lambda), lambda = log SNR (Kingma & Gao 2023)
+    config.loss.min_snr_gamma = 5.0  # weighting 'min_snr': w = min(SNR, gamma) / SNR (Hang et al. 2023)
+    config.loss.edm_p_mean = -1.2    # weighting 'edm': log sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
+    config.loss.edm_p_std = 1.2      # ... P_std
+    config.loss.edm_sigma_data = 0.5  # ... sigma_data, the data's standard deviation
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 2e-3  # peak learning rate (a small net takes a large one)
+    config.optimizer.b1 = 0.9              # Adam beta1
+    config.optimizer.b2 = 0.99             # Adam beta2 (VDM)
+    config.optimizer.eps = 1e-8            # Adam epsilon
+    config.optimizer.weight_decay = 0.01   # AdamW decoupled weight decay (see decay_mask)
+    config.optimizer.decay_mask = "matrices"  # decayed: 'matrices' (network kernels), 'non_bias', 'all'
+    config.optimizer.warmup_steps = 100    # linear warmup from 0
+    config.optimizer.decay = "cosine"      # after warmup: 'cosine' to 0 at num_steps (the run ends annealed) or 'constant'
+    config.optimizer.grad_clip = 1.0       # global-norm clipping (0: off)
+    config.optimizer.ema_decay = 0.995     # EMA of the params, used for eval and sampling (short run: short memory)
+
+    config.training = ml_collections.ConfigDict()
+    config.training.num_steps = 1500         # optimizer steps (about 11 minutes on 2 CPU cores)
+    config.training.batch_size = 32          # global batch (split over devices)
+    config.training.eval_every = 1500        # full-test-set eval + samples (and at the end)
+    config.training.checkpoint_every = 250   # checkpoint every this many steps (and at the end)
+    config.training.keep_checkpoints = 3     # keep the newest few
+    config.training.log_every = 50           # train metrics every this many steps
+    config.training.steps_per_call = 1       # steps per device call (lax.scan); divides the intervals
+    config.training.dtype = "float32"        # forward-pass compute dtype: float32 or bfloat16
+    config.training.nan_policy = "stop"      # non-finite loss: stop (raise) or skip the update
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 200   # eval batch (global); the test split is covered exactly once
+    config.eval.num_steps = 0      # ELBO time steps: 0 continuous, else discrete T
+    config.eval.method = "elbo"    # --mode=eval: 'elbo' (-ELBO bits/dim) or 'ode' (probability-flow ODE bits/dim)
+    config.eval.ode_steps = 64     # 'ode': RK4 steps, uniform in log-SNR (4 network evaluations each)
+    config.eval.ode_probes = 1     # 'ode': Hutchinson probes per example for the divergence
+    config.eval.max_examples = 0   # evaluate only the first N test examples, both methods (0: the whole split)
+    config.eval.fid_samples = 0    # --mode=sample: Inception FID/KID of this many samples (0: none; images only)
+    config.eval.fid_reference = "train"   # ... against this split's cached Inception statistics: 'train' or 'test'
+    config.eval.fid_reference_examples = 0   # ... its first N examples (0: the whole split; computed once, cached)
+
+    config.sampling = _sampling()
+
+    config.guidance = ml_collections.ConfigDict()   # classifier guidance at --mode=sample (Dhariwal & Nichol 2021)
+    config.guidance.classifier_workdir = ""  # a noisy classifier from vdm.train_classifier; '': no guidance
+    config.guidance.classifier_scale = 1.0   # s in eps - s sigma grad log p(y | z_t)
+    config.guidance.classifier_label = -1    # class to guide toward; -1: each class in turn
+    return config
+
+
+def _data(kind: str) -> ml_collections.ConfigDict:
+    """config.data: the data set and its 8-bit grid; toy sets also their size, dimension and seed."""
+    data = ml_collections.ConfigDict()
+    data.dataset = "fashion_mnist"  # TFDS image set (prepared once with `make data`) or a generated toy set
+    data.data_dir = ""              # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets (unused by toy sets)
+    data.random_flip = False        # horizontal flips (images only); off: likelihoods are reported without it
+    data.encoding = "endpoints"     # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
+    if kind == "toy":
+        data.num_train = 20_000     # examples generated for the train split
+        data.num_test = 5_000       # examples generated for the test split
+        data.dim = 2                # 'gaussian': number of dimensions
+        data.data_seed = 0          # seed of the generated data
+    return data
+
+
+def _model(kind: str) -> ml_collections.ConfigDict:
+    """config.model: the network, the schedule, the parameterisation and the decoder."""
+    model = ml_collections.ConfigDict()
+    model.name = "vdm_unet" if kind == "image" else "mlp"  # vdm_unet: VDM's UNet (no downsampling); mlp: flat data [B, D]
+    model.width = 16                # channels of every ResNet block (mlp: hidden width)
+    model.num_layers = 2            # ResNet blocks on the way down, up: num_layers + 1 (mlp: residual blocks)
+    if kind == "image":
+        model.num_heads = 1         # heads of the middle self-attention
+    model.dropout = 0.0             # dropout inside the blocks (none: far from overfitting in this budget)
+    model.fourier_features = True   # sin/cos(2^n 2pi z) inputs resolve the 8-bit grid (VDM)
+    model.fourier_min = 6           # lowest Fourier exponent n
+    model.fourier_max = 7           # highest Fourier exponent n
+    if kind == "image":
+        model.embedding_freqs = "half"     # timestep-embedding frequencies 10000^(-k/half); 'half_minus_one': 10000^(-k/(half-1)) (google-research/vdm)
+        model.norm_groups = 0              # GroupNorm groups; 0: adaptive (<= 32, >= 2 channels each); the reference: 32
+        model.residual_output = False      # True: the net returns z + h (the reference's eps = z + net)
+        model.cond_proj_bias = True        # bias on each ResNet block's noise-embedding projection (reference: none)
+        model.cond_proj_zero_init = False  # zero-init that projection (reference: zeros)
+        model.scan_blocks = False          # run the down/up ResNet blocks under nn.scan: compile time flat in depth
+        model.remat = False                # recompute each ResNet block's activations in the backward pass (saves memory)
+    model.num_classes = 0           # 0: unconditional; else the data's class count (class-conditional)
+    model.label_dropout = 0.0       # P(label -> null class) in training (classifier-free guidance)
+    model.gamma_min = -13.3         # gamma(0) = -log SNR at t=0 (VDM; mlp: also the net's input rescaling)
+    model.gamma_max = 5.0           # gamma(1)
+    model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
+    model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
+    model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
+    model.decoder = "categorical"   # p(x | z_0): 'categorical' (VDM's 256-way), 'discretized_gaussian' (DDPM), 'gaussian' (continuous data)
+    return model
+
+
+def _sampling() -> ml_collections.ConfigDict:
+    """config.sampling: the sampler, its steps and batch; each option below is None: the method's default."""
+    s = ml_collections.ConfigDict()
+    s.method = "ancestral"   # ancestral, ddim, sde, ode, pc, dpm_solver (vdm.sampling.SAMPLERS)
+    s.num_steps = 100        # sampler steps
+    s.num_samples = 36       # images per grid / .npz
+    s.batch_size = 500       # samples per sampler call (bounds memory); 0: all at once
+    s.guidance_weight = 0.0  # classifier-free guidance w (conditional models)
+    s.class_label = -1       # class to sample; -1: cycle through the classes
+    unset = config_dict.placeholder   # a typed None: the method's default unless a config or flag sets it
+    s.grid = unset(str)                # time grid: uniform_t, uniform_logsnr, edm (default: the method's)
+    s.rho = unset(float)               # grid='edm': the rho of Karras et al. 2022 (default 7)
+    s.t_min = unset(float)             # the grid runs from t_max down to t_min (default 0)
+    s.t_max = unset(float)             # ... from t_max (default 1: pure noise)
+    s.clip_x0 = unset(bool)            # clip the x0 prediction to [-1, 1] in every step (default off)
+    s.dynamic_threshold = unset(float)  # Imagen's dynamic thresholding percentile p in (0, 1] (default off)
+    s.final_denoise = unset(bool)      # end with x0_hat(z_tmin), else z_tmin / alpha_tmin (default on)
+    s.variance = unset(str)            # ancestral: 'small' (posterior, default) or 'large' (forward beta)
+    s.eta = unset(float)               # ddim: 0 deterministic (default), 1 the ancestral variance
+    s.snr = unset(float)               # pc: Langevin signal-to-noise ratio (default 0.16, score_sde)
+    s.corrector_steps = unset(int)     # pc: corrector moves per step (default 1)
+    s.order = unset(int)               # dpm_solver: order 1, 2 (default) or 3
+    s.prediction = unset(str)          # dpm_solver: 'x0' (DPM-Solver++, default) or 'eps'
+    s.lower_order_final = unset(bool)  # dpm_solver: lower the order of the last steps when steps < 15 (default on)
+    return s
