@@ -19,8 +19,6 @@ from vdm.schedules import alpha_sigma
 
 Array = jax.Array
 
-NUM_BINS = 256
-BIN_WIDTH = 2.0 / (NUM_BINS - 1)   # spacing of the 8-bit values k/127.5 - 1 in [-1, 1]
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -86,20 +84,6 @@ def prior_kl(x: Array, gamma_1: Array) -> Array:
     return sum_except_batch(jnp.broadcast_to(kl, x.shape))
 
 
-def _bin_values(dtype=jnp.float32, encoding: str = "endpoints") -> Array:
-    """The 256 8-bit values x_k, k = 0..255: k/127.5 - 1 ('endpoints') or (k + 0.5)/128 - 1 ('bin_centres')."""
-    if enc.check_encoding(encoding) == "endpoints":
-        return jnp.arange(NUM_BINS, dtype=dtype) / (0.5 * (NUM_BINS - 1)) - 1.0
-    return (jnp.arange(NUM_BINS, dtype=dtype) + 0.5) / (0.5 * NUM_BINS) - 1.0
-
-
-def to_bin_index(x: Array, encoding: str = "endpoints") -> Array:
-    """k = round((x - x_0) / Delta), the 8-bit value of data x in [-1, 1] (x_0, Delta of vdm.encoding)."""
-    if enc.check_encoding(encoding) == "endpoints":
-        return jnp.clip(jnp.round((x + 1.0) * 0.5 * (NUM_BINS - 1)), 0, NUM_BINS - 1).astype(jnp.int32)
-    return jnp.clip(jnp.round((x + 1.0) * 0.5 * NUM_BINS - 0.5), 0, NUM_BINS - 1).astype(jnp.int32)
-
-
 def categorical_log_probs(z_0: Array, gamma_0: Array, encoding: str = "endpoints") -> Array:
     """VDM's decoder: log p(k | z_0) = log_softmax_k(-1/2 exp(-gamma_0) (z_0/alpha_0 - x_k)^2), [..., 256] (VDM appendix).
 
@@ -110,7 +94,7 @@ def categorical_log_probs(z_0: Array, gamma_0: Array, encoding: str = "endpoints
     alpha_0, _ = alpha_sigma(gamma_0)
     z_rescaled = (z_0 / alpha_0)[..., None]
     inv_var = jnp.exp(-jnp.asarray(gamma_0))[..., None]
-    logits = -0.5 * inv_var * jnp.square(z_rescaled - _bin_values(z_0.dtype, encoding))
+    logits = -0.5 * inv_var * jnp.square(z_rescaled - enc.grid_values(encoding, z_0.dtype))
     return jax.nn.log_softmax(logits, axis=-1)
 
 
@@ -155,7 +139,7 @@ def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discr
     """
     if decoder == "discrete":
         log_probs = categorical_log_probs(z_0, gamma_0, encoding)
-        ll = jnp.take_along_axis(log_probs, to_bin_index(x, encoding)[..., None], axis=-1)[..., 0]
+        ll = jnp.take_along_axis(log_probs, enc.bin_index(x, encoding)[..., None], axis=-1)[..., 0]
     elif decoder == "discretized_gaussian":
         alpha_0, _ = alpha_sigma(gamma_0)
         ll = discretized_gaussian_log_prob(x, z_0 / alpha_0, 0.5 * jnp.asarray(gamma_0), encoding)
