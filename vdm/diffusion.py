@@ -125,27 +125,46 @@ def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array,
     return jnp.where(bottom, log_ndtr(hi), jnp.where(top, log_ndtr(-lo), interior))
 
 
-DECODERS = ("discrete", "discretized_gaussian", "gaussian")
+DECODER_ALIASES = {"discrete": "categorical"}   # the core contract's name (objectives.elbo's default)
+
+
+class _DecoderNames(tuple):
+    """The decoder names; `in` also accepts the contract's alias 'discrete' (kept while callers test membership)."""
+
+    def __contains__(self, name: object) -> bool:
+        return tuple.__contains__(self, name) or (isinstance(name, str) and name in DECODER_ALIASES)
+
+
+DECODERS = _DecoderNames(("categorical", "discretized_gaussian", "gaussian"))   # config key model.decoder
+
+
+def resolve_decoder(decoder: str) -> str:
+    """The decoder's name in DECODERS ('discrete' -> 'categorical'), else ValueError naming the valid ones."""
+    name = DECODER_ALIASES.get(decoder, decoder) if isinstance(decoder, str) else decoder
+    if not tuple.__contains__(DECODERS, name):
+        raise ValueError(f"Unknown decoder {decoder!r}; valid: {', '.join(DECODERS)} "
+                         f"(and {', '.join(repr(a) for a in DECODER_ALIASES)}, the core contract's name for "
+                         f"'categorical').")
+    return name
 
 
 def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discrete",
                      encoding: str = "endpoints") -> Array:
     """log p(x | z_0) per example for p(x|z_0) from z_0/alpha_0 with variance sigma_0^2/alpha_0^2 = exp(gamma_0).
 
-    'discrete': VDM's 256-way categorical; 'discretized_gaussian': DDPM's binned Gaussian;
-    'gaussian': N(x; z_0/alpha_0, exp(gamma_0)) for continuous data. x, z_0: [B, ...];
-    gamma_0 broadcastable against them. encoding: the 8-bit grid of x for the two discrete
-    decoders (vdm.encoding; DatasetInfo.encoding).
+    'categorical' (alias 'discrete', the core contract's name): VDM's 256-way decoder;
+    'discretized_gaussian': DDPM's binned Gaussian; 'gaussian': N(x; z_0/alpha_0, exp(gamma_0))
+    for continuous data. x, z_0: [B, ...]; gamma_0 broadcastable against them. encoding: the
+    8-bit grid of x for the two discrete decoders (vdm.encoding; DatasetInfo.encoding).
     """
-    if decoder == "discrete":
+    decoder = resolve_decoder(decoder)
+    if decoder == "categorical":
         log_probs = categorical_log_probs(z_0, gamma_0, encoding)
         ll = jnp.take_along_axis(log_probs, enc.bin_index(x, encoding)[..., None], axis=-1)[..., 0]
     elif decoder == "discretized_gaussian":
         alpha_0, _ = alpha_sigma(gamma_0)
         ll = discretized_gaussian_log_prob(x, z_0 / alpha_0, 0.5 * jnp.asarray(gamma_0), encoding)
-    elif decoder == "gaussian":
+    else:
         alpha_0, _ = alpha_sigma(gamma_0)
         ll = normal_logpdf(x, z_0 / alpha_0, jnp.exp(jnp.asarray(gamma_0)))
-    else:
-        raise ValueError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
     return sum_except_batch(jnp.broadcast_to(ll, x.shape))
