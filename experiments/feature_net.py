@@ -100,7 +100,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FeatureN
 def to_model_input(x: np.ndarray) -> np.ndarray:
     """uint8 images -> k/127.5 - 1; float images in [-1, 1] -> quantised to the same 8-bit grid (clipped). [N, H, W, C]."""
     x = np.asarray(x)
-    return encoding.encode(x if x.dtype == np.uint8 else encoding.decode(x))
+    return encoding.encode(x if x.dtype == np.uint8 else encoding.decode(x.astype(np.float64)))
 
 
 def extract(model: FeatureNet, params: Any, x: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:

@@ -53,6 +53,14 @@ def test_grid_values_are_the_grid_in_the_asked_dtype_and_bin_index_inverts_them(
     assert bin_index(inside, encoding).dtype == jnp.int32
 
 
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_decode_of_float64_is_the_nearest_level_at_float64_resolution(encoding):
+    # 1e-12 either side of every boundary between levels: below float32's resolution, not float64's.
+    edges = GRIDS[encoding][:-1] + 0.5 * bin_width(encoding)
+    np.testing.assert_array_equal(decode(edges - 1e-12, encoding), K[:-1])
+    np.testing.assert_array_equal(decode(edges + 1e-12, encoding), K[1:])
+
+
 def test_bad_encoding_names_the_valid_ones():
     for fn in (lambda: grid_values("centres"), lambda: bin_index(0.0, "centres"), lambda: bin_width("centres")):
         with pytest.raises(ValueError, match="endpoints, bin_centres"):

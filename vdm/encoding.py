@@ -46,8 +46,9 @@ def encode(k: Any, encoding: str = "endpoints") -> np.ndarray:
 
 
 def decode(x: Any, encoding: str = "endpoints") -> np.ndarray:
-    """x in [-1, 1] -> nearest 8-bit k (uint8, clipped): round((x - x_0) / Delta)."""
-    x = np.asarray(x, np.float32)
+    """x in [-1, 1] -> nearest 8-bit k (uint8, clipped): round((x - x_0) / Delta), in float64 for float64 x, else float32."""
+    x = np.asarray(x)
+    x = x.astype(np.float64 if x.dtype == np.float64 else np.float32, copy=False)
     if check_encoding(encoding) == "endpoints":
         k = np.round((x + 1.0) * 127.5)
     else:
