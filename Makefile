@@ -8,13 +8,15 @@ CONFIG  ?= configs/fashion_mnist.py
 
 .PHONY: venv test test-all train data benchmark feature-net compare-objectives clean
 
-# The virtual environment, rebuilt whenever requirements.txt changes; a .pth file puts this
-# checkout on its path, so `import vdm` works from experiments/ and notebooks.
-$(STAMP): requirements.txt
+# The virtual environment, rebuilt whenever requirements.txt or pyproject.toml changes: the pinned
+# requirements, then this checkout as an editable install (`pip install -e .`), so `import vdm` works
+# from any folder, and `experiments` from the venv's kernels. The vdm-repo.pth of older venvs goes.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'vdm-repo.pth'), 'w').write(os.getcwd())"
+	$(PY) -c "import os, site; [os.remove(p) for d in site.getsitepackages() for p in [os.path.join(d, 'vdm-repo.pth')] if os.path.exists(p)]"
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -47,17 +49,17 @@ train: data
 	$(PY) -m vdm.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 benchmark: $(STAMP)
-	$(PY) experiments/benchmark.py
+	$(PY) -m experiments.benchmark
 
 # The Fashion-MNIST classifier whose features give the Frechet distance of compare_objectives
 # (documented as such, not Inception FID); trained once, cached, reused.
 feature-net: data
-	$(PY) experiments/feature_net.py --config=configs/feature_net.py --workdir=experiments/results/feature_net
+	$(PY) -m experiments.feature_net --config=configs/feature_net.py --workdir=experiments/results/feature_net
 
 # The objective x parameterisation grid: make compare-objectives NAME=fm_grid ARGS="--steps=2000"
 NAME ?= grid
 compare-objectives: data feature-net
-	$(PY) experiments/compare_objectives.py --config=$(CONFIG) --name=$(NAME) $(ARGS)
+	$(PY) -m experiments.compare_objectives --config=$(CONFIG) --name=$(NAME) $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache vdm.egg-info build

@@ -1,9 +1,9 @@
 """Compare parameterisations, training weightings and schedules: one `python -m vdm.main` run per grid cell.
 
-    python experiments/compare_objectives.py --config=configs/fashion_mnist.py --name=fm_grid \
+    python -m experiments.compare_objectives --config=configs/fashion_mnist.py --name=fm_grid \
         --steps=20000 [--seeds=0,1] [--grid=param_weighting,schedule] [--schedule_weighting=elbo] \
         [--cells='eps-*,v-elbo-*'] [--parallel=K] [--override=config.training.batch_size=64] [--dry_run] [--report_only]
-(`python -m experiments.compare_objectives ...` is the same.)
+(from the repository root; `python experiments/compare_objectives.py ...` in the venv `make` builds.)
 
 Grids (equal steps and seeds in every cell):
   param_weighting  parameterization {eps, x0, score, v} x weighting {elbo, simple, snr, min_snr,

@@ -35,10 +35,9 @@ import numpy as np
 import optax
 
 from vdm import feature_metrics
-from vdm import config_utils, parallel
+from vdm import config_utils, encoding, parallel
 from vdm import data as vdm_data
 from vdm.checkpoint import Checkpointer
-from vdm.data_toy import from_8bit
 from vdm.fileio import atomic_write
 from vdm.metrics import MetricWriter
 from vdm.train import run
@@ -102,9 +101,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FeatureN
 def to_model_input(x: np.ndarray) -> np.ndarray:
     """uint8 images -> k/127.5 - 1; float images in [-1, 1] -> quantised to the same 8-bit grid (clipped). [N, H, W, C]."""
     x = np.asarray(x)
-    if x.dtype == np.uint8:
-        return from_8bit(x)
-    return from_8bit(np.clip(np.round((x.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8))
+    return encoding.encode(x if x.dtype == np.uint8 else encoding.decode(x.astype(np.float64)))
 
 
 def extract(model: FeatureNet, params: Any, x: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +154,7 @@ class FeatureNetTask:
                 sel = epochs == epoch
                 idx[sel] = _epoch_permutation(self.config.seed, epoch, num)[offsets[sel]]
             idx = parallel.host_slice(idx, size)
-            yield {"x": from_8bit(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
+            yield {"x": encoding.encode(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
             step += 1
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -195,7 +192,7 @@ def heldout_accuracy(task: FeatureNetTask, params: Any, mesh: Any) -> float:
         idx = np.arange(start, start + size)
         mask = idx < len(y_all)
         idx = np.where(mask, idx, idx % len(y_all))       # the last batch padded, masked out below
-        batch = {"x": from_8bit(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
+        batch = {"x": encoding.encode(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
         batch = parallel.shard_batch(parallel.host_slice(batch, size), mesh)
         hits.append(np.asarray(parallel.gather(fn(params, batch, jax.random.PRNGKey(0))))[mask])
     return float(np.mean(np.concatenate(hits)))

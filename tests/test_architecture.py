@@ -2,8 +2,9 @@
 
 Layers, lowest first (ARCHITECTURE.md): math -> data/infrastructure -> models -> sampling/likelihood
 -> config -> the diffusion model -> the loop -> the models' Tasks -> eval/sample modes -> CLI. A module may import modules of its own layer or
-lower ones, never higher (lazy imports inside functions count too). No module of vdm/ is over 400
-lines and no function over 60 (configs/ excepted: a config is one long function by design).
+lower ones, never higher (lazy imports inside functions count too), and no modules import each other
+around a circle, within a layer as across (DESIGN.md). No module of vdm/ is over 400 lines and no
+function over 60 (configs/ excepted: a config is one long function by design).
 """
 
 from __future__ import annotations
@@ -81,6 +82,77 @@ def test_the_check_catches_an_upward_import(tmp_path):
     path.write_text("def f():\n    from vdm import train\n")
     assert _vdm_imports(str(path), "vdm.diffusion") == {"vdm.train"}
     assert _layer("vdm.train") > _layer("vdm.diffusion")
+
+
+def _imported_modules(path: str, module: str, known: set[str]) -> set[str]:
+    """The modules of `known` that the file imports anywhere (lazy imports in functions too):
+    `import a.b`, `from a.b import f` -> a.b; `from a import b` -> a.b when that is a module, else a;
+    relative imports resolved against the module's package; and the packages that importing a.b runs
+    first (a), except those the importer is inside of."""
+    package = module if module + ".__init__" in known else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parent + ([base] if base else []))
+            out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names}
+    out |= {".".join(m.split(".")[:i]) for m in out for i in range(1, m.count(".") + 1)}
+    return {m for m in out if m in known and m != module and not module.startswith(m + ".")}
+
+
+def _import_graph(root: str, package: str = "vdm") -> dict[str, set[str]]:
+    """{module: the package's modules it imports} for every module under root/package."""
+    paths = {}
+    for path in glob.glob(os.path.join(root, package, "**", "*.py"), recursive=True):
+        paths[os.path.relpath(path, root)[:-3].replace(os.sep, ".").removesuffix(".__init__")] = path
+    known = set(paths) | {m + ".__init__" for m, p in paths.items() if p.endswith("__init__.py")}
+    return {m: _imported_modules(p, m, known) for m, p in paths.items()}
+
+
+def _import_cycles(graph: dict[str, set[str]], limit: int = 50) -> list[list[str]]:
+    """Every elementary cycle of the graph (up to `limit`), each as [a, b, ..., a] from its smallest module."""
+    cycles = []
+
+    def walk(start, node, path, on_path):
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                cycles.append(path + [start])
+            elif nxt > start and nxt not in on_path and len(cycles) < limit:
+                walk(start, nxt, path + [nxt], on_path | {nxt})
+
+    for start in sorted(graph):
+        walk(start, start, [start], {start})
+    return cycles[:limit]
+
+
+def test_no_import_cycles_among_vdm_modules():
+    cycles = _import_cycles(_import_graph(REPO_ROOT))
+    assert not cycles, "import cycles (lazy imports included): " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_catches_a_planted_cycle(tmp_path):
+    pkg = tmp_path / "vdm"
+    (pkg / "models").mkdir(parents=True)
+    for name, text in {"__init__.py": "", "a.py": "def f():\n    from vdm import b\n",
+                       "b.py": "import vdm.c\n", "c.py": "from vdm.a import f\n",
+                       "d.py": "from vdm import models\n", "e.py": "import vdm.a\n", "f.py": "import vdm.models.net\n",
+                       "models/__init__.py": "from vdm.models import net\n\ndef lazy():\n    import vdm.f\n",
+                       "models/net.py": "def g():\n    from vdm.d import x\n"}.items():
+        (pkg / name).write_text(text)
+    graph = _import_graph(str(tmp_path))
+    assert graph["vdm.a"] == {"vdm.b"} and graph["vdm.models"] == {"vdm.models.net", "vdm.f"}
+    assert graph["vdm.f"] == {"vdm.models.net", "vdm.models"} and graph["vdm.models.net"] == {"vdm.d"}
+    cycles = [["vdm.a", "vdm.b", "vdm.c", "vdm.a"],
+              ["vdm.d", "vdm.models", "vdm.f", "vdm.models.net", "vdm.d"],
+              ["vdm.d", "vdm.models", "vdm.models.net", "vdm.d"],
+              ["vdm.f", "vdm.models", "vdm.f"]]              # through the package that vdm.f's import runs
+    assert _import_cycles(graph) == cycles
+    (pkg / "c.py").write_text("x = 1\n")
+    assert _import_cycles(_import_graph(str(tmp_path))) == cycles[1:]
 
 
 @pytest.mark.parametrize("folder", ["vdm", "experiments"])

@@ -16,7 +16,6 @@ import pytest
 from conftest import REPO_ROOT
 from experiments.compare import grid, report, runner
 
-SCRIPT = os.path.join(REPO_ROOT, "experiments", "compare_objectives.py")
 
 
 def test_param_weighting_grid_is_every_pair_once():
@@ -115,7 +114,7 @@ def test_report_tables_and_heatmap_average_seeds(tmp_path):
 
 
 def _run(name, root, *extra):
-    cmd = [sys.executable, SCRIPT, "--config=configs/toy2d.py:small", f"--name={name}", f"--results_root={root}",
+    cmd = [sys.executable, "-m", "experiments.compare_objectives", "--config=configs/toy2d.py:small", f"--name={name}", f"--results_root={root}",
            "--steps=4", "--num_evals=2", "--cells=eps-elbo-*,v-snr-*", "--eval_steps=10", "--fd_samples=64",
            "--parallel=2", "--override=config.data.num_test=256",
            "--override=config.sampling.num_samples=32", *extra]       # training grids of 32; the FD stage's 64 wins

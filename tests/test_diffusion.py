@@ -148,8 +148,25 @@ def test_gaussian_decoder_is_the_rescaled_normal():
     z0 = jnp.array([[0.12, -0.35]])
     expected = stats.norm.logpdf(np.asarray(x), np.asarray(z0) / a0, math.exp(g0 / 2)).sum()
     assert float(D.decoder_log_prob(x, z0, jnp.float32(g0), "gaussian")[0]) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match="valid: categorical, discretized_gaussian, gaussian"):
         D.decoder_log_prob(x, z0, jnp.float32(g0), "bernoulli")
+
+
+def test_decoder_names_are_the_config_names_and_discrete_is_the_contracts_name_for_categorical():
+    assert tuple(D.DECODERS) == ("categorical", "discretized_gaussian", "gaussian")
+    x = jnp.asarray(np.array([[3, 200, 127]]) / 127.5 - 1.0, jnp.float32)
+    z0 = x * 0.99 + jnp.float32(0.004)
+    g0 = jnp.float32(-7.0)
+    cat = D.decoder_log_prob(x, z0, g0, "categorical")
+    np.testing.assert_array_equal(np.asarray(D.decoder_log_prob(x, z0, g0, "discrete")), np.asarray(cat))
+    np.testing.assert_array_equal(np.asarray(D.decoder_log_prob(x, z0, g0)), np.asarray(cat))   # the default
+    table = D.categorical_log_probs(z0, g0)
+    assert float(cat[0]) == pytest.approx(float(table[0, 0, 3] + table[0, 1, 200] + table[0, 2, 127]), rel=1e-6)
+    assert D.resolve_decoder("discrete") == "categorical" and "discrete" not in D.DECODERS   # an alias, not a config value
+    for bad in ("Categorical", "discretised_gaussian", "", None):
+        assert bad not in D.DECODERS
+        with pytest.raises(ValueError, match="valid: categorical, discretized_gaussian, gaussian"):
+            D.resolve_decoder(bad)
 
 
 def test_contract_functions_jit_and_stay_float32():

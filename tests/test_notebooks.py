@@ -18,7 +18,8 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "notebooks"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "experiments" / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 120
 KERNEL_NAME = "vdm-test-python"
@@ -42,6 +43,9 @@ def test_notebooks_are_found():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes_and_its_checks_pass(path, tmp_path, monkeypatch):
     monkeypatch.setenv("VDM_NB_TINY", "1")
+    # The kernel runs in experiments/notebooks/; the checkout root on its path (and its subprocesses')
+    # imports `experiments` and this checkout's `vdm` without relying on how vdm is installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)
     marker = "KERNEL_EXECUTABLE="

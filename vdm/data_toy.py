@@ -50,14 +50,9 @@ def mixture2d(num: int, seed: int, split: str = "train") -> tuple[np.ndarray, np
     return x.astype(np.float32), labels.astype(np.int32)
 
 
-def from_8bit(k: np.ndarray, encoding: str = "endpoints") -> np.ndarray:
-    """8-bit values k in 0..255 -> x_k in [-1, 1], float32: k/127.5 - 1 or (k + 0.5)/128 - 1 (vdm.encoding)."""
-    return encode(k, encoding)
-
-
 def grid8bit2d_values(encoding: str = "endpoints") -> np.ndarray:
     """The grid's coordinate values x_k (vdm.encoding) for k in GRID_LEVELS, float32 [L]."""
-    return from_8bit(np.asarray(GRID_LEVELS, np.uint8), encoding)
+    return encode(np.asarray(GRID_LEVELS, np.uint8), encoding)
 
 
 def grid8bit2d(num: int, seed: int, split: str = "train", encoding: str = "endpoints") -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,6 @@ from vdm.schedules import alpha_sigma
 
 Array = jax.Array
 
-NUM_BINS = 256
-BIN_WIDTH = 2.0 / (NUM_BINS - 1)   # spacing of the 8-bit values k/127.5 - 1 in [-1, 1]
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -90,20 +88,6 @@ def prior_kl(x: Array, gamma_1: Array) -> Array:
     return sum_except_batch(jnp.broadcast_to(kl, x.shape))
 
 
-def _bin_values(dtype=jnp.float32, encoding: str = "endpoints") -> Array:
-    """The 256 8-bit values x_k, k = 0..255: k/127.5 - 1 ('endpoints') or (k + 0.5)/128 - 1 ('bin_centres')."""
-    if enc.check_encoding(encoding) == "endpoints":
-        return jnp.arange(NUM_BINS, dtype=dtype) / (0.5 * (NUM_BINS - 1)) - 1.0
-    return (jnp.arange(NUM_BINS, dtype=dtype) + 0.5) / (0.5 * NUM_BINS) - 1.0
-
-
-def to_bin_index(x: Array, encoding: str = "endpoints") -> Array:
-    """k = round((x - x_0) / Delta), the 8-bit value of data x in [-1, 1] (x_0, Delta of vdm.encoding)."""
-    if enc.check_encoding(encoding) == "endpoints":
-        return jnp.clip(jnp.round((x + 1.0) * 0.5 * (NUM_BINS - 1)), 0, NUM_BINS - 1).astype(jnp.int32)
-    return jnp.clip(jnp.round((x + 1.0) * 0.5 * NUM_BINS - 0.5), 0, NUM_BINS - 1).astype(jnp.int32)
-
-
 def categorical_log_probs(z_0: Array, gamma_0: Array, encoding: str = "endpoints") -> Array:
     """VDM's decoder: log p(k | z_0) = log_softmax_k(-1/2 exp(-gamma_0) (z_0/alpha_0 - x_k)^2), [..., 256] (VDM appendix).
 
@@ -114,7 +98,7 @@ def categorical_log_probs(z_0: Array, gamma_0: Array, encoding: str = "endpoints
     alpha_0, _ = alpha_sigma(gamma_0)
     z_rescaled = (z_0 / alpha_0)[..., None]
     inv_var = jnp.exp(-jnp.asarray(gamma_0))[..., None]
-    logits = -0.5 * inv_var * jnp.square(z_rescaled - _bin_values(z_0.dtype, encoding))
+    logits = -0.5 * inv_var * jnp.square(z_rescaled - enc.grid_values(encoding, z_0.dtype))
     return jax.nn.log_softmax(logits, axis=-1)
 
 
@@ -145,27 +129,37 @@ def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array,
     return jnp.where(bottom, log_ndtr(hi), jnp.where(top, log_ndtr(-lo), interior))
 
 
-DECODERS = ("categorical", "discretized_gaussian", "gaussian")
+DECODER_ALIASES = {"discrete": "categorical"}   # the core contract's name (objectives.elbo's default)
+DECODERS = ("categorical", "discretized_gaussian", "gaussian")   # config key model.decoder
+
+
+def resolve_decoder(decoder: str) -> str:
+    """The decoder's name in DECODERS ('discrete' -> 'categorical'), else ValueError naming the valid ones."""
+    name = DECODER_ALIASES.get(decoder, decoder) if isinstance(decoder, str) else decoder
+    if name not in DECODERS:
+        raise ValueError(f"Unknown decoder {decoder!r}; valid: {', '.join(DECODERS)} "
+                         f"(and {', '.join(repr(a) for a in DECODER_ALIASES)}, the core contract's name for "
+                         f"'categorical').")
+    return name
 
 
 def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discrete",
                      encoding: str = "endpoints") -> Array:
     """log p(x | z_0) per example for p(x|z_0) from z_0/alpha_0 with variance sigma_0^2/alpha_0^2 = exp(gamma_0).
 
-    'discrete': VDM's 256-way categorical; 'discretized_gaussian': DDPM's binned Gaussian;
-    'gaussian': N(x; z_0/alpha_0, exp(gamma_0)) for continuous data. x, z_0: [B, ...];
-    gamma_0 broadcastable against them. encoding: the 8-bit grid of x for the two discrete
-    decoders (vdm.encoding; DatasetInfo.encoding).
+    'categorical' (alias 'discrete', the core contract's name): VDM's 256-way decoder;
+    'discretized_gaussian': DDPM's binned Gaussian; 'gaussian': N(x; z_0/alpha_0, exp(gamma_0))
+    for continuous data. x, z_0: [B, ...]; gamma_0 broadcastable against them. encoding: the
+    8-bit grid of x for the two discrete decoders (vdm.encoding; DatasetInfo.encoding).
     """
-    if decoder in ("categorical", "discrete"):      # 'discrete': the core contract's name for it
+    decoder = resolve_decoder(decoder)
+    if decoder == "categorical":
         log_probs = categorical_log_probs(z_0, gamma_0, encoding)
-        ll = jnp.take_along_axis(log_probs, to_bin_index(x, encoding)[..., None], axis=-1)[..., 0]
+        ll = jnp.take_along_axis(log_probs, enc.bin_index(x, encoding)[..., None], axis=-1)[..., 0]
     elif decoder == "discretized_gaussian":
         alpha_0, _ = alpha_sigma(gamma_0)
         ll = discretized_gaussian_log_prob(x, z_0 / alpha_0, 0.5 * jnp.asarray(gamma_0), encoding)
-    elif decoder == "gaussian":
+    else:
         alpha_0, _ = alpha_sigma(gamma_0)
         ll = normal_logpdf(x, z_0 / alpha_0, jnp.exp(jnp.asarray(gamma_0)))
-    else:
-        raise ValueError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
     return sum_except_batch(jnp.broadcast_to(ll, x.shape))

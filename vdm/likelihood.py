@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm import encoding as enc
-from vdm.diffusion import BIN_WIDTH, sum_except_batch
+from vdm.diffusion import sum_except_batch
 from vdm.parameterization import KINDS, convert
 from vdm.schedules import Schedule, alpha_sigma
 from vdm.solvers import GAMMA_FLOOR, invert_schedule
@@ -57,7 +57,11 @@ DenoiseFn = Callable[[Array, Array], Array]
 TRACES = ("hutchinson", "exact")
 SOLVERS = ("rk4", "heun")
 MAX_EXACT_DIMS = 4096
-DEQUANT_OFFSET_NATS_PER_DIM = -math.log(BIN_WIDTH)      # = log 127.5
+
+
+def dequant_offset_nats_per_dim(encoding: str = "endpoints") -> float:
+    """-log Delta of the data's 8-bit grid (vdm.encoding.bin_width): log 127.5 ('endpoints'), log 128 ('bin_centres')."""
+    return -math.log(enc.bin_width(encoding))
 
 
 def _gamma_grid(schedule: Schedule, num_points: int, t_min: float, t_max: float) -> tuple[Array, Array]:
@@ -142,13 +146,9 @@ def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     key_u, key_v = jax.random.split(key)
     offset = jnp.zeros(shape[:1], x.dtype)
     if dequantize:
-        if encoding == "endpoints":
-            x = x + (jax.random.uniform(key_u, shape, x.dtype) - 0.5) * BIN_WIDTH
-            offset = offset + dims * DEQUANT_OFFSET_NATS_PER_DIM
-        else:
-            width = enc.bin_width(encoding)
-            x = x + (jax.random.uniform(key_u, shape, x.dtype) - 0.5) * width
-            offset = offset - dims * math.log(width)
+        width = enc.bin_width(encoding)
+        x = x + (jax.random.uniform(key_u, shape, x.dtype) - 0.5) * width
+        offset = offset + dims * dequant_offset_nats_per_dim(encoding)
     probes = _probes(key_v, shape, trace, int(num_probes), x.dtype)
     reduce = jnp.mean if trace == "hutchinson" else jnp.sum
 

@@ -62,16 +62,6 @@ class MetricWriter:
             self._tb = None
 
 
-def to_uint8(x: np.ndarray, encoding: str = "endpoints") -> np.ndarray:
-    """Images in [-1, 1] -> uint8 nearest 8-bit value of the data encoding (vdm.encoding), clipped.
-
-    'endpoints': k = round((x + 1) * 127.5); 'bin_centres': k = round((x + 1) * 128 - 1/2).
-    """
-    if encoding == "endpoints":
-        return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return decode(x, encoding)
-
-
 def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2,
                encoding: str = "endpoints") -> np.ndarray:
     """Tile images [N, H, W, C] (C = 1 or 3, in [-1, 1]) into one uint8 [rows*(H+pad)+pad, ..., C] grid."""
@@ -82,7 +72,7 @@ def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2,
     cols = num_cols or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
-    for i, img in enumerate(to_uint8(images, encoding)):
+    for i, img in enumerate(decode(images, encoding)):
         r, q = divmod(i, cols)
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
     return grid

@@ -29,11 +29,6 @@ def snr(gamma: Array) -> Array:
     return jnp.exp(-jnp.asarray(gamma))
 
 
-def logsnr(gamma: Array) -> Array:
-    """lambda = log SNR = -gamma (Kingma & Gao 2023 notation)."""
-    return -jnp.asarray(gamma)
-
-
 def gamma_to_edm_sigma(gamma: Array) -> Array:
     """EDM noise level sigma_edm = sigma/alpha = exp(gamma/2) (Karras et al. 2022, z/alpha = x + sigma_edm eps)."""
     return jnp.exp(0.5 * jnp.asarray(gamma))

@@ -55,7 +55,7 @@ if os.environ.get("VDM_RESULTS_DIR"):
     RESULTS_DIR = pathlib.Path(os.environ["VDM_RESULTS_DIR"])
 elif TINY:
     root = tempfile.mkdtemp(prefix="vdm_nb02_")
-    cmd = [sys.executable, str(REPO / "experiments" / "compare_objectives.py"), "--config=configs/toy2d.py:small",
+    cmd = [sys.executable, "-m", "experiments.compare_objectives", "--config=configs/toy2d.py:small",
            "--name=tiny", f"--results_root={root}", "--steps=8", "--num_evals=2", "--cells=eps-elbo-*,v-elbo-*",
            "--eval_steps=10", "--fd_samples=128", "--parallel=2", "--override=config.data.num_test=256"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
