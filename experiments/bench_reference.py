@@ -31,6 +31,7 @@ import importlib
 import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -215,6 +216,16 @@ def time_alternating(cases: dict, *, repeats: int, iters: int) -> dict:
     return times
 
 
+def reference_source(reference_dir: str) -> str:
+    """What of the reference ran, from where (and its git commit when reference_dir is a git work tree)."""
+    proc = subprocess.run(["git", "-C", os.path.join(reference_dir, "vdm"), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    commit = proc.stdout.strip() if proc.returncode == 0 else "commit: not a git work tree"
+    return (f"{os.path.abspath(reference_dir)} ({commit}): vdm/model_vdm.py VDM + ScoreUNet, experiment_vdm.py "
+            "Experiment_VDM.get_model_and_params / loss_fn, experiment.py Experiment.train_step / get_optimizer / "
+            "get_lr_schedule, train_state.py TrainState, configs/cifar10.py; shims in experiments/bench_reference.py")
+
+
 def paired_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
     """numerator[i] / denominator[i]: two cases' seconds timed next to each other in repeat i (the load drifts less)."""
     return [a / b for a, b in zip(numerator, denominator)]
@@ -230,7 +241,8 @@ def reference_rows(size: dict, reference_dir: str, repeats: int, iters: int) -> 
     med = {k: statistics.median(v) for k, v in times.items()}
     b, shape = size["batch"], f"w{size['width']} L{size['num_layers']} batch {size['batch']} 32x32x3 float32"
     per_repeat = lambda k: ", ".join(f"{b / s:.2f}" for s in times[k])
-    rows = [(f"reference: google-research/vdm train_step (model_vdm.VDM, loss_fn, AdamW, EMA), {shape}",
+    rows = [("reference code", reference_source(reference_dir))]
+    rows += [(f"reference: google-research/vdm train_step (model_vdm.VDM, loss_fn, AdamW, EMA), {shape}",
              f"{b / med['reference']:.2f} images/s ({med['reference'] * 1e3:.0f} ms/step; repeats {per_repeat('reference')})")]
     for key, layout in (("ours_scan", "blocks under nn.scan"), ("ours_unrolled", "blocks unrolled")):
         rows.append((f"ours: vdm.trainer.train_step in parallel.data_parallel, {layout}, {shape}",
