@@ -212,6 +212,18 @@ def network_cases(ref, size: dict) -> dict:
                                                              network_inputs(size))}
 
 
+def attention_cases(ref, size: dict) -> dict:
+    """{name: (step, params, x)}: fwd + bwd of the middle self-attention block alone at [B, 32, 32, width], ours and the reference's."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (size["batch"], 32, 32, size["width"]))
+
+    def case(module):
+        loss = lambda q, x: jnp.mean(jnp.square(module.apply({"params": q}, x)))
+        return as_step(jax.value_and_grad(loss)), module.init(jax.random.PRNGKey(1), x)["params"], x
+    return {"attention block alone, ours (flax MultiHeadDotProductAttention)": case(layers.AttnBlock(1, jnp.float32, 32)),
+            "attention block alone, reference AttnBlock (its dot_product_attention)":
+                case(ref.model_vdm.AttnBlock(num_heads=1))}
+
+
 INSTRUCTION, FUSION, CONVOLUTION = r"(?m)^\s+\S+ = ", r" fusion\(", r" convolution\("
 
 
@@ -236,6 +248,7 @@ def diagnose_rows(size: dict, reference_dir: str, repeats: int, iters: int) -> l
     cases["reference train step"] = br.reference_step(ref, size)
     cases.update(network_cases(ref, size))
     cases.update(dense_skip_cases(size))
+    cases.update(attention_cases(ref, size))
     times = br.time_alternating(cases, repeats=repeats, iters=iters)
     full, rows = times["ours full step (unrolled)"], []
     for name, seconds in times.items():
