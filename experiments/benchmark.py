@@ -2,6 +2,7 @@
 
     python experiments/benchmark.py [--size auto|gpu|cpu] [--sections default,depth,paper,pipeline,fid]
                                     [--repeats 5] [--iters 5]
+    python experiments/benchmark.py --sections reference,diagnose --reference_dir DIR
 
 Sections (medians over `repeats` timings of `iters` steps each, after compiling; one run, so ratios
 between rows are meaningful on a shared machine):
@@ -19,6 +20,13 @@ between rows are meaningful on a shared machine):
   fid       features/s of the FID Inception-v3 (vdm.fid.inception_features, batches of 64 over all
             local devices) for 28x28 grey input (resized to 299x299 inside) and 299x299 RGB, and the
             seconds of the first call (weights load + compile); needs `make fid-weights`.
+  reference our train step (scanned and unrolled blocks) against google-research/vdm's own
+            train step at equal architecture (experiments/bench_reference.py; DIR is a checkout
+            of it, loaded at run time): images/s and ours / reference, alternating timings;
+  diagnose  variants of our step with one piece removed or replaced, the reference's step and
+            both networks alone, each / our full step (experiments/bench_diagnose.py).
+  reference and diagnose run only when asked for (they need --reference_dir); at --size cpu
+  they use 8 layers, at gpu 32; both write benchmark[_gpu]_reference.md.
 --size gpu is the paper's size (width 128, batch 128); --size cpu shrinks width and batch (32, 8)
 so it runs on 2 cores. Prints a table; writes experiments/results/benchmark.md (benchmark_gpu.md
 on a GPU) when all sections run, else benchmark[_gpu]_<sections>.md, so a partial run never
@@ -43,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import bench_diagnose, bench_reference
 from vdm import data, parallel
 from vdm import diffusion_model as dm
 
@@ -52,6 +61,8 @@ PEAK_TF32 = {"H100": 494e12, "H200": 494e12, "A100": 156e12, "B200": 1100e12}   
 REFERENCE_IMAGES_PER_S = 886.0      # google-research/vdm's model code, paper size, float32, one H200 (issue 9)
 SIZES = {"gpu": {"width": 128, "batch": 128}, "cpu": {"width": 32, "batch": 8}}
 ALL_SECTIONS = ("default", "depth", "paper", "pipeline", "fid")
+REFERENCE_SECTIONS = ("reference", "diagnose")      # only when asked for: they need --reference_dir
+REFERENCE_LAYERS = {128: 32, 32: 8}                  # num_layers of the reference comparison by width
 
 
 def load_config(name: str, arg: str = ""):
@@ -282,7 +293,7 @@ def fid_rows(repeats: int, iters: int, batch: int = 64) -> list[tuple[str, str]]
 
 
 def run(size: dict, sections: list[str], repeats: int, iters: int,
-        report=lambda rows: None) -> list[tuple[str, str]]:
+        report=lambda rows: None, reference_dir: str = "") -> list[tuple[str, str]]:
     """The requested sections' rows in the order asked (the pipeline compares against step rates measured here);
     report(rows so far) after each section, so a run cut short keeps what it measured."""
     rows, rates = [], {}
@@ -299,6 +310,10 @@ def run(size: dict, sections: list[str], repeats: int, iters: int,
             rows += pipeline_rows(size, rates)
         if section == "fid":
             rows += fid_rows(repeats, iters)
+        if section in REFERENCE_SECTIONS:
+            ref_size = {**size, "num_layers": REFERENCE_LAYERS[size["width"]]}
+            builder = bench_reference.reference_rows if section == "reference" else bench_diagnose.diagnose_rows
+            rows += builder(ref_size, reference_dir, repeats, iters)
         report(rows)
     return rows
 
@@ -326,6 +341,7 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(ALL_SECTIONS))
     parser.add_argument("--repeats", type=int, default=5, help="timings per measurement (median)")
     parser.add_argument("--iters", type=int, default=5, help="steps per timing")
+    parser.add_argument("--reference_dir", default="", help="google-research/vdm checkout (reference, diagnose)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -338,14 +354,20 @@ def main() -> None:
               f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
               f"{time.strftime('%Y-%m-%d')}")
     sections = args.sections.split(",")
-    unknown = sorted(set(sections) - set(ALL_SECTIONS))
+    unknown = sorted(set(sections) - set(ALL_SECTIONS) - set(REFERENCE_SECTIONS))
     if unknown:
-        parser.error(f"unknown sections {unknown}; valid: {', '.join(ALL_SECTIONS)}")
+        parser.error(f"unknown sections {unknown}; valid: {', '.join(ALL_SECTIONS + REFERENCE_SECTIONS)}")
+    if set(sections) & set(REFERENCE_SECTIONS) and not args.reference_dir:
+        parser.error("sections reference/diagnose need --reference_dir (a google-research/vdm checkout)")
     name = "benchmark_gpu" if dev.platform == "gpu" else "benchmark"
-    name += "" if set(sections) == set(ALL_SECTIONS) else "_" + "_".join(sections)
+    if set(sections) <= set(REFERENCE_SECTIONS):
+        name += "_reference"
+    else:
+        name += "" if set(sections) == set(ALL_SECTIONS) else "_" + "_".join(sections)
     path = os.path.join(ROOT, "experiments", "results", name + ".md")
     run(size, sections, args.repeats, args.iters,
-        report=lambda rows: write_table(rows, header + f"; load average {os.getloadavg()[0]:.1f}", path))
+        report=lambda rows: write_table(rows, header + f"; load average {os.getloadavg()[0]:.1f}", path),
+        reference_dir=args.reference_dir)
 
 
 if __name__ == "__main__":
