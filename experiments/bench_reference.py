@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import data, parallel
-from vdm import trainer as tr
+from vdm import diffusion_model as dm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_MODULES = ("model_vdm", "train_state", "utils", "experiment", "experiment_vdm")
@@ -172,20 +172,19 @@ def ours_config(size: dict, *, scan: bool):
 def ours_step(config) -> tuple:
     """(step, state, batch) of OUR loop's train step for `config`: the one place that builds it.
 
-    Today: vdm.trainer.train_step inside parallel.data_parallel (jit(shard_map), state donated),
-    one step per call, on CIFAR-10-shaped synthetic 8-bit data. Switch this to the new modules
-    (vdm/diffusion_model.py, vdm/optim.py) when they land.
+    vdm.diffusion_model.train_step inside parallel.data_parallel (jit(shard_map), state donated),
+    one step per call, on CIFAR-10-shaped synthetic 8-bit data: what train.run runs.
     """
-    trainer, mesh = build(config)
-    state = parallel.replicate(parallel.to_host(tr.create_train_state(trainer, jax.random.PRNGKey(0))), mesh)
-    step = parallel.data_parallel(lambda s, b: tr.train_step(trainer, s, b), mesh)
+    model, mesh = build(config)
+    state = parallel.replicate(parallel.to_host(model.init_state(jax.random.PRNGKey(0))), mesh)
+    step = parallel.data_parallel(lambda s, b: dm.train_step(model, s, b), mesh)
     return step, state, synthetic_batch(config, mesh)
 
 
 def build(config) -> tuple:
-    """(vdm.trainer.Trainer, mesh) of `config` on CIFAR-10-shaped 8-bit data."""
+    """(vdm.diffusion_model.DiffusionModel, mesh) of `config` on CIFAR-10-shaped 8-bit data."""
     info = data.DatasetInfo("synthetic", (32, 32, 3), 50_000, 10_000, 10, True, encoding=config.data.encoding)
-    return tr.build_trainer(config, info), parallel.make_mesh()
+    return dm.build(config, info), parallel.make_mesh()
 
 
 def synthetic_batch(config, mesh) -> dict:
@@ -194,8 +193,8 @@ def synthetic_batch(config, mesh) -> dict:
     b = config.training.batch_size
     k = rng.integers(0, 256, (1, b, 32, 32, 3))
     x = (k + 0.5) / 128 - 1 if config.data.encoding == "bin_centres" else k / 127.5 - 1
-    return parallel.shard_batch({"x": x.astype(np.float32), "label": rng.integers(0, 10, (1, b)).astype(np.int32)},
-                                mesh, leading_axes=1)
+    return parallel.shard_batch({"x": x.astype(np.float32), "label": rng.integers(0, 10, (1, b)).astype(np.int32),
+                                 "index": np.arange(b, dtype=np.int32)[None]}, mesh, leading_axes=1)
 
 
 def time_alternating(cases: dict, *, repeats: int, iters: int) -> dict:
@@ -245,7 +244,7 @@ def reference_rows(size: dict, reference_dir: str, repeats: int, iters: int) -> 
     rows += [(f"reference: google-research/vdm train_step (model_vdm.VDM, loss_fn, AdamW, EMA), {shape}",
              f"{b / med['reference']:.2f} images/s ({med['reference'] * 1e3:.0f} ms/step; repeats {per_repeat('reference')})")]
     for key, layout in (("ours_scan", "blocks under nn.scan"), ("ours_unrolled", "blocks unrolled")):
-        rows.append((f"ours: vdm.trainer.train_step in parallel.data_parallel, {layout}, {shape}",
+        rows.append((f"ours: vdm.diffusion_model.train_step in parallel.data_parallel, {layout}, {shape}",
                      f"{b / med[key]:.2f} images/s ({med[key] * 1e3:.0f} ms/step; repeats {per_repeat(key)}); "
                      f"ours / reference = {med['reference'] / med[key]:.3f}"))
     for key, layout in (("ours_scan", "scanned"), ("ours_unrolled", "unrolled")):

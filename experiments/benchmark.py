@@ -2,7 +2,7 @@
 
     python experiments/benchmark.py [--size auto|gpu|cpu] [--sections default,depth,paper,pipeline,fid]
                                     [--repeats 5] [--iters 5]
-    python experiments/benchmark.py --sections reference,diagnose --reference_dir DIR
+    python experiments/benchmark.py --sections reference --reference_dir DIR
 
 Sections (medians over `repeats` timings of `iters` steps each, after compiling; one run, so ratios
 between rows are meaningful on a shared machine):
@@ -22,11 +22,9 @@ between rows are meaningful on a shared machine):
             seconds of the first call (weights load + compile); needs `make fid-weights`.
   reference our train step (scanned and unrolled blocks) against google-research/vdm's own
             train step at equal architecture (experiments/bench_reference.py; DIR is a checkout
-            of it, loaded at run time): images/s and ours / reference, alternating timings;
-  diagnose  variants of our step with one piece removed or replaced, the reference's step and
-            both networks alone, each / our full step (experiments/bench_diagnose.py).
-  reference and diagnose run only when asked for (they need --reference_dir); at --size cpu
-  they use 8 layers, at gpu 32; both write benchmark[_gpu]_reference.md.
+            of it, loaded at run time): images/s and ours / reference, alternating timings, and
+            the two self-attention blocks alone; run only when asked for (it needs
+            --reference_dir); at --size cpu 8 layers, at gpu 32; writes benchmark[_gpu]_reference.md.
 --size gpu is the paper's size (width 128, batch 128); --size cpu shrinks width and batch (32, 8)
 so it runs on 2 cores. Prints a table; writes experiments/results/benchmark.md (benchmark_gpu.md
 on a GPU) when all sections run, else benchmark[_gpu]_<sections>.md, so a partial run never
@@ -51,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import bench_diagnose, bench_reference
+from experiments import bench_reference
 from vdm import data, parallel
 from vdm import diffusion_model as dm
 
@@ -61,7 +59,7 @@ PEAK_TF32 = {"H100": 494e12, "H200": 494e12, "A100": 156e12, "B200": 1100e12}   
 REFERENCE_IMAGES_PER_S = 886.0      # google-research/vdm's model code, paper size, float32, one H200 (issue 9)
 SIZES = {"gpu": {"width": 128, "batch": 128}, "cpu": {"width": 32, "batch": 8}}
 ALL_SECTIONS = ("default", "depth", "paper", "pipeline", "fid")
-REFERENCE_SECTIONS = ("reference", "diagnose")      # only when asked for: they need --reference_dir
+REFERENCE_SECTIONS = ("reference",)      # only when asked for: it needs --reference_dir
 REFERENCE_LAYERS = {128: 32, 32: 8}                  # num_layers of the reference comparison by width
 
 
@@ -312,8 +310,7 @@ def run(size: dict, sections: list[str], repeats: int, iters: int,
             rows += fid_rows(repeats, iters)
         if section in REFERENCE_SECTIONS:
             ref_size = {**size, "num_layers": REFERENCE_LAYERS[size["width"]]}
-            builder = bench_reference.reference_rows if section == "reference" else bench_diagnose.diagnose_rows
-            rows += builder(ref_size, reference_dir, repeats, iters)
+            rows += bench_reference.reference_rows(ref_size, reference_dir, repeats, iters)
         report(rows)
     return rows
 
@@ -341,7 +338,7 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(ALL_SECTIONS))
     parser.add_argument("--repeats", type=int, default=5, help="timings per measurement (median)")
     parser.add_argument("--iters", type=int, default=5, help="steps per timing")
-    parser.add_argument("--reference_dir", default="", help="google-research/vdm checkout (reference, diagnose)")
+    parser.add_argument("--reference_dir", default="", help="google-research/vdm checkout (section reference)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -358,7 +355,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections {unknown}; valid: {', '.join(ALL_SECTIONS + REFERENCE_SECTIONS)}")
     if set(sections) & set(REFERENCE_SECTIONS) and not args.reference_dir:
-        parser.error("sections reference/diagnose need --reference_dir (a google-research/vdm checkout)")
+        parser.error("section reference needs --reference_dir (a google-research/vdm checkout)")
     name = "benchmark_gpu" if dev.platform == "gpu" else "benchmark"
     if set(sections) <= set(REFERENCE_SECTIONS):
         name += "_reference"

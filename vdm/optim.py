@@ -92,15 +92,17 @@ class Optimizer:
         """
         grads = jax.lax.pmean(grads, parallel.AXIS)
         terms = jax.lax.pmean(terms, parallel.AXIS)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        ema = optax.incremental_update(new_params, state.ema_params, 1.0 - self.ema_decay)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                                  opt_state=keep(opt_state, state.opt_state),
-                                  ema_params=keep(ema, state.ema_params))
+
+        def apply(s: TrainState) -> tuple:
+            updates, opt_state = self.tx.update(grads, s.opt_state, s.params)
+            params = optax.apply_updates(s.params, updates)
+            return params, opt_state, optax.incremental_update(params, s.ema_params, 1.0 - self.ema_decay)
+
+        # One branch runs: the update, or (non-finite) the state as it was; no select over every leaf.
+        params, opt_state, ema = jax.lax.cond(finite, apply, lambda s: (s.params, s.opt_state, s.ema_params), state)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         return new_state, {**terms, "grad_norm": grad_norm, "nonfinite": 1 - finite.astype(jnp.int32),
                            "lr": self.lr(state.step)}
 
