@@ -14,26 +14,16 @@ Variants: `configs/cifar10.py:learned` (VDM's learned schedule with learned endp
 `configs/cifar10.py:small` (a tiny network and a few steps, to check the pipeline on a laptop).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _base():
-    """configs/base.py, loaded by its path next to this file (from any working directory)."""
-    spec = importlib.util.spec_from_file_location(
-        "vdm_configs_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from vdm.fileio import load_sibling     # configs/base.py, by its path next to this file
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Config for CIFAR-10; arg in ('', 'learned', 'small')."""
     if arg not in ("", "learned", "small"):
         raise ValueError(f"unknown cifar10 variant {arg!r}; choose '', 'learned' or 'small'.")
-    config = _base().get_config("image")
+    config = load_sibling(__file__, "base").get_config("image")
     config.data.dataset = "cifar10"   # TFDS name
     # Bin centres, as google-research/vdm encodes (x + 0.5)/256*2 - 1: the decoder grid and bin width
     # (2/256) follow. Either grid gives exact discrete likelihoods; this one matches the reference.

@@ -10,19 +10,9 @@ Variants (the config argument, comma-separated): `:small` (a smoke test: 20 step
 `:mnist,small`.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _base():
-    """configs/base.py, loaded by its path next to this file (from any working directory)."""
-    spec = importlib.util.spec_from_file_location(
-        "vdm_configs_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from vdm.fileio import load_sibling     # configs/base.py, by its path next to this file
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -31,7 +21,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if not variants <= {"small", "mnist"}:
         raise ValueError(f"unknown fashion_mnist variant(s) {sorted(variants - {'small', 'mnist'})} in {arg!r}; "
                          "choose from 'small', 'mnist' (comma-separated), or ''.")
-    config = _base().get_config("image")
+    config = load_sibling(__file__, "base").get_config("image")
     if "mnist" in variants:
         config.data.dataset = "mnist"      # MNIST digits, prepared once with `python -m vdm.data prepare`
     if "small" in variants:

@@ -8,26 +8,16 @@ Variants (config arg): `configs/toy2d.py:grid` (8-bit 2-D grid, discrete decoder
 (a few steps, for smoke tests).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _base():
-    """configs/base.py, loaded by its path next to this file (from any working directory)."""
-    spec = importlib.util.spec_from_file_location(
-        "vdm_configs_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "base.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from vdm.fileio import load_sibling     # configs/base.py, by its path next to this file
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Config for 2-D toy data; arg in ('', 'grid', 'gaussian', 'small')."""
     if arg not in ("", "grid", "gaussian", "small"):
         raise ValueError(f"unknown toy2d variant {arg!r}; choose '', 'grid', 'gaussian' or 'small'.")
-    config = _base().get_config("toy")
+    config = load_sibling(__file__, "base").get_config("toy")
     config.data.dataset = {"grid": "grid8bit2d", "gaussian": "gaussian"}.get(arg, "mixture2d")  # toy set
 
     config.model.width = 128               # hidden width

@@ -25,3 +25,13 @@ def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = False
 def atomic_write_text(path: str, text: str) -> None:
     """Write `text` to `path` atomically (UTF-8)."""
     atomic_write(path, lambda f: f.write(text))
+
+
+def load_sibling(file: str, name: str):
+    """The module NAME.py in the folder of `file`, loaded by its path (configs/ is no package: configs/base.py)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"vdm_loaded_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
