@@ -69,12 +69,14 @@ ADDED_KEYS = {
                                 else "gaussian"),          # what the decoder was: by whether the data is 8-bit
     "loss.sigmoid_bias": lambda c: -2.0, "loss.min_snr_gamma": lambda c: 5.0, "loss.edm_p_mean": lambda c: -1.2,
     "loss.edm_p_std": lambda c: 1.2, "loss.edm_sigma_data": lambda c: 0.5,
+    "eval.fid_samples": lambda c: 0, "eval.fid_reference": lambda c: "train",
+    "eval.fid_reference_examples": lambda c: 0,
 }
 
 
 def upgrade(recorded: dict) -> dict:
     """A recorded diffusion config (a dict from config.json) with every ADDED_KEYS key it lacks filled in; others as they are."""
-    if "model" not in recorded or "loss" not in recorded:      # not a diffusion model's config (a classifier's)
+    if not {"model", "loss", "eval"} <= set(recorded):      # not a diffusion model's config (a classifier's)
         return recorded
     for key, value in ADDED_KEYS.items():
         section, name = key.split(".")
