@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
 
@@ -227,8 +228,9 @@ class ResnetBlock(nn.Module):
         proj_kw = {'kernel_init': nn.initializers.zeros} if self.cond_proj_zero_init else {}
         h = h + nn.Dense(self.out_ch, use_bias=self.cond_proj_bias, dtype=self.dtype,
                          name='cond_proj', **proj_kw)(nn.swish(cond))[:, None, None, :]
+        h = checkpoint_name(h, 'resnet_conv0')        # names the VDM UNet's remat policy keeps (no-op elsewhere)
         h = nn.swish(group_norm(self.out_ch, 'norm1', self.dtype, self.norm_groups)(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = checkpoint_name(nn.Dropout(self.dropout, deterministic=not train)(h), 'resnet_dropout')
         h = conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, name='conv1')(h)
         if x.shape[-1] != self.out_ch:
             x = conv(self.out_ch, (1, 1), name='skip')(x)
