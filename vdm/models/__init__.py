@@ -67,7 +67,7 @@ _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
 MODEL_NAMES = tuple(_BUILDERS)
 COMPUTE_DTYPES: Dict[str, Any] = {'float32': None, 'bfloat16': jnp.bfloat16}   # config.training.dtype -> get_model's dtype
 
-# Learned schedules (config.model.schedule) and how they learn (vdm.objectives.loss_and_grads):
+# Learned schedules (config.model.schedule) and how they learn (vdm.diffusion_model.DiffusionModel.value_and_grad):
 # 'variance': VDM's variance-minimising gradient for the shape, the mean-loss gradient for the endpoints;
 # 'mean': the mean-loss gradient (the endpoints of a linear log-SNR, as google-research/vdm learns them).
 LEARNED_SCHEDULES: Dict[str, str] = {'learned': 'variance', 'learned_linear': 'mean'}
