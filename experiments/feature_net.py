@@ -200,7 +200,7 @@ def heldout_accuracy(task: FeatureNetTask, params: Any, mesh: Any) -> float:
 
 def build_task(config: ml_collections.ConfigDict, num_classes: int, data: dict | None = None) -> FeatureNetTask:
     """The FeatureNetTask of a validated config: its model with `num_classes` outputs, Optimizer.from_config(config)."""
-    optimizer = Optimizer.from_config(config, functools.partial(decay_mask, kind=config.optimizer.decay_mask))
+    optimizer = Optimizer.from_config(config, decay_mask)
     return FeatureNetTask(config, build_model(config, num_classes), optimizer, data)
 
 

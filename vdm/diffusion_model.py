@@ -205,7 +205,7 @@ def build(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> Diffusio
     fixed = None if sched_module is not None else get_schedule(m.schedule, gamma_min=m.gamma_min,
                                                                gamma_max=m.gamma_max)
     compute = COMPUTE_DTYPES[config.training.dtype]
-    optimizer = Optimizer.from_config(config, functools.partial(convert.decay_mask, kind=config.optimizer.decay_mask))
+    optimizer = Optimizer.from_config(config, convert.decay_mask)
     return DiffusionModel(config, info, get_model(m, compute), optimizer, sched_module, fixed)
 
 

@@ -237,8 +237,6 @@ def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     decoder: 'discrete' (= 'categorical', 8-bit data in [-1, 1]), 'discretized_gaussian' or
     'gaussian' (continuous); encoding: the 8-bit grid of x for the discrete decoders (vdm.encoding).
     """
-    if num_steps < 0 or int(num_steps) != num_steps:
-        raise ValueError(f"num_steps must be 0 (continuous time) or a positive integer, got {num_steps}.")
     key_rec, key_t, key_eps = jax.random.split(key, 3)
     t = sample_t(key_t, x.shape[0], antithetic=antithetic)
     if num_steps:

@@ -11,6 +11,7 @@ feature net). Everything here runs per device inside shard_map (vdm/parallel.py)
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -52,17 +53,18 @@ def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     return LR_DECAYS[o.decay](o.learning_rate, o.warmup_steps, config.training.num_steps)
 
 
-def make_tx(config: ml_collections.ConfigDict, decay_mask: Callable[[PyTree], PyTree] | None = None
+def make_tx(config: ml_collections.ConfigDict, decay_mask: Callable[[PyTree, str], PyTree] | None = None
             ) -> optax.GradientTransformation:
     """Clip by global norm (if grad_clip > 0), then AdamW (Loshchilov & Hutter 2019) on `lr_schedule`.
 
-    decay_mask(params) -> bool pytree: which leaves weight decay applies to (None: every leaf);
-    the model decides (its parameter layout), see vdm.models.convert.decay_mask.
+    decay_mask(params, kind) -> bool pytree: which leaves weight decay applies to, for
+    kind = config.optimizer.decay_mask (None: every leaf); the model's parameter layout decides,
+    see vdm.models.convert.decay_mask.
     """
     o = config.optimizer
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
     chain.append(optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                             mask=decay_mask))
+                             mask=decay_mask and functools.partial(decay_mask, kind=o.decay_mask)))
     return optax.chain(*chain)
 
 
@@ -75,7 +77,7 @@ class Optimizer:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict,
-                    decay_mask: Callable[[PyTree], PyTree] | None = None) -> "Optimizer":
+                    decay_mask: Callable[[PyTree, str], PyTree] | None = None) -> "Optimizer":
         """The optimizer of config.optimizer over config.training.num_steps steps (make_tx, lr_schedule)."""
         return cls(make_tx(config, decay_mask), lr_schedule(config), float(config.optimizer.ema_decay))
 

@@ -9,8 +9,6 @@ Both condition on the rescaled gamma like the denoisers and return logits
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,5 +65,5 @@ def classifier_from_config(config, num_classes: int):
     model = NoisyClassifier(num_classes=num_classes, width=m.width, num_layers=m.num_layers,
                             gamma_min=m.gamma_min, gamma_max=m.gamma_max)
     schedule = get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
-    optimizer = Optimizer.from_config(config, functools.partial(decay_mask, kind=config.optimizer.decay_mask))
+    optimizer = Optimizer.from_config(config, decay_mask)
     return model, schedule, optimizer
