@@ -107,21 +107,6 @@ def make_sampler(model: DiffusionModel, num: int, classifier: tuple | None = Non
     return jax.jit(fn)
 
 
-def restore(model: DiffusionModel, ckpt: Checkpointer, like: TrainState, *,
-            quarantine: bool = False) -> tuple[TrainState | None, int | None]:
-    """ckpt.restore_latest(like); a checkpoint of the other VDMUNet block layout (config.model.scan_blocks) is
-    restored in its own layout and converted (vdm.models.maybe_convert_params), with a warning."""
-    try:
-        return ckpt.restore_latest(like, quarantine=quarantine)
-    except BlockLayoutError as e:
-        scanned = bool(convert.is_scanned(like))
-        restored, step = ckpt.restore_latest(convert.maybe_convert_params(like, scanned=not scanned),
-                                             quarantine=quarantine)
-        log.warning("%s Converted it to the %s layout.", e.args[0].split(". Either")[0],
-                    "scanned" if scanned else "unrolled")
-        return convert.maybe_convert_params(restored, scanned=scanned), step
-
-
 @dataclasses.dataclass(eq=False)
 class DiffusionTask:
     """The diffusion model as a train.Task: its steps, the ELBO and sample grid as periodic eval, layout-converting restore."""
@@ -148,9 +133,19 @@ class DiffusionTask:
         """vdm.diffusion_model.train_step."""
         return train_step(self.model, state, batch)
 
-    def restore(self, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False):
-        """The newest intact checkpoint, in this config's block layout (`restore`)."""
-        return restore(self.model, ckpt, like, quarantine=quarantine)
+    def restore(self, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False
+                ) -> tuple[TrainState | None, int | None]:
+        """ckpt.restore_latest(like); a checkpoint of the other VDMUNet block layout (config.model.scan_blocks) is
+        restored in its own layout and converted (vdm.models.maybe_convert_params), with a warning."""
+        try:
+            return ckpt.restore_latest(like, quarantine=quarantine)
+        except BlockLayoutError as e:
+            scanned = bool(convert.is_scanned(like))
+            restored, step = ckpt.restore_latest(convert.maybe_convert_params(like, scanned=not scanned),
+                                                 quarantine=quarantine)
+            log.warning("%s Converted it to the %s layout.", e.args[0].split(". Either")[0],
+                        "scanned" if scanned else "unrolled")
+            return convert.maybe_convert_params(restored, scanned=scanned), step
 
     def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
         """Test -ELBO bits/dim with the EMA params and a sample grid (evaluate_and_sample)."""

@@ -12,7 +12,6 @@ net's experiments/feature_net.py.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
