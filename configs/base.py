@@ -31,8 +31,14 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
     config.model = _model(kind)
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.weighting = "elbo"   # elbo, simple, snr, min_snr, sigmoid, edm
-    config.loss.antithetic = True    # low-discrepancy t sampling over the batch (VDM)
+    config.loss.objective = "weighted"  # 'weighted': the weighting's loss; 'hybrid': + hybrid_lambda L_vlb, learned variance (improved DDPM)
+    config.loss.weighting = "elbo"   # elbo, simple, snr, min_snr, sigmoid, edm (hybrid: its mean part)
+    config.loss.num_steps = 0        # training time steps: 0 continuous; T > 0 the T-step model (t on the grid i/T; hybrid needs it)
+    config.loss.hybrid_lambda = 0.001  # 'hybrid': L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1)
+    config.loss.t_sampling = "antithetic"  # t per example: 'uniform', 'antithetic' (VDM's low-discrepancy), 'adaptive' (VDM++)
+    config.loss.adaptive_bins = 100      # 'adaptive': histogram bins of lambda = log SNR over [-gamma_max, -gamma_min]
+    config.loss.adaptive_decay = 0.99    # ... its moving average per step
+    config.loss.adaptive_uniform = 0.1   # ... mixed with this much uniform mass, so p(lambda) > 0 everywhere
     config.loss.sigmoid_bias = -2.0  # weighting 'sigmoid': w = sigmoid(b - lambda), lambda = log SNR (Kingma & Gao 2023)
     config.loss.min_snr_gamma = 5.0  # weighting 'min_snr': w = min(SNR, gamma) / SNR (Hang et al. 2023)
     config.loss.edm_p_mean = -1.2    # weighting 'edm': log sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
@@ -65,6 +71,9 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 200   # eval batch (global); the test split is covered exactly once
     config.eval.num_steps = 0      # ELBO time steps: 0 continuous, else discrete T
+    config.eval.variance = config_dict.placeholder(str)  # T-step ELBO's reverse variance: small, large, learned (default: learned with a variance head, else small)
+    config.eval.t_sampling = "uniform"   # continuous ELBO: t ~ U(0,1) per example, or 'importance': t from a pilot pass's histogram (same mean, smaller SE)
+    config.eval.pilot_examples = 500     # 'importance': the pilot pass's examples (from the train split; uniform t)
     config.eval.method = "elbo"    # --mode=eval: 'elbo' (-ELBO bits/dim) or 'ode' (probability-flow ODE bits/dim)
     config.eval.ode_steps = 64     # 'ode': RK4 steps, uniform in log-SNR (4 network evaluations each)
     config.eval.ode_probes = 1     # 'ode': Hutchinson probes per example for the divergence
@@ -124,6 +133,7 @@ def _model(kind: str) -> ml_collections.ConfigDict:
     model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
     model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
     model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
+    model.variance_head = "none"    # reverse variance: 'none' (fixed), 'interp' v = (r+1)/2 (improved DDPM) or 'sigmoid' v = sigmoid(r), r the C extra outputs
     model.decoder = "categorical"   # p(x | z_0): 'categorical' (VDM's 256-way), 'discretized_gaussian' (DDPM), 'gaussian' (continuous data)
     return model
 

@@ -363,8 +363,8 @@ def test_bad_options_raise_naming_the_valid_ones():
         sampling.sample(fn, (2, 2), jax.random.key(0), method="euler", **kw)
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['etaa'\] for method 'ddim'; valid options: .*'eta'"):
         sampling.sample(fn, (2, 2), jax.random.key(0), method="ddim", etaa=0.0, **kw)
-    with pytest.raises(ValueError, match="Unknown option.*'variance'"):    # another method's option
-        sampling.resolve_options("ddim", {"variance": "large"})
+    with pytest.raises(ValueError, match="Unknown option.*'snr'"):    # another method's option
+        sampling.resolve_options("ddim", {"snr": 0.1})
     with pytest.raises(ValueError, match="uniform_logsnr"):
         sampling.sample(fn, (2, 2), jax.random.key(0), method="ddim", grid="log", **kw)
     with pytest.raises(ValueError, match="eta must lie"):

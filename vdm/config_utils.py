@@ -97,6 +97,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
             _check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
     _choices("loss.weighting", c.loss.weighting, tuple(objectives.WEIGHTINGS))
     _validate_weighting(c.loss)
+    _validate_objective(c)
     _choices("model.decoder", m.decoder, diffusion.DECODERS)
 
 
@@ -107,6 +108,44 @@ def _validate_weighting(loss: ml_collections.ConfigDict) -> None:
     _float("loss.edm_p_mean", loss.edm_p_mean)
     _float("loss.edm_p_std", loss.edm_p_std, 0.0, lo_open=True)
     _float("loss.edm_sigma_data", loss.edm_sigma_data, 0.0, lo_open=True)
+
+
+LOSS_OBJECTIVES = ("weighted", "hybrid")            # config.loss.objective
+T_SAMPLINGS = ("uniform", "antithetic", "adaptive")  # config.loss.t_sampling
+EVAL_T_SAMPLINGS = ("uniform", "importance")         # config.eval.t_sampling
+
+
+def _validate_objective(c: ml_collections.ConfigDict) -> None:
+    """loss.objective, num_steps, t_sampling and the variance head: what trains what."""
+    from vdm.models import LEARNED_SCHEDULES
+    loss, m = c.loss, c.model
+    _choices("model.variance_head", m.variance_head, parameterization.VARIANCE_HEADS)
+    _choices("loss.objective", loss.objective, LOSS_OBJECTIVES)
+    _int("loss.num_steps", loss.num_steps, 0)
+    _float("loss.hybrid_lambda", loss.hybrid_lambda, 0.0)
+    _choices("loss.t_sampling", loss.t_sampling, T_SAMPLINGS)
+    hybrid, discrete = loss.objective == "hybrid", loss.num_steps > 0
+    _check(not hybrid or (discrete and m.variance_head != "none"),
+           "config.loss.objective='hybrid' trains a learned reverse variance in discrete time: it needs "
+           "config.model.variance_head 'interp' or 'sigmoid' and config.loss.num_steps = T > 0 (e.g. 1000).")
+    _check(hybrid or not discrete or loss.weighting == "elbo",
+           f"config.loss.num_steps={loss.num_steps} trains the T-step discrete ELBO: it needs config.loss.weighting="
+           f"'elbo' (got {loss.weighting!r}), or config.loss.objective='hybrid' for a weighted mean part.")
+    _check(m.variance_head == "none" or discrete,
+           f"config.model.variance_head={m.variance_head!r} is trained only by a discrete-time objective (the "
+           "continuous-time ELBO does not depend on the reverse variance): set config.loss.num_steps = T > 0 and "
+           "config.loss.objective='hybrid' (or weighting 'elbo'), or variance_head='none'.")
+    _check(not discrete or LEARNED_SCHEDULES.get(m.schedule) != "variance",
+           "config.model.schedule='learned' (VDM's variance-minimising gradient) is for continuous time: "
+           "use config.loss.num_steps=0 or another schedule.")
+    if loss.t_sampling == "adaptive":
+        _int("loss.adaptive_bins", loss.adaptive_bins, 2)
+        _float("loss.adaptive_decay", loss.adaptive_decay, 0.0, 1.0, hi_open=True)
+        _float("loss.adaptive_uniform", loss.adaptive_uniform, 0.0, 1.0, lo_open=True)
+        _check(m.schedule in schedules.SCHEDULES and not discrete,
+               "config.loss.t_sampling='adaptive' draws lambda = log SNR from its histogram under a fixed schedule "
+               f"in continuous time: config.model.schedule must be one of {tuple(schedules.SCHEDULES)} (got "
+               f"{m.schedule!r}; a learned schedule plays the same variance-reducing role) and loss.num_steps 0.")
 
 
 def validate_optimizer(o: ml_collections.ConfigDict) -> None:
@@ -143,6 +182,15 @@ def _validate_eval(c: ml_collections.ConfigDict, device_count: int | None) -> No
     e = c.eval
     _int("eval.batch_size", e.batch_size, 1)
     _int("eval.num_steps", e.num_steps, 0)
+    if e.get("variance") is not None:
+        from vdm.solvers import VARIANCES
+        _choices("eval.variance", e.variance, VARIANCES)
+        _check(e.variance != "learned" or c.model.variance_head != "none",
+               "config.eval.variance='learned' needs a model with a variance head (config.model.variance_head).")
+    _choices("eval.t_sampling", e.t_sampling, EVAL_T_SAMPLINGS)
+    _int("eval.pilot_examples", e.pilot_examples, 2)
+    _check(e.t_sampling == "uniform" or e.num_steps == 0,
+           "config.eval.t_sampling='importance' is for the continuous-time ELBO (config.eval.num_steps=0).")
     _choices("eval.method", e.method, EVAL_METHODS)
     _int("eval.ode_steps", e.ode_steps, 1)
     _int("eval.ode_probes", e.ode_probes, 1)
@@ -170,9 +218,14 @@ def _validate_sampling(c: ml_collections.ConfigDict) -> None:
     _int("sampling.batch_size", s.batch_size, 0)
     if s.get("grid") not in (None, ""):               # None (older configs: ''): the method's default grid
         _choices("sampling.grid", s.grid, sampling.GRIDS)
-    _check(s.get("variance") != "learned", "config.sampling.variance='learned' is not valid: no model returns a "
-           "variance yet (sampling.sample takes it from a denoise_fn returning (pred, v)); choose one of "
+    head = m.get("variance_head", "none")
+    _check(s.get("variance") != "learned" or head != "none",
+           "config.sampling.variance='learned' needs a model with a variance head (config.model.variance_head "
+           "'interp' or 'sigmoid', trained with config.loss.objective='hybrid'); this one has none: choose one of "
            + ", ".join(repr(v) for v in sampling.VARIANCES if v != "learned") + ", or leave it unset (None).")
+    _check(s.get("variance") != "learned" or (s.guidance_weight == 0.0 and not c.guidance.classifier_workdir),
+           "config.sampling.variance='learned' does not combine with guidance (sampling.guidance_weight, "
+           "guidance.classifier_workdir) yet: use variance 'small' or 'large' to guide.")
     resolve(c)
     _float("sampling.guidance_weight", s.guidance_weight, 0.0)
     _int("sampling.class_label", s.class_label, -1)
@@ -290,9 +343,13 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of `config` whose config.sampling options of its method are resolved: each unset (None) one set to the
-    method's default (sampling.resolve_options of sampling.options_from_config); a config without sampling as it is."""
+    method's default (sampling.resolve_options of sampling.options_from_config); a config without sampling as it is.
+    An unset config.eval.variance becomes 'learned' for a model with a variance head, else 'small'."""
     from vdm import sampling
     out = config.copy_and_resolve_references()
+    e = out.get("eval")
+    if e is not None and "variance" in e and e.variance is None and "model" in out:   # the T-step ELBO's default
+        e.variance = "learned" if out.model.get("variance_head", "none") != "none" else "small"
     s = out.get("sampling")
     if s is None or "method" not in s:
         return out

@@ -27,6 +27,7 @@ from vdm import config_utils, data, objectives, parallel
 from vdm.likelihood import ode_nll
 from vdm.models import COMPUTE_DTYPES, LEARNED_SCHEDULES, convert, get_model, get_schedule_module
 from vdm.optim import Optimizer, TrainState, step_keys
+from vdm.parameterization import split_variance
 from vdm.schedules import Schedule, get_schedule
 
 Array = jax.Array
@@ -52,6 +53,16 @@ class DiffusionModel:
         return self.config.model.decoder
 
     @property
+    def variance_head(self) -> str:
+        """The reverse variance's head: config.model.variance_head ('none', 'interp', 'sigmoid'; vdm.parameterization)."""
+        return self.config.model.get("variance_head", "none")
+
+    @property
+    def eval_variance(self) -> str:
+        """The T-step ELBO's reverse variance: config.eval.variance, unset: 'learned' with a variance head, else 'small'."""
+        return self.config.eval.get("variance") or ("learned" if self.variance_head != "none" else "small")
+
+    @property
     def weighting_kwargs(self) -> dict[str, float]:
         """The hyperparameters of config.loss.weighting, from their config.loss keys (WEIGHTING_KEYS)."""
         loss = self.config.loss
@@ -68,20 +79,26 @@ class DiffusionModel:
         return functools.partial(self.schedule_apply, params.get("schedule"))
 
     def apply_network(self, model_params: PyTree, z: Array, gamma: Array, y: Array | None, *,
-                      train: bool, dropout_key: Array | None = None) -> Array:
-        """Network prediction [B, ...] (float32) of kind config.model.parameterization (bfloat16 inside if configured)."""
+                      train: bool, dropout_key: Array | None = None, with_variance: bool = False) -> Array | tuple:
+        """Network prediction [B, ...] (float32) of kind config.model.parameterization (bfloat16 inside if configured).
+
+        with_variance: (prediction, v) with v the variance head's interpolation weight
+        (parameterization.split_variance; None without a head).
+        """
         rngs = {"dropout": dropout_key} if dropout_key is not None else {}
         y = y if self.config.model.num_classes > 0 else None
         out = self.network.apply({"params": model_params}, z, gamma, y=y, train=train, rngs=rngs)
-        return out.astype(jnp.float32)
+        pred, v = split_variance(out.astype(jnp.float32), self.variance_head)
+        return (pred, v) if with_variance else pred
 
-    def denoise_fn(self, params: PyTree, y: Array | None = None) -> Callable[[Array, Array], Array]:
-        """denoise_fn(z, t) for the objectives and samplers: the network at gamma(t), eval mode."""
+    def denoise_fn(self, params: PyTree, y: Array | None = None, *,
+                   with_variance: bool = False) -> Callable[[Array, Array], Array | tuple]:
+        """denoise_fn(z, t) for the objectives and samplers: the network at gamma(t), eval mode ((pred, v) with_variance)."""
         schedule = self.schedule(params)
 
-        def fn(z: Array, t: Array) -> Array:
+        def fn(z: Array, t: Array) -> Array | tuple:
             gamma = jnp.broadcast_to(schedule(t), z.shape[:1])
-            return self.apply_network(params["model"], z, gamma, y, train=False)
+            return self.apply_network(params["model"], z, gamma, y, train=False, with_variance=with_variance)
         return fn
 
     def init_params(self, key: Array) -> PyTree:
@@ -102,33 +119,52 @@ class DiffusionModel:
     # ------------------------------------------------------------------------- the objective
 
     def noise(self, batch: dict, key: Array, *, train: bool) -> dict[str, Array]:
-        """objectives.example_noise of `key` at batch['index'] (antithetic t in training if config.loss.antithetic)."""
-        antithetic = train and self.config.loss.antithetic
+        """objectives.example_noise of `key` at batch['index'] (training: t as config.loss.t_sampling; on the grid
+        i/T for config.loss.num_steps = T > 0)."""
+        loss = self.config.loss
+        antithetic = train and loss.t_sampling == "antithetic"
         x = batch["x"]
-        return objectives.example_noise(key, batch["index"], x.shape[1:], x.dtype, antithetic=antithetic,
-                                        batch_size=self.config.training.batch_size)
+        noise = objectives.example_noise(key, batch["index"], x.shape[1:], x.dtype, antithetic=antithetic,
+                                         batch_size=self.config.training.batch_size)
+        if train and loss.num_steps:
+            noise["t"] = objectives.discretize_t(noise["t"], loss.num_steps)
+        return noise
 
     def terms_at(self, model_params: PyTree, gammas: tuple, batch: dict, noise: dict, *, train: bool,
-                 dropout_key: Array | None = None) -> dict[str, Array]:
-        """Per-example objectives.neg_elbo_terms_at (training: the configured weighting and label dropout; else w = 1)."""
+                 dropout_key: Array | None = None, schedule: Schedule | None = None) -> dict[str, Array]:
+        """Per-example objectives.neg_elbo_terms_at (training: the configured objective and label dropout; else w = 1).
+
+        schedule: gamma(t) of the run, needed by a discrete-time training objective (config.loss.num_steps > 0).
+        """
         c = self.config
         y = batch["label"]
         if train:
             y = drop_labels(y, noise["u"], c.model.num_classes, c.model.label_dropout)
         gamma_t = gammas[2]
-        net = lambda z, t: self.apply_network(model_params, z, gamma_t, y, train=train, dropout_key=dropout_key)
+        discrete = train and c.loss.num_steps > 0
+        if discrete and gamma_t is None:
+            gamma_t = schedule(noise["t"])
+        net = lambda z, t: self.apply_network(model_params, z, gamma_t, y, train=train, dropout_key=dropout_key,
+                                              with_variance=discrete)
+        hybrid = train and c.loss.objective == "hybrid"
         return objectives.neg_elbo_terms_at(
-            net, batch["x"], noise["t"], noise["eps"], noise["eps_0"], gammas,
+            net, batch["x"], noise["t"], noise["eps"], noise["eps_0"], gammas, schedule=schedule,
             parameterization=c.model.parameterization, weighting=c.loss.weighting if train else "elbo",
-            decoder=self.decoder, encoding=self.info.encoding,
-            weighting_kwargs=self.weighting_kwargs if train else None)
+            decoder=self.decoder, encoding=self.info.encoding, num_steps=c.loss.num_steps if discrete else 0,
+            weighting_kwargs=self.weighting_kwargs if train else None,
+            variance="learned" if self.variance_head != "none" else "small",
+            hybrid_lambda=c.loss.hybrid_lambda if hybrid else None,
+            t_density=noise.get("density") if train else None)
 
     def loss_terms(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None, *,
                    train: bool = True) -> dict[str, Array]:
         """Per-example -ELBO terms of `batch` {'x', 'label', 'index'} with noise from `key` (pure; no device axis)."""
         noise = self.noise(batch, key, train=train)
-        gammas = objectives.schedule_values(self.schedule(params), noise["t"])
-        return self.terms_at(params["model"], gammas, batch, noise, train=train, dropout_key=dropout_key)
+        schedule = self.schedule(params)
+        discrete = train and self.config.loss.objective != "hybrid" and self.config.loss.num_steps
+        gammas = objectives.schedule_values(schedule, noise["t"], self.config.loss.num_steps if discrete else 0)
+        return self.terms_at(params["model"], gammas, batch, noise, train=train, dropout_key=dropout_key,
+                             schedule=schedule)
 
     def value_and_grad(self, params: PyTree, batch: dict, key: Array,
                        dropout_key: Array | None = None) -> tuple[tuple[Array, dict], PyTree]:
@@ -168,7 +204,8 @@ def train_step(model: DiffusionModel, state: TrainState, batch: dict) -> tuple[T
 def eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:
     """Per-example negative-ELBO terms in nats [B_local] on this device's shard: the true ELBO (w = 1).
 
-    Continuous time, or config.eval.num_steps discrete steps (objectives.neg_elbo_terms); the noise
+    Continuous time (independent of any reverse variance), or config.eval.num_steps discrete steps
+    with the reverse variance config.eval.variance (objectives.neg_elbo_terms); the noise
     comes from `key` and batch['index'], so the figure does not depend on the device count;
     class-conditional models are evaluated with the true labels, i.e. -log p(x | y).
     """
@@ -176,10 +213,12 @@ def eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) ->
     if num_steps == 0:
         return model.loss_terms(params, batch, key, train=False)
     noise = model.noise(batch, key, train=False)
-    return objectives.neg_elbo_terms(model.denoise_fn(params, batch["label"]), batch["x"],
-                                     objectives.discretize_t(noise["t"], num_steps), noise["eps"], noise["eps_0"],
-                                     schedule=model.schedule(params), parameterization=model.config.model.parameterization,
-                                     decoder=model.decoder, encoding=model.info.encoding, num_steps=num_steps)
+    variance = model.eval_variance
+    denoise = model.denoise_fn(params, batch["label"], with_variance=variance == "learned")
+    return objectives.neg_elbo_terms(denoise, batch["x"], objectives.discretize_t(noise["t"], num_steps), noise["eps"],
+                                     noise["eps_0"], schedule=model.schedule(params),
+                                     parameterization=model.config.model.parameterization, decoder=model.decoder,
+                                     encoding=model.info.encoding, num_steps=num_steps, variance=variance)
 
 
 def ode_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:

@@ -95,7 +95,7 @@ def make_sampler(model: DiffusionModel, num: int, classifier: tuple | None = Non
             cond = lambda z, t, y: model.denoise_fn(params, y)(z, t)
             denoise = cfg_denoise_fn(cond, c.model.num_classes, c.sampling.guidance_weight, y=labels)
         else:
-            denoise = model.denoise_fn(params, labels)
+            denoise = model.denoise_fn(params, labels, with_variance=options.get("variance") == "learned")
         if classifier is not None:
             log_prob_fn, y, scale = classifier
             denoise = classifier_guided_denoise_fn(denoise, log_prob_fn, y, scale, model.schedule(params),

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm import diffusion
+from vdm.discrete_time import discrete_diffusion_term, hybrid_diffusion_term, network_output, step_kl  # noqa: F401
 from vdm.parameterization import convert
 from vdm.schedules import Schedule, alpha_sigma, dgamma_dt
 
@@ -134,60 +135,39 @@ def discretize_t(t: Array, num_steps: int) -> Array:
 
 # ----------------------------------------------------------------------------- the terms
 
-def _prediction(denoise_fn: DenoiseFn, z_t: Array, t: Array, x: Array) -> Array:
-    pred = denoise_fn(z_t, t)
-    if pred.shape != x.shape:
-        raise ValueError(f"denoise_fn returned shape {pred.shape}; expected the shape of z, {x.shape}.")
-    return pred
-
-
 def eps_error(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Array,
               parameterization: str) -> Array:
     """||eps - eps_hat(z_t; t)||^2 per example, with z_t = alpha_t x + sigma_t eps; [B]."""
     g = diffusion.expand_to(gamma_t, x)
     z_t = diffusion.q_sample(x, g, eps)
-    eps_hat = convert(_prediction(denoise_fn, z_t, t, x), z_t, g, source=parameterization, target="eps")
+    eps_hat = convert(network_output(denoise_fn, z_t, t, x)[0], z_t, g, source=parameterization, target="eps")
     return diffusion.sum_except_batch(jnp.square(eps - eps_hat))
-
-
-def discrete_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, *, schedule: Schedule,
-                            parameterization: str, num_steps: int) -> Array:
-    """T KL(q(z_s | z_t, x) || p(z_s | z_t)) per example at t = i/T, s = (i-1)/T, p = q(z_s | z_t, x_hat) (VDM eq. 13).
-
-    Both Gaussians have the posterior variance sigma_s^2 c, c = -expm1(g_s - g_t), and their means
-    differ by alpha_s c (x - x_hat) = alpha_s c e^{g_t/2} (eps_hat - eps), formed directly (no
-    cancellation of two means); so the KL equals T/2 expm1(g_t - g_s) ||eps - eps_hat||^2.
-    """
-    i = jnp.round(t * num_steps)                      # t must lie on the grid i/T, i = 1..T
-    gamma_t = diffusion.expand_to(schedule(i / num_steps), x)
-    gamma_s = diffusion.expand_to(schedule((i - 1.0) / num_steps), x)
-    z_t = diffusion.q_sample(x, gamma_t, eps)
-    eps_hat = convert(_prediction(denoise_fn, z_t, t, x), z_t, gamma_t, source=parameterization, target="eps")
-    c = -jnp.expm1(gamma_s - gamma_t)
-    alpha_s, sigma_s = alpha_sigma(gamma_s)
-    mean_diff = alpha_s * c * jnp.exp(0.5 * gamma_t) * (eps_hat - eps)
-    var = jnp.square(sigma_s) * c
-    kl = diffusion.kl_normal(mean_diff, var, jnp.zeros_like(mean_diff), var)
-    return num_steps * diffusion.sum_except_batch(kl)
 
 
 def neg_elbo_terms(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps_0: Array, *, schedule: Schedule,
                    parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
                    encoding: str = "endpoints", num_steps: int = 0,
-                   weighting_kwargs: dict | None = None) -> dict[str, Array]:
+                   weighting_kwargs: dict | None = None, variance: str = "small",
+                   hybrid_lambda: float | None = None, t_density: Array | None = None) -> dict[str, Array]:
     """Per-example nats 'reconstruction', 'prior', 'diffusion' (weighted by w), 'total' (VDM eq. 11; Kingma & Gao 2023, eq. 7).
 
     reconstruction = -log p(x | z_0), z_0 = alpha_0 x + sigma_0 eps_0; prior = KL(q(z_1|x) || N(0, I));
     diffusion = f(gamma_t, gamma'_t) ||eps - eps_hat(z_t; t)||^2 with f of `weighting` (WEIGHTINGS;
     'elbo': f = gamma'/2, the true term; its hyperparameters in weighting_kwargs) in continuous
-    time (num_steps=0), or the T-step discrete term (`discrete_diffusion_term`, w = 1 only).
-    x, eps, eps_0 [B, ...], t [B]; denoise_fn(z, t) -> prediction of kind `parameterization`.
+    time (num_steps=0), divided by t_density = q(t) when t was drawn from q rather than U(0, 1)
+    (vdm.t_sampling); or the T-step discrete term (`discrete_diffusion_term`, w = 1, reverse
+    variance `variance`: 'small', 'large' or 'learned'); or, with hybrid_lambda, improved DDPM's
+    L_hybrid at t = i/T (`hybrid_diffusion_term`, also returned alone as 'vlb').
+    The continuous-time terms do not depend on a reverse variance (a variance head's v is ignored).
+    x, eps, eps_0 [B, ...], t [B]; denoise_fn(z, t) -> prediction of kind `parameterization`, or
+    (prediction, v) from a model with a variance head.
     schedule may be a bound learned schedule: jax.grad of the mean total is the training gradient.
     """
-    gammas = schedule_values(schedule, t, num_steps)
+    gammas = schedule_values(schedule, t, 0 if hybrid_lambda is not None else num_steps)
     return neg_elbo_terms_at(denoise_fn, x, t, eps, eps_0, gammas, schedule=schedule,
                              parameterization=parameterization, weighting=weighting, decoder=decoder,
-                             encoding=encoding, num_steps=num_steps, weighting_kwargs=weighting_kwargs)
+                             encoding=encoding, num_steps=num_steps, weighting_kwargs=weighting_kwargs,
+                             variance=variance, hybrid_lambda=hybrid_lambda, t_density=t_density)
 
 
 def schedule_values(schedule: Schedule, t: Array, num_steps: int = 0) -> tuple[Array, Array, Array, Array]:
@@ -204,38 +184,55 @@ def neg_elbo_terms_at(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps
                       gammas: tuple[Array, Array, Array, Array], *, schedule: Schedule | None = None,
                       parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
                       encoding: str = "endpoints", num_steps: int = 0,
-                      weighting_kwargs: dict | None = None) -> dict[str, Array]:
+                      weighting_kwargs: dict | None = None, variance: str = "small",
+                      hybrid_lambda: float | None = None, t_density: Array | None = None) -> dict[str, Array]:
     """`neg_elbo_terms` given the schedule's values `gammas` = schedule_values(schedule, t): to differentiate at them.
 
-    (schedule is needed only in discrete time, num_steps > 0.)
+    (schedule is needed only in discrete time, num_steps > 0; the hybrid loss needs gammas of
+    continuous time, schedule_values(schedule, t), for its weight at t = i/T.)
     """
     if num_steps < 0 or int(num_steps) != num_steps:
         raise ValueError(f"num_steps must be 0 (continuous time) or a positive integer, got {num_steps}.")
+    if hybrid_lambda is not None and not num_steps:
+        raise ValueError("the hybrid loss (hybrid_lambda) is a discrete-time objective: it needs num_steps = T > 0.")
+    if t_density is not None and num_steps:
+        raise ValueError("t_density (t drawn from q(t)) is for the continuous-time terms (num_steps=0); "
+                         f"got num_steps={num_steps}.")
     weight_fn = get_weighting(weighting)
     gamma_0, gamma_1, gamma_t, dgamma = gammas
     z_0 = diffusion.q_sample(x, gamma_0, eps_0)
     rec = -diffusion.decoder_log_prob(x, z_0, gamma_0, decoder, encoding)
     prior = diffusion.prior_kl(x, gamma_1)
-    if num_steps:
+    extra = {}
+    if hybrid_lambda is not None:
+        w = weight_fn(gamma_t, dgamma, **(weighting_kwargs or {}))
+        diff, extra["vlb"] = hybrid_diffusion_term(denoise_fn, x, eps, t, w, schedule=schedule,
+                                                   parameterization=parameterization, num_steps=int(num_steps),
+                                                   hybrid_lambda=float(hybrid_lambda))
+    elif num_steps:
         if weighting != "elbo":
             raise ValueError(f"the discrete-time terms (num_steps={num_steps}) are the ELBO's; weighting="
-                             f"{weighting!r} is defined in continuous time only (num_steps=0).")
+                             f"{weighting!r} is defined in continuous time only (num_steps=0), or as the mean "
+                             "part of the hybrid loss (hybrid_lambda).")
         diff = discrete_diffusion_term(denoise_fn, x, eps, t, schedule=schedule, parameterization=parameterization,
-                                       num_steps=int(num_steps))
+                                       num_steps=int(num_steps), variance=variance)
     else:
         w = weight_fn(gamma_t, dgamma, **(weighting_kwargs or {}))
         diff = w * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
-    return {"reconstruction": rec, "prior": prior, "diffusion": diff, "total": rec + prior + diff}
+        if t_density is not None:
+            diff = diff / t_density
+    return {"reconstruction": rec, "prior": prior, "diffusion": diff, "total": rec + prior + diff, **extra}
 
 
 def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
          parameterization: str = "eps", num_steps: int = 0, decoder: str = "discrete",
-         antithetic: bool = False, encoding: str = "endpoints") -> dict[str, Array]:
+         antithetic: bool = False, encoding: str = "endpoints", variance: str = "small") -> dict[str, Array]:
     """Per-example negative-ELBO terms in nats (VDM eq. 11): neg_elbo_terms with w = 1 and noise drawn from `key`.
 
     num_steps=0 is continuous time; num_steps=T the T-step discrete model on the grid i/T.
     decoder: 'discrete' (= 'categorical', 8-bit data in [-1, 1]), 'discretized_gaussian' or
-    'gaussian' (continuous); encoding: the 8-bit grid of x for the discrete decoders (vdm.encoding).
+    'gaussian' (continuous); encoding: the 8-bit grid of x for the discrete decoders (vdm.encoding);
+    variance: the T-step model's reverse variance ('small', 'large', 'learned': denoise_fn returns (pred, v)).
     """
     key_rec, key_t, key_eps = jax.random.split(key, 3)
     t = sample_t(key_t, x.shape[0], antithetic=antithetic)
@@ -243,7 +240,8 @@ def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
         t = discretize_t(t, num_steps)
     return neg_elbo_terms(denoise_fn, x, t, jax.random.normal(key_eps, x.shape, x.dtype),
                           jax.random.normal(key_rec, x.shape, x.dtype), schedule=schedule,
-                          parameterization=parameterization, decoder=decoder, encoding=encoding, num_steps=num_steps)
+                          parameterization=parameterization, decoder=decoder, encoding=encoding, num_steps=num_steps,
+                          variance=variance)
 
 
 def bits_per_dim(nats, num_dims: int):
@@ -255,7 +253,8 @@ def batch_means(terms: dict[str, Array]) -> dict[str, Array]:
     """What a train step logs of per-example terms: batch means as 'loss' (the total) and each term, and Var(diffusion)."""
     return {"loss": jnp.mean(terms["total"]), "reconstruction": jnp.mean(terms["reconstruction"]),
             "prior": jnp.mean(terms["prior"]), "diffusion": jnp.mean(terms["diffusion"]),
-            "diffusion_var": jnp.var(terms["diffusion"])}       # what a learned schedule lowers
+            "diffusion_var": jnp.var(terms["diffusion"]),       # what a learned schedule or adaptive t lowers
+            **({"vlb": jnp.mean(terms["vlb"])} if "vlb" in terms else {})}   # the hybrid loss's L_vlb
 
 
 # ----------------------------------------------------------------------------- VDM's schedule gradient

@@ -57,3 +57,28 @@ def convert(pred: Array, z: Array, gamma: Array, *, source: str, target: str) ->
     if target == "score":
         return -eps / sigma
     return alpha * eps - sigma * x0                                      # v
+
+
+# The reverse variance's head (config.model.variance_head): the network's second C channels r read as
+# the interpolation weight v of Sigma = exp(v log beta + (1 - v) log beta_tilde) (Nichol & Dhariwal 2021, eq. 15).
+#   'interp'  v = (r + 1) / 2, unconstrained (the paper's choice: "we did not apply any constraints on v")
+#   'sigmoid' v = sigmoid(r), kept in [0, 1], i.e. Sigma between beta_tilde and beta
+# Both give v = 1/2 from the zero-initialised output layer.
+VARIANCE_HEADS = ("none", "interp", "sigmoid")
+
+
+def variance_weight(raw: Array, head: str) -> Array:
+    """v of the head's raw output r: 'interp' (r + 1)/2 (Nichol & Dhariwal 2021, sec. 3.1), 'sigmoid' sigmoid(r)."""
+    if head == "interp":
+        return 0.5 * (raw + 1.0)
+    if head == "sigmoid":
+        return jax.nn.sigmoid(raw)
+    raise ValueError(f"Unknown variance head {head!r}; choose one of {VARIANCE_HEADS[1:]} ('none': no head).")
+
+
+def split_variance(out: Array, head: str) -> tuple[Array, Array | None]:
+    """(prediction, v): a head's output [..., 2C] split into its first C channels and v of the rest; ('none': (out, None))."""
+    if head == "none":
+        return out, None
+    channels = out.shape[-1] // 2
+    return out[..., :channels], variance_weight(out[..., channels:], head)

@@ -71,13 +71,23 @@ ADDED_KEYS = {
     "loss.edm_p_std": lambda c: 1.2, "loss.edm_sigma_data": lambda c: 0.5,
     "eval.fid_samples": lambda c: 0, "eval.fid_reference": lambda c: "train",
     "eval.fid_reference_examples": lambda c: 0,
+    "model.variance_head": lambda c: "none", "loss.objective": lambda c: "weighted", "loss.num_steps": lambda c: 0,
+    "loss.hybrid_lambda": lambda c: 0.001, "loss.adaptive_bins": lambda c: 100, "loss.adaptive_decay": lambda c: 0.99,
+    "loss.adaptive_uniform": lambda c: 0.1, "eval.variance": lambda c: None, "eval.t_sampling": lambda c: "uniform",
+    "eval.pilot_examples": lambda c: 500,
 }
+# Keys replaced by another: (old key, new key, the new value of the old one).
+RENAMED_KEYS = (("loss.antithetic", "loss.t_sampling", lambda v: "antithetic" if v else "uniform"),)
 
 
 def upgrade(recorded: dict) -> dict:
-    """A recorded diffusion config (a dict from config.json) with every ADDED_KEYS key it lacks filled in; others as they are."""
+    """A recorded diffusion config (a dict from config.json) with RENAMED_KEYS renamed and every ADDED_KEYS key it lacks filled in."""
     if not {"model", "loss", "eval"} <= set(recorded):      # not a diffusion model's config (a classifier's)
         return recorded
+    for old, new, value in RENAMED_KEYS:
+        (old_section, old_name), (section, name) = old.split("."), new.split(".")
+        if old_name in recorded[old_section]:
+            recorded[section].setdefault(name, value(recorded[old_section].pop(old_name)))
     for key, value in ADDED_KEYS.items():
         section, name = key.split(".")
         recorded[section].setdefault(name, value(recorded))

@@ -15,7 +15,8 @@ default grid and steps, network evaluations):
   ancestral   z_s ~ q(z_s | z_t, x0_hat); variance 'small' (beta_tilde), 'large' (beta, the
               forward variance 1 - alpha_t^2/alpha_s^2) or 'learned' (denoise_fn returns
               (pred, v_interp), log-variance interpolated between the two, improved-DDPM).
-  ddim        deterministic for eta = 0; eta = 1 has the ancestral posterior variance.
+  ddim        deterministic for eta = 0; eta = 1 has the ancestral posterior variance; variance
+              'large' or 'learned' puts eta^2 times that variance in its place (capped at sigma_s^2).
   sde         Euler-Maruyama on the reverse VP SDE. Forward: dz = -beta z/2 dt + sqrt(beta) dw
               with alpha_t^2 = exp(-int_0^t beta), so beta = -d log alpha^2/dt = d softplus(gamma)/dt
               = gamma'(t) sigmoid(gamma) = gamma'(t) sigma_t^2 (gamma' by jax.jvp of the schedule).
@@ -184,9 +185,9 @@ def _run_ancestral(predict, z, xs, opts, schedule, trace):
 
 def _run_ddim(predict, z, xs, opts, schedule, trace):
     def body(z, x):
-        x0, eps, _ = predict(z, x["t"], x["g"])
+        x0, eps, v = predict(z, x["t"], x["g"])
         noise = _noise(x["key"], z, x["last"]) if opts["eta"] > 0 else None
-        z = solvers.ddim_update(x0, eps, x["g"], x["g_next"], opts["eta"], noise)
+        z = solvers.ddim_update(x0, eps, x["g"], x["g_next"], opts["eta"], noise, opts["variance"], v)
         return z, (z if trace else None)
     return jax.lax.scan(body, z, xs)
 
@@ -301,7 +302,9 @@ SAMPLERS = {
         ((lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}"),),
         grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
     "ddim": Sampler(
-        _run_ddim, dict(eta=0.0), ((lambda o: 0.0 <= o["eta"] <= 1.0, "eta must lie in [0, 1]"),),
+        _run_ddim, dict(eta=0.0, variance="small"),
+        ((lambda o: 0.0 <= o["eta"] <= 1.0, "eta must lie in [0, 1]"),
+         (lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}")),
         grid="uniform_t", num_steps=50, evaluations=lambda n, o, schedule: n),
     "sde": Sampler(_run_sde, {}, (), grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
     "ode": Sampler(_run_ode, {}, (), grid="edm", num_steps=18, evaluations=_ode_evaluations),
@@ -355,7 +358,7 @@ def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedul
     xs = {"t": t[:-1], "t_next": t[1:], "g": g[:-1], "g_next": g[1:],
           "key": jax.random.split(key_steps, num_steps),
           "last": (jnp.arange(num_steps) == num_steps - 1).astype(z.dtype)}
-    learned = method == "ancestral" and opts["variance"] == "learned"
+    learned = opts.get("variance") == "learned"
     predict = _make_predict(denoise_fn, parameterization, shape, opts, learned)
     z_end, traj = SAMPLERS[method].run(predict, z, xs, opts, schedule, opts["return_trajectory"])
 

@@ -126,10 +126,18 @@ def ancestral_update(z_t: Array, x0: Array, gamma_t: Array, gamma_s: Array, nois
 
 
 def ddim_update(x0: Array, eps: Array, gamma_t: Array, gamma_s: Array, eta: float | Array,
-                noise: Array | None) -> Array:
+                noise: Array | None, variance: str = "small", v_interp: Array | None = None) -> Array:
     """z_s = alpha_s x0 + sqrt(sigma_s^2 - s_eta^2) eps + s_eta noise, s_eta^2 = eta^2 sigma_s^2 c
-    (Song et al. 2021a, eq. 12 and 16); eta = 1 has the ancestral posterior's variance."""
+    (Song et al. 2021a, eq. 12 and 16); eta = 1 has the ancestral posterior's variance.
+
+    variance 'large' or 'learned' puts eta^2 times that step variance (`step_variance`) in place of
+    the posterior's sigma_s^2 c, capped at sigma_s^2 (where beta > sigma_s^2, near the data end).
+    """
     alpha_s, sigma_s = alpha_sigma(gamma_s)
+    if variance != "small":
+        s2 = jnp.minimum(jnp.square(eta) * step_variance(gamma_t, gamma_s, variance, v_interp), jnp.square(sigma_s))
+        z_s = alpha_s * x0 + jnp.sqrt(jnp.square(sigma_s) - s2) * eps
+        return z_s if noise is None else z_s + jnp.sqrt(s2) * noise
     c = -jnp.expm1(gamma_s - gamma_t)
     eta2c = jnp.square(eta) * c
     z_s = alpha_s * x0 + sigma_s * jnp.sqrt(1.0 - eta2c) * eps

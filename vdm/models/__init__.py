@@ -4,7 +4,9 @@ Every denoiser is called as
     model.apply(variables, z, gamma, y=None, train=False, rngs={'dropout': key})
 with z [B, H, W, C] (UNets) or [B, D] (mlp), gamma [B] and y [B] int32 or None,
 and returns a raw prediction shaped like z; the caller reads it as
-config.model.parameterization.
+config.model.parameterization. With config.model.variance_head (not 'none') the output has
+twice the channels: the prediction, then the reverse variance's raw interpolation weight
+(vdm.parameterization.split_variance).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _kwargs(cfg: Any, keys: tuple[str, ...]) -> Dict[str, Any]:
     for k in ('dropout', 'gamma_min', 'gamma_max'):
         out[k] = float(out[k])
     out['fourier_features'] = bool(out['fourier_features'])
+    out['variance_head'] = cfg.get('variance_head', 'none') != 'none'   # C more outputs (vdm.parameterization)
     if 'norm_groups' in out:
         out['norm_groups'] = int(out['norm_groups'])
     return out

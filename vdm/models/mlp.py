@@ -46,11 +46,12 @@ class MLPDenoiser(nn.Module):
     gamma_min: float = -13.3
     gamma_max: float = 5.0
     dtype: Any = jnp.float32   # compute dtype (bfloat16: params stay float32; z and its Fourier features float32)
+    variance_head: bool = False   # D more outputs: the reverse variance's interpolation (improved DDPM)
 
     @nn.compact
     def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
                  train: bool = False) -> Array:
-        """z: [B, D], gamma: [B] (or scalar), y: [B] int or None -> [B, D]."""
+        """z: [B, D], gamma: [B] (or scalar), y: [B] int or None -> [B, D] ([B, 2D] with the variance head)."""
         layers.check_positive(width=self.width, num_layers=self.num_layers)
         layers.check_dropout(self.dropout)
         gamma = layers.check_inputs(z, gamma, 2, y)
@@ -63,5 +64,6 @@ class MLPDenoiser(nn.Module):
         for i in range(self.num_layers):
             h = MLPBlock(self.width, self.dropout, self.dtype, name=f'block_{i}')(h, cond, train)
         h = nn.swish(nn.LayerNorm(dtype=self.dtype, name='norm_out')(h))
-        return nn.Dense(z.shape[-1], kernel_init=nn.initializers.zeros, dtype=self.dtype,
+        out = z.shape[-1] * (2 if self.variance_head else 1)
+        return nn.Dense(out, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                         name='dense_out')(h).astype(jnp.float32)

@@ -68,11 +68,12 @@ class ADMUNet(nn.Module):
     gamma_min: float = -13.3
     gamma_max: float = 5.0
     dtype: Any = jnp.float32   # compute dtype (bfloat16: params stay float32; z and its Fourier features float32)
+    variance_head: bool = False   # C more output channels: the reverse variance's interpolation (improved DDPM)
 
     @nn.compact
     def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
                  train: bool = False) -> Array:
-        """z: [B, H, W, C], gamma: [B] (or scalar), y: [B] int or None -> [B, H, W, C]."""
+        """z: [B, H, W, C], gamma: [B] (or scalar), y: [B] int or None -> [B, H, W, C] (2C with the variance head)."""
         layers.check_positive(width=self.width)
         layers.check_dropout(self.dropout)
         gamma = layers.check_inputs(z, gamma, 4, y)
@@ -114,4 +115,4 @@ class ADMUNet(nn.Module):
             if lvl != 0:
                 h = layers.Upsample(self.dtype, name=f'upsample_{lvl}')(h)
         assert not skips
-        return layers.output_head(h, z.shape[-1], self.dtype)
+        return layers.output_head(h, z.shape[-1] * (2 if self.variance_head else 1), self.dtype)

@@ -97,11 +97,12 @@ class VDMUNet(nn.Module):
     norm_groups: int = 0               # GroupNorm groups, 0: adaptive; reference: 32
     scan_blocks: bool = False          # down/up blocks under nn.scan (stacked params)
     remat: bool = False                # rematerialise each ResNet block in the backward pass
+    variance_head: bool = False        # C more output channels: the reverse variance's interpolation (improved DDPM)
 
     @nn.compact
     def __call__(self, z: Array, gamma: Array, y: Optional[Array] = None,
                  train: bool = False) -> Array:
-        """z: [B, H, W, C], gamma: [B] (or scalar), y: [B] int or None -> [B, H, W, C]."""
+        """z: [B, H, W, C], gamma: [B] (or scalar), y: [B] int or None -> [B, H, W, C] (2C with the variance head)."""
         layers.check_positive(width=self.width, num_layers=self.num_layers)
         layers.check_dropout(self.dropout)
         gamma = layers.check_inputs(z, gamma, 4, y)
@@ -135,8 +136,11 @@ class VDMUNet(nn.Module):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = resnet(f'up_{i}')(h, cond, train)
             assert not skips
-        out = layers.output_head(h, z.shape[-1], self.dtype, self.norm_groups)
-        return z.astype(jnp.float32) + out if self.residual_output else out
+        channels = z.shape[-1]
+        out = layers.output_head(h, channels * (2 if self.variance_head else 1), self.dtype, self.norm_groups)
+        if not self.residual_output:
+            return out
+        return jnp.concatenate([z.astype(jnp.float32) + out[..., :channels], out[..., channels:]], axis=-1)
 
     def _scanned_down(self, h0: Array, cond: Array, block: dict, train: bool) -> tuple[Array, Array]:
         """num_layers down blocks in one scan; returns (h, skips [L+1, B, H, W, C], conv_in output first)."""
