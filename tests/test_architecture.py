@@ -19,7 +19,7 @@ from conftest import REPO_ROOT
 
 LAYERS = [
     ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "encoding", "fileio",
-              "feature_metrics", "discrete_time"]),
+              "feature_metrics", "discrete_time", "t_sampling"]),
     ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel", "torchscript",
                         "fid_weights", "optim"]),
     ("models", ["models"]),

@@ -138,3 +138,25 @@ def get_schedule(name: str, gamma_min: float | None = None, gamma_max: float | N
         return ddpm_linear()
     bounds = {k: v for k, v in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if v is not None}
     return SCHEDULES[name](**bounds)
+
+
+def inverse(schedule: Schedule, gamma: Array, num_iters: int = 40) -> Array:
+    """t in [0, 1] with schedule(t) = gamma, by vectorised bisection on [0, 1] (gamma clipped into [gamma(0), gamma(1)]).
+
+    For a strictly increasing schedule (a plain callable t -> gamma, e.g. a bound learned one);
+    elementwise over any shape of gamma, jit-able; after num_iters halvings the bracket is
+    2^-num_iters wide (40 reaches float32 resolution). Where the schedule is flat (cosine's
+    clipped ends) it returns a t of the flat stretch's edge. No gradient flows (bisection).
+    """
+    gamma = jnp.asarray(gamma, jnp.float32)
+    ends = schedule(jnp.asarray([0.0, 1.0], jnp.float32))
+    gamma = jnp.clip(gamma, ends[0], ends[1])
+
+    def halve(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        below = schedule(mid) < gamma
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, num_iters, halve, (jnp.zeros_like(gamma), jnp.ones_like(gamma)))
+    return jax.lax.stop_gradient(0.5 * (lo + hi))
