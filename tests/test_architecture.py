@@ -24,7 +24,7 @@ LAYERS = [
                         "fid_weights", "optim"]),
     ("models", ["models"]),
     ("sampling", ["sampling", "guidance", "likelihood", "analytic", "fid"]),
-    ("config", ["config_utils", "record"]),
+    ("config", ["config_utils", "record", "cli_errors"]),
     ("model", ["diffusion_model"]),
     ("loop", ["train"]),
     ("tasks", ["diffusion_task", "train_classifier"]),

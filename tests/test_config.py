@@ -82,7 +82,7 @@ def test_cifar10_has_the_vdm_paper_settings():
     assert c.model.schedule == "learned_linear" and c.data.encoding == "bin_centres"
     assert (c.optimizer.warmup_steps, c.optimizer.grad_clip, c.optimizer.weight_decay) == (100, 0.0, 0.01)
     assert (c.optimizer.decay_mask, c.optimizer.decay, c.optimizer.b2) == ("non_bias", "constant", 0.99)
-    assert c.loss.antithetic and c.eval.num_steps == 0
+    assert c.loss.t_sampling == "antithetic" and c.eval.num_steps == 0
 
 
 @pytest.mark.parametrize("field,bad,valid", [
@@ -235,7 +235,7 @@ def test_a_config_naming_one_option_gets_the_methods_defaults_for_the_rest():
     config = load_config("toy2d", "small")
     config.sampling.method, config.sampling.eta = "ddim", 0.5
     s = config_utils.resolve(config).sampling
-    assert s.eta == 0.5 and s.grid == "uniform_t" and s.variance is None   # variance: not a ddim option
+    assert s.eta == 0.5 and s.grid == "uniform_t" and s.variance == "small"   # ddim's noise: eta^2 x the posterior's
     recorded = {k: s[k] for k in sampling.option_names("ddim")}
     assert None not in [v for k, v in recorded.items() if k != "dynamic_threshold"]
     sched = schedules.linear_logsnr()

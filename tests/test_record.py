@@ -277,4 +277,4 @@ def test_unset_sampler_options_against_their_recorded_resolved_values_are_no_cha
     given = load_config("toy2d", "small")
     given.sampling.method = "ddim"
     assert record.check_resume(given, str(tmp_path)) == {
-        "sampling.method": ("ancestral", "ddim"), "sampling.variance": ("small", None), "sampling.eta": (None, 0.0)}
+        "sampling.method": ("ancestral", "ddim"), "sampling.eta": (None, 0.0)}

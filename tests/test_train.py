@@ -78,7 +78,7 @@ def test_train_loss_with_elbo_weighting_is_the_eval_elbo_and_its_mean_is_the_neg
     exactly, and over fresh noise the batch loss averages to E[-ELBO] of vdm.objectives.elbo's own draws."""
     c = _toy_config()
     c.training.batch_size = 1000
-    c.loss.antithetic = False
+    c.loss.t_sampling = "uniform"
     trainer, mesh = dm.setup(c)
     params = trainer.init_state(jax.random.PRNGKey(1)).params
     # Give the net a non-trivial output first: perturb the zero-initialised last layer.

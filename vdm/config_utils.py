@@ -10,19 +10,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
-import sys
 from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from absl import flags
-
-from vdm.fileio import atomic_write_text
-
 from vdm import diffusion, objectives, parameterization, schedules
 from vdm.data_tfds import IMAGE_DATASETS
 from vdm.data_toy import TOY_DATASETS
+from vdm.fileio import atomic_write_text
 
 # The choice sets come from the modules that implement them, so they cannot drift; the loop's and
 # the eval modes' (above this layer) are defined here and compared by name there.
@@ -371,45 +366,3 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, name: str = "co
     atomic_write_text(os.path.join(workdir, f"{name}.json"),
                       json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n")
     atomic_write_text(os.path.join(workdir, f"{name}.yaml"), str(config))
-
-
-# ----------------------------------------------------------------------------- command-line errors
-
-def one_line(error: BaseException, argv: list[str] = ()) -> str:
-    """A flag or config-file error as one line: the innermost message, the offending flag named, 'Did you mean' kept."""
-    text = str(error)
-    if "Error whilst parsing config file" in text or "Traceback" in text:   # a config file's own error
-        lines = [ln.strip() for ln in text.splitlines() if re.match(r"\s*\w*(Error|Exception)\b.*:", ln)]
-        text = lines[-1] if lines else text
-    if "Failed loading config file" in text:
-        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
-        configs = sorted(f for f in os.listdir("configs") if f.endswith(".py")) if os.path.isdir("configs") else []
-        return (f"--config={path}: no such config file" + (f" (configs/ holds {', '.join(configs)})" if configs
-                                                              else "") + ".")
-    text = text.strip().replace("\\'", "'").replace("\\n", "\n")
-    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1]
-    text = " ".join(text.split())
-    bad = re.findall(r"'(\w+)'", text)
-    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and bad
-                 and a.split("=")[0].split(".")[-1] == bad[0]), None)
-    if flag and "Did you mean" in text:
-        return f"{flag}: the config has no key {bad[0]!r}; " + text[text.index("Did you mean"):]
-    if "Unknown command line flag 'config." in text:
-        text += " (--config.K=V overrides need --config=FILE; the workdir's config.json is used without one)"
-    return text
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing (and loading the --config file) with every error as one line on stderr, exit status 2.
-
-    For app.run(main, flags_parser=parse_flags) in every entry point with a --config flag.
-    """
-    try:
-        rest = flags.FLAGS(argv)
-        if flags.FLAGS["config"].present:
-            list(flags.FLAGS["config"].value.keys())   # the file is loaded lazily: its errors belong here
-        return rest
-    except Exception as e:                  # absl.flags.Error, or anything a config file raises
-        print(f"error: {one_line(e, argv)}", file=sys.stderr)
-        sys.exit(2)

@@ -23,16 +23,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vdm import config_utils, data, objectives, parallel
+from vdm import config_utils, data, objectives, parallel, t_sampling
 from vdm.likelihood import ode_nll
 from vdm.models import COMPUTE_DTYPES, LEARNED_SCHEDULES, convert, get_model, get_schedule_module
 from vdm.optim import Optimizer, TrainState, step_keys
 from vdm.parameterization import split_variance
-from vdm.schedules import Schedule, get_schedule
+from vdm.schedules import Schedule, dgamma_dt, get_schedule
 
 Array = jax.Array
 PyTree = Any
 # The weightings' hyperparameters: objectives' keyword <- config.loss key.
+T_HISTOGRAM = "t_histogram"      # TrainState.stats key of the adaptive noise schedule's histogram
 WEIGHTING_KEYS = {"sigmoid": {"bias": "sigmoid_bias"}, "min_snr": {"snr_gamma": "min_snr_gamma"},
                   "edm": {"p_mean": "edm_p_mean", "p_std": "edm_p_std", "sigma_data": "edm_sigma_data"}}
 
@@ -112,20 +113,56 @@ class DiffusionModel:
         return params
 
     def init_state(self, key: Array) -> TrainState:
-        """Step 0: fresh params (EMA = params), fresh optimizer state; `key` becomes the run's base key."""
+        """Step 0: fresh params (EMA = params), fresh optimizer state, an empty adaptive-t histogram if configured;
+        `key` becomes the run's base key."""
         k_init, k_run = jax.random.split(key)
-        return self.optimizer.init(jax.jit(DiffusionModel.init_params, static_argnums=0)(self, k_init), k_run)
+        state = self.optimizer.init(jax.jit(DiffusionModel.init_params, static_argnums=0)(self, k_init), k_run)
+        if self.adaptive:
+            state = state.replace(stats={T_HISTOGRAM: t_sampling.init_histogram(self.config.loss.adaptive_bins)})
+        return state
+
+    # ------------------------------------------------------------------------- adaptive t (VDM++)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether training draws t from the adaptive noise schedule (config.loss.t_sampling='adaptive')."""
+        return self.config.loss.t_sampling == "adaptive"
+
+    def t_distribution(self, histogram: dict, schedule: Schedule | None = None) -> tuple[Array, Array]:
+        """(edges [K+1] of lambda = log SNR, bin probabilities [K]) of an adaptive histogram under `schedule` (default the run's)."""
+        schedule = schedule or self.fixed_schedule
+        loss = self.config.loss
+        edges = t_sampling.lambda_edges(schedule(jnp.zeros(())), schedule(jnp.ones(())), histogram["sums"].shape[0])
+        return edges, t_sampling.bin_probs(histogram, loss.adaptive_uniform)
+
+    def update_stats(self, stats: PyTree, batch: dict, key: Array, terms: dict) -> PyTree:
+        """The adaptive histogram after this step: EMA of W(lambda) E||eps - eps_hat||^2 per lambda bin, over the global batch."""
+        noise = self.noise(batch, key, train=True, stats=stats)
+        _, dgamma = dgamma_dt(self.fixed_schedule, noise["t"])
+        values = t_sampling.integrand(terms["diffusion"], noise["density"], dgamma)
+        hist = t_sampling.update(stats[T_HISTOGRAM], noise["bin"], values, self.config.loss.adaptive_decay,
+                                 axis_name=parallel.AXIS)
+        return {**stats, T_HISTOGRAM: hist}
 
     # ------------------------------------------------------------------------- the objective
 
-    def noise(self, batch: dict, key: Array, *, train: bool) -> dict[str, Array]:
+    def noise(self, batch: dict, key: Array, *, train: bool, stats: PyTree = None) -> dict[str, Array]:
         """objectives.example_noise of `key` at batch['index'] (training: t as config.loss.t_sampling; on the grid
-        i/T for config.loss.num_steps = T > 0)."""
+        i/T for config.loss.num_steps = T > 0).
+
+        'adaptive': t drawn from the histogram in stats (t_sampling.draw, stratified over the global
+        batch), with its density q(t) ('density', dividing the loss) and lambda bin ('bin').
+        """
         loss = self.config.loss
-        antithetic = train and loss.t_sampling == "antithetic"
+        adaptive = train and self.adaptive
+        antithetic = train and loss.t_sampling in ("antithetic", "adaptive")
         x = batch["x"]
         noise = objectives.example_noise(key, batch["index"], x.shape[1:], x.dtype, antithetic=antithetic,
-                                         batch_size=self.config.training.batch_size)
+                                         batch_size=self.config.training.batch_size, extra_uniform=adaptive)
+        if adaptive:
+            edges, probs = self.t_distribution(stats[T_HISTOGRAM])
+            drawn = t_sampling.draw(noise["t"], noise.pop("u_t"), probs, edges, self.fixed_schedule)
+            noise.update(t=drawn["t"], density=drawn["density"], bin=drawn["bin"])
         if train and loss.num_steps:
             noise["t"] = objectives.discretize_t(noise["t"], loss.num_steps)
         return noise
@@ -157,22 +194,22 @@ class DiffusionModel:
             t_density=noise.get("density") if train else None)
 
     def loss_terms(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None, *,
-                   train: bool = True) -> dict[str, Array]:
+                   train: bool = True, stats: PyTree = None) -> dict[str, Array]:
         """Per-example -ELBO terms of `batch` {'x', 'label', 'index'} with noise from `key` (pure; no device axis)."""
-        noise = self.noise(batch, key, train=train)
+        noise = self.noise(batch, key, train=train, stats=stats)
         schedule = self.schedule(params)
         discrete = train and self.config.loss.objective != "hybrid" and self.config.loss.num_steps
         gammas = objectives.schedule_values(schedule, noise["t"], self.config.loss.num_steps if discrete else 0)
         return self.terms_at(params["model"], gammas, batch, noise, train=train, dropout_key=dropout_key,
                              schedule=schedule)
 
-    def value_and_grad(self, params: PyTree, batch: dict, key: Array,
-                       dropout_key: Array | None = None) -> tuple[tuple[Array, dict], PyTree]:
+    def value_and_grad(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None,
+                       stats: PyTree = None) -> tuple[tuple[Array, dict], PyTree]:
         """((mean loss, per-example terms), grads) of the training objective: jax.value_and_grad of the batch mean,
         or for schedule 'learned' VDM's variance-minimising schedule gradient (sec. 5.2)."""
         if LEARNED_SCHEDULES.get(self.config.model.schedule) != "variance":
             def mean_loss(p):
-                terms = self.loss_terms(p, batch, key, dropout_key)
+                terms = self.loss_terms(p, batch, key, dropout_key, stats=stats)
                 return jnp.mean(terms["total"]), terms
             return jax.value_and_grad(mean_loss, has_aux=True)(params)
         noise = self.noise(batch, key, train=True)
@@ -193,12 +230,16 @@ def drop_labels(y: Array, u: Array, num_classes: int, rate: float) -> Array:
 def train_step(model: DiffusionModel, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     """One optimizer step on this device's shard (inside shard_map): loss and grads here, averaged in Optimizer.update."""
     params = parallel.to_varying(state.params)          # per-device grads, averaged in the update
-    (_, terms), grads = model.value_and_grad(params, batch, *step_keys(state))
+    key, dropout_key = step_keys(state)
+    (_, terms), grads = model.value_and_grad(params, batch, key, dropout_key, stats=state.stats)
     metrics = objectives.batch_means(terms)
     if model.schedule_module is not None:
         schedule = model.schedule(params)
         metrics.update(gamma_0=schedule(jnp.zeros(())), gamma_1=schedule(jnp.ones(())))
-    return model.optimizer.update(state, grads, metrics)
+    new_state, metrics = model.optimizer.update(state, grads, metrics)
+    if model.adaptive:
+        new_state = new_state.replace(stats=model.update_stats(state.stats, batch, key, terms))
+    return new_state, metrics
 
 
 def eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:
@@ -219,6 +260,45 @@ def eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) ->
                                      noise["eps_0"], schedule=model.schedule(params),
                                      parameterization=model.config.model.parameterization, decoder=model.decoder,
                                      encoding=model.info.encoding, num_steps=num_steps, variance=variance)
+
+
+IMPORTANCE_BINS = 50      # config.eval.t_sampling='importance': lambda bins of the proposal, from the pilot pass
+IMPORTANCE_UNIFORM = 0.1  # ... mixed with this much uniform mass (bounded weights whatever the pilot saw)
+
+
+def pilot_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:
+    """Per-example lambda = -gamma(t) and integrand gamma'^-1 x (ELBO diffusion term) at t ~ U(0, 1): the pilot pass of
+    importance-sampled evaluation (t_sampling.integrand; per unit lambda, 1/2 ||eps - eps_hat||^2)."""
+    noise = model.noise(batch, key, train=False)
+    terms = model.loss_terms(params, batch, key, train=False)
+    gamma, dgamma = dgamma_dt(model.schedule(params), noise["t"])
+    return {"lam": -gamma, "value": t_sampling.integrand(terms["diffusion"], jnp.ones_like(gamma), dgamma)}
+
+
+def importance_proposal(model: DiffusionModel, params: PyTree, pilot: dict) -> Array:
+    """Bin probabilities [IMPORTANCE_BINS] proportional to the pilot's per-bin RMS integrand (t_sampling.rms_histogram), mixed."""
+    schedule = model.schedule(params)
+    edges = t_sampling.lambda_edges(schedule(jnp.zeros(())), schedule(jnp.ones(())), IMPORTANCE_BINS)
+    bins = t_sampling.bin_index(jnp.asarray(pilot["lam"]), edges)
+    hist = t_sampling.rms_histogram(bins, jnp.asarray(pilot["value"]), IMPORTANCE_BINS)
+    return t_sampling.bin_probs(hist, IMPORTANCE_UNIFORM)
+
+
+def importance_eval_step(model: DiffusionModel, inputs: dict, batch: dict, key: Array) -> dict:
+    """Per-example -ELBO terms (continuous time) with t ~ q(t) from inputs['probs'] and the diffusion term divided by q(t).
+
+    inputs = {'params', 'probs'} (importance_proposal); each example draws its own lambda bin and
+    point (independent, so the per-example standard error stays valid). Same expectation as
+    eval_step's; a smaller variance when probs follows the integrand (VDM++'s importance sampling).
+    """
+    params, probs = inputs["params"], inputs["probs"]
+    schedule, x = model.schedule(params), batch["x"]
+    noise = objectives.example_noise(key, batch["index"], x.shape[1:], x.dtype, extra_uniform=True)
+    edges = t_sampling.lambda_edges(schedule(jnp.zeros(())), schedule(jnp.ones(())), probs.shape[0])
+    drawn = t_sampling.draw(noise["t"], noise["u_t"], probs, edges, schedule)
+    return objectives.neg_elbo_terms(model.denoise_fn(params, batch["label"]), x, drawn["t"], noise["eps"],
+                                     noise["eps_0"], schedule=schedule, parameterization=model.config.model.parameterization,
+                                     decoder=model.decoder, encoding=model.info.encoding, t_density=drawn["density"])
 
 
 def ode_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:

@@ -25,7 +25,8 @@ import numpy as np
 
 from vdm import config_utils, data, parallel, train
 from vdm.checkpoint import BlockLayoutError, Checkpointer
-from vdm.diffusion_model import DiffusionModel, derived_key, eval_step, setup, train_step
+from vdm.diffusion_model import (T_HISTOGRAM, DiffusionModel, derived_key, eval_step, importance_eval_step,
+                                 importance_proposal, pilot_eval_step, setup, train_step)
 from vdm.guidance import cfg_denoise_fn, classifier_guided_denoise_fn
 from vdm.metrics import MetricWriter, plot_bpd, save_samples_png
 from vdm.models import convert
@@ -68,6 +69,31 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.Conf
     result["eval/bpd_se"] = mean_and_se(nats["total"], info.num_dims)[1]
     result["eval/num_examples"] = len(nats["total"])
     return result
+
+
+def elbo_over_split(model: DiffusionModel, mesh: Any, params: PyTree, key: Array, cache: dict,
+                    split: str = "test") -> dict[str, float]:
+    """evaluate_elbo of the model: the plain estimator (t ~ U(0, 1)), or config.eval.t_sampling='importance'.
+
+    'importance': a pilot pass over the first config.eval.pilot_examples train examples (uniform t)
+    gives the proposal (diffusion_model.importance_proposal), then the split is evaluated with t
+    drawn from it (importance_eval_step): the same bits/dim in expectation, a smaller SE. The result
+    adds eval/pilot_examples (network evaluations spent on the pilot). `cache` keeps the compiled steps.
+    """
+    c = model.config
+    if c.eval.t_sampling != "importance":
+        if "eval" not in cache:
+            cache["eval"] = parallel.data_parallel_eval(functools.partial(eval_step, model), mesh)
+        return evaluate_elbo(cache["eval"], params, c, model.info, mesh, key, split)
+    if "importance" not in cache:
+        cache["pilot"] = parallel.data_parallel_eval(functools.partial(pilot_eval_step, model), mesh)
+        cache["importance"] = parallel.data_parallel_eval(functools.partial(importance_eval_step, model), mesh)
+    k_pilot, k_eval = jax.random.split(key)
+    pilot = parallel.over_split(cache["pilot"], params, c.data, config_utils.eval_batch_size(c.eval, jax.device_count()),
+                                mesh, k_pilot, "train", c.eval.pilot_examples, "pilot")
+    probs = importance_proposal(model, params, pilot)
+    result = evaluate_elbo(cache["importance"], {"params": params, "probs": probs}, c, model.info, mesh, k_eval, split)
+    return {**result, "eval/pilot_examples": len(pilot["lam"])}
 
 
 def sample_labels(config: ml_collections.ConfigDict, num: int) -> Array | None:
@@ -147,6 +173,13 @@ class DiffusionTask:
                         "scanned" if scanned else "unrolled")
             return convert.maybe_convert_params(restored, scanned=scanned), step
 
+    def log_state(self, state: TrainState, step: int, writer: MetricWriter) -> None:
+        """The adaptive noise schedule's p(lambda) over its lambda bins (config.loss.t_sampling='adaptive'), as 't_histogram'."""
+        if not self.model.adaptive:
+            return
+        edges, probs = self.model.t_distribution(parallel.to_host(state.stats[T_HISTOGRAM]))
+        writer.histogram(step, "train/t_histogram", np.asarray(edges), np.asarray(probs))
+
     def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
         """Test -ELBO bits/dim with the EMA params and a sample grid (evaluate_and_sample)."""
         return evaluate_and_sample(self.model, mesh, state, step, workdir, writer, self.cache)
@@ -159,11 +192,10 @@ def evaluate_and_sample(model: DiffusionModel, mesh: Any, state: TrainState, ste
     `cache` keeps the compiled eval step and sampler between calls.
     """
     config = model.config
-    if not cache:
-        cache["eval"] = parallel.data_parallel_eval(functools.partial(eval_step, model), mesh)
+    if "sample" not in cache:
         cache["sample"] = make_sampler(model, config.sampling.num_samples)
     t0 = time.perf_counter()
-    result = evaluate_elbo(cache["eval"], state.ema_params, config, model.info, mesh, derived_key(config, 1, step))
+    result = elbo_over_split(model, mesh, state.ema_params, derived_key(config, 1, step), cache)
     result["eval/seconds"] = time.perf_counter() - t0
     samples = parallel.to_host(cache["sample"](state.ema_params, derived_key(config, 2, step)))
     result["eval/sample_nonfinite_frac"] = float(np.mean(~np.isfinite(samples)))

@@ -24,8 +24,8 @@ import numpy as np
 
 from vdm import config_utils, data, parallel
 from vdm.checkpoint import Checkpointer
-from vdm.diffusion_model import DiffusionModel, derived_key, eval_step, ode_eval_step, setup
-from vdm.diffusion_task import DiffusionTask, evaluate_elbo, make_sampler, mean_and_se, over_eval_split, sample_labels
+from vdm.diffusion_model import DiffusionModel, derived_key, ode_eval_step, setup
+from vdm.diffusion_task import DiffusionTask, elbo_over_split, make_sampler, mean_and_se, over_eval_split, sample_labels
 from vdm.guidance import load_log_prob_fn
 from vdm.metrics import MetricWriter, read_metrics, save_samples_png
 from vdm.optim import TrainState
@@ -70,7 +70,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
 def eval_settings(config: ml_collections.ConfigDict) -> dict:
     """What decides an eval's number besides the checkpoint: config.eval (and for the ODE, whose noise is drawn per
     device, the device count; the ELBO's noise is drawn per example, whatever the layout)."""
-    settings = json.loads(config.eval.to_json())
+    settings = json.loads(config_utils.resolve(config).eval.to_json())     # an unset eval.variance as resolved
     return {**settings, "device_count": jax.device_count()} if config.eval.method == "ode" else settings
 
 
@@ -101,8 +101,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         eval_fn = parallel.data_parallel_eval(functools.partial(ode_eval_step, model), mesh, check_vma=False)
         result = evaluate_ode(eval_fn, state.ema_params, config, model.info, mesh, key)
     else:
-        eval_fn = parallel.data_parallel_eval(functools.partial(eval_step, model), mesh)
-        result = evaluate_elbo(eval_fn, state.ema_params, config, model.info, mesh, key)
+        result = elbo_over_split(model, mesh, state.ema_params, key, {})
         result["eval/num_steps"] = config.eval.num_steps
     if jax.process_index() == 0:
         config_utils.save_config(config, workdir, name="config_eval")

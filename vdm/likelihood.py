@@ -10,7 +10,7 @@ variables (Chen et al. 2018), d log p(z_gamma)/dgamma = -div_z(dz/dgamma), so
 
 - Integration: `num_steps` fixed steps uniform in gamma, classical RK4 (4 evaluations per step)
   or Heun (2), both as one lax.scan. The times t(gamma) fed to the network come from bisection
-  on the schedule (vdm.solvers.invert_schedule).
+  on the schedule (vdm.schedules.inverse).
 - Divergence: 'hutchinson' estimates it as E_v[v^T J v] with `num_probes` Rademacher probes v,
   drawn once per call and kept fixed along the trajectory (Grathwohl et al. 2019), unbiased per
   example; 'exact' sums e_i^T J e_i over all D basis vectors (forward-mode, D JVPs: jacfwd's
@@ -49,7 +49,8 @@ from vdm import encoding as enc
 from vdm.diffusion import sum_except_batch
 from vdm.parameterization import KINDS, convert
 from vdm.schedules import Schedule, alpha_sigma
-from vdm.solvers import GAMMA_FLOOR, invert_schedule
+from vdm.schedules import inverse
+from vdm.solvers import GAMMA_FLOOR
 
 Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Array]
@@ -71,7 +72,7 @@ def _gamma_grid(schedule: Schedule, num_points: int, t_min: float, t_max: float)
     g_lo = jnp.where(finite, g_lo_raw, GAMMA_FLOOR)
     g_hi = schedule(jnp.float32(t_max))
     targets = g_lo + (g_hi - g_lo) * jnp.linspace(0.0, 1.0, num_points)
-    t = invert_schedule(schedule, targets, t_min, t_max)
+    t = inverse(schedule, targets, t_min, t_max)
     t = t.at[-1].set(t_max).at[0].set(jnp.where(finite, t_min, t[0]))
     return t, schedule(t)
 

@@ -24,7 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vdm import config_utils, record
+from vdm import cli_errors, config_utils, record
 
 MODES = ("train", "eval", "sample")
 
@@ -152,4 +152,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_utils.parse_flags)
+    app.run(main, flags_parser=cli_errors.parse_flags)

@@ -52,6 +52,21 @@ class MetricWriter:
                 self._tb.add_scalar(k, float(np.asarray(v)), int(step))
             self._tb.flush()
 
+    def histogram(self, step: int, name: str, edges: np.ndarray, probs: np.ndarray) -> None:
+        """Record a distribution over bins [edges_k, edges_k+1) with probabilities probs: JSON lists NAME/edges,
+        NAME/probs in metrics.jsonl, and a TensorBoard histogram (add_histogram_raw, bucket limits = right edges)."""
+        if not self.enabled:
+            return
+        edges, probs = np.asarray(edges, np.float64), np.asarray(probs, np.float64)
+        self.write(step, {}, tags={f"{name}/edges": edges.tolist(), f"{name}/probs": probs.tolist()})
+        if self._tb is not None:
+            centres = 0.5 * (edges[1:] + edges[:-1])
+            self._tb.add_histogram_raw(name, min=float(edges[0]), max=float(edges[-1]), num=float(probs.sum()),
+                                       sum=float(np.sum(centres * probs)), sum_squares=float(np.sum(centres**2 * probs)),
+                                       bucket_limits=edges[1:].tolist(), bucket_counts=probs.tolist(),
+                                       global_step=int(step))
+            self._tb.flush()
+
     def close(self) -> None:
         """Flush and close the files."""
         if self._jsonl is not None:

@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from vdm import diffusion
-from vdm.discrete_time import discrete_diffusion_term, hybrid_diffusion_term, network_output, step_kl  # noqa: F401
+from vdm.discrete_time import discrete_diffusion_term, hybrid_diffusion_term, network_output  # noqa: F401 (re-exported)
 from vdm.parameterization import convert
-from vdm.schedules import Schedule, alpha_sigma, dgamma_dt
+from vdm.schedules import Schedule, dgamma_dt
 
 Array = jax.Array
 PyTree = Any
@@ -104,13 +104,14 @@ def sample_t(key: Array, batch_size: int, *, antithetic: bool = False) -> Array:
 
 
 def example_noise(key: Array, index: Array, shape: tuple[int, ...], dtype=jnp.float32, *, antithetic: bool = False,
-                  batch_size: int | None = None) -> dict[str, Array]:
+                  batch_size: int | None = None, extra_uniform: bool = False) -> dict[str, Array]:
     """Per-example draws from fold_in(key, i) for the global example index i [B]: t [B], eps and eps_0 [B, *shape], u [B].
 
     A pure function of (key, index), so any split of a batch over devices draws the same noise.
     antithetic: t_i = (u0 + i / batch_size) mod 1 with one u0 for the whole (global) batch of
     `batch_size` examples (VDM's low-discrepancy sampler), else t_i ~ U(0, 1) independently.
-    u ~ U(0, 1) serves label dropout.
+    u ~ U(0, 1) serves label dropout; extra_uniform adds u_t ~ U(0, 1) [B] (the adaptive schedule's
+    draw within a lambda bin, vdm.t_sampling), from a key of its own (the other draws unchanged).
     """
     index = jnp.asarray(index)
     key_shared, key = jax.random.split(key)
@@ -124,7 +125,11 @@ def example_noise(key: Array, index: Array, shape: tuple[int, ...], dtype=jnp.fl
         t = jnp.mod(u0 + index.astype(jnp.float32) / batch_size, 1.0)
     else:
         t = uniform(keys[:, 0])
-    return {"t": t, "eps": normal(keys[:, 1]), "eps_0": normal(keys[:, 2]), "u": uniform(keys[:, 3])}
+    out = {"t": t, "eps": normal(keys[:, 1]), "eps_0": normal(keys[:, 2]), "u": uniform(keys[:, 3])}
+    if extra_uniform:
+        key_extra = jax.random.fold_in(key_shared, 1)
+        out["u_t"] = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key_extra, i), ()))(index)
+    return out
 
 
 def discretize_t(t: Array, num_steps: int) -> Array:

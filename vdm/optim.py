@@ -28,12 +28,17 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a run needs to continue: step int32 [], params, opt_state, ema_params, key uint32 [2]."""
+    """Everything a run needs to continue: step int32 [], params, opt_state, ema_params, key uint32 [2], stats.
+
+    stats: what a model's objective keeps between steps (None, or e.g. the adaptive noise schedule's
+    histogram, {'t_histogram': ...}); checkpointed with the rest, so a resumed run continues it exactly.
+    """
     step: Array
     params: PyTree
     opt_state: PyTree
     ema_params: PyTree
     key: Array
+    stats: PyTree = None
 
 
 def _cosine(lr: float, warmup: int, num_steps: int) -> optax.Schedule:

@@ -52,7 +52,7 @@ from vdm import solvers
 from vdm.diffusion import transition
 from vdm.guidance import cfg_denoise_fn, classifier_guided_denoise_fn  # noqa: F401  (re-exported)
 from vdm.parameterization import KINDS, to_x0_eps
-from vdm.schedules import Schedule, alpha_sigma, dgamma_dt
+from vdm.schedules import Schedule, alpha_sigma, dgamma_dt, inverse
 from vdm.solvers import GRIDS, VARIANCES, threshold_x0
 
 Array = jax.Array
@@ -265,7 +265,7 @@ def _run_dpm(predict, z, xs, opts, schedule, trace):
     # Order 3: a first-order first step would cap the global order at 2, so the first step is a
     # second-order single step through the log-SNR midpoint (one extra evaluation).
     first = jax.tree.map(lambda a: a[0], xs)
-    t_mid = solvers.invert_schedule(schedule, 0.5 * (first["g"] + first["g_next"]), opts["t_min"], opts["t_max"])
+    t_mid = inverse(schedule, 0.5 * (first["g"] + first["g_next"]), opts["t_min"], opts["t_max"])
     g_mid = schedule(t_mid).astype(z.dtype)
     _, m0 = model(z, first["t"], first["g"])
     z_mid = solvers.dpm_multistep_update(z, (m0, m0, m0), (first["g"], g0 + 1.0, g0 + 2.0), g_mid, 1,
@@ -302,9 +302,8 @@ SAMPLERS = {
         ((lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}"),),
         grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
     "ddim": Sampler(
-        _run_ddim, dict(eta=0.0, variance="small"),
-        ((lambda o: 0.0 <= o["eta"] <= 1.0, "eta must lie in [0, 1]"),
-         (lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}")),
+        _run_ddim, dict(eta=0.0, variance="small"), ((lambda o: 0.0 <= o["eta"] <= 1.0, "eta must lie in [0, 1]"),
+                                                     (lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}")),
         grid="uniform_t", num_steps=50, evaluations=lambda n, o, schedule: n),
     "sde": Sampler(_run_sde, {}, (), grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
     "ode": Sampler(_run_ode, {}, (), grid="edm", num_steps=18, evaluations=_ode_evaluations),

@@ -140,16 +140,16 @@ def get_schedule(name: str, gamma_min: float | None = None, gamma_max: float | N
     return SCHEDULES[name](**bounds)
 
 
-def inverse(schedule: Schedule, gamma: Array, num_iters: int = 40) -> Array:
-    """t in [0, 1] with schedule(t) = gamma, by vectorised bisection on [0, 1] (gamma clipped into [gamma(0), gamma(1)]).
+def inverse(schedule: Schedule, gamma: Array, t_lo: float = 0.0, t_hi: float = 1.0, num_iters: int = 48) -> Array:
+    """t in [t_lo, t_hi] with schedule(t) = gamma, by vectorised bisection (gamma clipped into [gamma(t_lo), gamma(t_hi)]).
 
-    For a strictly increasing schedule (a plain callable t -> gamma, e.g. a bound learned one);
+    For an increasing schedule (a plain callable t -> gamma, e.g. a bound learned one);
     elementwise over any shape of gamma, jit-able; after num_iters halvings the bracket is
-    2^-num_iters wide (40 reaches float32 resolution). Where the schedule is flat (cosine's
+    2^-num_iters wide (40 reach float32 resolution). Where the schedule is flat (cosine's
     clipped ends) it returns a t of the flat stretch's edge. No gradient flows (bisection).
     """
     gamma = jnp.asarray(gamma, jnp.float32)
-    ends = schedule(jnp.asarray([0.0, 1.0], jnp.float32))
+    ends = schedule(jnp.asarray([t_lo, t_hi], jnp.float32))
     gamma = jnp.clip(gamma, ends[0], ends[1])
 
     def halve(_, bracket):
@@ -158,5 +158,5 @@ def inverse(schedule: Schedule, gamma: Array, num_iters: int = 40) -> Array:
         below = schedule(mid) < gamma
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, num_iters, halve, (jnp.zeros_like(gamma), jnp.ones_like(gamma)))
+    lo, hi = jax.lax.fori_loop(0, num_iters, halve, (jnp.full_like(gamma, t_lo), jnp.full_like(gamma, t_hi)))
     return jax.lax.stop_gradient(0.5 * (lo + hi))

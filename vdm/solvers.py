@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm.diffusion import posterior, transition
-from vdm.schedules import Schedule, alpha_sigma
+from vdm.schedules import Schedule, alpha_sigma, inverse
 
 Array = jax.Array
 
@@ -26,23 +26,6 @@ GAMMA_FLOOR = -30.0   # stands in for gamma(t_min) = -inf where a grid must be u
 
 
 # ----------------------------------------------------------------------------- grids
-
-def invert_schedule(schedule: Schedule, gamma: Array, t_lo: float, t_hi: float,
-                    num_iters: int = 48) -> Array:
-    """t in [t_lo, t_hi] with schedule(t) = gamma, by bisection (schedules are increasing); elementwise."""
-    gamma = jnp.asarray(gamma, jnp.float32)
-    lo = jnp.full(gamma.shape, t_lo, jnp.float32)
-    hi = jnp.full(gamma.shape, t_hi, jnp.float32)
-
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        below = schedule(mid) < gamma
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, num_iters, halve, (lo, hi))
-    return 0.5 * (lo + hi)
-
 
 def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform_t", *, t_min: float = 0.0,
               t_max: float = 1.0, rho: float = 7.0) -> tuple[Array, Array]:
@@ -69,7 +52,7 @@ def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform_t", *, t_
         else:
             s_hi, s_lo = jnp.exp(0.5 * g_hi) ** (1.0 / rho), jnp.exp(0.5 * g_lo) ** (1.0 / rho)
             g = 2.0 * rho * jnp.log(s_hi + (s_lo - s_hi) * frac)
-        t = invert_schedule(schedule, g, t_min, t_max)
+        t = inverse(schedule, g, t_min, t_max)
     t = t.at[0].set(t_max).at[-1].set(t_min)
     return t, schedule(t)
 

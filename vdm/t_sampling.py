@@ -123,3 +123,15 @@ def update(hist: dict[str, Array], bins: Array, values: Array, decay: float,
 def fit(bins: Array, values: Array, num_bins: int) -> dict[str, Array]:
     """Plain per-bin sums and counts of a pilot batch: `update` from the empty histogram with decay 0."""
     return update(init_histogram(num_bins), bins, values, 0.0)
+
+
+def rms_histogram(bins: Array, values: Array, num_bins: int) -> dict[str, Array]:
+    """Per-bin root mean square of a pilot batch's values, as a histogram: bin_probs of it is p ~ sqrt(E[v^2 | lambda]).
+
+    For a fixed model the importance-sampled estimate v/p has variance integral E[v^2|lambda]/p dlambda
+    - L^2, least for p proportional to sqrt(E[v^2 | lambda]) (the optimal importance density), which
+    this targets; `fit` (the mean, VDM++'s choice) targets the integrand itself.
+    """
+    hist = fit(bins, jnp.square(jnp.asarray(values, jnp.float32)), num_bins)
+    rms = jnp.sqrt(hist["sums"] / jnp.maximum(hist["counts"], _TINY))
+    return {"sums": rms * hist["counts"], "counts": hist["counts"]}

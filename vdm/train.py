@@ -62,6 +62,9 @@ class Task(Protocol):
     def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
         """Evaluate `state` at `step`, write what it measures to `writer` (and files to workdir); return the scalars."""
 
+    # Optional: log_state(state, step, writer), called whenever the train metrics are written, for what a
+    # model keeps in state.stats (the diffusion model: the adaptive noise schedule's histogram).
+
 
 def restore_or_init(task: Task, mesh: Any, ckpt: Checkpointer, *, quarantine: bool = False) -> tuple[TrainState, int]:
     """(state on the mesh, step): the newest intact checkpoint in `ckpt` (task.restore), else task.init_state().
@@ -286,6 +289,8 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                 if step % t.log_every == 0 or save or evaluate:
                     scalars = window.flush(step, ckpt)      # raises under nan_policy='stop'
                     pbar.set_postfix(loss=f"{scalars['train/loss']:.4g}", refresh=False)
+                    if getattr(task, "log_state", None) is not None:
+                        task.log_state(state, step, writer)
                 if save:
                     _save(ckpt, step, state, config)
                 if interrupted:

@@ -28,7 +28,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vdm import config_utils, data, diffusion, parallel
+from vdm import cli_errors, config_utils, data, diffusion, parallel
 from vdm.checkpoint import Checkpointer
 from vdm.metrics import MetricWriter
 from vdm.models import NoisyClassifier
@@ -162,4 +162,4 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "noisy-classifier config", lock_config=True)
     flags.DEFINE_string("workdir", None, "where to train the classifier (checkpoints, metrics, config)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=config_utils.parse_flags)   # one-line flag and config-file errors
+    app.run(main, flags_parser=cli_errors.parse_flags)   # one-line flag and config-file errors
