@@ -153,3 +153,14 @@ def test_ddim_with_the_learned_variance_at_v0_is_ddim_with_the_posterior_varianc
     large = sampling.sample(lambda z, t: (fn(z, t), jnp.ones_like(z)), (16, 3), key, variance="learned", **kw)
     np.testing.assert_allclose(large, sampling.sample(fn, (16, 3), key, variance="large", **kw), rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(large)) and not np.allclose(large, learned)
+
+
+@pytest.mark.parametrize("variance", ["small", "large", "learned"])
+def test_a_step_of_zero_length_has_kl_zero_and_a_finite_gradient(variance):
+    """Where a clipped schedule is flat (gamma_s = gamma_t), q(z_s | z_t, x) = p(z_s | z_t): KL 0, no NaN in training."""
+    eps, eps_hat = jnp.ones((3,)), jnp.zeros((3,))
+    g = jnp.float32(20.0)
+    kl = lambda e, v: jnp.sum(step_kl(eps, e, g, g, variance, v))
+    assert float(kl(eps_hat, jnp.full((3,), 0.5))) == 0.0
+    grads = jax.grad(kl, argnums=(0, 1))(eps_hat, jnp.full((3,), 0.5))
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in grads)

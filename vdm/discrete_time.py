@@ -41,14 +41,18 @@ def step_kl(eps: Array, eps_hat: Array, gamma_s: Array, gamma_t: Array, variance
     alpha_s c (x - x_hat) = alpha_s c e^{g_t/2} (eps_hat - eps), formed directly (no cancellation of
     two means). Sigma = solvers.step_variance(variance, v): 'small' beta_tilde (the KL is then
     1/2 expm1(g_t - g_s) (eps - eps_hat)^2, VDM eq. 13), 'large' beta, 'learned'
-    exp(v log beta + (1 - v) log beta_tilde) (Nichol & Dhariwal 2021, eq. 15).
+    exp(v log beta + (1 - v) log beta_tilde) (Nichol & Dhariwal 2021, eq. 15). A step of zero
+    length (gamma_s = gamma_t, where a clipped schedule is flat) has q = p: its KL is 0.
     """
+    gamma_s, gamma_t = jnp.broadcast_arrays(jnp.asarray(gamma_s), jnp.asarray(gamma_t))
+    step = gamma_t > gamma_s               # a step of zero length (a clipped schedule's flat end) has KL 0
+    gamma_t = jnp.where(step, gamma_t, gamma_s + 1.0)      # any real step there: no 0/0, no NaN gradient
     c = -jnp.expm1(gamma_s - gamma_t)
     alpha_s, sigma_s = alpha_sigma(gamma_s)
     mean_diff = alpha_s * c * jnp.exp(0.5 * gamma_t) * (eps_hat - eps)
     var_q = jnp.square(sigma_s) * c
     var_p = var_q if variance == "small" else solvers.step_variance(gamma_t, gamma_s, variance, v)
-    return diffusion.kl_normal(mean_diff, var_q, jnp.zeros_like(mean_diff), var_p)
+    return jnp.where(step, diffusion.kl_normal(mean_diff, var_q, jnp.zeros_like(mean_diff), var_p), 0.0)
 
 
 def _step_gammas(schedule: Schedule, t: Array, num_steps: int, x: Array) -> tuple[Array, Array]:

@@ -97,10 +97,12 @@ class _Window:
         nonfinite = np.concatenate([m["nonfinite"] for _, m in host])
         steps = np.concatenate([s + 1 + np.arange(len(m["nonfinite"])) for s, m in host])
         if nonfinite.any() and self.config.training.nan_policy == "stop":
+            saved = ckpt.latest_step()
             raise FloatingPointError(
                 f"non-finite loss or gradient at step {int(steps[np.argmax(nonfinite)])} "
-                f"(config.training.nan_policy='stop'); the update was discarded and nothing after step "
-                f"{ckpt.latest_step()} was saved. Lower the learning rate, use bfloat16 less, or set nan_policy='skip'.")
+                f"(config.training.nan_policy='stop'); the update was discarded and "
+                + (f"nothing after step {saved} was saved." if saved is not None else "no checkpoint was saved yet.")
+                + " Lower the learning rate, use bfloat16 less, or set nan_policy='skip'.")
         ok = nonfinite == 0
         cat = {k: np.concatenate([m[k] for _, m in host]) for k in host[0][1]}
         scalars = {f"train/{k}": float(np.mean(v[ok])) if ok.any() else float("nan")
