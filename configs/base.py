@@ -155,7 +155,7 @@ def _sampling() -> ml_collections.ConfigDict:
     s.clip_x0 = unset(bool)            # clip the x0 prediction to [-1, 1] in every step (default off)
     s.dynamic_threshold = unset(float)  # Imagen's dynamic thresholding percentile p in (0, 1] (default off)
     s.final_denoise = unset(bool)      # end with x0_hat(z_tmin), else z_tmin / alpha_tmin (default on)
-    s.variance = unset(str)            # ancestral: 'small' (posterior, default) or 'large' (forward beta)
+    s.variance = unset(str)            # ancestral, ddim (eta > 0): 'small' (posterior, default), 'large' (forward beta), 'learned' (the variance head)
     s.eta = unset(float)               # ddim: 0 deterministic (default), 1 the ancestral variance
     s.snr = unset(float)               # pc: Langevin signal-to-noise ratio (default 0.16, score_sde)
     s.corrector_steps = unset(int)     # pc: corrector moves per step (default 1)

@@ -9,6 +9,11 @@ learned), the decoder, the per-example noise (`objectives.example_noise` of the 
 example's global index, so the loss is a pure function of the batch and runs outside shard_map),
 and classifier-free label dropout. The gradient is jax.value_and_grad of the batch mean; a
 schedule learned the VDM way ('learned') takes objectives.variance_minimizing_value_and_grad.
+Two objectives keep more than the params: improved DDPM's hybrid loss trains a variance head
+(config.model.variance_head, read by parameterization.split_variance) in discrete time, and
+VDM++'s adaptive noise schedule keeps its histogram in TrainState.stats ('t_histogram',
+`update_stats` after each step). Evaluation has the plain ELBO (`eval_step`) and its
+importance-sampled form (`pilot_eval_step`, `importance_proposal`, `importance_eval_step`).
 The steps run per device (vdm/parallel.py wraps them in shard_map); the update is vdm.optim's.
 """
 
