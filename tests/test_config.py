@@ -12,7 +12,7 @@ from conftest import REPO_ROOT, load_config
 from vdm import config_utils
 
 VARIANTS = [("fashion_mnist", ""), ("fashion_mnist", "small"), ("fashion_mnist", "mnist"),
-            ("fashion_mnist", "mnist,small"),
+            ("fashion_mnist", "mnist,small"), ("fashion_mnist", "hybrid"), ("fashion_mnist", "hybrid,small"),
             ("cifar10", ""), ("cifar10", "learned"), ("cifar10", "small"),
             ("toy2d", ""), ("toy2d", "grid"), ("toy2d", "gaussian"), ("toy2d", "small")]
 REQUIRED = ["data.dataset", "model.parameterization", "model.schedule", "loss.weighting",
@@ -105,6 +105,39 @@ def test_a_bad_choice_names_the_field_and_the_valid_choices(field, bad, valid):
     message = str(err.value)
     assert f"config.{field}={bad!r} is not valid; choose one of" in message
     assert valid in message
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"loss.objective": "hybrid"}, "needs config.model.variance_head 'interp' or 'sigmoid' and config.loss.num_steps"),
+    ({"model.variance_head": "interp"}, "is trained only by a discrete-time objective"),
+    ({"loss.num_steps": 100, "loss.weighting": "sigmoid"}, "trains the T-step discrete ELBO: it needs config.loss.weighting='elbo'"),
+    ({"loss.num_steps": 100, "model.schedule": "learned"}, "is for continuous time"),
+    ({"loss.t_sampling": "adaptive", "model.schedule": "learned_linear"}, "a learned schedule plays the same"),
+    ({"loss.t_sampling": "adaptive", "loss.adaptive_uniform": 0.0}, "config.loss.adaptive_uniform=0.0 must be > 0"),
+    ({"loss.t_sampling": "stratified"}, "choose one of 'uniform', 'antithetic', 'adaptive'"),
+    ({"model.variance_head": "softplus"}, "choose one of 'none', 'interp', 'sigmoid'"),
+    ({"eval.variance": "learned"}, "needs a model with a variance head"),
+    ({"eval.t_sampling": "importance", "eval.num_steps": 10}, "is for the continuous-time ELBO"),
+    ({"sampling.method": "ddim", "sampling.variance": "learned"}, "needs a model with a variance head"),
+])
+def test_the_objective_rules_name_what_to_set(changes, needle):
+    """loss.objective / num_steps / t_sampling, the variance head and the eval keys: one line naming the fix."""
+    config = load_config("fashion_mnist")
+    for field, value in changes.items():
+        section, key = field.split(".")
+        config[section][key] = value
+    with pytest.raises(config_utils.ConfigError) as err:
+        config_utils.validate(config)
+    assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_the_hybrid_variant_is_improved_ddpm():
+    c = load_config("fashion_mnist", "hybrid")
+    assert (c.model.schedule, c.model.variance_head, c.loss.objective, c.loss.weighting) == \
+        ("cosine", "interp", "hybrid", "simple")
+    assert c.loss.num_steps == 1000 and c.loss.hybrid_lambda == 0.001 and c.sampling.variance == "learned"
+    assert config_utils.resolve(c).eval.variance == "learned"
+    assert config_utils.resolve(load_config("fashion_mnist")).eval.variance == "small"
 
 
 @pytest.mark.parametrize("field,value,needle", [

@@ -255,10 +255,15 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
     for key in record.ADDED_KEYS:
         section, leaf = key.split(".")
         del old[section][leaf]
+    old["loss"]["antithetic"] = old["loss"].pop("t_sampling") == "antithetic"   # before loss.t_sampling existed
     (tmp_path / "config.json").write_text(json.dumps(old))
     recorded = record.load_recorded(str(tmp_path))
     assert record.config_diff(recorded, config) == {}
     assert recorded.model.decoder == decoder
+    assert recorded.loss.t_sampling == "antithetic" and "antithetic" not in recorded.loss
+    old["loss"]["antithetic"] = False
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert record.config_diff(record.load_recorded(str(tmp_path)), config) == {"loss.t_sampling": ("uniform", "antithetic")}
 
 
 def test_unset_sampler_options_against_their_recorded_resolved_values_are_no_change(tmp_path):
