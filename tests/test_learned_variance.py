@@ -164,3 +164,37 @@ def test_a_step_of_zero_length_has_kl_zero_and_a_finite_gradient(variance):
     assert float(kl(eps_hat, jnp.full((3,), 0.5))) == 0.0
     grads = jax.grad(kl, argnums=(0, 1))(eps_hat, jnp.full((3,), 0.5))
     assert all(np.all(np.isfinite(np.asarray(a))) for a in grads)
+
+
+def test_hybrid_end_to_end_train_eval_with_each_variance_and_sample_with_the_learned_one(tmp_path):
+    """toy2d:small with a variance head and L_hybrid: trains (train/vlb logged), the T-step ELBO takes every variance,
+    the ancestral and DDIM (eta = 1) samplers take the learned one (the head from the run's record: the config file
+    given at eval/sample time has none)."""
+    import json
+    import os
+    from conftest import run_cli
+    wd = str(tmp_path)
+    hybrid = ["--config=configs/toy2d.py:small", f"--workdir={wd}", "--config.model.variance_head=interp",
+              "--config.loss.objective=hybrid", "--config.loss.weighting=simple", "--config.loss.num_steps=100"]
+    proc = run_cli(hybrid)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+    assert all(np.isfinite(r["train/vlb"]) and r["train/vlb"] > 0 for r in rows if "train/loss" in r)
+    bpd = {}
+    for variance in ("learned", "small", "large"):
+        proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}", "--mode=eval", "--config.eval.num_steps=10",
+                        f"--config.eval.variance={variance}"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        bpd[variance] = json.loads(proc.stdout[proc.stdout.index("{"):])["eval/bpd"]
+    assert all(np.isfinite(v) for v in bpd.values()) and len(set(bpd.values())) == 3, bpd
+    for method in ("--config.sampling.method=ancestral", "--config.sampling.method=ddim --config.sampling.eta=1.0"):
+        proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}", "--mode=sample", *method.split(),
+                        "--config.sampling.variance=learned",
+                        "--config.sampling.num_steps=5", "--config.sampling.num_samples=16"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        samples = np.load(proc.stdout.strip().splitlines()[-1][:-4] + ".npz")["samples"]
+        assert samples.shape == (16, 2) and np.all(np.isfinite(samples))
+    proc = run_cli([f"--workdir={tmp_path / 'nohead'}", "--config=configs/toy2d.py:small",
+                    "--config.sampling.variance=learned"])
+    assert proc.returncode != 0 and "needs a model with a variance head" in proc.stderr
+    assert not os.path.exists(tmp_path / "nohead" / "checkpoints")

@@ -451,3 +451,19 @@ def test_loop_friendly_conv_has_lax_convolution_value_and_gradient(kernel, paddi
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
         assert float(jnp.max(jnp.abs(b))) > 0.1
+
+
+@pytest.mark.parametrize('name,residual', [('vdm_unet', False), ('vdm_unet', True), ('adm_unet', False), ('mlp', False)])
+def test_variance_head_adds_c_channels_read_as_v_one_half_at_init(name, residual):
+    """model.variance_head: twice the channels; fresh, the prediction is as without a head and v = 1/2."""
+    from vdm.parameterization import split_variance
+    extra = dict(residual_output=residual) if name == 'vdm_unet' else {}
+    z = jax.random.normal(jax.random.key(0), SHAPES[name])
+    gamma = jnp.linspace(-8.0, 3.0, z.shape[0])
+    model = get_model(model_config(name, variance_head='interp', **extra))
+    out, _ = jax.jit(model.init_with_output)({'params': jax.random.key(1, impl='unsafe_rbg')}, z, gamma)
+    assert out.shape == z.shape[:-1] + (2 * z.shape[-1],)
+    for head in ('interp', 'sigmoid'):          # both heads read v = 1/2 off the zero-initialised output
+        pred, v = split_variance(out, head)
+        np.testing.assert_array_equal(pred, z if residual else jnp.zeros_like(z))
+        np.testing.assert_allclose(v, 0.5)
