@@ -12,12 +12,14 @@ import math
 import re
 
 VARIANCE_COLUMNS = ("cell", "seed", "kind", "steps", "variance", "bpd", "bpd_se", "fd", "fid", "kid", "kid_se")
-_ELBO_KEY = re.compile(r"^bpd_T(\d+)_([a-z]+)$")
-_SAMPLE_KEY = re.compile(r"^fd_ancestral(\d+)_([a-z]+)$")
+VARIANCE_ORDER = ("learned", "small", "large")
+_ELBO_KEY = re.compile(r"^bpd_T(\d+)_(learned|small|large)$")
+_SAMPLE_KEY = re.compile(r"^fd_ancestral(\d+)_(learned|small|large)$")
 
 
 def variance_rows(rows: list[dict]) -> list[dict]:
-    """The long-format variance table of the ok rows that hold per-variance columns (bpd_T<T>_<v>, fd_ancestral<S>_<v>)."""
+    """The long-format variance table of the ok rows that hold per-variance columns (bpd_T<T>_<v>, fd_ancestral<S>_<v>),
+    per cell ordered by kind, steps and VARIANCE_ORDER (whatever the order of the row's keys)."""
     out = []
     for r in rows:
         if r.get("status") != "ok":
@@ -35,7 +37,8 @@ def variance_rows(rows: list[dict]) -> list[dict]:
                 out.append({**base, "kind": "sample", "steps": int(m.group(1)), "variance": m.group(2),
                             "fd": r[key], "fid": r.get("fid" + x), "kid": r.get("kid" + x),
                             "kid_se": r.get("kid_se" + x)})
-    return out
+    cells = list(dict.fromkeys(r["cell"] for r in out))
+    return sorted(out, key=lambda r: (cells.index(r["cell"]), r["kind"], r["steps"], VARIANCE_ORDER.index(r["variance"])))
 
 
 def write_variance_csv(path: str, vrows: list[dict]) -> None:
