@@ -84,7 +84,9 @@ def variance_markdown(vrows: list[dict]) -> str:
     if not vrows:
         return ""
     lines = ["## Reverse variance (variance grid)", "",
-             "T-step discrete -ELBO (bits/dim ± standard error) with each reverse variance the cell has:", ""]
+             "T-step discrete -ELBO (bits/dim ± standard error) with each reverse variance the cell has (the main "
+             "table's bpd T=k is the cell's default: learned with a variance head, else small; its FD, FID and KID "
+             "columns are empty for these cells, whose samples are the ancestral ones below):", ""]
     lines += _elbo_table([r for r in vrows if r["kind"] == "elbo"])
     samples = [r for r in vrows if r["kind"] == "sample"]
     if samples:
