@@ -1,24 +1,44 @@
 """Compare parameterisations, training weightings and schedules: one `python -m vdm.main` run per grid cell.
 
     python -m experiments.compare_objectives --config=configs/fashion_mnist.py --name=fm_grid \
-        --steps=20000 [--seeds=0,1] [--grid=param_weighting,schedule] [--schedule_weighting=elbo] \
-        [--cells='eps-*,v-elbo-*'] [--parallel=K] [--override=config.training.batch_size=64] [--dry_run] [--report_only]
+        --steps=20000 [--seeds=0,1] [--grid=param_weighting,schedule,variance,t_sampling] \
+        [--schedule_weighting=elbo] [--ancestral_steps=25,50,100] [--cells='eps-*,v-elbo-*'] [--parallel=K] \
+        [--override=config.training.batch_size=64] [--dry_run] [--report_only]
 (from the repository root; `python experiments/compare_objectives.py ...` in the venv `make` builds.)
 
 Grids (equal steps and seeds in every cell):
   param_weighting  parameterization {eps, x0, score, v} x weighting {elbo, simple, snr, min_snr,
                    sigmoid, edm}, on the config's schedule;
-  schedule         schedule {linear_logsnr, cosine, learned} for one weighting and parameterisation.
-A cell is named <parameterization>-<weighting>-<schedule>-s<seed> and lives in
-RESULTS/NAME/cells/<cell>; cells shared by the two grids run once.
+  schedule         schedule {linear_logsnr, cosine, learned} for one weighting and parameterisation;
+  variance         improved DDPM's comparison, two cells on the cosine schedule with gamma_max 20 and the
+                   config's parameterisation: <p>-hybrid-cosine-learnedvar (a learned reverse variance,
+                   model.variance_head=interp, trained by L_hybrid: loss.objective=hybrid, weighting simple,
+                   loss.num_steps=1000, sampling.variance=learned: the keys of configs/fashion_mnist.py:hybrid;
+                   its eval.num_steps=1000 is replaced by the stages' own) and <p>-simple-cosine-fixedvar (fixed
+                   variance: variance_head none, objective weighted, weighting simple, loss.num_steps 0);
+  t_sampling       weighting {elbo, sigmoid, edm} x loss.t_sampling {antithetic, adaptive} on the config's
+                   schedule and parameterisation.
+A cell is named <parameterization>-<weighting>-<schedule>[-<variant>]-s<seed> and lives in
+RESULTS/NAME/cells/<cell>. Without a variant the cell takes every other key from the config (its
+loss.t_sampling included: antithetic by default); the variant names what else it sets: learnedvar,
+fixedvar (the variance grid; 'hybrid' sits in the weighting slot of the L_hybrid cell, whose mean part
+is weighted 'simple'), or a loss.t_sampling other than the config's (adaptive, antithetic, uniform).
+So on the default config the t_sampling grid's antithetic cells are the param_weighting grid's
+<p>-elbo/sigmoid/edm-<schedule>-s<seed>, and the adaptive ones <p>-<w>-<schedule>-adaptive-s<seed>.
+Cells shared by several grids run once.
 
 Every cell runs the commands a user runs (each printed with --dry_run):
   train   python -m vdm.main --config=C --workdir=CELL [--config.K=V overrides] \
               --config.model.parameterization=P --config.loss.weighting=W --config.model.schedule=S \
               --config.seed=SEED --config.training.num_steps=N --config.training.eval_every=E \
               --config.eval.num_steps=0
-  eval T  the same with --mode=eval --config.eval.num_steps=T, for each T in --eval_steps;
-  sample  the same with --mode=sample --config.sampling.num_samples=--fd_samples;
+  eval T  the same with --mode=eval --config.eval.num_steps=T, for each T in --eval_steps; a variance
+          cell once per reverse variance it has (learnedvar: learned, small, large; fixedvar: small,
+          large), adding --config.eval.variance=V (stage eval_T<T>_<V>);
+  sample  the same with --mode=sample --config.sampling.num_samples=--fd_samples; a variance cell instead
+          once per S in --ancestral_steps and variance V, adding --config.sampling.method=ancestral
+          --config.sampling.num_steps=S --config.sampling.variance=V (stage sample_ancestral<S>_<V>;
+          its fd and inception stages below write fd_ancestral<S>_<V>.json, inception_...json);
   fd      images: python experiments/feature_net.py --mode=fd (Fréchet distance of classifier
           features, NOT Inception FID; see vdm/feature_metrics.py); flat toy data: Fréchet distance
           of the raw coordinates, computed here.
@@ -26,7 +46,11 @@ Every cell runs the commands a user runs (each printed with --dry_run):
           FID and KID (the literature's metric; vdm/fid.py) against the first R = --inception_reference
           test images, whose statistics are computed once and cached beside the data set.
 The reported ELBO is always the true continuous-time ELBO in bits/dim (whatever the training
-weighting), with its standard error and its three terms; eval T adds the T-step discrete ELBO.
+weighting), with its standard error and its three terms; eval T adds the T-step discrete ELBO (a
+variance cell's bpd T=k column: its default variance, learned or small). Every cell also reports the
+training loss's variance: train/diffusion_var averaged over the logged steps of the second half of
+training and over all; results.md adds the variance grid's tables (bpd per T and variance, sample
+quality per sampler steps and variance; also variance.csv) and test bpd at equal training steps.
 
 Cells run in parallel, one process per GPU (CUDA_VISIBLE_DEVICES), or one at a time on a CPU
 host unless --parallel=K. A finished stage is recorded in CELL/stages.json and not rerun; a
@@ -58,15 +82,21 @@ def _options(F: flags.FlagValues, passed_overrides: list[str]) -> tuple[list[gri
     eval_every = grid.eval_interval(steps, F.num_evals, base.training.steps_per_call)
     cells = grid.enumerate_cells(F.grid, seeds=[int(s) for s in F.seeds], base_schedule=base.model.schedule,
                                  schedule_weighting=F.schedule_weighting,
-                                 schedule_parameterization=F.schedule_parameterization, patterns=F.cells)
-    grid.validate_cells(base, cells, steps=steps, eval_every=eval_every)
+                                 schedule_parameterization=F.schedule_parameterization, patterns=F.cells,
+                                 base_parameterization=base.model.parameterization,
+                                 base_t_sampling=base.loss.t_sampling)
     eval_steps = tuple(int(t) for t in F.eval_steps)
     if any(t < 1 for t in eval_steps):
         raise ValueError(f"--eval_steps={F.eval_steps}: discrete T must be >= 1 (the continuous ELBO is always reported).")
+    ancestral_steps = tuple(int(s) for s in F.ancestral_steps)
+    if any(s < 1 for s in ancestral_steps):
+        raise ValueError(f"--ancestral_steps={F.ancestral_steps}: sampler steps must be >= 1.")
+    grid.validate_cells(base, cells, steps=steps, eval_every=eval_every, eval_steps=eval_steps,
+                        ancestral_steps=ancestral_steps if F.fd_samples > 0 else ())
     opts = runner.Options(grid.absolute_config_arg(F["config"].config_filename), tuple(passed_overrides), steps,
                           eval_every, eval_steps, F.fd_samples, base.data.dataset in TOY_DATASETS,
                           os.path.abspath(F.feature_net_dir), json.loads(base.data.to_json()),
-                          F.inception_reference)
+                          F.inception_reference, ancestral_steps=ancestral_steps)
     return cells, opts
 
 
@@ -75,14 +105,19 @@ def _dry_run(cells: list[grid.Cell], opts: runner.Options, result_dir: str, para
     print(f"# {len(cells)} cells -> {result_dir}/cells/<cell>; parallel={parallel}, GPUs={gpus or 'none'}")
     for cell in cells:
         cell_dir = os.path.join(result_dir, "cells", cell.name)
-        for stage, cmd in runner.stage_commands(cell, opts, cell_dir).items():
+        cmds = runner.stage_commands(cell, opts, cell_dir)
+        for stage, cmd in cmds.items():
             print(f"[{cell.name}] {stage}: {shlex.join(cmd)}")
-        if opts.fd_samples > 0 and not opts.flat_data:
-            fd = runner.fd_command(opts, cell_dir + "/samples/<sample>.npz", cell_dir + "/fd.json")
-            print(f"[{cell.name}] fd: {shlex.join(fd)}")
+        for x in map(runner.quality_suffix, runner.sample_stages(cmds)):
+            npz = f"{cell_dir}/samples/<sample{x}>.npz"
+            if opts.flat_data:
+                print(f"[{cell.name}] fd{x}: (in this process) Fréchet distance of {npz} to the test split "
+                      f"-> {cell_dir}/fd{x}.json")
+                continue
+            print(f"[{cell.name}] fd{x}: {shlex.join(runner.fd_command(opts, npz, f'{cell_dir}/fd{x}.json'))}")
             if opts.inception_reference > 0:
-                inc = runner.inception_command(opts, cell_dir + "/samples/<sample>.npz", cell_dir + "/inception.json")
-                print(f"[{cell.name}] inception: {shlex.join(inc)}")
+                inc = runner.inception_command(opts, npz, f"{cell_dir}/inception{x}.json")
+                print(f"[{cell.name}] inception{x}: {shlex.join(inc)}")
 
 
 def _write_report(F: flags.FlagValues, opts: runner.Options, num_cells: int, result_dir: str, rows: list[dict],
@@ -92,7 +127,8 @@ def _write_report(F: flags.FlagValues, opts: runner.Options, num_cells: int, res
               "steps": opts.steps, "eval_every": opts.eval_every, "seeds": ",".join(F.seeds),
               "grid": ",".join(F.grid), "cells_finished": f"{len(rows)} of {num_cells}{rebuilt}",
               "hardware": hardware, "parallel": parallel, "wall_clock_s": wall_clock_s,
-              "fd_samples": opts.fd_samples, "inception_reference": 0 if opts.flat_data else opts.inception_reference,
+              "fd_samples": opts.fd_samples, "ancestral_steps": ",".join(map(str, opts.ancestral_steps)),
+              "inception_reference": 0 if opts.flat_data else opts.inception_reference,
               "fd_features": "data coordinates" if opts.flat_data else f"feature net ({opts.feature_net_dir})",
               "date": time.strftime("%Y-%m-%d %H:%M")}
     report.write_report(result_dir, rows, eval_steps=opts.eval_steps, header=header,
@@ -157,6 +193,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("parallel", 0, "cells at a time (0: one per GPU, or 1 on a CPU host); more than "
                          "the GPUs puts several cells on one GPU, splitting its memory")
     flags.DEFINE_list("eval_steps", ["10", "100", "1000"], "discrete T for extra ELBO evaluations")
+    flags.DEFINE_list("ancestral_steps", ["25", "50", "100"], "sampler steps of the variance grid's ancestral "
+                      "samples (each with every reverse variance of the cell)")
     flags.DEFINE_integer("fd_samples", 2000, "samples for the Fréchet distance and the Inception FID/KID (0: no sampling)")
     flags.DEFINE_integer("inception_reference", 10000, "image data: test images of the Inception FID/KID "
                          "reference (cached once; 0: no Inception FID/KID)")

@@ -2,19 +2,24 @@
 
 The end-to-end test runs two toy2d cells for a few steps through the real CLI (which itself runs
 `python -m vdm.main` per stage), then reruns the same command and checks that nothing ran again.
+The new grids' end-to-end test (below) adds a variance cell and an adaptive
+t_sampling cell to the same result folder (the module-scoped `base_grid` fixture), sharing the
+antithetic eps-elbo cell that the first run trained.
 """
 
 import csv
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_config
 from experiments.compare import grid, report, runner
+from vdm.metrics import read_metrics
 
 
 
@@ -130,9 +135,15 @@ def _mtimes(folder):
     return out
 
 
-def test_grid_runs_through_the_cli_writes_the_report_and_skips_finished_cells(tmp_path):
-    root = str(tmp_path)
-    proc = _run("g", root)
+@pytest.fixture(scope="module")
+def base_grid(tmp_path_factory):
+    """(results root, CompletedProcess) of the two-cell toy2d grid 'g' run once for this module."""
+    root = str(tmp_path_factory.mktemp("grid"))
+    return root, _run("g", root)
+
+
+def test_grid_runs_through_the_cli_writes_the_report_and_skips_finished_cells(base_grid):
+    root, proc = base_grid
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = os.path.join(root, "g")
     with open(os.path.join(result, "results.csv"), newline="") as f:
@@ -286,3 +297,145 @@ def test_image_cells_get_inception_fid_and_kid_once(tmp_path, monkeypatch):
     assert "--num_b=500" in ran[1] and stages["inception"]["key"]["reference"] == 500
     inc = runner.read_json(str(tmp_path / "inception.json"))
     assert inc["fid"] == 42.0
+
+
+# --- the variance and t_sampling grids ---------------------------------------------------------------------
+
+def test_variance_and_t_sampling_grids_enumerate_named_cells_shared_once():
+    cells = grid.enumerate_cells(["variance", "t_sampling"], seeds=[0], base_schedule="linear_logsnr",
+                                 base_parameterization="v")
+    assert [c.name for c in cells] == [
+        "v-hybrid-cosine-learnedvar-s0", "v-simple-cosine-fixedvar-s0",
+        "v-elbo-linear_logsnr-s0", "v-elbo-linear_logsnr-adaptive-s0", "v-sigmoid-linear_logsnr-s0",
+        "v-sigmoid-linear_logsnr-adaptive-s0", "v-edm-linear_logsnr-s0", "v-edm-linear_logsnr-adaptive-s0"]
+    assert [c.variances for c in cells[:3]] == [("learned", "small", "large"), ("small", "large"), ()]
+    # The antithetic cells are the param_weighting grid's own (the config's t_sampling): they run once.
+    both = grid.enumerate_cells(["param_weighting", "t_sampling"], seeds=[0, 1], base_schedule="cosine")
+    assert len(both) == (24 + 3) * 2 and len({c.name for c in both}) == len(both)
+    # A config whose t_sampling is another: both t_sampling cells are named, none is the unnamed cell.
+    uni = grid.enumerate_cells(["t_sampling"], seeds=[0], base_schedule="cosine", base_t_sampling="uniform",
+                               patterns=["eps-elbo-*"])
+    assert [c.name for c in uni] == ["eps-elbo-cosine-antithetic-s0", "eps-elbo-cosine-adaptive-s0"]
+    assert uni[0].overrides()[-1] == "--config.loss.t_sampling=antithetic"
+
+
+def test_new_grid_cells_make_exact_commands():
+    hybrid, adaptive = grid.Cell("eps", "hybrid", "cosine", 1, "learnedvar"), grid.Cell("eps", "edm", "cosine", 0, "adaptive")
+    opts = runner.Options("/c.py", ("--config.model.width=16",), 40, 20, (10,), 64, True, "/fn", {}, python="py",
+                          ancestral_steps=(25,))
+    base = ["py", "-m", "vdm.main", "--config=/c.py", "--workdir=/w", "--config.model.width=16",
+            "--config.model.parameterization=eps", "--config.loss.weighting=simple", "--config.model.schedule=cosine",
+            "--config.seed=1", "--config.model.gamma_max=20.0", "--config.model.variance_head=interp",
+            "--config.loss.objective=hybrid", "--config.loss.num_steps=1000", "--config.sampling.variance=learned",
+            "--config.training.num_steps=40", "--config.training.eval_every=20"]
+    cmds = runner.stage_commands(hybrid, opts, "/w")
+    assert list(cmds) == ["train", "eval_T10_learned", "eval_T10_small", "eval_T10_large", "sample_ancestral25_learned",
+                          "sample_ancestral25_small", "sample_ancestral25_large"]
+    assert cmds["train"] == base + ["--config.eval.num_steps=0"]
+    assert cmds["eval_T10_large"] == base + ["--mode=eval", "--config.eval.num_steps=10", "--config.eval.variance=large"]
+    assert cmds["sample_ancestral25_small"] == base + [
+        "--config.eval.num_steps=0", "--mode=sample", "--config.sampling.num_samples=64",
+        "--config.sampling.method=ancestral", "--config.sampling.num_steps=25", "--config.sampling.variance=small"]
+    simple = runner.stage_commands(grid.Cell("eps", "simple", "cosine", 1, "fixedvar"), opts, "/w")
+    assert [k for k in simple if k != "train"] == ["eval_T10_small", "eval_T10_large", "sample_ancestral25_small",
+                                                   "sample_ancestral25_large"]
+    assert "--config.model.variance_head=none" in simple["train"] and "--config.loss.num_steps=0" in simple["train"]
+    cmds = runner.stage_commands(adaptive, opts, "/w")
+    assert list(cmds) == ["train", "eval_T10", "sample"]
+    assert cmds["train"][6:11] == ["--config.model.parameterization=eps", "--config.loss.weighting=edm",
+                                   "--config.model.schedule=cosine", "--config.seed=0", "--config.loss.t_sampling=adaptive"]
+
+
+def test_every_new_cell_and_stage_config_validates_and_a_bad_one_is_refused():
+    from vdm import config_utils
+    for base in (load_config("fashion_mnist", ""), load_config("toy2d", "small")):
+        cells = grid.enumerate_cells(list(grid.GRIDS), seeds=[0], base_schedule=base.model.schedule,
+                                     base_parameterization=base.model.parameterization)
+        grid.validate_cells(base, cells, steps=20, eval_every=10, eval_steps=(10, 100, 1000), ancestral_steps=(25, 50))
+    base = load_config("toy2d", "small")
+    with base.unlocked():
+        base.model.schedule = "learned"           # adaptive t needs a fixed schedule
+    with pytest.raises(config_utils.ConfigError, match="adaptive"):
+        grid.validate_cells(base, [grid.Cell("eps", "elbo", "learned", 0, "adaptive")], steps=4, eval_every=2)
+
+
+def test_dry_run_prints_every_stage_of_the_new_grids(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.compare_objectives", "--config=configs/toy2d.py:small",
+                           "--name=dry", f"--results_root={tmp_path}", "--grid=variance,t_sampling", "--steps=4",
+                           "--cells=*-fixedvar-*,eps-edm-*", "--eval_steps=5,7", "--ancestral_steps=3", "--fd_samples=16",
+                           "--dry_run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"# 3 cells -> {tmp_path}/dry/cells/<cell>")
+    cells = grid.enumerate_cells(["variance", "t_sampling"], seeds=[0], base_schedule="linear_logsnr",
+                                 patterns=["*-fixedvar-*", "eps-edm-*"])
+    opts = runner.Options(os.path.join(REPO_ROOT, "configs", "toy2d.py") + ":small", (), 4, 1, (5, 7), 16, True, "",
+                          {}, ancestral_steps=(3,))
+    expected = []
+    for cell in cells:
+        cell_dir = f"{tmp_path}/dry/cells/{cell.name}"
+        cmds = runner.stage_commands(cell, opts, cell_dir)
+        expected += [f"[{cell.name}] {stage}: {shlex.join(argv)}" for stage, argv in cmds.items()]
+        expected += [line for line in lines if line.startswith(f"[{cell.name}] fd")]
+    assert lines[1:] == expected
+    fixed = [line for line in lines if line.startswith("[eps-simple-cosine-fixedvar-s0]")]
+    assert [line.split("]", 1)[1].split(":", 1)[0].strip() for line in fixed] == [
+        "train", "eval_T5_small", "eval_T5_large", "eval_T7_small", "eval_T7_large", "sample_ancestral3_small",
+        "sample_ancestral3_large", "fd_ancestral3_small", "fd_ancestral3_large"]
+    assert [c.name for c in cells] == ["eps-simple-cosine-fixedvar-s0", "eps-edm-linear_logsnr-s0",
+                                       "eps-edm-linear_logsnr-adaptive-s0"]
+    assert not os.path.exists(tmp_path / "dry")
+
+
+def test_report_tolerates_histogram_rows_and_orders_variance_tables(tmp_path):
+    from experiments.compare import stages, tables
+    records = [{"step": 1, "train/diffusion_var": 4.0}, {"step": 2, "train/t_histogram/edges": [0.0, 1.0],
+                                                          "train/t_histogram/probs": [1.0]},
+               {"step": 3, "train/diffusion_var": 2.0}, {"step": 4, "train/diffusion_var": None},
+               {"step": 4, "eval/bpd": 5.0, "train/t_histogram/probs": [0.5, 0.5]},
+               {"step": 4, "mode": "eval", "train/diffusion_var": 100.0}]
+    assert stages.train_variance(records, 4) == {"train_diffusion_var_2nd_half": 2.0, "train_diffusion_var_all": 3.0}
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert report.read_curves(str(tmp_path)) == [(4, 5.0, None)]
+    row = {"cell": "c", "seed": 0, "status": "ok", "bpd_T5_small": 1.0, "bpd_T5_small_se": 0.1, "bpd_T5_learned": 0.9,
+           "bpd_T5_learned_se": 0.2, "bpd_T5": 0.9, "fd_ancestral3_small": 2.0, "fid_ancestral3_small": None}
+    vrows = tables.variance_rows([dict(sorted(row.items()))])
+    assert [(r["kind"], r["variance"], r.get("bpd")) for r in vrows] == [("elbo", "learned", 0.9), ("elbo", "small", 1.0),
+                                                                          ("sample", "small", None)]
+    assert "| c | learned | 0.900 ± 0.200 |" in tables.variance_markdown(vrows)
+    assert report.eval_steps_of(["bpd_T5", "bpd_T5_se", "bpd_T5_small", "bpd_T5_small_se"]) == [5]
+    rows = _rows([("eps", "elbo", 0, 3.0, 1.0), ("eps", "elbo", 0, 9.0, 1.0)])
+    rows[1]["variant"] = "adaptive"                         # not averaged into the eps-elbo square
+    assert report.heatmap_matrix(rows, "bpd")[2][0, 0] == 3.0
+
+
+def test_new_grids_run_end_to_end_with_finite_new_columns(base_grid):
+    """One fixedvar (variance) cell and the adaptive eps-elbo cell beside the antithetic one base_grid trained."""
+    root, first = base_grid
+    assert first.returncode == 0, first.stderr[-3000:]
+    proc = _run("g", root, "--grid=variance,t_sampling", "--cells=*-fixedvar-*,eps-elbo-*", "--ancestral_steps=5")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done already: skipped") == 1        # eps-elbo-linear_logsnr-s0, shared
+    result = os.path.join(root, "g")
+    res = report.load_results(result)
+    rows = {r["cell"]: r for r in res["rows"]}
+    assert list(rows) == ["eps-simple-cosine-fixedvar-s0", "eps-elbo-linear_logsnr-s0", "eps-elbo-linear_logsnr-adaptive-s0"]
+    for r in rows.values():
+        assert r["status"] == "ok" and not r["notes"], r
+        assert math.isfinite(r["bpd"]) and math.isfinite(r["bpd_T10"])
+        assert r["train_diffusion_var_2nd_half"] > 0 and r["train_diffusion_var_all"] > 0
+        assert [s for s, _, _ in res["curves"][r["cell"]]] == [2, 4]
+    assert rows["eps-simple-cosine-fixedvar-s0"]["variant"] == "fixedvar" and rows["eps-elbo-linear_logsnr-s0"]["fd"] >= 0
+    v = res["variance_rows"]
+    assert [(r["kind"], r["steps"], r["variance"]) for r in v] == [
+        ("elbo", 10, "small"), ("elbo", 10, "large"), ("sample", 5, "small"), ("sample", 5, "large")]
+    assert all(math.isfinite(r["bpd"]) and r["bpd_se"] > 0 for r in v[:2]) and all(r["fd"] >= 0 for r in v[2:])
+    assert v[0]["bpd"] == rows["eps-simple-cosine-fixedvar-s0"]["bpd_T10"]      # the default variance: small
+    adaptive_dir = os.path.join(result, "cells", "eps-elbo-linear_logsnr-adaptive-s0")
+    cfg = json.load(open(os.path.join(adaptive_dir, "config.json")))
+    assert cfg["loss"]["t_sampling"] == "adaptive"
+    assert any(isinstance(rec.get("train/t_histogram/probs"), list) for rec in read_metrics(adaptive_dir))
+    md = open(os.path.join(result, "results.md")).read()
+    for text in ("Var(diffusion) 2nd half", "## Reverse variance", "| eps-simple-cosine-fixedvar-s0 | large |",
+                 "## Test bpd at equal training steps"):
+        assert text in md

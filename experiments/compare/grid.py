@@ -3,9 +3,15 @@
 Grids (equal steps and seeds in every cell):
   param_weighting  parameterization {eps, x0, score, v} x weighting {elbo, simple, snr, min_snr,
                    sigmoid, edm}, on the config's schedule;
-  schedule         schedule {linear_logsnr, cosine, learned} for one weighting and parameterisation.
-A cell is named <parameterization>-<weighting>-<schedule>-s<seed>; cells shared by the two grids
-run once.
+  schedule         schedule {linear_logsnr, cosine, learned} for one weighting and parameterisation;
+  variance         improved DDPM's learned vs fixed reverse variance on the cosine schedule (gamma_max 20):
+                   <p>-hybrid-cosine-learnedvar (L_hybrid, the keys of configs/fashion_mnist.py:hybrid) and
+                   <p>-simple-cosine-fixedvar (L_simple, no variance head, continuous time);
+  t_sampling       weighting {elbo, sigmoid, edm} x loss.t_sampling {antithetic, adaptive} on the config's
+                   schedule and parameterisation.
+A cell is named <parameterization>-<weighting>-<schedule>[-<variant>]-s<seed>: no variant is the
+config's own keys (and its loss.t_sampling); a variant names what the cell sets besides (VARIANTS).
+Cells shared by several grids run once.
 """
 
 from __future__ import annotations
@@ -17,8 +23,21 @@ import os
 
 import ml_collections
 
-GRIDS = ("param_weighting", "schedule")
+GRIDS = ("param_weighting", "schedule", "variance", "t_sampling")
 GRID_SCHEDULES = ("linear_logsnr", "cosine", "learned")
+T_SAMPLING_WEIGHTINGS = ("elbo", "sigmoid", "edm")
+T_SAMPLINGS = ("antithetic", "adaptive")
+VARIANCE_SCHEDULE = "cosine"
+# variant -> (config keys the cell sets besides its parameterisation, weighting, schedule and seed;
+#             the reverse variances of its discrete ELBO and ancestral samples, its default first).
+VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "learnedvar": ({"model.gamma_max": 20.0, "model.variance_head": "interp", "loss.objective": "hybrid",
+                    "loss.weighting": "simple", "loss.num_steps": 1000, "sampling.variance": "learned"},
+                   ("learned", "small", "large")),
+    "fixedvar": ({"model.gamma_max": 20.0, "model.variance_head": "none", "loss.objective": "weighted",
+                  "loss.weighting": "simple", "loss.num_steps": 0}, ("small", "large")),
+    **{t: ({"loss.t_sampling": t}, ()) for t in ("uniform", *T_SAMPLINGS)},
+}
 # Keys each cell sets itself; a user override of one of them would silently break the grid.
 # (config.sampling.num_samples may be overridden: it sizes the training-time grids; the sample stage's own
 # --config.sampling.num_samples=--fd_samples comes last on its command line, and the last flag wins.)
@@ -39,17 +58,28 @@ class Cell:
     weighting: str
     schedule: str
     seed: int
+    variant: str = ""            # a VARIANTS key, or "" for the config's own other keys
 
     @property
     def name(self) -> str:
-        """<parameterization>-<weighting>-<schedule>-s<seed>, the cell's folder name."""
-        return f"{self.parameterization}-{self.weighting}-{self.schedule}-s{self.seed}"
+        """<parameterization>-<weighting>-<schedule>[-<variant>]-s<seed>, the cell's folder name."""
+        tag = f"-{self.variant}" if self.variant else ""
+        return f"{self.parameterization}-{self.weighting}-{self.schedule}{tag}-s{self.seed}"
+
+    @property
+    def variances(self) -> tuple[str, ...]:
+        """The reverse variances this cell's discrete ELBO and ancestral samples are measured with (() : the default)."""
+        return VARIANTS[self.variant][1] if self.variant else ()
+
+    def config_keys(self) -> dict:
+        """{config key: value} this cell sets, in flag order (a variant's keys may replace the weighting's value)."""
+        keys = {"model.parameterization": self.parameterization, "loss.weighting": self.weighting,
+                "model.schedule": self.schedule, "seed": self.seed}
+        return {**keys, **(VARIANTS[self.variant][0] if self.variant else {})}
 
     def overrides(self) -> list[str]:
         """The vdm.main flags that make this cell."""
-        return [f"--config.model.parameterization={self.parameterization}",
-                f"--config.loss.weighting={self.weighting}",
-                f"--config.model.schedule={self.schedule}", f"--config.seed={self.seed}"]
+        return [f"--config.{k}={v}" for k, v in self.config_keys().items()]
 
 
 def _check_choices(grids: list[str], seeds: list[int], schedule_weighting: str,
@@ -68,23 +98,40 @@ def _check_choices(grids: list[str], seeds: list[int], schedule_weighting: str,
         raise ValueError(f"--seeds={seeds}: give distinct non-negative integers.")
 
 
+def _grid_combos(grid: str, params: tuple[str, ...], weightings: tuple[str, ...], base_schedule: str,
+                 base_parameterization: str, base_t_sampling: str, schedule_weighting: str,
+                 schedule_parameterization: str) -> list[tuple[str, str, str, str]]:
+    """(parameterisation, weighting, schedule, variant) of one grid's cells."""
+    if grid == "param_weighting":
+        return [(p, w, base_schedule, "") for p in params for w in weightings]
+    if grid == "schedule":
+        return [(schedule_parameterization, schedule_weighting, s, "") for s in GRID_SCHEDULES]
+    if grid == "variance":
+        return [(base_parameterization, "hybrid", VARIANCE_SCHEDULE, "learnedvar"),
+                (base_parameterization, "simple", VARIANCE_SCHEDULE, "fixedvar")]
+    # t_sampling: the config's own loss.t_sampling is the unnamed cell, shared with the other grids
+    return [(base_parameterization, w, base_schedule, "" if t == base_t_sampling else t)
+            for w in T_SAMPLING_WEIGHTINGS for t in T_SAMPLINGS]
+
+
 def enumerate_cells(grids: list[str], *, seeds: list[int], base_schedule: str,
                     schedule_weighting: str = "elbo", schedule_parameterization: str = "eps",
-                    patterns: list[str] | None = None) -> list[Cell]:
+                    patterns: list[str] | None = None, base_parameterization: str = "eps",
+                    base_t_sampling: str = "antithetic") -> list[Cell]:
     """The cells of `grids`, deduplicated, in grid order, seeds innermost; `patterns` (fnmatch on the name) filters.
 
     param_weighting: every parameterisation x weighting on `base_schedule`; schedule: every
-    GRID_SCHEDULES entry with `schedule_weighting` and `schedule_parameterization`.
+    GRID_SCHEDULES entry with `schedule_weighting` and `schedule_parameterization`; variance: the
+    learnedvar and fixedvar cells; t_sampling: T_SAMPLING_WEIGHTINGS x T_SAMPLINGS (the config's
+    `base_t_sampling` unnamed) on `base_schedule` with `base_parameterization`.
     """
     _check_choices(grids, seeds, schedule_weighting, schedule_parameterization)
     params, weightings = grid_axes()
     combos = []
     for grid in grids:
-        if grid == "param_weighting":
-            combos += [(p, w, base_schedule) for p in params for w in weightings]
-        else:
-            combos += [(schedule_parameterization, schedule_weighting, s) for s in GRID_SCHEDULES]
-    cells = list(dict.fromkeys(Cell(p, w, s, seed) for p, w, s in combos for seed in seeds))
+        combos += _grid_combos(grid, params, weightings, base_schedule, base_parameterization, base_t_sampling,
+                               schedule_weighting, schedule_parameterization)
+    cells = list(dict.fromkeys(Cell(p, w, s, seed, v) for p, w, s, v in combos for seed in seeds))
     if patterns:
         cells = [c for c in cells if any(fnmatch.fnmatchcase(c.name, pat) for pat in patterns)]
         if not cells:
@@ -100,16 +147,41 @@ def eval_interval(steps: int, num_evals: int, steps_per_call: int) -> int:
     return steps if num_evals <= 1 else min(steps, -(-steps // (num_evals * steps_per_call)) * steps_per_call)
 
 
-def validate_cells(base: ml_collections.ConfigDict, cells: list[Cell], *, steps: int, eval_every: int) -> None:
-    """Raise vdm.config_utils.ConfigError if any cell's config (base + the cell's keys) is invalid, before anything runs."""
+def _set_keys(c: ml_collections.ConfigDict, keys: dict) -> None:
+    """Set dotted config keys ('model.schedule') of an unlocked ConfigDict."""
+    for key, value in keys.items():
+        *path, leaf = key.split(".")
+        node = c
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+
+
+def stage_keys(cell: Cell, eval_steps: tuple[int, ...] = (), ancestral_steps: tuple[int, ...] = ()) -> list[dict]:
+    """The config keys of the cell's --mode=eval and ancestral --mode=sample stages (besides its training keys)."""
+    if not cell.variances:
+        return [{"eval.num_steps": t} for t in eval_steps]
+    evals = [{"eval.num_steps": t, "eval.variance": v} for t in eval_steps for v in cell.variances]
+    return evals + [{"eval.num_steps": 0, "sampling.method": "ancestral", "sampling.num_steps": s,
+                     "sampling.variance": v} for s in ancestral_steps for v in cell.variances]
+
+
+def validate_cells(base: ml_collections.ConfigDict, cells: list[Cell], *, steps: int, eval_every: int,
+                   eval_steps: tuple[int, ...] = (), ancestral_steps: tuple[int, ...] = ()) -> None:
+    """Raise vdm.config_utils.ConfigError if any cell's config (base + the cell's keys), or that of one of its
+    eval / ancestral-sample stages, is invalid, before anything runs."""
     from vdm import config_utils
     for cell in cells:
         c = copy.deepcopy(base)
         with c.unlocked():
-            c.model.parameterization, c.loss.weighting = cell.parameterization, cell.weighting
-            c.model.schedule, c.seed = cell.schedule, cell.seed
-            c.training.num_steps, c.training.eval_every, c.eval.num_steps = steps, eval_every, 0
+            _set_keys(c, {**cell.config_keys(), "training.num_steps": steps, "training.eval_every": eval_every,
+                          "eval.num_steps": 0})
         config_utils.validate(c)
+        for keys in stage_keys(cell, eval_steps, ancestral_steps):
+            s = copy.deepcopy(c)
+            with s.unlocked():
+                _set_keys(s, keys)
+            config_utils.validate(s)
 
 
 def _config_key_value(flag: str) -> tuple[str, str]:

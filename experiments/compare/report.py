@@ -3,7 +3,8 @@
     from experiments.compare import report; report.load_results("experiments/results/fashion_mnist_h100")
 
 
-Everything the report and notebook 02 need sits at the top of the folder, so it can be committed
+variance.csv (the variance grid's per-variance measurements, experiments/compare/tables.py) is
+written when a cell has them. Everything the report and notebook 02 need sits at the top of the folder, so it can be committed
 without the cells/ (checkpoints). Figures: bpd_heatmap.png (parameterisation x weighting, mean
 over seeds), fd_heatmap.png, bpd_vs_steps.png, schedules.png, samples_montage.png and
 samples/<cell>.png (each cell's last sample grid from training).
@@ -20,14 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from experiments.compare import tables
 from vdm.fileio import atomic_write
 from vdm.metrics import read_metrics
 
-BASE_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "seed", "steps", "status",
+BASE_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "variant", "seed", "steps", "status",
                 "bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion")
-TAIL_COLUMNS = ("fid", "kid", "kid_se", "fd", "fd_features", "fd_num_samples", "sample_nonfinite_frac", "train_seconds",
+TAIL_COLUMNS = ("fid", "kid", "kid_se", "fd", "fd_features", "fd_num_samples", "sample_nonfinite_frac",
+                "train_diffusion_var_2nd_half", "train_diffusion_var_all", "train_seconds",
                 "measure_seconds", "hardware", "samples_png", "notes")
-TEXT_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "status", "fd_features", "hardware",
+TEXT_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "variant", "status", "fd_features", "hardware",
                 "samples_png", "notes")
 
 
@@ -38,7 +41,7 @@ def columns(eval_steps: tuple[int, ...] | list[int]) -> list[str]:
 
 def eval_steps_of(cols: list[str]) -> list[int]:
     """The discrete T present in a column list (bpd_T<T> columns)."""
-    return [int(c[5:]) for c in cols if c.startswith("bpd_T") and not c.endswith("_se")]
+    return [int(c[5:]) for c in cols if c.startswith("bpd_T") and c[5:].isdigit()]
 
 
 def write_csv(path: str, rows: list[dict], eval_steps: tuple[int, ...]) -> None:
@@ -63,11 +66,11 @@ def read_csv(path: str) -> list[dict]:
     return rows
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    """A table entry: floats to `digits` decimals, None and non-finite as an en dash."""
+def _fmt(v: Any, digits: int = 3, significant: bool = False) -> str:
+    """A table entry: floats to `digits` decimals (or significant digits), None and non-finite as an en dash."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return f"{v:.{digits}{'g' if significant else 'f'}}" if isinstance(v, float) else str(v)
 
 
 def _kid(r: dict) -> str:
@@ -80,7 +83,8 @@ def _kid(r: dict) -> str:
 def markdown_table(rows: list[dict], eval_steps: tuple[int, ...]) -> str:
     """A Markdown table: one line per cell, bpd ± SE and its terms, discrete-T bpd, FID, KID ± se, FD, train seconds."""
     head = ["cell", "param", "weighting", "schedule", "seed", "bpd ± se", "recon", "prior", "diffusion",
-            *(f"bpd T={t}" for t in eval_steps), "FID", "KID ± se", "FD", "train s", "notes"]
+            *(f"bpd T={t}" for t in eval_steps), "FID", "KID ± se", "FD", "Var(diffusion) 2nd half",
+            "Var(diffusion) all", "train s", "notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("status") != "ok":
@@ -90,7 +94,8 @@ def markdown_table(rows: list[dict], eval_steps: tuple[int, ...]) -> str:
         vals = [r["cell"], r["parameterization"], r["weighting"], r["schedule"], str(r["seed"]),
                 f"{_fmt(r['bpd'])} ± {_fmt(r['bpd_se'])}", _fmt(r["bpd_recon"]), _fmt(r["bpd_prior"], 4),
                 _fmt(r["bpd_diffusion"]), *(_fmt(r.get(f"bpd_T{t}")) for t in eval_steps),
-                _fmt(r.get("fid"), 2), _kid(r), _fmt(r.get("fd"), 4), _fmt(r.get("train_seconds"), 0),
+                _fmt(r.get("fid"), 2), _kid(r), _fmt(r.get("fd"), 4), _fmt(r.get("train_diffusion_var_2nd_half"), 4, True),
+                _fmt(r.get("train_diffusion_var_all"), 4, True), _fmt(r.get("train_seconds"), 0),
                 r.get("notes") or ""]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
@@ -128,7 +133,8 @@ def read_curves_csv(path: str) -> dict[str, list[tuple[int, float, float | None]
 def heatmap_matrix(rows: list[dict], value: str = "bpd", schedule: str | None = None,
                    ) -> tuple[list[str], list[str], np.ndarray]:
     """(parameterisations, weightings, M [P, W]): mean of `value` over seeds of the ok cells (NaN where none)."""
-    ok = [r for r in rows if r.get("status") == "ok" and (schedule is None or r["schedule"] == schedule)]
+    ok = [r for r in rows if r.get("status") == "ok" and (schedule is None or r["schedule"] == schedule)
+          and not r.get("variant")]                 # a variant cell is not its (param, weighting) square
     params = list(dict.fromkeys(r["parameterization"] for r in ok))
     weights = list(dict.fromkeys(r["weighting"] for r in ok))
     m = np.full((len(params), len(weights)), np.nan)
@@ -213,8 +219,9 @@ def sample_montage(result_dir: str, rows: list[dict], max_cells: int = 24, panel
     return fig
 
 
-def _summary(result_dir: str, rows: list[dict], header: dict, eval_steps: tuple[int, ...]) -> str:
-    """results.md: what was run and on what (from `header`), how long it took, what the columns mean, the table."""
+def _summary(result_dir: str, rows: list[dict], header: dict, eval_steps: tuple[int, ...],
+             curves: dict[str, list] | None = None) -> str:
+    """results.md: what was run and on what (from `header`), how long it took, what the columns mean, the tables."""
     ok = [r for r in rows if r.get("status") == "ok"]
     train_s = [r["train_seconds"] for r in ok if r.get("train_seconds") is not None]
     total_s = [r["train_seconds"] + (r.get("measure_seconds") or 0.0) for r in ok if r.get("train_seconds") is not None]
@@ -237,8 +244,12 @@ def _summary(result_dir: str, rows: list[dict], header: dict, eval_steps: tuple[
              (f"- FID, KID: Inception-v3 (2015-12-05) pool features (vdm.fid, TF1 resize), the samples against "
               f"the first {header.get('inception_reference')} test images; KID ± its standard error over "
               "100 subsets of 1000" if header.get("inception_reference") and header.get("fd_samples")
-              else "- FID, KID: not measured"), f"- date: {header.get('date')}", "",
-             markdown_table(rows, eval_steps)]
+              else "- FID, KID: not measured"),
+             "- Var(diffusion): the training loss's variance, the batch variance of the per-example diffusion term "
+             "(train/diffusion_var) averaged over the logged steps of the second half of training (step > steps/2), "
+             "and over all logged steps", f"- date: {header.get('date')}", "",
+             markdown_table(rows, eval_steps), tables.variance_markdown(tables.variance_rows(rows)),
+             tables.curves_markdown(curves or {})]
     return "\n".join(lines)
 
 
@@ -248,7 +259,7 @@ def _write_figures(result_dir: str, rows: list[dict], curves: dict[str, list], b
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig_dir = os.path.join(result_dir, "figures")
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r for r in rows if r.get("status") == "ok" and not r.get("variant")]
     figures = []
     if any(r["schedule"] == base_schedule for r in ok):
         figures.append(("bpd_heatmap.png", lambda: plot_heatmap(rows, "bpd", base_schedule)))
@@ -287,13 +298,17 @@ def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ..
     write_curves_csv(os.path.join(result_dir, "curves.csv"), curves)
     atomic_write(os.path.join(result_dir, "header.json"),
                  lambda f: json.dump(header, f, indent=1, sort_keys=True, default=str))
+    vrows = tables.variance_rows(rows)
+    if vrows:
+        tables.write_variance_csv(os.path.join(result_dir, "variance.csv"), vrows)
     atomic_write(os.path.join(result_dir, "results.md"), lambda f: f.write(_summary(result_dir, rows, header,
-                                                                                      eval_steps)))
+                                                                                      eval_steps, curves)))
     _write_figures(result_dir, rows, curves, base_schedule)
 
 
 def load_results(result_dir: str) -> dict:
-    """{'rows', 'curves', 'header', 'eval_steps'} of a result folder (for notebooks); FileNotFoundError if absent."""
+    """{'rows', 'curves', 'header', 'eval_steps', 'variance_rows'} of a result folder (for notebooks); FileNotFoundError
+    if absent ('variance_rows': variance.csv's, [] without one)."""
     path = os.path.join(result_dir, "results.csv")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: run experiments/compare_objectives.py with --name first.")
@@ -301,5 +316,7 @@ def load_results(result_dir: str) -> dict:
         cols = next(csv.reader(f))
     with open(os.path.join(result_dir, "header.json")) as f:
         header = json.load(f)
+    variance = os.path.join(result_dir, "variance.csv")
     return {"rows": read_csv(path), "curves": read_curves_csv(os.path.join(result_dir, "curves.csv")),
-            "header": header, "eval_steps": eval_steps_of(cols)}
+            "header": header, "eval_steps": eval_steps_of(cols),
+            "variance_rows": tables.read_variance_csv(variance) if os.path.exists(variance) else []}

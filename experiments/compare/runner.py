@@ -1,11 +1,14 @@
 """How a cell of the grid runs: its stages as `python -m vdm.main` processes, resume markers, the FD stage, its row.
 
-Every cell runs the commands a user runs:
+Every cell runs the commands a user runs (experiments/compare/stages.py names them):
   train   python -m vdm.main --config=C --workdir=CELL [--config.K=V overrides] <the cell's keys> \
               --config.training.num_steps=N --config.training.eval_every=E --config.eval.num_steps=0
-  eval T  the same with --mode=eval --config.eval.num_steps=T, for each T in --eval_steps;
-  sample  the same with --mode=sample --config.sampling.num_samples=--fd_samples;
-  fd      images: python experiments/feature_net.py --mode=fd; flat toy data: the Fréchet
+  eval T  the same with --mode=eval --config.eval.num_steps=T, for each T in --eval_steps (a cell with
+          reverse variances: once per variance, --config.eval.variance=V);
+  sample  the same with --mode=sample --config.sampling.num_samples=--fd_samples (a cell with reverse
+          variances: --config.sampling.method=ancestral --config.sampling.num_steps=S
+          --config.sampling.variance=V for each S in --ancestral_steps and each variance instead);
+  fd      per sample set; images: python experiments/feature_net.py --mode=fd; flat toy data: the Fréchet
           distance of the raw coordinates, computed here;
   inception  images: python -m vdm.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json,
           Inception FID and KID against the first R test images (R = --inception_reference).
@@ -24,7 +27,6 @@ import os
 import queue
 import shlex
 import subprocess
-import sys
 import time
 from typing import IO, Callable
 
@@ -32,63 +34,16 @@ import numpy as np
 
 from vdm import feature_metrics
 from experiments.compare.grid import Cell
+from experiments.compare.stages import (EXPERIMENTS, Options, fd_command, final_eval, inception_command,  # noqa: F401
+                                        parse_eval_stage, quality_suffix, sample_stages, stage_commands,
+                                        train_variance)
 from vdm.fileio import atomic_write
 from vdm.metrics import read_metrics
 
-EXPERIMENTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(EXPERIMENTS)
 DEFAULT_RESULTS_ROOT = os.path.join(REPO, "experiments", "results")
 DEFAULT_FEATURE_NET_DIR = os.path.join(REPO, "experiments", "results", "feature_net")
 Log = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """What every cell shares: the config, user overrides, steps, and what to measure."""
-    config_arg: str                 # configs/X.py[:arg], absolute path
-    user_overrides: tuple[str, ...]  # --config.K=V flags passed through to every command
-    steps: int
-    eval_every: int
-    eval_steps: tuple[int, ...]     # discrete T of the extra ELBO evaluations
-    fd_samples: int                 # samples for the Fréchet distance (0: no sampling, no FD)
-    flat_data: bool                 # toy data [N, D]: FD of raw coordinates, else feature-net FD
-    feature_net_dir: str
-    data_config: dict               # config.data, to load the test split of flat data
-    inception_reference: int = 0    # test images of the Inception FID/KID reference (0: not measured)
-    python: str = sys.executable
-
-
-def stage_commands(cell: Cell, opts: Options, cell_dir: str) -> dict[str, list[str]]:
-    """{stage: argv} for the cell's train, eval_T<T> and sample stages (the fd stage needs the sample file)."""
-    base = [opts.python, "-m", "vdm.main", f"--config={opts.config_arg}", f"--workdir={cell_dir}",
-            *opts.user_overrides, *cell.overrides(), f"--config.training.num_steps={opts.steps}",
-            f"--config.training.eval_every={opts.eval_every}"]
-    cmds = {"train": base + ["--config.eval.num_steps=0"]}
-    for t in opts.eval_steps:
-        cmds[f"eval_T{t}"] = base + ["--mode=eval", f"--config.eval.num_steps={t}"]
-    if opts.fd_samples > 0:
-        cmds["sample"] = base + ["--config.eval.num_steps=0", "--mode=sample",
-                                 f"--config.sampling.num_samples={opts.fd_samples}"]
-    return cmds
-
-
-def fd_command(opts: Options, samples: str, out: str) -> list[str]:
-    """argv of the feature-net Fréchet distance of an .npz of image samples."""
-    return [opts.python, os.path.join(EXPERIMENTS, "feature_net.py"), "--mode=fd",
-            f"--workdir={opts.feature_net_dir}", f"--samples={samples}", f"--out={out}"]
-
-
-def inception_command(opts: Options, samples: str, out: str) -> list[str]:
-    """argv of the Inception FID and KID (vdm.fid) of an .npz of image samples against the test split."""
-    return [opts.python, "-m", "vdm.fid", samples, f"{opts.data_config['dataset']}:test",
-            f"--num_b={opts.inception_reference}", f"--json={out}"]
-
-
-def final_eval(records: list[dict], step: int, num_steps: int | None = None) -> dict | None:
-    """The last eval record at `step`: the training loop's (no 'eval/num_steps') or the --mode=eval one for T."""
-    hits = [r for r in records if r.get("step") == step and r.get("eval/bpd") is not None
-            and r.get("eval/num_steps") == num_steps]
-    return hits[-1] if hits else None
 
 
 def read_json(path: str, default=None):
@@ -161,8 +116,8 @@ def _stage_finished(stage: str, argv: list[str], stages: dict, cell_dir: str, op
     ok = record is not None and record["argv"] == argv[1:]
     if stage == "train":
         ok = ok and final_eval(read_metrics(cell_dir), opts.steps) is not None
-    elif stage.startswith("eval_T"):        # a non-finite ELBO is retried on the next invocation
-        ok = ok and final_eval(read_metrics(cell_dir), opts.steps, int(stage[6:])) is not None
+    elif parse_eval_stage(stage):           # a non-finite ELBO is retried on the next invocation
+        ok = ok and final_eval(read_metrics(cell_dir), opts.steps, *parse_eval_stage(stage)) is not None
     return ok
 
 
@@ -187,7 +142,7 @@ def _run_stages(cell: Cell, opts: Options, cell_dir: str, stages: dict, slot: Sl
         seconds = run_stage(argv, os.path.join(cell_dir, "logs", f"{stage}.log"), slot.device, slot.share)
         record = {"argv": argv[1:], "seconds": seconds, "hardware": slot.hardware,
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        if stage == "sample":               # the sample file is the newest one after this stage
+        if stage in sample_stages([stage]):     # the sample file is the newest one after this stage
             record["npz"] = _new_sample_file(cell_dir, before, opts.steps)
         stages[stage] = record
         atomic_write(stages_path, json_writer(stages))
@@ -195,28 +150,33 @@ def _run_stages(cell: Cell, opts: Options, cell_dir: str, stages: dict, slot: Sl
 
 
 def _fd_stage(opts: Options, cell_dir: str, stages: dict, slot: Slot) -> None:
-    """CELL/fd.json for the sampled .npz (flat data here, images by the feature net's CLI), and for images
-    CELL/inception.json (vdm.fid), each unless already done."""
-    npz = stages["sample"]["npz"]
+    """CELL/fd<X>.json for each sampled .npz (flat data here, images by the feature net's CLI), and for images
+    CELL/inception<X>.json (vdm.fid), each unless already done (X: see stages.quality_suffix)."""
+    for sample in sample_stages(stages):
+        _quality_stages(opts, cell_dir, stages, slot, quality_suffix(sample))
+
+
+def _quality_stages(opts: Options, cell_dir: str, stages: dict, slot: Slot, x: str) -> None:
+    """The fd<X> and inception<X> stages of the sample stage sample<X>."""
+    npz = stages["sample" + x]["npz"]
     fd_key = {"npz": npz, "flat": opts.flat_data, "feature_net_dir": opts.feature_net_dir}
-    if stages.get("fd", {}).get("key") == fd_key:
-        return
-    t0 = time.perf_counter()
-    out = os.path.join(cell_dir, "fd.json")
-    if opts.flat_data:
-        atomic_write(out, json_writer(_flat_fd(npz, opts)))
-    else:
-        run_stage(fd_command(opts, npz, out), os.path.join(cell_dir, "logs", "fd.log"), slot.device, slot.share)
-    stages["fd"] = {"key": fd_key, "seconds": time.perf_counter() - t0}
-    atomic_write(os.path.join(cell_dir, "stages.json"), json_writer(stages))
+    if stages.get("fd" + x, {}).get("key") != fd_key:
+        t0 = time.perf_counter()
+        out = os.path.join(cell_dir, f"fd{x}.json")
+        if opts.flat_data:
+            atomic_write(out, json_writer(_flat_fd(npz, opts)))
+        else:
+            run_stage(fd_command(opts, npz, out), os.path.join(cell_dir, "logs", f"fd{x}.log"), slot.device, slot.share)
+        stages["fd" + x] = {"key": fd_key, "seconds": time.perf_counter() - t0}
+        atomic_write(os.path.join(cell_dir, "stages.json"), json_writer(stages))
     if opts.flat_data or opts.inception_reference <= 0:
         return
     key = {"npz": npz, "reference": opts.inception_reference}
-    if stages.get("inception", {}).get("key") != key:
+    if stages.get("inception" + x, {}).get("key") != key:
         t0 = time.perf_counter()
-        run_stage(inception_command(opts, npz, os.path.join(cell_dir, "inception.json")),
-                  os.path.join(cell_dir, "logs", "inception.log"), slot.device, slot.share)
-        stages["inception"] = {"key": key, "seconds": time.perf_counter() - t0}
+        run_stage(inception_command(opts, npz, os.path.join(cell_dir, f"inception{x}.json")),
+                  os.path.join(cell_dir, "logs", f"inception{x}.log"), slot.device, slot.share)
+        stages["inception" + x] = {"key": key, "seconds": time.perf_counter() - t0}
         atomic_write(os.path.join(cell_dir, "stages.json"), json_writer(stages))
 
 
@@ -254,22 +214,51 @@ def run_cell(cell: Cell, opts: Options, cell_dir: str, *, slot: Slot = Slot(), l
     return row
 
 
-def _notes(row: dict, opts: Options, stages: dict) -> str:
+def _notes(row: dict, opts: Options, stages: dict, cmds: dict) -> str:
     """'non-finite: ...; not run: ...' for the measured columns that have no value (empty if all do)."""
-    wanted = [(f"bpd_T{t}", f"eval_T{t}") for t in opts.eval_steps]
-    if opts.fd_samples > 0:
-        wanted.append(("fd", "fd"))
+    wanted = [("bpd" + stage[4:], stage) for stage in cmds if parse_eval_stage(stage)]    # eval_T<T>[_v]: bpd_T..
+    for x in map(quality_suffix, sample_stages(cmds)):
+        wanted.append(("fd" + x, "fd" + x))
         if not opts.flat_data and opts.inception_reference > 0:
-            wanted.append(("fid", "inception"))
-    not_run = [col for col, stage in wanted if row[col] is None and stage not in stages]
-    nonfinite = [col for col, stage in wanted if row[col] is None and stage in stages]
+            wanted.append(("fid" + x, "inception" + x))
+    not_run = [col for col, stage in wanted if row.get(col) is None and stage not in stages]
+    nonfinite = [col for col, stage in wanted if row.get(col) is None and stage in stages]
     notes = ([f"non-finite: {', '.join(nonfinite)}"] if nonfinite else []) + \
             ([f"not run: {', '.join(not_run)}"] if not_run else [])
     return "; ".join(notes)
 
 
+def _eval_columns(cell: Cell, opts: Options, records: list[dict]) -> dict:
+    """bpd_T<T>(_se) per T (a cell with variances: bpd_T<T>_<v>(_se) per variance, bpd_T<T> its default's)."""
+    row = {}
+    for t in opts.eval_steps:
+        for v in cell.variances or (None,):
+            rec = final_eval(records, opts.steps, t, v) or {}
+            col = f"bpd_T{t}" + (f"_{v}" if v else "")
+            row[col], row[col + "_se"] = rec.get("eval/bpd"), rec.get("eval/bpd_se")
+        if cell.variances:
+            default = f"bpd_T{t}_{cell.variances[0]}"
+            row[f"bpd_T{t}"], row[f"bpd_T{t}_se"] = row[default], row[default + "_se"]
+    return row
+
+
+def _quality_columns(cell_dir: str, opts: Options, stages: dict, cmds: dict) -> dict:
+    """fd<X>, fid<X>, kid<X>, kid_se<X> per sample stage sample<X>, and fd_features / fd_num_samples."""
+    row = {"fd": None, "fd_features": "", "fd_num_samples": None, "fid": None, "kid": None, "kid_se": None}
+    for x in map(quality_suffix, sample_stages(cmds)):
+        fd_out = read_json(os.path.join(cell_dir, f"fd{x}.json"), {}) if opts.fd_samples > 0 else {}
+        row["fd" + x] = fd_out.get("fd")
+        if fd_out:
+            row["fd_features"] = "data" if opts.flat_data else "feature_net"
+            row["fd_num_samples"] = fd_out.get("num_samples")
+        inc = read_json(os.path.join(cell_dir, f"inception{x}.json"), {}) if "inception" + x in stages else {}
+        row["fid" + x], row["kid" + x], row["kid_se" + x] = inc.get("fid"), inc.get("kid"), inc.get("kid_se")
+    return row
+
+
 def cell_row(cell: Cell, opts: Options, cell_dir: str, stages: dict) -> dict:
-    """The cell's results: ELBO terms and SE from metrics.jsonl, discrete-T ELBOs, FD, timings.
+    """The cell's results: ELBO terms and SE from metrics.jsonl, discrete-T ELBOs, FD, the training loss's
+    variance, timings.
 
     A value the run reported as non-finite (null in metrics.jsonl / fd.json) is None here and
     named in row['notes'].
@@ -281,25 +270,19 @@ def cell_row(cell: Cell, opts: Options, cell_dir: str, stages: dict) -> dict:
                         for r in records)
         raise CellError(f"{cell_dir}/metrics.jsonl: the final eval at step {opts.steps} is "
                         + ("non-finite (did training diverge?)." if nonfinite else "missing."))
-    row = {"cell": cell.name, "parameterization": cell.parameterization, "weighting": cell.weighting,
-           "schedule": cell.schedule, "seed": cell.seed, "steps": opts.steps, "status": "ok"}
+    cmds = stage_commands(cell, opts, cell_dir)
+    row = {**failed_row(cell, opts), "status": "ok"}
     for key in ("bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion", "sample_nonfinite_frac"):
         row[key] = final.get(f"eval/{key}")
-    for t in opts.eval_steps:
-        rec = final_eval(records, opts.steps, t) or {}
-        row[f"bpd_T{t}"], row[f"bpd_T{t}_se"] = rec.get("eval/bpd"), rec.get("eval/bpd_se")
-    fd_out = read_json(os.path.join(cell_dir, "fd.json"), {}) if opts.fd_samples > 0 else {}
-    row["fd"] = fd_out.get("fd")
-    row["fd_features"] = ("data" if opts.flat_data else "feature_net") if fd_out else ""
-    row["fd_num_samples"] = fd_out.get("num_samples")
-    inc = read_json(os.path.join(cell_dir, "inception.json"), {}) if "inception" in stages else {}
-    row["fid"], row["kid"], row["kid_se"] = inc.get("fid"), inc.get("kid"), inc.get("kid_se")
+    row.update(_eval_columns(cell, opts, records))
+    row.update(_quality_columns(cell_dir, opts, stages, cmds))
+    row.update(train_variance(records, opts.steps))
     row["train_seconds"] = stages["train"]["seconds"]
     row["measure_seconds"] = sum(v.get("seconds", 0.0) for k, v in stages.items() if k != "train")
     row["hardware"] = stages["train"].get("hardware", "")
     samples = sorted(glob.glob(os.path.join(cell_dir, "samples", "step_*.png")))
     row["samples_png"] = os.path.relpath(samples[-1], cell_dir) if samples else ""
-    row["notes"] = _notes(row, opts, stages)
+    row["notes"] = _notes(row, opts, stages, cmds)
     return row
 
 
@@ -353,7 +336,8 @@ def describe_hardware(gpus: list[str]) -> str:
 def failed_row(cell: Cell, opts: Options) -> dict:
     """The row of a cell whose stage raised CellError: its identity and status 'failed'."""
     return {"cell": cell.name, "parameterization": cell.parameterization, "weighting": cell.weighting,
-            "schedule": cell.schedule, "seed": cell.seed, "steps": opts.steps, "status": "failed"}
+            "schedule": cell.schedule, "variant": cell.variant, "seed": cell.seed, "steps": opts.steps,
+            "status": "failed"}
 
 
 def run_grid(cells: list[Cell], opts: Options, result_dir: str, *, parallel: int,
