@@ -10,7 +10,7 @@ Grids (equal steps and seeds in every cell):
   param_weighting  parameterization {eps, x0, score, v} x weighting {elbo, simple, snr, min_snr,
                    sigmoid, edm}, on the config's schedule;
   schedule         schedule {linear_logsnr, cosine, learned} for one weighting and parameterisation;
-  variance         improved DDPM's comparison, two cells on the cosine schedule with gamma_max 20 and the
+  variance         improved DDPM's comparison, two cells on the cosine schedule (the config's gamma_max) and the
                    config's parameterisation: <p>-hybrid-cosine-learnedvar (a learned reverse variance,
                    model.variance_head=interp, trained by L_hybrid: loss.objective=hybrid, weighting simple,
                    loss.num_steps=1000, sampling.variance=learned: the keys of configs/fashion_mnist.py:hybrid;

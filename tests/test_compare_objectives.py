@@ -325,7 +325,7 @@ def test_new_grid_cells_make_exact_commands():
                           ancestral_steps=(25,))
     base = ["py", "-m", "vdm.main", "--config=/c.py", "--workdir=/w", "--config.model.width=16",
             "--config.model.parameterization=eps", "--config.loss.weighting=simple", "--config.model.schedule=cosine",
-            "--config.seed=1", "--config.model.gamma_max=20.0", "--config.model.variance_head=interp",
+            "--config.seed=1", "--config.model.variance_head=interp",
             "--config.loss.objective=hybrid", "--config.loss.num_steps=1000", "--config.sampling.variance=learned",
             "--config.training.num_steps=40", "--config.training.eval_every=20"]
     cmds = runner.stage_commands(hybrid, opts, "/w")

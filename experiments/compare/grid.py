@@ -4,7 +4,7 @@ Grids (equal steps and seeds in every cell):
   param_weighting  parameterization {eps, x0, score, v} x weighting {elbo, simple, snr, min_snr,
                    sigmoid, edm}, on the config's schedule;
   schedule         schedule {linear_logsnr, cosine, learned} for one weighting and parameterisation;
-  variance         improved DDPM's learned vs fixed reverse variance on the cosine schedule (gamma_max 20):
+  variance         improved DDPM's learned vs fixed reverse variance on the cosine schedule (the config's gamma_max):
                    <p>-hybrid-cosine-learnedvar (L_hybrid, the keys of configs/fashion_mnist.py:hybrid) and
                    <p>-simple-cosine-fixedvar (L_simple, no variance head, continuous time);
   t_sampling       weighting {elbo, sigmoid, edm} x loss.t_sampling {antithetic, adaptive} on the config's
@@ -31,10 +31,10 @@ VARIANCE_SCHEDULE = "cosine"
 # variant -> (config keys the cell sets besides its parameterisation, weighting, schedule and seed;
 #             the reverse variances of its discrete ELBO and ancestral samples, its default first).
 VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
-    "learnedvar": ({"model.gamma_max": 20.0, "model.variance_head": "interp", "loss.objective": "hybrid",
+    "learnedvar": ({"model.variance_head": "interp", "loss.objective": "hybrid",
                     "loss.weighting": "simple", "loss.num_steps": 1000, "sampling.variance": "learned"},
                    ("learned", "small", "large")),
-    "fixedvar": ({"model.gamma_max": 20.0, "model.variance_head": "none", "loss.objective": "weighted",
+    "fixedvar": ({"model.variance_head": "none", "loss.objective": "weighted",
                   "loss.weighting": "simple", "loss.num_steps": 0}, ("small", "large")),
     **{t: ({"loss.t_sampling": t}, ()) for t in ("uniform", *T_SAMPLINGS)},
 }
