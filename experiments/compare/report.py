@@ -46,24 +46,12 @@ def eval_steps_of(cols: list[str]) -> list[int]:
 
 def write_csv(path: str, rows: list[dict], eval_steps: tuple[int, ...]) -> None:
     """One row per cell; missing values empty."""
-    cols = columns(eval_steps)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: "" if r.get(c) is None else r.get(c) for c in cols})
+    tables.write_rows_csv(path, rows, columns(eval_steps))
 
 
 def read_csv(path: str) -> list[dict]:
     """Rows of results.csv with numbers as float/int and empty cells as None."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in r.items():
-            if k in TEXT_COLUMNS:
-                continue
-            r[k] = None if v == "" else (int(v) if k in ("seed", "steps", "fd_num_samples") else float(v))
-    return rows
+    return tables.read_rows_csv(path, tuple(TEXT_COLUMNS), ("seed", "steps", "fd_num_samples"))
 
 
 def _fmt(v: Any, digits: int = 3, significant: bool = False) -> str:

@@ -41,24 +41,34 @@ def variance_rows(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: (cells.index(r["cell"]), r["kind"], r["steps"], VARIANCE_ORDER.index(r["variance"])))
 
 
-def write_variance_csv(path: str, vrows: list[dict]) -> None:
-    """variance.csv (see the module docstring); missing values empty."""
+def write_rows_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+    """rows as a CSV of `columns` (others ignored); missing values empty."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=VARIANCE_COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
-        for r in vrows:
-            w.writerow({c: "" if r.get(c) is None else r.get(c) for c in VARIANCE_COLUMNS})
+        for r in rows:
+            w.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
 
 
-def read_variance_csv(path: str) -> list[dict]:
-    """Rows of variance.csv with numbers as float/int and empty cells as None."""
+def read_rows_csv(path: str, text: tuple[str, ...], integers: tuple[str, ...]) -> list[dict]:
+    """Rows of a CSV from write_rows_csv: `text` columns as strings, `integers` as int, the rest float, empty as None."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         for k, v in r.items():
-            if k not in ("cell", "kind", "variance"):
-                r[k] = None if v == "" else (int(v) if k in ("seed", "steps") else float(v))
+            if k not in text:
+                r[k] = None if v == "" else (int(v) if k in integers else float(v))
     return rows
+
+
+def write_variance_csv(path: str, vrows: list[dict]) -> None:
+    """variance.csv (see the module docstring); missing values empty."""
+    write_rows_csv(path, vrows, VARIANCE_COLUMNS)
+
+
+def read_variance_csv(path: str) -> list[dict]:
+    """Rows of variance.csv with numbers as float/int and empty cells as None."""
+    return read_rows_csv(path, ("cell", "kind", "variance"), ("seed", "steps"))
 
 
 def _fmt(v, digits: int = 3) -> str:
