@@ -409,6 +409,7 @@ def test_report_tolerates_histogram_rows_and_orders_variance_tables(tmp_path):
     assert report.heatmap_matrix(rows, "bpd")[2][0, 0] == 3.0
 
 
+@pytest.mark.slow          # two more cells through the CLI (~30 s); the commands and configs are checked above
 def test_new_grids_run_end_to_end_with_finite_new_columns(base_grid):
     """One fixedvar (variance) cell and the adaptive eps-elbo cell beside the antithetic one base_grid trained."""
     root, first = base_grid
