@@ -336,6 +336,12 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
            f"number of classes, {info.num_classes}.")
 
 
+def eval_variance(config: ml_collections.ConfigDict) -> str:
+    """The T-step ELBO's reverse variance: config.eval.variance, unset: 'learned' with a variance head, else 'small'."""
+    return config.eval.get("variance") or ("learned" if config.model.get("variance_head", "none") != "none"
+                                           else "small")
+
+
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of `config` whose config.sampling options of its method are resolved: each unset (None) one set to the
     method's default (sampling.resolve_options of sampling.options_from_config); a config without sampling as it is.
@@ -343,8 +349,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     from vdm import sampling
     out = config.copy_and_resolve_references()
     e = out.get("eval")
-    if e is not None and "variance" in e and e.variance is None and "model" in out:   # the T-step ELBO's default
-        e.variance = "learned" if out.model.get("variance_head", "none") != "none" else "small"
+    if e is not None and "variance" in e and "model" in out:
+        e.variance = eval_variance(out)
     s = out.get("sampling")
     if s is None or "method" not in s:
         return out

@@ -33,7 +33,7 @@ from vdm.likelihood import ode_nll
 from vdm.models import COMPUTE_DTYPES, LEARNED_SCHEDULES, convert, get_model, get_schedule_module
 from vdm.optim import Optimizer, TrainState, step_keys
 from vdm.parameterization import split_variance
-from vdm.schedules import Schedule, dgamma_dt, get_schedule
+from vdm.schedules import Schedule, get_schedule
 
 Array = jax.Array
 PyTree = Any
@@ -66,7 +66,7 @@ class DiffusionModel:
     @property
     def eval_variance(self) -> str:
         """The T-step ELBO's reverse variance: config.eval.variance, unset: 'learned' with a variance head, else 'small'."""
-        return self.config.eval.get("variance") or ("learned" if self.variance_head != "none" else "small")
+        return config_utils.eval_variance(self.config)
 
     @property
     def weighting_kwargs(self) -> dict[str, float]:
@@ -140,13 +140,11 @@ class DiffusionModel:
         edges = t_sampling.lambda_edges(schedule(jnp.zeros(())), schedule(jnp.ones(())), histogram["sums"].shape[0])
         return edges, t_sampling.bin_probs(histogram, loss.adaptive_uniform)
 
-    def update_stats(self, stats: PyTree, batch: dict, key: Array, terms: dict) -> PyTree:
-        """The adaptive histogram after this step: EMA of W(lambda) E||eps - eps_hat||^2 per lambda bin, over the global batch."""
-        noise = self.noise(batch, key, train=True, stats=stats)
-        _, dgamma = dgamma_dt(self.fixed_schedule, noise["t"])
-        values = t_sampling.integrand(terms["diffusion"], noise["density"], dgamma)
-        hist = t_sampling.update(stats[T_HISTOGRAM], noise["bin"], values, self.config.loss.adaptive_decay,
-                                 axis_name=parallel.AXIS)
+    def update_stats(self, stats: PyTree, terms: dict) -> PyTree:
+        """The adaptive histogram after this step: EMA of W(lambda) E||eps - eps_hat||^2 per lambda bin over the global
+        batch, from the step's own per-example terms 't_bin' and 't_integrand' (terms_at)."""
+        hist = t_sampling.update(stats[T_HISTOGRAM], terms["t_bin"], terms["t_integrand"],
+                                 self.config.loss.adaptive_decay, axis_name=parallel.AXIS)
         return {**stats, T_HISTOGRAM: hist}
 
     # ------------------------------------------------------------------------- the objective
@@ -189,7 +187,7 @@ class DiffusionModel:
         net = lambda z, t: self.apply_network(model_params, z, gamma_t, y, train=train, dropout_key=dropout_key,
                                               with_variance=discrete)
         hybrid = train and c.loss.objective == "hybrid"
-        return objectives.neg_elbo_terms_at(
+        terms = objectives.neg_elbo_terms_at(
             net, batch["x"], noise["t"], noise["eps"], noise["eps_0"], gammas, schedule=schedule,
             parameterization=c.model.parameterization, weighting=c.loss.weighting if train else "elbo",
             decoder=self.decoder, encoding=self.info.encoding, num_steps=c.loss.num_steps if discrete else 0,
@@ -197,6 +195,10 @@ class DiffusionModel:
             variance="learned" if self.variance_head != "none" else "small",
             hybrid_lambda=c.loss.hybrid_lambda if hybrid else None,
             t_density=noise.get("density") if train else None)
+        if train and self.adaptive:     # what the step adds to the histogram (update_stats), from these same draws
+            terms["t_bin"] = noise["bin"]
+            terms["t_integrand"] = t_sampling.integrand(terms["diffusion"], noise["density"], gammas[3])
+        return terms
 
     def loss_terms(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None, *,
                    train: bool = True, stats: PyTree = None) -> dict[str, Array]:
@@ -243,7 +245,7 @@ def train_step(model: DiffusionModel, state: TrainState, batch: dict) -> tuple[T
         metrics.update(gamma_0=schedule(jnp.zeros(())), gamma_1=schedule(jnp.ones(())))
     new_state, metrics = model.optimizer.update(state, grads, metrics)
     if model.adaptive:
-        new_state = new_state.replace(stats=model.update_stats(state.stats, batch, key, terms))
+        new_state = new_state.replace(stats=model.update_stats(state.stats, terms))
     return new_state, metrics
 
 
@@ -275,9 +277,9 @@ def pilot_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Arr
     """Per-example lambda = -gamma(t) and integrand gamma'^-1 x (ELBO diffusion term) at t ~ U(0, 1): the pilot pass of
     importance-sampled evaluation (t_sampling.integrand; per unit lambda, 1/2 ||eps - eps_hat||^2)."""
     noise = model.noise(batch, key, train=False)
-    terms = model.loss_terms(params, batch, key, train=False)
-    gamma, dgamma = dgamma_dt(model.schedule(params), noise["t"])
-    return {"lam": -gamma, "value": t_sampling.integrand(terms["diffusion"], jnp.ones_like(gamma), dgamma)}
+    gammas = objectives.schedule_values(model.schedule(params), noise["t"])      # one pass: the terms and the integrand
+    terms = model.terms_at(params["model"], gammas, batch, noise, train=False)
+    return {"lam": -gammas[2], "value": t_sampling.integrand(terms["diffusion"], jnp.ones_like(gammas[2]), gammas[3])}
 
 
 def importance_proposal(model: DiffusionModel, params: PyTree, pilot: dict) -> Array:

@@ -55,12 +55,15 @@ def step_kl(eps: Array, eps_hat: Array, gamma_s: Array, gamma_t: Array, variance
     return jnp.where(step, diffusion.kl_normal(mean_diff, var_q, jnp.zeros_like(mean_diff), var_p), 0.0)
 
 
-def _step_gammas(schedule: Schedule, t: Array, num_steps: int, x: Array) -> tuple[Array, Array]:
-    """(gamma_s, gamma_t) [B, 1, ...] of the step ending at t = i/T (t must lie on the grid i/T, i = 1..T)."""
+def _step_prediction(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, schedule: Schedule,
+                     parameterization: str, num_steps: int) -> tuple[Array, Array, Array, Array | None]:
+    """(gamma_s, gamma_t [B, 1, ...], eps_hat, v) of the step ending at t = i/T (on the grid i/T, i = 1..T): one network pass."""
     i = jnp.round(t * num_steps)
     gamma_t = diffusion.expand_to(schedule(i / num_steps), x)
     gamma_s = diffusion.expand_to(schedule((i - 1.0) / num_steps), x)
-    return gamma_s, gamma_t
+    z_t = diffusion.q_sample(x, gamma_t, eps)
+    pred, v = network_output(denoise_fn, z_t, t, x)
+    return gamma_s, gamma_t, convert(pred, z_t, gamma_t, source=parameterization, target="eps"), v
 
 
 def discrete_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, *, schedule: Schedule,
@@ -70,11 +73,8 @@ def discrete_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Arra
     p(z_s | z_t) = N(mean of q(z_s | z_t, x_hat), Sigma) with Sigma of `variance`: 'small' (the
     posterior's, VDM's and DDPM's model), 'large' or 'learned' (denoise_fn returns (prediction, v)).
     """
-    gamma_s, gamma_t = _step_gammas(schedule, t, num_steps, x)
-    z_t = diffusion.q_sample(x, gamma_t, eps)
-    pred, v = network_output(denoise_fn, z_t, t, x)
+    gamma_s, gamma_t, eps_hat, v = _step_prediction(denoise_fn, x, eps, t, schedule, parameterization, num_steps)
     _check_variance(variance, v)
-    eps_hat = convert(pred, z_t, gamma_t, source=parameterization, target="eps")
     return num_steps * diffusion.sum_except_batch(step_kl(eps, eps_hat, gamma_s, gamma_t, variance, v))
 
 
@@ -88,11 +88,8 @@ def hybrid_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array,
     discrete ELBO's estimate with the learned variance and a stop-gradient on the mean, so it
     trains only the variance head.
     """
-    gamma_s, gamma_t = _step_gammas(schedule, t, num_steps, x)
-    z_t = diffusion.q_sample(x, gamma_t, eps)
-    pred, v = network_output(denoise_fn, z_t, t, x)
+    gamma_s, gamma_t, eps_hat, v = _step_prediction(denoise_fn, x, eps, t, schedule, parameterization, num_steps)
     _check_variance("learned", v)
-    eps_hat = convert(pred, z_t, gamma_t, source=parameterization, target="eps")
     mean_part = weight * diffusion.sum_except_batch(jnp.square(eps - eps_hat))
     kl = step_kl(eps, jax.lax.stop_gradient(eps_hat), gamma_s, gamma_t, "learned", v)
     vlb = num_steps * diffusion.sum_except_batch(kl)
