@@ -84,6 +84,8 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
 
     config.sampling = _sampling()
 
+    config.latent = _latent()
+
     config.guidance = ml_collections.ConfigDict()   # classifier guidance at --mode=sample (Dhariwal & Nichol 2021)
     config.guidance.classifier_workdir = ""  # a noisy classifier from vdm.train_classifier; '': no guidance
     config.guidance.classifier_scale = 1.0   # s in eps - s sigma grad log p(y | z_t)
@@ -138,6 +140,23 @@ def _model(kind: str) -> ml_collections.ConfigDict:
     return model
 
 
+def _latent() -> ml_collections.ConfigDict:
+    """config.latent: latent diffusion, the diffusion model as the prior over an autoencoder's latents (vdm.latent_task)."""
+    lat = ml_collections.ConfigDict()
+    lat.autoencoder_workdir = ""   # a vdm.train_autoencoder run; "": a pixel model (every other latent key unused)
+    lat.latents = "sample"         # the prior is trained on z_0 ~ q(z_0 | x) (what the bound averages over) or its "mean"
+    lat.scale = 0.0                # c in u = c z_0; 0: 1/std of the latents, computed at the start and recorded
+    lat.scale_examples = 2000      # ... over this many train examples
+    lat.joint = False              # LSGM's end-to-end step: train encoder, decoder and prior on the bound (a resume may turn it on)
+    lat.autoencoder = ml_collections.ConfigDict()   # the autoencoder's model keys: copied from its run at the start (recorded; given values are replaced)
+    lat.autoencoder.latent_channels = 4   # C_z (configs/fashion_mnist_ae.py explains these)
+    lat.autoencoder.downsample = 4        # f: z_0 is [H/f, W/f, C_z]
+    lat.autoencoder.width = 32            # its channels
+    lat.autoencoder.num_blocks = 1        # its residual blocks per resolution
+    lat.autoencoder.decoder = "discretized_gaussian"   # its p(x | z_0)
+    return lat
+
+
 def _sampling() -> ml_collections.ConfigDict:
     """config.sampling: the sampler, its steps and batch; each option below is None: the method's default."""
     s = ml_collections.ConfigDict()
@@ -147,6 +166,7 @@ def _sampling() -> ml_collections.ConfigDict:
     s.batch_size = 500       # samples per sampler call (bounds memory); 0: all at once
     s.guidance_weight = 0.0  # classifier-free guidance w (conditional models)
     s.class_label = -1       # class to sample; -1: cycle through the classes
+    s.decode = "mean"        # latent models: a sample's image is the decoder's mean, or 'argmax' its most likely 8-bit value
     unset = config_dict.placeholder   # a typed None: the method's default unless a config or flag sets it
     s.grid = unset(str)                # time grid: uniform_t, uniform_logsnr, edm (default: the method's)
     s.rho = unset(float)               # grid='edm': the rho of Karras et al. 2022 (default 7)

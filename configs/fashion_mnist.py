@@ -8,7 +8,10 @@ Its keys and values are configs/base.py's (the base holds this experiment's valu
 Variants (the config argument, comma-separated): `:small` (a smoke test: 20 steps, 1-3.5 minutes, most of it the full-test-set eval), `:mnist`
 (the same settings on MNIST digits; prepare once with `python -m vdm.data prepare --dataset=mnist`),
 `:mnist,small`, `:hybrid` (improved DDPM: a learned reverse variance trained by L_simple + 0.001 L_vlb on the
-cosine schedule with T = 1000 steps; evaluated as the 1000-step ELBO, sampled ancestrally with the learned variance).
+cosine schedule with T = 1000 steps; evaluated as the 1000-step ELBO, sampled ancestrally with the learned variance),
+`:latent` (latent diffusion: the prior over the latents of configs/fashion_mnist_ae.py's autoencoder, trained first with
+`python -m vdm.train_autoencoder --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae`; its eval is
+the three-term bound in bits per pixel dimension, vdm.latent_task).
 """
 
 import ml_collections
@@ -17,9 +20,9 @@ from vdm.fileio import load_sibling     # configs/base.py, by its path next to t
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Config for Fashion-MNIST; arg: comma-separated variants from ('small', 'mnist', 'hybrid'), or ''."""
+    """Config for Fashion-MNIST; arg: comma-separated variants from ('small', 'mnist', 'hybrid', 'latent'), or ''."""
     variants = set(filter(None, arg.split(",")))
-    known = {"small", "mnist", "hybrid"}
+    known = {"small", "mnist", "hybrid", "latent"}
     if not variants <= known:
         raise ValueError(f"unknown fashion_mnist variant(s) {sorted(variants - known)} in {arg!r}; "
                          f"choose from {sorted(known)} (comma-separated), or ''.")
@@ -37,6 +40,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.loss.num_steps = 1000
         config.eval.num_steps = 1000       # the 1000-step ELBO, with the learned variance
         config.sampling.variance = "learned"
+    if "latent" in variants:               # the diffusion model as the prior over an autoencoder's latents
+        config.latent.autoencoder_workdir = "workdir/fashion_mnist_ae"   # vdm.train_autoencoder's run (its docstring)
+        config.model.decoder = "gaussian"  # the diffusion level models continuous latents; the autoencoder decodes x
+        config.model.fourier_features = False   # those resolve the 8-bit grid of pixels, not latents
+        config.model.width = 32            # 7x7x4 latents: 16x fewer positions than pixels, so a wider net at a like cost
     if "small" in variants:
         config.model.width = 8
         config.model.num_layers = 1

@@ -19,15 +19,15 @@ from conftest import REPO_ROOT
 
 LAYERS = [
     ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "encoding", "fileio",
-              "feature_metrics", "discrete_time", "t_sampling"]),
+              "feature_metrics", "discrete_time", "t_sampling", "latent"]),
     ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel", "torchscript",
                         "fid_weights", "optim"]),
     ("models", ["models"]),
     ("sampling", ["sampling", "guidance", "likelihood", "analytic", "fid"]),
-    ("config", ["config_utils", "record", "cli_errors"]),
+    ("config", ["config_utils", "record", "cli_errors", "config_latent"]),
     ("model", ["diffusion_model"]),
     ("loop", ["train"]),
-    ("tasks", ["diffusion_task", "train_classifier"]),
+    ("tasks", ["diffusion_task", "train_classifier", "train_autoencoder", "latent_task"]),
     ("modes", ["evaluate"]),
     ("cli", ["main"]),
 ]

@@ -234,11 +234,16 @@ def drop_labels(y: Array, u: Array, num_classes: int, rate: float) -> Array:
 
 # ----------------------------------------------------------------------------- per-device steps
 
-def train_step(model: DiffusionModel, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One optimizer step on this device's shard (inside shard_map): loss and grads here, averaged in Optimizer.update."""
+def train_step(model: DiffusionModel, state: TrainState, batch: dict,
+               value_and_grad: Callable | None = None) -> tuple[TrainState, dict]:
+    """One optimizer step on this device's shard (inside shard_map): loss and grads here, averaged in Optimizer.update.
+
+    value_and_grad(params, batch, key, dropout_key, stats) -> ((loss, terms), grads): the objective's,
+    default model.value_and_grad (a latent model's encodes the batch first, vdm.latent_task).
+    """
     params = parallel.to_varying(state.params)          # per-device grads, averaged in the update
     key, dropout_key = step_keys(state)
-    (_, terms), grads = model.value_and_grad(params, batch, key, dropout_key, stats=state.stats)
+    (_, terms), grads = (value_and_grad or model.value_and_grad)(params, batch, key, dropout_key, stats=state.stats)
     metrics = objectives.batch_means(terms)
     if model.schedule_module is not None:
         schedule = model.schedule(params)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vdm import config_utils, data, parallel
+from vdm import config_latent, config_utils, data, latent_task, parallel
 from vdm.checkpoint import Checkpointer
 from vdm.diffusion_model import DiffusionModel, derived_key, ode_eval_step, setup
 from vdm.diffusion_task import DiffusionTask, elbo_over_split, make_sampler, mean_and_se, over_eval_split, sample_labels
@@ -59,11 +59,16 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
     `config` should be the run's own (record.inference_config): the state's shapes come from it.
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    model, mesh = setup(config, mode=mode)
+    if config_latent.is_latent(config):      # the autoencoder's params are in the run's own checkpoint
+        task = latent_task.build(config, mode=mode)
+        model, mesh = task.model, parallel.make_mesh()
+    else:
+        model, mesh = setup(config, mode=mode)
+        task = DiffusionTask(model)
     with Checkpointer(ckpt_dir, max_to_keep=None, create=False) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) with this --workdir.")
-        state, step = restore_or_init(DiffusionTask(model), mesh, ckpt)
+        state, step = restore_or_init(task, mesh, ckpt)
     return model, mesh, state, step
 
 
@@ -97,7 +102,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "(metrics.jsonl).", step)
         return done
     key = derived_key(config, 1, step)
-    if config.eval.method == "ode":
+    if config_latent.is_latent(config):
+        result = latent_task.build(config, mode="eval").elbo_over_split(mesh, state.ema_params, key)
+        result["eval/num_steps"] = config.eval.num_steps
+    elif config.eval.method == "ode":
         eval_fn = parallel.data_parallel_eval(functools.partial(ode_eval_step, model), mesh, check_vma=False)
         result = evaluate_ode(eval_fn, state.ema_params, config, model.info, mesh, key)
     else:
@@ -166,10 +174,15 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     model, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
     s = config.sampling
     num = max(s.num_samples, config.eval.fid_samples)
-    guidance = _classifier_guidance(config, num)
-    chunk = sample_chunk_size(num, s.batch_size, guidance.num_classes if guidance else config.model.num_classes)
-    sampler = make_sampler(model, chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale)
-                           if guidance else None)
+    if config_latent.is_latent(config):      # latents drawn, then decoded (config.sampling.decode)
+        guidance = None
+        chunk = sample_chunk_size(num, s.batch_size)
+        sampler = latent_task.build(config, mode="sample").sampler(chunk)
+    else:
+        guidance = _classifier_guidance(config, num)
+        chunk = sample_chunk_size(num, s.batch_size, guidance.num_classes if guidance else config.model.num_classes)
+        sampler = make_sampler(model, chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk],
+                                                         guidance.scale) if guidance else None)
     key = derived_key(config, 2, step)
     num_chunks = -(-num // chunk)
     samples = np.concatenate([np.asarray(sampler(state.ema_params, key if num_chunks == 1

@@ -107,12 +107,15 @@ def resolve_config(mode: str, given, workdir: str, overridden: list[str]):
 
 
 def run(mode: str, config, workdir: str):
-    """Dispatch to one library function: diffusion_task.train_and_evaluate, evaluate.evaluate or evaluate.sample."""
-    from vdm import diffusion_task, evaluate   # imported after flag parsing: jax starts here, not at --help
+    """Dispatch to one library function: diffusion_task's (or for a latent model latent_task's) train_and_evaluate,
+    evaluate.evaluate or evaluate.sample."""
+    from vdm import config_latent, diffusion_task, evaluate, latent_task   # after flag parsing: jax starts here
     if mode == "eval":
         return evaluate.evaluate(config, workdir)
     if mode == "sample":
         return evaluate.sample(config, workdir)
+    if config_latent.is_latent(config):
+        return latent_task.train_and_evaluate(config, workdir)
     return diffusion_task.train_and_evaluate(config, workdir)
 
 

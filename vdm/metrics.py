@@ -162,7 +162,9 @@ def plot_bpd(workdir: str, path: str | None = None, *, num_dims: int | None = No
     for key, label, style in [("eval/bpd", "total", dict(lw=5, alpha=0.45, marker="o", ms=9, zorder=2)),
                               ("eval/bpd_diffusion", "diffusion", dict(lw=1.5, ls="--", marker="x", zorder=3)),
                               ("eval/bpd_recon", "reconstruction", dict(lw=1.5, ls="--", marker="s", ms=4)),
-                              ("eval/bpd_prior", "prior", dict(lw=1.5, ls=":", marker="^", ms=4))]:
+                              ("eval/bpd_prior", "prior", dict(lw=1.5, ls=":", marker="^", ms=4)),
+                              ("eval/bpd_cross_entropy", "latent cross-entropy", dict(lw=1.5, ls="--", marker="x")),
+                              ("eval/bpd_neg_entropy", "- encoder entropy", dict(lw=1.5, ls=":", marker="v", ms=4))]:
         values = [evals[s].get(key) for s in steps]
         if all(v is not None for v in values):
             ax.plot(steps, values, label=label, **style)

@@ -25,7 +25,7 @@ INFERENCE_SECTIONS = ("eval", "sampling", "guidance")
 MACHINE_KEYS = ("data.data_dir",)
 RESUMABLE_KEYS = MACHINE_KEYS + tuple(f"training.{k}" for k in (
     "num_steps", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "steps_per_call",
-    "nan_policy"))
+    "nan_policy")) + ("latent.joint",)     # a latent model's end-to-end fine-tuning starts on a resume
 _ABSENT = "<absent>"
 
 
@@ -74,7 +74,11 @@ ADDED_KEYS = {
     "model.variance_head": lambda c: "none", "loss.objective": lambda c: "weighted", "loss.num_steps": lambda c: 0,
     "loss.hybrid_lambda": lambda c: 0.001, "loss.adaptive_bins": lambda c: 100, "loss.adaptive_decay": lambda c: 0.99,
     "loss.adaptive_uniform": lambda c: 0.1, "eval.variance": lambda c: None, "eval.t_sampling": lambda c: "uniform",
-    "eval.pilot_examples": lambda c: 500,
+    "eval.pilot_examples": lambda c: 500, "sampling.decode": lambda c: "mean",
+    "latent.autoencoder_workdir": lambda c: "", "latent.latents": lambda c: "sample", "latent.scale": lambda c: 0.0,
+    "latent.scale_examples": lambda c: 2000, "latent.joint": lambda c: False,
+    "latent.autoencoder": lambda c: {"latent_channels": 4, "downsample": 4, "width": 32, "num_blocks": 1,
+                                     "decoder": "discretized_gaussian"},
 }
 # Keys replaced by another: (old key, new key, the new value of the old one).
 RENAMED_KEYS = (("loss.antithetic", "loss.t_sampling", lambda v: "antithetic" if v else "uniform"),)
@@ -90,7 +94,7 @@ def upgrade(recorded: dict) -> dict:
             recorded[section].setdefault(name, value(recorded[old_section].pop(old_name)))
     for key, value in ADDED_KEYS.items():
         section, name = key.split(".")
-        recorded[section].setdefault(name, value(recorded))
+        recorded.setdefault(section, {}).setdefault(name, value(recorded))
     return recorded
 
 
