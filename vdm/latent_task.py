@@ -265,13 +265,18 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_
     """(config with config.latent.autoencoder and .scale set, the autoencoder's EMA params or None when resuming).
 
     A fresh run copies the autoencoder run's model keys and computes the scale if 0 (compute_scale);
-    a resumed run takes both from its record (DIR/config.json), so the given config need not repeat them.
+    a resumed run takes both, and the autoencoder's workdir, from its record (DIR/config.json): its
+    autoencoder is the one in its checkpoints, so the given config need not repeat them.
     """
     config = config.copy_and_resolve_references()
     config.unlock()
     lat = config.latent
     recorded = record.load_recorded(workdir) if _has_checkpoints(workdir) else None
     if recorded is not None and config_latent.is_latent(recorded):
+        if lat.autoencoder_workdir != recorded.latent.autoencoder_workdir:
+            log.info("resuming: the autoencoder is the one in the checkpoints (trained in %s), not %s",
+                     recorded.latent.autoencoder_workdir, lat.autoencoder_workdir)
+        lat.autoencoder_workdir = recorded.latent.autoencoder_workdir
         lat.autoencoder = recorded.latent.autoencoder
         lat.scale = lat.scale or recorded.latent.scale
         config.lock()
@@ -290,6 +295,8 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train the latent diffusion model of `config` in `workdir` (resuming); return the last eval (the bound's bits/dim)."""
     parallel.initialize_distributed()
+    config_utils.validate(config, device_count=jax.device_count())     # before anything is read or computed
+    config_latent.validate_latent(config)
     config, ae_params = resolve_config(config, workdir)
     task = build(config, ae_params)
     return train.run(task, parallel.make_mesh(), workdir)

@@ -86,7 +86,7 @@ RENAMED_KEYS = (("loss.antithetic", "loss.t_sampling", lambda v: "antithetic" if
 
 def upgrade(recorded: dict) -> dict:
     """A recorded diffusion config (a dict from config.json) with RENAMED_KEYS renamed and every ADDED_KEYS key it lacks filled in."""
-    if not {"model", "loss", "eval"} <= set(recorded):      # not a diffusion model's config (a classifier's)
+    if not {"model", "loss", "eval", "sampling"} <= set(recorded):   # not a diffusion model's (a classifier's, an autoencoder's)
         return recorded
     for old, new, value in RENAMED_KEYS:
         (old_section, old_name), (section, name) = old.split("."), new.split(".")
