@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
+from typing import Callable
 
 import pytest
 
@@ -35,3 +38,20 @@ def run_cli(args: list[str], *, env: dict | None = None, timeout: float = 300) -
 def repo_root() -> str:
     """Absolute path of the repository root."""
     return REPO_ROOT
+
+
+def sigkill_past_checkpoint(cmd: list[str], workdir: str, logged_steps: Callable[[str], set | dict],
+                            *, timeout: float = 180) -> None:
+    """Start `python CMD` from the repo root and SIGKILL it once it has logged 3 steps past its newest checkpoint
+    in workdir/checkpoints (logged_steps(workdir): the steps metrics.jsonl holds so far)."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    p = subprocess.Popen([sys.executable, *cmd], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        done = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if done and max(logged_steps(workdir), default=-1) - max(done) >= 3:
+            break                                  # a checkpoint, then a few uncheckpointed steps
+        time.sleep(0.003)
+    assert p.poll() is None, "the run ended before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, load_config, run_cli
+from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
 from vdm import config_utils, evaluate, latent_task, record
 from vdm.checkpoint import Checkpointer
 from vdm.optim import TrainState
@@ -104,17 +103,8 @@ def test_the_autoencoder_resumes_after_kill_9_bit_identically(tmp_path):
             "--config.training.checkpoint_every=10", "--config.training.eval_every=100000",
             "--config.training.log_every=1", f"--workdir={tmp_path}"]
     ckpt_dir = os.path.join(tmp_path, "checkpoints")
-    p = subprocess.Popen([sys.executable, "-m", "vdm.train_autoencoder", *args, "--config.training.num_steps=100000"],
-                         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and p.poll() is None:
-        done = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
-        if done and max(_losses_by_step(tmp_path), default=-1) - max(done) >= 3:
-            break
-        time.sleep(0.003)
-    assert p.poll() is None, "the run ended before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    sigkill_past_checkpoint(["-m", "vdm.train_autoencoder", *args, "--config.training.num_steps=100000"],
+                            str(tmp_path), _losses_by_step)
     before = _losses_by_step(tmp_path)
     with Checkpointer(ckpt_dir) as ckpt:
         resume_from = ckpt.latest_step()
@@ -166,7 +156,6 @@ def test_sampling_decodes_latents_to_images(latent_dir):
 
 def test_joint_fine_tuning_on_resume_trains_the_autoencoder_too(ae_dir, latent_dir, tmp_path):
     """A resume with latent.joint=True moves encoder and decoder (the bound's gradient reaches them); the loss is finite."""
-    import shutil
     d = str(tmp_path / "joint")
     shutil.copytree(latent_dir, d)
     before, _ = _restore(d)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import REPO_ROOT, load_config, run_cli
+from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
 from vdm import data, diffusion_task, objectives, parallel
 from vdm import diffusion_model as dm
 from vdm.checkpoint import Checkpointer
@@ -177,11 +175,11 @@ def _losses_by_step(workdir):
     return out
 
 
-def _max_logged_step(workdir):
+def _logged_steps(workdir):
     try:
-        return max(_losses_by_step(workdir), default=-1)
+        return _losses_by_step(workdir)
     except (OSError, ValueError):                  # not written yet, or a line half-written
-        return -1
+        return {}
 
 
 def test_resume_after_sigkill_continues_bit_identically(tmp_path):
@@ -195,17 +193,8 @@ def test_resume_after_sigkill_continues_bit_identically(tmp_path):
             "--config.training.log_every=1", "--config.training.keep_checkpoints=2",
             f"--workdir={tmp_path}"]
     ckpt_dir = os.path.join(tmp_path, "checkpoints")
-    p = subprocess.Popen([sys.executable, "-m", "vdm.main", *args, "--config.training.num_steps=10000"],
-                         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and p.poll() is None:
-        done = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
-        if done and _max_logged_step(tmp_path) - max(done) >= 3:
-            break                                  # a checkpoint, then a few uncheckpointed steps
-        time.sleep(0.003)
-    assert p.poll() is None, "the run ended before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+    sigkill_past_checkpoint(["-m", "vdm.main", *args, "--config.training.num_steps=10000"], str(tmp_path),
+                            _logged_steps)
     before = _losses_by_step(tmp_path)             # the uninterrupted run, up to the kill
     with Checkpointer(ckpt_dir) as ckpt:
         resume_from = ckpt.latest_step()

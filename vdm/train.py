@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from absl import logging as absl_logging
 
 from vdm import config_utils, data, parallel, record
 from vdm.checkpoint import CheckpointCorruptError, Checkpointer, CheckpointMismatchError
@@ -64,6 +65,21 @@ class Task(Protocol):
 
     # Optional: log_state(state, step, writer), called whenever the train metrics are written, for what a
     # model keeps in state.stats (the diffusion model: the adaptive noise schedule's histogram).
+
+
+def run_entry_point(train_fn: Callable[[], dict]) -> tuple[int, dict | None]:
+    """(exit status, result) of a training entry point's train_fn(): Interrupted -> 128 + signal, a USER_ERRORS error
+    -> 1, each reported as one line on stderr (the result None then); else (0, the result)."""
+    absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
+    logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
+    try:
+        return 0, train_fn()
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        return 128 + e.signum, None
+    except USER_ERRORS as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1, None
 
 
 def restore_or_init(task: Task, mesh: Any, ckpt: Checkpointer, *, quarantine: bool = False) -> tuple[TrainState, int]:

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from vdm import cli_errors, config_latent, config_utils, data, latent, parallel
@@ -38,7 +37,7 @@ from vdm.models import convert
 from vdm.models.autoencoder import Autoencoder, autoencoder_from_config
 from vdm.objectives import bits_per_dim, example_noise
 from vdm.optim import Optimizer, TrainState, step_keys
-from vdm.train import run
+from vdm.train import run, run_entry_point
 
 Array = jax.Array
 PyTree = Any
@@ -191,21 +190,12 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv: list[str]) -> int:
     """Train the autoencoder of --config into --workdir and print its last eval."""
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
-    logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
-    from vdm.train import USER_ERRORS, Interrupted
-    try:
-        result = train_autoencoder(flags.FLAGS.config, flags.FLAGS.workdir)
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        return 128 + e.signum
-    except USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=1, sort_keys=True))
-    print(f"test -ELBO {result['eval/bpd']:.4f} +- {result['eval/bpd_se']:.4f} bits/dim (reconstruction "
-          f"{result['eval/bpd_recon']:.4f} + KL {result['eval/bpd_kl']:.4f}; EMA params)", file=sys.stderr)
-    return 0
+    status, result = run_entry_point(lambda: train_autoencoder(flags.FLAGS.config, flags.FLAGS.workdir))
+    if result is not None:
+        print(json.dumps(result, indent=1, sort_keys=True))
+        print(f"test -ELBO {result['eval/bpd']:.4f} +- {result['eval/bpd_se']:.4f} bits/dim (reconstruction "
+              f"{result['eval/bpd_recon']:.4f} + KL {result['eval/bpd_kl']:.4f}; EMA params)", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
-import sys
 from typing import Any, Callable
 
 import jax
@@ -25,7 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from vdm import cli_errors, config_utils, data, diffusion, parallel
@@ -36,7 +33,7 @@ from vdm.models.classifier import classifier_from_config
 from vdm.objectives import example_noise
 from vdm.optim import Optimizer, TrainState, step_keys
 from vdm.schedules import Schedule
-from vdm.train import run
+from vdm.train import run, run_entry_point
 
 Array = jax.Array
 EVAL_TIMES = (0.1, 0.5, 0.9)
@@ -142,18 +139,10 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv: list[str]) -> int:
     """Train the noisy classifier of --config into --workdir and print its test accuracies."""
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
-    logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
-    from vdm.train import USER_ERRORS, Interrupted
-    try:
-        print(json.dumps(train_classifier(flags.FLAGS.config, flags.FLAGS.workdir), indent=1))
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        return 128 + e.signum
-    except USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 1
-    return 0
+    status, result = run_entry_point(lambda: train_classifier(flags.FLAGS.config, flags.FLAGS.workdir))
+    if result is not None:
+        print(json.dumps(result, indent=1))
+    return status
 
 
 if __name__ == "__main__":
