@@ -316,7 +316,7 @@ def test_discretized_gaussian_decoder_is_the_binned_normal_mass(encoding):
 def test_categorical_decoder_and_decoder_images(encoding):
     """'categorical' is the numpy log_softmax of channel c's 256 logits out[..., 256 c: 256 (c + 1)] at x's bin and
     sums to 1 over the 256 values; decoder_image's 'mean' is sum_k p_k x_k and 'argmax' the grid value of the top
-    logit; the Gaussians' 'mean' is their mean and 'argmax' the grid value nearest the (clipped) mean."""
+    logit; the Gaussians' 'mean' is their mean and the binned one's 'argmax' its most likely value, by brute force."""
     rng = np.random.default_rng(8)
     b, h, w, ch = 4, 2, 3, 3
     logits = (rng.normal(size=(b, h, w, ch, 256)) * 3).astype(np.float32)
@@ -348,9 +348,17 @@ def test_categorical_decoder_and_decoder_images(encoding):
     np.testing.assert_array_equal(np.asarray(L.decoder_image(g_out, "gaussian", "mean", encoding)), g_mean)
     np.testing.assert_array_equal(np.asarray(L.decoder_image(g_out, "discretized_gaussian", "mean", encoding)),
                                   g_mean)
-    nearest = grid[np.argmin(np.abs(np.clip(g_mean, -1, 1)[..., None].astype(np.float64) - grid), -1)]
+    # 'argmax': the most likely of all 256 values, by brute force over the binned normal masses (scipy, float64), with
+    # scales up to e^0.5 and means beyond the edges, where an open edge bin can outweigh the mean's own bin.
+    g_scale = rng.uniform(-5.0, 0.5, size=g_mean.shape)
+    g_out = jnp.asarray(np.concatenate([g_mean, g_scale.astype(np.float32)], -1))
+    sd, mu = np.exp(g_scale)[..., None], g_mean[..., None].astype(np.float64)
+    half = 0.5 * float(np.diff(grid)[0])
+    upper = np.where(np.arange(256) == 255, np.inf, (grid + half - mu) / sd)
+    lower = np.where(np.arange(256) == 0, -np.inf, (grid - half - mu) / sd)
+    brute = grid[np.argmax(stats.norm.cdf(upper) - stats.norm.cdf(lower), -1)]
     np.testing.assert_allclose(np.asarray(L.decoder_image(g_out, "discretized_gaussian", "argmax", encoding)),
-                               nearest, atol=1e-6)
+                               brute, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- 5. latent sampling and decoding

@@ -199,3 +199,17 @@ def test_bad_autoencoder_config_is_one_clear_line(tmp_path):
     with pytest.raises(config_utils.ConfigError, match="model.decoder"):
         train_autoencoder(c, str(tmp_path / "ae"))
     assert not (tmp_path / "ae").exists()
+
+
+@pytest.mark.slow
+def test_the_pixel_vs_latent_script_runs_end_to_end(tmp_path):
+    """experiments/latent_vs_pixel.py --tiny: three runs through the CLI, a table with one finite row per model."""
+    out = tmp_path / "table.csv"
+    proc = subprocess.run([sys.executable, "experiments/latent_vs_pixel.py", "--tiny", f"--root={tmp_path / 'runs'}",
+                           f"--out={out}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+    rows = {r["model"]: r for r in csv.DictReader(open(out))}
+    assert set(rows) == {"pixel", "latent"}
+    for r in rows.values():
+        assert np.isfinite(float(r["bpd"])) and float(r["sample_s_per_image"]) > 0 and float(r["train_s_per_image"]) > 0

@@ -86,9 +86,9 @@ def decoder_log_prob(x: Array, out: Array, decoder: str, encoding: str = "endpoi
 
 
 def decoder_image(out: Array, decoder: str, decode: str = "mean", encoding: str = "endpoints") -> Array:
-    """An image [B, ..., C] from the decoder's output: decode='mean' E[x | z_0] (the grid's values weighted by the
-    256-way probabilities; the Gaussians' mean), or 'argmax' the most likely 8-bit value (a Gaussian's: its mean's bin)."""
-    a, _ = _split(out, decoder)
+    """An image [B, ..., C] from the decoder's output: decode='mean' the decoder's mean (the grid's values weighted by
+    the 256-way probabilities; the Gaussians' mean parameter), or 'argmax' the most likely 8-bit value per pixel."""
+    a, b = _split(out, decoder)
     if decode not in DECODES:
         raise ValueError(f"unknown decode {decode!r}; valid: {', '.join(DECODES)}")
     if decoder == "categorical":
@@ -96,7 +96,13 @@ def decoder_image(out: Array, decoder: str, decode: str = "mean", encoding: str 
         return jax.nn.softmax(a, -1) @ grid if decode == "mean" else grid[jnp.argmax(a, -1)]
     if decoder == "gaussian" or decode == "mean":
         return a
-    return enc.grid_values(encoding, a.dtype)[enc.bin_index(jnp.clip(a, -1.0, 1.0), encoding)]
+    # Equal-width bins centred on the grid: among the interior ones the mean's nearest value has the most mass;
+    # only the two open edge bins can have more, so the argmax is one of these three.
+    grid = enc.grid_values(encoding, a.dtype)
+    candidates = jnp.stack([grid[enc.bin_index(jnp.clip(a, -1.0, 1.0), encoding)],
+                            jnp.full_like(a, grid[0]), jnp.full_like(a, grid[-1])])
+    log_mass = discretized_gaussian_log_prob(candidates, a, b, encoding)
+    return jnp.take_along_axis(candidates, jnp.argmax(log_mass, axis=0)[None], axis=0)[0]
 
 
 def bound_terms(reconstruction: Array, log_var: Array, cross_entropy: Array) -> dict[str, Array]:

@@ -29,6 +29,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """x: [B, H, W, C_in] -> [B, H, W, out_ch]."""
         h = nn.Conv(self.out_ch, (3, 3), name="conv0")(nn.swish(layers.group_norm(x.shape[-1], "norm0")(x)))
         h = nn.swish(layers.group_norm(self.out_ch, "norm1")(h))
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros, name="conv1")(h)
@@ -47,6 +48,7 @@ class Autoencoder(nn.Module):
     decoder: str = "discretized_gaussian"   # vdm.latent.DECODERS
 
     def setup(self):
+        """The encoder's and decoder's layers, log2(downsample) levels each."""
         levels = int(round(math.log2(self.downsample)))
         if 2 ** levels != self.downsample or levels < 0:
             raise ValueError(f"downsample must be a power of 2 (1, 2, 4, ...), got {self.downsample}")
