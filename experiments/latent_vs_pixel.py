@@ -10,14 +10,15 @@ Three runs, each the command a user runs (printed before it starts; a finished r
               --config.training.num_steps=N --config.training.eval_every=N --workdir=ROOT/latent
 The latent model's budget is the pixel model's: N (unless --latent_steps) is chosen so that the
 autoencoder's and the latent prior's training seconds add up to the pixel model's, from the prior's
-steps per second in a 100-step probe run (ROOT/latent_probe). Training seconds are the loop's own
+steady steps per second in a 200-step probe run (ROOT/latent_probe; its first window, with the
+compilation, left out). Training seconds are the loop's own
 (metrics.jsonl: steps / train/steps_per_sec per logged window; evaluation excluded, compilation in).
 
 Per model: the test bits/dim of its bound (the pixel model's -ELBO; the latent model's three-term
 bound, vdm.latent_task), with its standard error; --fid_samples samples drawn with
-config.sampling.method=ancestral and --sample_steps steps (decoded by the decoder's mean for the
-latent model), timed after a warm-up call of the same size; and their Inception FID and KID
-(vdm.fid) against the whole train split's cached statistics. The table goes to --out (CSV) and is
+config.sampling.method=ancestral and --sample_steps steps in chunks of 100 (decoded by the decoder's
+mean for the latent model), timed after a warm-up chunk, and saved beside the run (.npz); and their Inception FID and KID
+(vdm.fid) against the cached statistics of the train split's first --fid_reference_examples. The table goes to --out (CSV) and is
 printed; the machine and the load are printed with it. --tiny: the `:small` configs and a few
 samples, no FID (a smoke test of this script).
 """
@@ -38,7 +39,7 @@ import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ("model", "bpd", "bpd_se", "fid", "kid", "kid_se", "train_s_per_image", "sample_s_per_image",
-           "num_samples", "train_steps")
+           "num_samples", "num_reference", "train_steps")
 
 
 def run_command(args: list[str]) -> None:
@@ -47,6 +48,19 @@ def run_command(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"command failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def steady_rate(workdir: str) -> float:
+    """Steps per second of a run's logged windows after the first (which holds the compilation)."""
+    rows = {}
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if "train/steps_per_sec" in r:
+                rows[r["step"]] = r["train/steps_per_sec"]
+    steps = sorted(rows)
+    later = [(s - prev, s) for prev, s in zip(steps[:-1], steps[1:])]
+    return sum(n for n, _ in later) / sum(n / rows[s] for n, s in later)
 
 
 def train_seconds(workdir: str) -> tuple[float, int, int]:
@@ -70,21 +84,21 @@ def final_eval(workdir: str) -> dict:
         return json.load(f)["result"]
 
 
-def sample_and_score(workdir: str, num: int, steps: int, fid: bool) -> dict:
+def sample_and_score(workdir: str, num: int, steps: int, fid: bool, num_reference: int) -> dict:
     """Seconds per sample (after a warm-up call of the same size) and Inception FID/KID of `num` ancestral samples,
-    measured once per (num, steps, fid) and kept in workdir/latent_vs_pixel_samples.json."""
+    measured once per (num, steps, fid, num_reference) and kept in workdir/latent_vs_pixel_samples.json."""
     path = os.path.join(workdir, "latent_vs_pixel_samples.json")
     done = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
-    tag = f"{num}_{steps}_{int(fid)}"
+    tag = f"{num}_{steps}_{int(fid)}_{num_reference}"
     if tag not in done:
-        done[tag] = _sample_and_score(workdir, num, steps, fid)
+        done[tag] = _sample_and_score(workdir, num, steps, fid, num_reference)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(done, f, indent=1)
     return done[tag]
 
 
-def _sample_and_score(workdir: str, num: int, steps: int, fid: bool) -> dict:
-    """sample_and_score, measured."""
+def _sample_and_score(workdir: str, num: int, steps: int, fid: bool, num_reference: int) -> dict:
+    """sample_and_score, measured: `num` samples in chunks of up to 100 (one warm-up chunk first), saved beside the run."""
     import jax
     from vdm import config_latent, evaluate, latent_task, record
     from vdm.diffusion_task import make_sampler
@@ -93,36 +107,41 @@ def _sample_and_score(workdir: str, num: int, steps: int, fid: bool) -> dict:
     config.sampling.method, config.sampling.num_steps = "ancestral", steps
     config = record.inference_config(workdir, config)[0]
     model, _, state, step = evaluate.restore_for_inference(config, workdir, mode="sample")
-    sampler = (latent_task.build(config, mode="sample").sampler(num) if config_latent.is_latent(config)
-               else make_sampler(model, num))
+    chunk = min(num, 100)
+    sampler = (latent_task.build(config, mode="sample").sampler(chunk) if config_latent.is_latent(config)
+               else make_sampler(model, chunk))
     key = jax.random.PRNGKey(config.seed + 7)
-    jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, 1)))      # compile
+    jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, 10**6)))   # compile (a key no chunk uses)
     t0 = time.perf_counter()
-    samples = np.asarray(jax.block_until_ready(sampler(state.ema_params, key)))
+    samples = np.concatenate([np.asarray(jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, i))))
+                              for i in range(-(-num // chunk))])[:num]
     out = {"sample_s_per_image": (time.perf_counter() - t0) / num, "num_samples": num}
+    np.savez(os.path.join(workdir, f"latent_vs_pixel_samples_{num}_{steps}.npz"), samples=samples)
     if fid:
         from vdm import fid as fid_lib
-        scores = fid_lib.score_samples(samples, f"{config.data.dataset}:train", encoding_name=model.info.encoding,
-                                       kid_subset_size=min(1000, num))
-        out.update(fid=scores["fid"], kid=scores["kid"], kid_se=scores["kid_se"])
+        scores = fid_lib.score_samples(samples, f"{config.data.dataset}:train", num_reference=num_reference,
+                                       encoding_name=model.info.encoding, kid_subset_size=min(1000, num))
+        out.update(fid=scores["fid"], kid=scores["kid"], kid_se=scores["kid_se"], num_reference=scores["num_reference"])
     return out
 
 
 def budget_steps(latent: list[str], probe_dir: str, seconds: float, probe: int) -> int:
-    """The prior's steps (a multiple of 100, at least `probe`) that fill `seconds` at the rate of a `probe`-step run."""
+    """The prior's steps (a multiple of 100, at least `probe`) that fill `seconds` at the steady rate of a `probe`-step
+    run logged every probe/10 steps (its compilation, in the first window, left out)."""
     run_command(latent + [f"--config.training.num_steps={probe}", f"--config.training.eval_every={probe}",
-                          "--config.eval.max_examples=200", f"--workdir={probe_dir}"])
-    probe_s, probe_steps, _ = train_seconds(probe_dir)
-    return max(probe_steps, int(round(max(seconds, 0.0) * probe_steps / probe_s / 100)) * 100)
+                          f"--config.training.log_every={probe // 10}", "--config.eval.max_examples=200",
+                          f"--workdir={probe_dir}"])
+    return max(probe, int(round(max(seconds, 0.0) * steady_rate(probe_dir) / 100)) * 100)
 
 
-def measure(name: str, workdir: str, extra_seconds: float, num: int, sample_steps: int, fid: bool) -> dict:
+def measure(name: str, workdir: str, extra_seconds: float, num: int, sample_steps: int, fid: bool,
+            num_reference: int = 10_000) -> dict:
     """One row of the table: the run's bound (final eval), training seconds per image (+ extra_seconds), samples."""
     seconds, n_steps, batch = train_seconds(workdir)
     result = final_eval(workdir)
     row = {"model": name, "bpd": result["eval/bpd"], "bpd_se": result["eval/bpd_se"],
            "train_s_per_image": (seconds + extra_seconds) / (n_steps * batch), "train_steps": n_steps,
-           **sample_and_score(workdir, num, sample_steps, fid)}
+           **sample_and_score(workdir, num, sample_steps, fid, num_reference)}
     return {k: row.get(k, "") for k in COLUMNS}
 
 
@@ -131,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default="runs/latent_vs_pixel")
     p.add_argument("--fid_samples", type=int, default=500)
+    p.add_argument("--fid_reference_examples", type=int, default=10_000,
+                   help="the train split's first N as the reference (cached once; all 60,000 take 1.5-2 h on 2 CPU cores)")
     p.add_argument("--sample_steps", type=int, default=100)
     p.add_argument("--latent_steps", type=int, default=0, help="the latent prior's steps (0: the pixel model's budget)")
     p.add_argument("--out", default="experiments/results/latent_vs_pixel.csv")
@@ -147,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pixel: {pixel_steps} steps x {pixel_batch} in {pixel_s:.0f} s of training", flush=True)
     num = 8 if a.tiny else a.fid_samples
     sample_steps = 5 if a.tiny else a.sample_steps
-    rows = [measure("pixel", pixel, 0.0, num, sample_steps, not a.tiny)]
+    ref = a.fid_reference_examples
+    rows = [measure("pixel", pixel, 0.0, num, sample_steps, not a.tiny, ref)]
     for name, variant in (("latent", ""), ("latent_small_kl", "small_kl"))[:2 if a.small_kl else 1]:
         ae = os.path.join(root, "ae" + (f"_{variant}" if variant else ""))
         ae_variants = ",".join(filter(None, (variant, "small" if a.tiny else "")))
@@ -157,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         workdir = os.path.join(root, name)
         latent = ["-m", "vdm.main", f"--config=configs/fashion_mnist.py:latent{small}",
                   f"--config.latent.autoencoder_workdir={ae}"]
-        steps = a.latent_steps or budget_steps(latent, workdir + "_probe", pixel_s - ae_s, 20 if a.tiny else 100)
+        steps = a.latent_steps or budget_steps(latent, workdir + "_probe", pixel_s - ae_s, 20 if a.tiny else 200)
         run_command(latent + [f"--config.training.num_steps={steps}", f"--config.training.eval_every={steps}",
                               f"--workdir={workdir}"])
         print(f"{name}: autoencoder {ae_s:.0f} s + prior {steps} steps", flush=True)
-        rows.append(measure(name, workdir, ae_s, num, sample_steps, not a.tiny))
+        rows.append(measure(name, workdir, ae_s, num, sample_steps, not a.tiny, ref))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
