@@ -50,14 +50,20 @@ def run_command(args: list[str]) -> None:
         raise RuntimeError(f"command failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def steady_rate(workdir: str) -> float:
-    """Steps per second of a run's logged windows after the first (which holds the compilation)."""
+def logged_rates(workdir: str) -> dict[int, float]:
+    """{step: train/steps_per_sec of the window ending there} from metrics.jsonl (the last record per step)."""
     rows = {}
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             if "train/steps_per_sec" in r:
                 rows[r["step"]] = r["train/steps_per_sec"]
+    return rows
+
+
+def steady_rate(workdir: str) -> float:
+    """Steps per second of a run's logged windows after the first (which holds the compilation)."""
+    rows = logged_rates(workdir)
     steps = sorted(rows)
     later = [(s - prev, s) for prev, s in zip(steps[:-1], steps[1:])]
     return sum(n for n, _ in later) / sum(n / rows[s] for n, s in later)
@@ -65,12 +71,7 @@ def steady_rate(workdir: str) -> float:
 
 def train_seconds(workdir: str) -> tuple[float, int, int]:
     """(training seconds, steps, batch size) of a run from its metrics.jsonl and config.json (the last record per step)."""
-    rows = {}
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if "train/steps_per_sec" in r:
-                rows[r["step"]] = r["train/steps_per_sec"]
+    rows = logged_rates(workdir)
     steps = sorted(rows)
     seconds = sum((s - prev) / rows[s] for prev, s in zip([0] + steps[:-1], steps))
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
