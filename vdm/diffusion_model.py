@@ -122,9 +122,13 @@ class DiffusionModel:
         `key` becomes the run's base key."""
         k_init, k_run = jax.random.split(key)
         state = self.optimizer.init(jax.jit(DiffusionModel.init_params, static_argnums=0)(self, k_init), k_run)
-        if self.adaptive:
-            state = state.replace(stats={T_HISTOGRAM: t_sampling.init_histogram(self.config.loss.adaptive_bins)})
-        return state
+        return state.replace(stats=self.init_stats())
+
+    def init_stats(self) -> PyTree:
+        """TrainState.stats at step 0: the adaptive noise schedule's empty histogram if configured, else None."""
+        if not self.adaptive:
+            return None
+        return {T_HISTOGRAM: t_sampling.init_histogram(self.config.loss.adaptive_bins)}
 
     # ------------------------------------------------------------------------- adaptive t (VDM++)
 

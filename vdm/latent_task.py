@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vdm import config_latent, config_utils, data, latent, parallel, record, t_sampling, train
+from vdm import config_latent, config_utils, data, latent, parallel, record, train
 from vdm.checkpoint import Checkpointer
-from vdm.diffusion_model import T_HISTOGRAM, DiffusionModel, build as build_model, derived_key, eval_step, train_step
+from vdm.diffusion_model import DiffusionModel, build as build_model, derived_key, eval_step, train_step
 from vdm.diffusion_task import DiffusionTask, mean_and_se, over_eval_split
 from vdm.metrics import MetricWriter, plot_bpd, save_samples_png
 from vdm.models import convert
@@ -99,10 +99,7 @@ class LatentDiffusionTask:
         ae = self.ae_params
         if ae is None:
             ae = self.ae.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(self.pixel_info.shape)))["params"]
-        state = self.model.optimizer.init({**params, AE: ae}, k_run)
-        if self.model.adaptive:                        # the diffusion model's own stats, as DiffusionModel.init_state
-            state = state.replace(stats={T_HISTOGRAM: t_sampling.init_histogram(self.config.loss.adaptive_bins)})
-        return state
+        return self.model.optimizer.init({**params, AE: ae}, k_run).replace(stats=self.model.init_stats())
 
     def train_batches(self, start_step: int):
         """The pixel batches of config.data (encoded inside the step)."""
@@ -256,11 +253,6 @@ def compute_scale(config: ml_collections.ConfigDict, ae_task: Any, ae_params: Py
     return 1.0 / std
 
 
-def _has_checkpoints(workdir: str) -> bool:
-    d = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
-
-
 def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_collections.ConfigDict, PyTree | None]:
     """(config with config.latent.autoencoder and .scale set, the autoencoder's EMA params or None when resuming).
 
@@ -271,7 +263,7 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_
     config = config.copy_and_resolve_references()
     config.unlock()
     lat = config.latent
-    recorded = record.load_recorded(workdir) if _has_checkpoints(workdir) else None
+    recorded = record.load_recorded(workdir) if train.has_checkpoints(os.path.join(workdir, "checkpoints")) else None
     if recorded is not None and config_latent.is_latent(recorded):
         if lat.autoencoder_workdir != recorded.latent.autoencoder_workdir:
             log.info("resuming: the autoencoder is the one in the checkpoints (trained in %s), not %s",

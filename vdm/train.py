@@ -216,7 +216,7 @@ def _record_final_eval(workdir: str, step: int, result: dict) -> None:
                                      indent=1, sort_keys=True) + "\n")
 
 
-def _has_checkpoints(directory: str) -> bool:
+def has_checkpoints(directory: str) -> bool:
     """Whether `directory` holds a committed checkpoint step (an all-digit folder name)."""
     return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
 
@@ -242,7 +242,7 @@ def _open_run(task: Task, mesh: Any, workdir: str) -> tuple[TrainState, int, Che
     """Check the config against the workdir's record (before writing anything), record it, restore or init the state."""
     config, t = task.config, task.config.training
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    changes = record.check_resume(config, workdir) if _has_checkpoints(ckpt_dir) else {}
+    changes = record.check_resume(config, workdir) if has_checkpoints(ckpt_dir) else {}
     ckpt = Checkpointer(ckpt_dir, max_to_keep=t.keep_checkpoints)
     try:
         state, step = restore_or_init(task, mesh, ckpt, quarantine=True)
