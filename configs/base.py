@@ -9,7 +9,7 @@ the MLP. The values are the default experiment's (Fashion-MNIST 28x28x1, a small
 Sampler options (config.sampling, after `class_label`): None means the method's default
 (vdm.sampling.SAMPLERS); a config or a flag names only the options it changes, e.g.
 `--config.sampling.method=ddim --config.sampling.eta=0.5`. The run records them resolved (the
-method's defaults filled in) in workdir/config.json (vdm.config_utils.resolve).
+method's defaults filled in) in workdir/config.json (vdm.config.validation.resolve).
 
 Derived configs load this file by its path, next to their own (`_base()` in each), not as the
 module `configs.base`: they load from any working directory, without the repository on sys.path.
@@ -26,6 +26,7 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
     if kind not in KINDS:
         raise ValueError(f"unknown base config kind {kind!r}; choose one of {KINDS}.")
     config = ml_collections.ConfigDict()
+    config.task = "diffusion"  # which model this trains (vdm.tasks.registry): diffusion | latent_diffusion | autoencoder | classifier
     config.seed = 0  # seeds params, train keys and the order of the data
     config.data = _data(kind)
     config.model = _model(kind)
@@ -87,7 +88,7 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
     config.latent = _latent()
 
     config.guidance = ml_collections.ConfigDict()   # classifier guidance at --mode=sample (Dhariwal & Nichol 2021)
-    config.guidance.classifier_workdir = ""  # a noisy classifier from vdm.train_classifier; '': no guidance
+    config.guidance.classifier_workdir = ""  # a noisy classifier from vdm.tasks.classifier_task; '': no guidance
     config.guidance.classifier_scale = 1.0   # s in eps - s sigma grad log p(y | z_t)
     config.guidance.classifier_label = -1    # class to guide toward; -1: each class in turn
     return config
@@ -141,9 +142,9 @@ def _model(kind: str) -> ml_collections.ConfigDict:
 
 
 def _latent() -> ml_collections.ConfigDict:
-    """config.latent: latent diffusion, the diffusion model as the prior over an autoencoder's latents (vdm.latent_task)."""
+    """config.latent: latent diffusion, the diffusion model as the prior over an autoencoder's latents (vdm.tasks.latent_task)."""
     lat = ml_collections.ConfigDict()
-    lat.autoencoder_workdir = ""   # a vdm.train_autoencoder run; "": a pixel model (every other latent key unused)
+    lat.autoencoder_workdir = ""   # a vdm.tasks.autoencoder_task run; "": a pixel model (every other latent key unused)
     lat.latents = "sample"         # the prior is trained on z_0 ~ q(z_0 | x) (what the bound averages over) or its "mean"
     lat.scale = 0.0                # c in u = c z_0; 0: 1/std of the latents, computed at the start and recorded
     lat.scale_examples = 2000      # ... over this many train examples

@@ -1,6 +1,6 @@
 """CIFAR-10 32x32x3 with the VDM paper's settings (Kingma et al. 2021, appendix B): a GPU/TPU run.
 
-Run (prepare the data once: `python -m vdm.data prepare --dataset=cifar10`):
+Run (prepare the data once: `python -m vdm.tools.prepare_data --dataset=cifar10`):
     python -m vdm.main --config=configs/cifar10.py --workdir=workdir/cifar10
 Paper settings: VDM UNet of width 128 with 32 ResNet blocks each way and no downsampling,
 dropout 0.1, Fourier features n = 6..7, gamma in [-13.3, 5], AdamW lr 2e-4 (b2 0.99, weight
@@ -16,7 +16,7 @@ Variants: `configs/cifar10.py:learned` (VDM's learned schedule with learned endp
 
 import ml_collections
 
-from vdm.fileio import load_sibling     # configs/base.py, by its path next to this file
+from vdm.infra.fileio import load_sibling  # configs/base.py, by its path next to this file
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

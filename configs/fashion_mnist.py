@@ -6,17 +6,17 @@ About 11-20 minutes of training (by the machine's load), then the true ELBO in b
 EMA params, and a grid of samples. A rerun in the same workdir resumes from its checkpoints.
 Its keys and values are configs/base.py's (the base holds this experiment's values, each key commented).
 Variants (the config argument, comma-separated): `:small` (a smoke test: 20 steps, 1-3.5 minutes, most of it the full-test-set eval), `:mnist`
-(the same settings on MNIST digits; prepare once with `python -m vdm.data prepare --dataset=mnist`),
+(the same settings on MNIST digits; prepare once with `python -m vdm.tools.prepare_data --dataset=mnist`),
 `:mnist,small`, `:hybrid` (improved DDPM: a learned reverse variance trained by L_simple + 0.001 L_vlb on the
 cosine schedule with T = 1000 steps; evaluated as the 1000-step ELBO, sampled ancestrally with the learned variance),
 `:latent` (latent diffusion: the prior over the latents of configs/fashion_mnist_ae.py's autoencoder, trained first with
-`python -m vdm.train_autoencoder --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae`; its eval is
-the three-term bound in bits per pixel dimension, vdm.latent_task).
+`python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae`; its eval is
+the three-term bound in bits per pixel dimension, vdm.tasks.latent_task).
 """
 
 import ml_collections
 
-from vdm.fileio import load_sibling     # configs/base.py, by its path next to this file
+from vdm.infra.fileio import load_sibling  # configs/base.py, by its path next to this file
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -28,7 +28,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                          f"choose from {sorted(known)} (comma-separated), or ''.")
     config = load_sibling(__file__, "base").get_config("image")
     if "mnist" in variants:
-        config.data.dataset = "mnist"      # MNIST digits, prepared once with `python -m vdm.data prepare`
+        config.data.dataset = "mnist"      # MNIST digits, prepared once with `python -m vdm.tools.prepare_data`
     if "hybrid" in variants:               # Nichol & Dhariwal 2021: learned Sigma, L_hybrid, cosine schedule
         config.model.schedule = "cosine"
         # gamma_max stays 5 (the base's; prior KL 0.005 bits/dim): cosine is clipped there for t > 0.97 (those steps
@@ -41,7 +41,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.eval.num_steps = 1000       # the 1000-step ELBO, with the learned variance
         config.sampling.variance = "learned"
     if "latent" in variants:               # the diffusion model as the prior over an autoencoder's latents
-        config.latent.autoencoder_workdir = "workdir/fashion_mnist_ae"   # vdm.train_autoencoder's run (its docstring)
+        config.task = "latent_diffusion"
+        config.latent.autoencoder_workdir = "workdir/fashion_mnist_ae"   # vdm.tasks.autoencoder_task's run (its docstring)
         config.model.decoder = "gaussian"  # the diffusion level models continuous latents; the autoencoder decodes x
         config.model.fourier_features = False   # those resolve the 8-bit grid of pixels, not latents
         config.model.width = 32            # 7x7x4 latents: 16x fewer positions than pixels, so a wider net at a like cost

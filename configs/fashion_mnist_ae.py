@@ -1,7 +1,7 @@
 """The autoencoder of latent diffusion on Fashion-MNIST: 28x28x1 -> q(z_0 | x) at 7x7x4, an 8-bit decoder p(x | z_0).
 
 Run (stage 1 of the two-stage recipe; about 4 minutes on 2 CPU cores):
-    python -m vdm.train_autoencoder --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae
+    python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae
 then stage 2, the diffusion prior on its latents (configs/fashion_mnist.py:latent):
     python -m vdm.main --config=configs/fashion_mnist.py:latent \
         --config.latent.autoencoder_workdir=workdir/fashion_mnist_ae --workdir=workdir/fashion_mnist_latent
@@ -25,6 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown fashion_mnist_ae variant(s) {sorted(variants - set(VARIANTS))} in {arg!r}; "
                          f"choose from {list(VARIANTS)} (comma-separated), or ''.")
     config = ml_collections.ConfigDict()
+    config.task = "autoencoder"  # which model this trains (vdm.tasks.registry)
     config.seed = 0  # seeds params, train keys and the order of the data
 
     config.data = ml_collections.ConfigDict()
@@ -38,7 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.downsample = 2 if "f2" in variants else 4        # f: z_0 is [H/f, W/f, C_z]
     config.model.width = 32                 # channels of every conv and residual block
     config.model.num_blocks = 1             # residual blocks per resolution, each way
-    config.model.decoder = "categorical" if "categorical" in variants else "discretized_gaussian"  # p(x | z_0), vdm.latent.DECODERS
+    config.model.decoder = "categorical" if "categorical" in variants else "discretized_gaussian"  # p(x | z_0), vdm.core.latent.DECODERS
 
     config.loss = ml_collections.ConfigDict()
     config.loss.kl_weight = 1e-3 if "small_kl" in variants else 1.0   # beta on KL(q(z_0|x) || N(0, I)); 1: the ELBO

@@ -1,6 +1,6 @@
 """Noisy classifier p(y | z_t) for classifier guidance (Dhariwal & Nichol 2021).
 
-Run: python -m vdm.train_classifier --config=configs/noisy_classifier.py --workdir=runs/noisy_classifier
+Run: python -m vdm.main --config=configs/noisy_classifier.py --workdir=runs/noisy_classifier
 Variants (comma-separated): `:toy2d` classifies the 2-D mixture's components (seconds on a CPU);
 `:small` is a smoke test (a narrow net, 20 steps; composes: `:toy2d,small`).
 Use: python -m vdm.main --config=configs/fashion_mnist.py --workdir=DIR --mode=sample \
@@ -20,6 +20,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                          "choose from 'toy2d', 'small' (comma-separated), or ''.")
     toy = "toy2d" in variants
     config = ml_collections.ConfigDict()
+    config.task = "classifier"  # which model this trains (vdm.tasks.registry)
     config.seed = 0  # seeds params, train keys and the order of the data
 
     config.data = ml_collections.ConfigDict()

@@ -10,7 +10,7 @@ Variants (config arg): `configs/toy2d.py:grid` (8-bit 2-D grid, discrete decoder
 
 import ml_collections
 
-from vdm.fileio import load_sibling     # configs/base.py, by its path next to this file
+from vdm.infra.fileio import load_sibling  # configs/base.py, by its path next to this file
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -41,8 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import data, parallel
-from vdm import diffusion_model as dm
+from vdm.data import pipeline
+from vdm.infra import parallel
+from vdm.tasks import diffusion_model as dm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_MODULES = ("model_vdm", "train_state", "utils", "experiment", "experiment_vdm")
@@ -172,7 +173,7 @@ def ours_config(size: dict, *, scan: bool):
 def ours_step(config) -> tuple:
     """(step, state, batch) of OUR loop's train step for `config`: the one place that builds it.
 
-    vdm.diffusion_model.train_step inside parallel.data_parallel (jit(shard_map), state donated),
+    vdm.tasks.diffusion_model.train_step inside parallel.data_parallel (jit(shard_map), state donated),
     one step per call, on CIFAR-10-shaped synthetic 8-bit data: what train.run runs.
     """
     model, mesh = build(config)
@@ -182,8 +183,8 @@ def ours_step(config) -> tuple:
 
 
 def build(config) -> tuple:
-    """(vdm.diffusion_model.DiffusionModel, mesh) of `config` on CIFAR-10-shaped 8-bit data."""
-    info = data.DatasetInfo("synthetic", (32, 32, 3), 50_000, 10_000, 10, True, encoding=config.data.encoding)
+    """(vdm.tasks.diffusion_model.DiffusionModel, mesh) of `config` on CIFAR-10-shaped 8-bit data."""
+    info = pipeline.DatasetInfo("synthetic", (32, 32, 3), 50_000, 10_000, 10, True, encoding=config.data.encoding)
     return dm.build(config, info), parallel.make_mesh()
 
 
@@ -244,7 +245,7 @@ def reference_rows(size: dict, reference_dir: str, repeats: int, iters: int) -> 
     rows += [(f"reference: google-research/vdm train_step (model_vdm.VDM, loss_fn, AdamW, EMA), {shape}",
              f"{b / med['reference']:.2f} images/s ({med['reference'] * 1e3:.0f} ms/step; repeats {per_repeat('reference')})")]
     for key, layout in (("ours_scan", "blocks under nn.scan"), ("ours_unrolled", "blocks unrolled")):
-        rows.append((f"ours: vdm.diffusion_model.train_step in parallel.data_parallel, {layout}, {shape}",
+        rows.append((f"ours: vdm.tasks.diffusion_model.train_step in parallel.data_parallel, {layout}, {shape}",
                      f"{b / med[key]:.2f} images/s ({med[key] * 1e3:.0f} ms/step; repeats {per_repeat(key)}); "
                      f"ours / reference = {med['reference'] / med[key]:.3f}"))
     for key, layout in (("ours_scan", "scanned"), ("ours_unrolled", "unrolled")):

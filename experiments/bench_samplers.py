@@ -25,10 +25,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from absl import app, flags
 
-from vdm import analytic, sampling, schedules
+from vdm import sampling, schedules
+from vdm.core import analytic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

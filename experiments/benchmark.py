@@ -13,7 +13,7 @@ between rows are meaningful on a shared machine):
             bfloat16: images/s, and on a GPU TFLOP/s and model FLOP utilisation (the compiled step's
             FLOPs from XLA's cost analysis over the chip's dense peak); the reference code's 886
             images/s (H200, float32, measured in issue 9) is the target;
-  pipeline  images/s that vdm.data delivers from the array cache onto the devices (iterator, host
+  pipeline  images/s that vdm.data.pipeline delivers from the array cache onto the devices (iterator, host
             slice, stack, device_put), against the train step's images/s, for the default config and
             for the paper config (CIFAR-10-shaped random 8-bit data written as an array cache);
   default   the default config's train step, and the full step / bare network update ratio;
@@ -50,8 +50,9 @@ import numpy as np
 import optax
 
 from experiments import bench_reference
-from vdm import data, parallel
-from vdm import diffusion_model as dm
+from vdm.data import pipeline
+from vdm.infra import parallel
+from vdm.tasks import diffusion_model as dm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}   # dense, SXM datasheets
@@ -101,7 +102,7 @@ def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[fl
 
 def setup(config, shape, num_classes=10):
     """(model, mesh, state, sharded synthetic batch [1, B, *shape]) for `config` on data of `shape`."""
-    info = data.DatasetInfo("synthetic", tuple(shape), 50_000, 10_000, num_classes, True,
+    info = pipeline.DatasetInfo("synthetic", tuple(shape), 50_000, 10_000, num_classes, True,
                             encoding=config.data.encoding)
     trainer, mesh = dm.build(config, info), parallel.make_mesh()
     state = parallel.replicate(parallel.to_host(trainer.init_state(jax.random.PRNGKey(0))), mesh)
@@ -204,8 +205,8 @@ def paper_rows(size: dict, repeats: int, iters: int) -> tuple[list[tuple[str, st
 
 
 def pipeline_rate(data_config, batch_size: int, mesh, *, num_batches: int) -> float:
-    """Images/s from data.train_iterator through host_slice, stacking and shard_batch to ready device arrays."""
-    it = data.train_iterator(data_config, batch_size, seed=0)
+    """Images/s from pipeline.train_iterator through host_slice, stacking and shard_batch to ready device arrays."""
+    it = pipeline.train_iterator(data_config, batch_size, seed=0)
     next(it)                                                      # load the split first
     t0 = time.perf_counter()
     for _ in range(num_batches):
@@ -217,11 +218,11 @@ def pipeline_rate(data_config, batch_size: int, mesh, *, num_batches: int) -> fl
 
 def synthetic_cifar_cache(folder: str) -> dict:
     """A CIFAR-10-shaped array cache (random uint8 50000 x 32x32x3, 10 classes) in DATA_DIR=folder; its config.data."""
-    from vdm import data_tfds
+    from vdm.data import tfds_sets
     rng = np.random.default_rng(0)
     info = {"shape": (32, 32, 3), "num_train": 50_000, "num_test": 10_000, "num_classes": 10}
     for split, n in (("train", 50_000), ("test", 10_000)):
-        data_tfds.write_array_cache("cifar10", folder, split, rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+        tfds_sets.write_array_cache("cifar10", folder, split, rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
                                     rng.integers(0, 10, n).astype(np.int32), info)
     c = load_config("cifar10").data
     c.data_dir = folder
@@ -265,7 +266,8 @@ def default_rows(repeats: int, iters: int) -> tuple[list[tuple[str, str]], float
 
 def fid_rows(repeats: int, iters: int, batch: int = 64) -> list[tuple[str, str]]:
     """Features/s of vdm.fid.inception_features at 28x28x1 and 299x299x3 (median of repeats x iters batches)."""
-    from vdm import fid, fid_weights
+    from vdm import fid
+    from vdm.evaluation import fid_weights
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     try:

@@ -42,7 +42,7 @@ Every cell runs the commands a user runs (each printed with --dry_run):
   fd      images: python experiments/feature_net.py --mode=fd (Fréchet distance of classifier
           features, NOT Inception FID; see vdm/feature_metrics.py); flat toy data: Fréchet distance
           of the raw coordinates, computed here.
-  inception  images: python -m vdm.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json: Inception
+  inception  images: python -m vdm.tools.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json: Inception
           FID and KID (the literature's metric; vdm/fid.py) against the first R = --inception_reference
           test images, whose statistics are computed once and cached beside the data set.
 The reported ELBO is always the true continuous-time ELBO in bits/dim (whatever the training
@@ -76,7 +76,7 @@ from experiments.compare import grid, report, runner
 
 def _options(F: flags.FlagValues, passed_overrides: list[str]) -> tuple[list[grid.Cell], runner.Options]:
     """(cells, options) of the flags; every cell's config is validated before anything runs."""
-    from vdm.data_toy import TOY_DATASETS
+    from vdm.data.toy_sets import TOY_DATASETS
     base = F.config
     steps = F.steps or base.training.num_steps
     eval_every = grid.eval_interval(steps, F.num_evals, base.training.steps_per_call)

@@ -8,7 +8,7 @@ Fréchet distance of samples (an .npz with 'samples' [N, 28, 28, 1] in [-1, 1], 
         --samples=WORKDIR/samples/sample_*.npz --out=fd.json
 (`python -m experiments.feature_net ...` is the same.)
 
-It trains through the same loop as the diffusion model (vdm.train.run, as a `FeatureNetTask`):
+It trains through the same loop as the diffusion model (vdm.tasks.loop.run, as a `FeatureNetTask`):
 data parallel, orbax checkpoints with resume, metrics.jsonl and TensorBoard. The workdir holds
 config.json, checkpoints/, metrics.jsonl, tb/, result.json (test accuracy and the train-vs-test
 Fréchet floor at several N; written last, it marks a finished run) and test_stats.npz (mean and
@@ -34,15 +34,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from vdm import feature_metrics
-from vdm import config_utils, encoding, parallel
-from vdm import data as vdm_data
-from vdm.checkpoint import Checkpointer
-from vdm.fileio import atomic_write
-from vdm.metrics import MetricWriter
-from vdm.train import run
+from vdm.config import validation
+from vdm.core import encoding
+from vdm.data import pipeline as vdm_data
+from vdm.evaluation import feature_metrics
+from vdm.infra import parallel
+from vdm.infra.checkpoint import Checkpointer
+from vdm.infra.fileio import atomic_write
+from vdm.infra.metrics import MetricWriter
+from vdm.infra.optim import Optimizer, TrainState, step_keys
 from vdm.models.convert import decay_mask
-from vdm.optim import Optimizer, TrainState, step_keys
+from vdm.tasks.loop import run
 
 Array = jax.Array
 DEFAULT_WORKDIR = "experiments/results/feature_net"
@@ -75,7 +77,7 @@ class FeatureNet(nn.Module):
 
 def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     """Raise ConfigError (a ValueError) naming the first invalid field of a feature_net config."""
-    err = config_utils.ConfigError
+    err = validation.ConfigError
     if config.data.dataset not in DATASETS:
         raise err(f"config.data.dataset={config.data.dataset!r}: the feature net is for 28x28 grey images; "
                   "choose 'fashion_mnist' or 'mnist'.")
@@ -87,9 +89,9 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
             raise err(f"config.{name}={value!r} must be an integer >= {0 if name == 'seed' else 1}.")
     if not 0.0 <= config.model.dropout < 1.0:
         raise err(f"config.model.dropout={config.model.dropout} must be in [0, 1).")
-    config_utils.validate_optimizer(config.optimizer)
-    config_utils.validate_training(config.training, device_count)
-    config_utils.divisible_by_devices("eval.batch_size", config.eval.batch_size, device_count)
+    validation.validate_optimizer(config.optimizer)
+    validation.validate_training(config.training, device_count)
+    validation.divisible_by_devices("eval.batch_size", config.eval.batch_size, device_count)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> FeatureNet:
@@ -121,7 +123,7 @@ def _epoch_permutation(seed: int, epoch: int, num: int) -> np.ndarray:
 
 @dataclasses.dataclass(eq=False)
 class FeatureNetTask:
-    """The feature net as a vdm.train.Task: cross-entropy with dropout, test accuracy as its evaluation.
+    """The feature net as a vdm.tasks.loop.Task: cross-entropy with dropout, test accuracy as its evaluation.
 
     data: {'train': (x uint8 [N, H, W, C], y int [N]), 'test': (...)}; None when only restoring.
     """
@@ -256,7 +258,7 @@ def _measure(task: FeatureNetTask, params: Any, workdir: str) -> dict:
 
 def train_feature_net(config: ml_collections.ConfigDict, workdir: str, *,
                       data: dict | None = None) -> dict:
-    """Train the classifier through vdm.train.run in `workdir` (resuming), save the test-feature stats; return result.json.
+    """Train the classifier through vdm.tasks.loop.run in `workdir` (resuming), save the test-feature stats; return result.json.
 
     data: optional {'train': (x, y), 'test': (x, y)} with x [N, H, W, C] uint8 and y int [N]
     (default: config.data's splits). Cached: if `workdir` already holds a result for this very

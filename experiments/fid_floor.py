@@ -17,8 +17,6 @@ import argparse
 import os
 import time
 
-import numpy as np
-
 from vdm import fid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

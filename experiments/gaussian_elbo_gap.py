@@ -14,7 +14,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from absl import app, flags
 
 from vdm import likelihood, objectives, schedules

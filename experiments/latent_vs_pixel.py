@@ -5,7 +5,7 @@
 
 Three runs, each the command a user runs (printed before it starts; a finished run is not redone):
   pixel   python -m vdm.main --config=configs/fashion_mnist.py --workdir=ROOT/pixel
-  ae      python -m vdm.train_autoencoder --config=configs/fashion_mnist_ae.py --workdir=ROOT/ae
+  ae      python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=ROOT/ae
   latent  python -m vdm.main --config=configs/fashion_mnist.py:latent --config.latent.autoencoder_workdir=ROOT/ae \
               --config.training.num_steps=N --config.training.eval_every=N --workdir=ROOT/latent
 The latent model's budget is the pixel model's: N (unless --latent_steps) is chosen so that the
@@ -15,7 +15,7 @@ compilation, left out). Training seconds are the loop's own
 (metrics.jsonl: steps / train/steps_per_sec per logged window; evaluation excluded, compilation in).
 
 Per model: the test bits/dim of its bound (the pixel model's -ELBO; the latent model's three-term
-bound, vdm.latent_task), with its standard error; --fid_samples samples drawn with
+bound, vdm.tasks.latent_task), with its standard error; --fid_samples samples drawn with
 config.sampling.method=ancestral and --sample_steps steps in chunks of 100 (decoded by the decoder's
 mean for the latent model), timed after a warm-up chunk, and saved beside the run (.npz); and their Inception FID and KID
 (vdm.fid) against the cached statistics of the train split's first --fid_reference_examples. The table goes to --out (CSV) and is
@@ -101,16 +101,16 @@ def sample_and_score(workdir: str, num: int, steps: int, fid: bool, num_referenc
 def _sample_and_score(workdir: str, num: int, steps: int, fid: bool, num_reference: int) -> dict:
     """sample_and_score, measured: `num` samples in chunks of up to 100 (one warm-up chunk first), saved beside the run."""
     import jax
-    from vdm import config_latent, evaluate, latent_task, record
-    from vdm.diffusion_task import make_sampler
+
+    from vdm.cli import modes
+    from vdm.config import record
 
     config = record.load_recorded(workdir)
     config.sampling.method, config.sampling.num_steps = "ancestral", steps
     config = record.inference_config(workdir, config)[0]
-    model, _, state, step = evaluate.restore_for_inference(config, workdir, mode="sample")
+    task, _, state, step = modes.restore_for_inference(config, workdir, mode="sample")
     chunk = min(num, 100)
-    sampler = (latent_task.build(config, mode="sample").sampler(chunk) if config_latent.is_latent(config)
-               else make_sampler(model, chunk))
+    sampler = task.sampler(chunk)
     key = jax.random.PRNGKey(config.seed + 7)
     jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, 10**6)))   # compile (a key no chunk uses)
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         ae = os.path.join(root, "ae" + (f"_{variant}" if variant else ""))
         ae_variants = ",".join(filter(None, (variant, "small" if a.tiny else "")))
         ae_config = "configs/fashion_mnist_ae.py" + (f":{ae_variants}" if ae_variants else "")
-        run_command(["-m", "vdm.train_autoencoder", f"--config={ae_config}", f"--workdir={ae}"])
+        run_command(["-m", "vdm.main", f"--config={ae_config}", f"--workdir={ae}"])
         ae_s = train_seconds(ae)[0]
         workdir = os.path.join(root, name)
         latent = ["-m", "vdm.main", f"--config=configs/fashion_mnist.py:latent{small}",

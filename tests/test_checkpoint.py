@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from vdm.checkpoint import CheckpointCorruptError, Checkpointer
+from vdm.infra.checkpoint import CheckpointCorruptError, Checkpointer
 
 
 def _state(step: int) -> dict:
@@ -80,7 +80,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous_and_deletes_nothing(tm
                 raw[i] ^= 0xA5
         open(f, "wb").write(bytes(raw))
     before = sorted(glob.glob(os.path.join(d, "**"), recursive=True))
-    with caplog.at_level(logging.WARNING, logger="vdm.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="vdm.infra.checkpoint"):
         with Checkpointer(d) as ckpt:
             state, step = ckpt.restore_latest(_state(0))
     assert step == 2
@@ -96,7 +96,8 @@ def test_silent_bit_flip_in_array_data_is_caught_by_the_checksum(tmp_path, caplo
         # Rewrite step 2's arrays with valid orbax files holding different values: only the
         # checksum in its metadata can tell.
         import orbax.checkpoint as ocp
-        from vdm.checkpoint import _flatten
+
+        from vdm.infra.checkpoint import _flatten
         bad = _flatten(_state(2))
         bad["['params']['b']"] = bad["['params']['b']"] + np.float32(1e-3)
         meta = ckpt._manager.restore(2, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -105,7 +106,7 @@ def test_silent_bit_flip_in_array_data_is_caught_by_the_checksum(tmp_path, caplo
     with ocp.CheckpointManager(d, item_names=("state", "meta")) as manager:
         manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(bad),
                                                 meta=ocp.args.JsonSave(meta)), force=True)
-    with caplog.at_level(logging.WARNING, logger="vdm.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="vdm.infra.checkpoint"):
         with Checkpointer(d) as ckpt:
             with pytest.raises(CheckpointCorruptError, match="checksum"):
                 ckpt.restore(2, _state(0))
@@ -140,7 +141,7 @@ def test_every_checkpoint_corrupt_raises_instead_of_starting_over(tmp_path):
 def test_state_of_another_shape_is_a_mismatch_not_corruption(tmp_path):
     """Intact checkpoints of another config: CheckpointMismatchError naming the entry and both shapes; no
     fallback to an older step (they are all the other config's), nothing moved or deleted."""
-    from vdm.checkpoint import CheckpointMismatchError
+    from vdm.infra.checkpoint import CheckpointMismatchError
     d = str(tmp_path / "ckpt")
     _save_steps(d, [1, 2])
     other = _state(0)
@@ -155,9 +156,10 @@ def test_state_of_another_shape_is_a_mismatch_not_corruption(tmp_path):
 
 
 def test_unrolled_checkpoint_into_scanned_config_names_the_conversion(tmp_path):
-    """A checkpoint with VDMUNet blocks down_0.. restored as scanned ('down' -> 'block') says how to convert."""
-    from vdm.checkpoint import BlockLayoutError
-    from vdm.models import maybe_convert_params
+    """A checkpoint with VDMUNet blocks down_0.. restored as scanned ('down' -> 'block'): a typed mismatch whose entry
+    sets name both layouts (vdm.models.convert.block_layout), before any array is read."""
+    from vdm.infra.checkpoint import CheckpointMismatchError
+    from vdm.models.convert import block_layout, maybe_convert_params
 
     rng = np.random.default_rng(0)
     block = lambda: {"conv0": {"kernel": rng.standard_normal((3, 2)).astype(np.float32)}}
@@ -170,8 +172,9 @@ def test_unrolled_checkpoint_into_scanned_config_names_the_conversion(tmp_path):
     scanned = maybe_convert_params(unrolled, scanned=True)
     assert scanned["params"]["model"]["down"]["block"]["conv0"]["kernel"].shape == (2, 3, 2)
     with Checkpointer(d) as ckpt:
-        with pytest.raises(BlockLayoutError, match="maybe_convert_params"):
+        with pytest.raises(CheckpointMismatchError, match="step 1") as err:
             ckpt.restore_latest(scanned)
+        assert (block_layout(err.value.saved_keys), block_layout(err.value.expected_keys)) == ("unrolled", "scanned")
         # Restoring in the saved layout, then converting, gives the same arrays.
         state, _ = ckpt.restore_latest(maybe_convert_params(scanned, scanned=False))
     back = maybe_convert_params(state, scanned=True)
@@ -186,15 +189,17 @@ def test_a_run_resumes_across_block_layouts_with_the_same_function(tmp_path):
     import jax.numpy as jnp
 
     from conftest import load_config
-    from vdm import data, diffusion_model as dm, parallel
-    from vdm.diffusion_task import DiffusionTask
-    from vdm.models import unstack_blocks
-    from vdm.train import restore_or_init
+    from vdm.data import pipeline
+    from vdm.infra import parallel
+    from vdm.models.convert import unstack_blocks
+    from vdm.tasks import diffusion_model as dm
+    from vdm.tasks.diffusion_task import DiffusionTask
+    from vdm.tasks.loop import restore_or_init
 
     def build(scan):
         c = load_config("fashion_mnist", "small")
         c.model.update(num_layers=2, scan_blocks=scan)
-        return dm.build(c, data.get_dataset_info(c.data)), parallel.make_mesh()
+        return dm.build(c, pipeline.get_dataset_info(c.data)), parallel.make_mesh()
 
     (unrolled, mesh), (scanned, _) = build(False), build(True)
     state = unrolled.init_state(jax.random.PRNGKey(3))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from vdm.checkpoint import Checkpointer
+from vdm.infra.checkpoint import Checkpointer
 
 TINY = ["--config=configs/toy2d.py:small"]
 
@@ -70,25 +70,28 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
 
 
 def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
-    from vdm import evaluate, sampling
     from conftest import load_config
+    from vdm import sampling
+    from vdm.cli import modes
     wd = str(tmp_path)
     assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
     for method in sampling.METHODS:
         config = load_config("toy2d", "small")
         config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = method, 4, 16
-        png = evaluate.sample(config, wd)
+        png = modes.sample(config, wd)
         samples = np.load(png[:-4] + ".npz")["samples"]
         assert samples.shape == (16, 2) and np.all(np.isfinite(samples)), method
     # Chunked sampling (sampling.batch_size): chunk i is the one-shot sampler's draw with key fold_in(key, i).
     import jax
-    from vdm.diffusion_model import derived_key
-    from vdm.diffusion_task import make_sampler
+
+    from vdm.tasks.diffusion_model import derived_key
+    from vdm.tasks.diffusion_task import make_sampler
     config = load_config("toy2d", "small")
     config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = "ddim", 4, 10
     config.sampling.batch_size = 4                       # chunks of 4, 4, 4 (the last cut to 2)
-    chunked = np.load(evaluate.sample(config, wd)[:-4] + ".npz")["samples"]
-    trainer, _, state, step = evaluate.restore_for_inference(config, wd)
+    chunked = np.load(modes.sample(config, wd)[:-4] + ".npz")["samples"]
+    task, _, state, step = modes.restore_for_inference(config, wd)
+    trainer = task.model
     key = derived_key(config, 2, step)
     one = make_sampler(trainer, 4)
     expect = np.concatenate([np.asarray(one(state.ema_params, jax.random.fold_in(key, i))) for i in range(3)])
@@ -98,7 +101,7 @@ def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
 
 
 def test_sample_chunk_size_rounds_to_whole_class_cycles():
-    from vdm.evaluate import sample_chunk_size
+    from vdm.cli.modes import sample_chunk_size
     assert sample_chunk_size(2000, 500) == 500
     assert sample_chunk_size(2000, 0) == 2000 and sample_chunk_size(300, 500) == 300
     assert sample_chunk_size(2000, 505, num_classes=10) == 500   # each chunk restarts arange % 10
@@ -125,7 +128,7 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
                     f"--config.data.data_dir={empty}"])
     assert proc.returncode == 1
     assert "error: " in proc.stderr and "'fashion_mnist' is not prepared" in proc.stderr
-    assert "python -m vdm.data prepare --dataset=fashion_mnist" in proc.stderr
+    assert "python -m vdm.tools.prepare_data --dataset=fashion_mnist" in proc.stderr
 
 
 def test_eval_without_a_checkpoint_says_to_train_first(tmp_path):

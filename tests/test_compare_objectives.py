@@ -19,8 +19,7 @@ import pytest
 
 from conftest import REPO_ROOT, load_config
 from experiments.compare import grid, report, runner
-from vdm.metrics import read_metrics
-
+from vdm.infra.metrics import read_metrics
 
 
 def test_param_weighting_grid_is_every_pair_once():
@@ -250,7 +249,7 @@ def test_dry_run_as_a_module_prints_every_stage_of_an_image_grid(tmp_path):
     assert stages == ["train", "eval_T10", "sample", "fd", "inception"]
     assert "--config.model.parameterization=v" in lines[1] and "--config.training.num_steps=10" in lines[1]
     assert os.path.join(REPO_ROOT, "experiments", "feature_net.py") + " --mode=fd" in lines[4]
-    assert " -m vdm.fid " in lines[5] and "fashion_mnist:test --num_b=10000 --json=" in lines[5]   # Inception FID/KID
+    assert " -m vdm.tools.fid " in lines[5] and "fashion_mnist:test --num_b=10000 --json=" in lines[5]   # Inception FID/KID
     assert not os.path.exists(tmp_path / "dry")                # nothing ran
 
 
@@ -277,7 +276,7 @@ def test_run_grid_gives_each_gpu_its_share_and_keeps_cell_order(monkeypatch):
 
 
 def test_image_cells_get_inception_fid_and_kid_once(tmp_path, monkeypatch):
-    """The fd stage of an image cell also runs `python -m vdm.fid` (recorded, not rerun); its JSON fills fid/kid."""
+    """The fd stage of an image cell also runs `python -m vdm.tools.fid` (recorded, not rerun); its JSON fills fid/kid."""
     ran = []
 
     def fake_run_stage(argv, log_path, device, share=1):
@@ -293,7 +292,7 @@ def test_image_cells_get_inception_fid_and_kid_once(tmp_path, monkeypatch):
     stages = {"sample": {"npz": str(tmp_path / "s.npz")}}
     runner._fd_stage(opts, str(tmp_path), stages, runner.Slot())
     runner._fd_stage(opts, str(tmp_path), stages, runner.Slot())          # done already: nothing reruns
-    assert len(ran) == 2 and ran[1][1:5] == ["-m", "vdm.fid", str(tmp_path / "s.npz"), "fashion_mnist:test"]
+    assert len(ran) == 2 and ran[1][1:5] == ["-m", "vdm.tools.fid", str(tmp_path / "s.npz"), "fashion_mnist:test"]
     assert "--num_b=500" in ran[1] and stages["inception"]["key"]["reference"] == 500
     inc = runner.read_json(str(tmp_path / "inception.json"))
     assert inc["fid"] == 42.0
@@ -347,7 +346,7 @@ def test_new_grid_cells_make_exact_commands():
 
 
 def test_every_new_cell_and_stage_config_validates_and_a_bad_one_is_refused():
-    from vdm import config_utils
+    from vdm.config import validation
     for base in (load_config("fashion_mnist", ""), load_config("toy2d", "small")):
         cells = grid.enumerate_cells(list(grid.GRIDS), seeds=[0], base_schedule=base.model.schedule,
                                      base_parameterization=base.model.parameterization)
@@ -355,7 +354,7 @@ def test_every_new_cell_and_stage_config_validates_and_a_bad_one_is_refused():
     base = load_config("toy2d", "small")
     with base.unlocked():
         base.model.schedule = "learned"           # adaptive t needs a fixed schedule
-    with pytest.raises(config_utils.ConfigError, match="adaptive"):
+    with pytest.raises(validation.ConfigError, match="adaptive"):
         grid.validate_cells(base, [grid.Cell("eps", "elbo", "learned", 0, "adaptive")], steps=4, eval_every=2)
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from vdm import config_utils
+from vdm.config import validation
 
 VARIANTS = [("fashion_mnist", ""), ("fashion_mnist", "small"), ("fashion_mnist", "mnist"),
             ("fashion_mnist", "mnist,small"), ("fashion_mnist", "hybrid"), ("fashion_mnist", "hybrid,small"),
@@ -32,7 +32,7 @@ def _get(config, dotted):
 @pytest.mark.parametrize("name,arg", VARIANTS)
 def test_every_config_variant_validates_and_has_the_required_keys(name, arg):
     config = load_config(name, arg)
-    config_utils.validate(config, device_count=1)
+    validation.validate(config, device_count=1)
     for key in REQUIRED:
         _get(config, key)
 
@@ -46,7 +46,7 @@ def test_fashion_mnist_variants_compose_and_unknown_ones_are_named():
 
 @pytest.mark.parametrize("arg", ["", "toy2d"])
 def test_noisy_classifier_configs_validate(arg):
-    config_utils.validate_classifier(load_config("noisy_classifier", arg), device_count=1)
+    validation.validate_classifier(load_config("noisy_classifier", arg), device_count=1)
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "toy2d", "noisy_classifier"])
@@ -54,7 +54,7 @@ def test_config_files_document_every_key_and_the_command_that_runs_them(name):
     path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
     source = open(path).read()
     module = ast.parse(source)
-    entry = "vdm.train_classifier" if name == "noisy_classifier" else "vdm.main"
+    entry = "vdm.main"        # every config names its Task (config.task): one entry point trains them all
     assert f"python -m {entry} --config=configs/{name}.py --workdir=" in ast.get_docstring(module)
     lines = source.splitlines()
     undocumented = []
@@ -100,8 +100,8 @@ def test_a_bad_choice_names_the_field_and_the_valid_choices(field, bad, valid):
     config = load_config("fashion_mnist")
     section, key = field.split(".")
     config[section][key] = bad
-    with pytest.raises(config_utils.ConfigError) as err:
-        config_utils.validate(config)
+    with pytest.raises(validation.ConfigError) as err:
+        validation.validate(config)
     message = str(err.value)
     assert f"config.{field}={bad!r} is not valid; choose one of" in message
     assert valid in message
@@ -126,8 +126,8 @@ def test_the_objective_rules_name_what_to_set(changes, needle):
     for field, value in changes.items():
         section, key = field.split(".")
         config[section][key] = value
-    with pytest.raises(config_utils.ConfigError) as err:
-        config_utils.validate(config)
+    with pytest.raises(validation.ConfigError) as err:
+        validation.validate(config)
     assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
@@ -136,8 +136,8 @@ def test_the_hybrid_variant_is_improved_ddpm():
     assert (c.model.schedule, c.model.variance_head, c.loss.objective, c.loss.weighting) == \
         ("cosine", "interp", "hybrid", "simple")
     assert c.loss.num_steps == 1000 and c.loss.hybrid_lambda == 0.001 and c.sampling.variance == "learned"
-    assert config_utils.resolve(c).eval.variance == "learned"
-    assert config_utils.resolve(load_config("fashion_mnist")).eval.variance == "small"
+    assert validation.resolve(c).eval.variance == "learned"
+    assert validation.resolve(load_config("fashion_mnist")).eval.variance == "small"
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -156,16 +156,16 @@ def test_ranges_and_cross_field_rules(field, value, needle):
         config.training.steps_per_call = 2
     section, key = field.split(".")
     config[section][key] = value
-    with pytest.raises(config_utils.ConfigError) as err:
-        config_utils.validate(config, device_count=8)
+    with pytest.raises(validation.ConfigError) as err:
+        validation.validate(config, device_count=8)
     assert needle in str(err.value)
 
 
 def test_model_kind_must_fit_the_data():
     config = load_config("toy2d")
     config.model.name = "vdm_unet"
-    with pytest.raises(config_utils.ConfigError, match="use 'mlp' for the flat toy data sets"):
-        config_utils.validate(config)
+    with pytest.raises(validation.ConfigError, match="use 'mlp' for the flat toy data sets"):
+        validation.validate(config)
 
 
 def test_locked_config_rejects_a_misspelt_key():
@@ -180,12 +180,12 @@ def test_a_config_missing_a_key_is_named_not_a_traceback():
     import ml_collections
     config = load_config("fashion_mnist").to_dict()
     del config["eval"]["method"]
-    with pytest.raises(config_utils.ConfigError, match="no key 'method'.*older version"):
-        config_utils.validate(ml_collections.ConfigDict(config))
+    with pytest.raises(validation.ConfigError, match="no key 'method'.*older version"):
+        validation.validate(ml_collections.ConfigDict(config))
     old_classifier = load_config("noisy_classifier").to_dict()
     del old_classifier["optimizer"]                 # the msgpack-era classifier config.json had none
-    with pytest.raises(config_utils.ConfigError, match="no key 'optimizer'"):
-        config_utils.validate_classifier(ml_collections.ConfigDict(old_classifier))
+    with pytest.raises(validation.ConfigError, match="no key 'optimizer'"):
+        validation.validate_classifier(ml_collections.ConfigDict(old_classifier))
 
 
 # ----------------------------------------------------------------------------- the base config and sampler options
@@ -257,17 +257,19 @@ def test_command_line_sets_unset_sampler_options_from_any_working_directory(tmp_
     assert proc.returncode != 0 and "half" in proc.stderr       # an unset option keeps its type
     config = load_config("fashion_mnist")
     config.sampling.method, config.sampling.eta = "ddim", 0.5
-    config_utils.validate(config)
+    validation.validate(config)
 
 
 def test_a_config_naming_one_option_gets_the_methods_defaults_for_the_rest():
     """resolve() fills the method's other options with exactly what sample() uses when not given them."""
     import jax
     import numpy as np
-    from vdm import analytic, sampling, schedules
+
+    from vdm import sampling, schedules
+    from vdm.core import analytic
     config = load_config("toy2d", "small")
     config.sampling.method, config.sampling.eta = "ddim", 0.5
-    s = config_utils.resolve(config).sampling
+    s = validation.resolve(config).sampling
     assert s.eta == 0.5 and s.grid == "uniform_t" and s.variance == "small"   # ddim's noise: eta^2 x the posterior's
     recorded = {k: s[k] for k in sampling.option_names("ddim")}
     assert None not in [v for k, v in recorded.items() if k != "dynamic_threshold"]
@@ -282,10 +284,11 @@ def test_a_config_naming_one_option_gets_the_methods_defaults_for_the_rest():
 
 def test_the_resolved_options_are_recorded_in_config_json(tmp_path):
     import json
+
     from vdm import sampling
     config = load_config("fashion_mnist", "small")
     config.sampling.method, config.sampling.order = "dpm_solver", 3
-    config_utils.save_config(config, str(tmp_path))
+    validation.save_config(config, str(tmp_path))
     saved = json.load(open(tmp_path / "config.json"))["sampling"]
     expect = sampling.resolve_options("dpm_solver", {"order": 3})
     assert {k: saved[k] for k in sampling.option_names("dpm_solver")} == \
@@ -301,6 +304,6 @@ def test_bad_sampler_options_fail_in_one_line_naming_the_valid_values():
         config = load_config("fashion_mnist")
         config.sampling.method = "ddim" if key == "eta" else "ancestral"
         config.sampling[key] = value
-        with pytest.raises(config_utils.ConfigError) as err:
-            config_utils.validate(config)
+        with pytest.raises(validation.ConfigError) as err:
+            validation.validate(config)
         assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -1,4 +1,4 @@
-"""Tests of vdm.data: toy sets against closed forms, iterator exactness, TFDS preparation and reading."""
+"""Tests of vdm.data.pipeline: toy sets against closed forms, iterator exactness, TFDS preparation and reading."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vdm import data, data_tfds, data_toy
+from vdm.data import pipeline, tfds_sets, toy_sets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -45,12 +45,12 @@ def run_python(code: str, env_extra: dict | None = None) -> subprocess.Completed
 # ----------------------------------------------------------------------------- toy data
 
 
-@pytest.mark.parametrize("name", data_toy.TOY_DATASETS)
+@pytest.mark.parametrize("name", toy_sets.TOY_DATASETS)
 def test_toy_sets_are_a_function_of_the_seed(name):
-    x1, y1 = data_toy.generate(name, 100, seed=7, split="train", dim=3)
-    x2, y2 = data_toy.generate(name, 100, seed=7, split="train", dim=3)
-    x3, _ = data_toy.generate(name, 100, seed=8, split="train", dim=3)
-    x4, _ = data_toy.generate(name, 100, seed=7, split="test", dim=3)
+    x1, y1 = toy_sets.generate(name, 100, seed=7, split="train", dim=3)
+    x2, y2 = toy_sets.generate(name, 100, seed=7, split="train", dim=3)
+    x3, _ = toy_sets.generate(name, 100, seed=8, split="train", dim=3)
+    x4, _ = toy_sets.generate(name, 100, seed=7, split="test", dim=3)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     assert x1.dtype == np.float32 and y1.dtype == np.int32
@@ -59,9 +59,9 @@ def test_toy_sets_are_a_function_of_the_seed(name):
 
 def test_mixture2d_moments_match_the_analytic_mixture():
     n = 200_000
-    x, label = data_toy.mixture2d(n, seed=0)
+    x, label = toy_sets.mixture2d(n, seed=0)
     x = x.astype(np.float64)
-    r, s, k = data_toy.MIXTURE_RADIUS, data_toy.MIXTURE_STD, data_toy.MIXTURE_MODES
+    r, s, k = toy_sets.MIXTURE_RADIUS, toy_sets.MIXTURE_STD, toy_sets.MIXTURE_MODES
     # Equal weights on K >= 3 points of a circle: E[x] = 0 and Cov[x] = (r^2/2 + s^2) I.
     mean_se = x.std(axis=0) / np.sqrt(n)
     assert np.all(np.abs(x.mean(axis=0)) < 4 * mean_se)
@@ -80,8 +80,8 @@ def test_mixture2d_moments_match_the_analytic_mixture():
 
 def test_gaussian_variance_matches_the_scales():
     n, dim = 100_000, 5
-    x, label = data_toy.gaussian(n, seed=1, dim=dim)
-    scales = data_toy.gaussian_scales(dim)
+    x, label = toy_sets.gaussian(n, seed=1, dim=dim)
+    scales = toy_sets.gaussian_scales(dim)
     assert np.isclose(scales[0], 1.0) and np.isclose(scales[-1], 0.1) and np.all(np.diff(scales) < 0)
     second_moment = (x.astype(np.float64) ** 2).mean(axis=0)  # mean is 0: this estimates s^2
     se = scales**2 * np.sqrt(2 / n)  # Var[x^2] = 2 s^4 for x ~ N(0, s^2)
@@ -95,32 +95,32 @@ def test_gaussian_nll_matches_scipy():
     scales = np.array([2.0, 0.5, 0.01])
     x = rng.normal(size=(7, 3)) * scales * 3
     expected = -stats.norm.logpdf(x, loc=0.0, scale=scales).sum(axis=-1)
-    np.testing.assert_allclose(data.gaussian_nll(x, scales), expected, rtol=1e-10)
+    np.testing.assert_allclose(pipeline.gaussian_nll(x, scales), expected, rtol=1e-10)
     with pytest.raises(ValueError, match="dims"):
-        data.gaussian_nll(x, scales[:2])
+        pipeline.gaussian_nll(x, scales[:2])
 
 
 def test_grid8bit2d_lies_on_8bit_values_uniformly():
     n = 64_000
-    x, label = data_toy.grid8bit2d(n, seed=2)
+    x, label = toy_sets.grid8bit2d(n, seed=2)
     k = np.round((x.astype(np.float64) + 1) * 127.5)
     assert np.all((k >= 0) & (k <= 255))
     np.testing.assert_allclose(x, k / 127.5 - 1, rtol=0, atol=2**-23)  # exact up to float32 rounding
-    levels = len(data_toy.GRID_LEVELS)
-    assert set(np.unique(k).astype(int)) == set(data_toy.GRID_LEVELS)
+    levels = len(toy_sets.GRID_LEVELS)
+    assert set(np.unique(k).astype(int)) == set(toy_sets.GRID_LEVELS)
     freq = np.bincount(label, minlength=levels**2) / n  # uniform over the L^2 cells
     p = 1 / levels**2
     assert np.all(np.abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n))
-    np.testing.assert_array_equal(k[:, 0], np.asarray(data_toy.GRID_LEVELS)[label // levels])
-    info = data.get_dataset_info(toy_config("grid8bit2d"))
+    np.testing.assert_array_equal(k[:, 0], np.asarray(toy_sets.GRID_LEVELS)[label // levels])
+    info = pipeline.get_dataset_info(toy_config("grid8bit2d"))
     assert info.discrete and info.shape == (2,) and info.num_classes == levels**2
 
 
 def test_dataset_info_of_toy_sets():
-    info = data.get_dataset_info(toy_config("gaussian", dim=4, num_train=30, num_test=20))
+    info = pipeline.get_dataset_info(toy_config("gaussian", dim=4, num_train=30, num_test=20))
     assert (info.shape, info.num_train, info.num_test, info.discrete) == ((4,), 30, 20, False)
     np.testing.assert_allclose(info.scales, np.geomspace(1, 0.1, 4))
-    info = data.get_dataset_info(toy_config("mixture2d"))
+    info = pipeline.get_dataset_info(toy_config("mixture2d"))
     assert (info.shape, info.num_classes, info.discrete, info.num_dims) == ((2,), 8, False, 2)
 
 
@@ -129,15 +129,15 @@ def test_dataset_info_of_toy_sets():
 
 def test_bad_config_fails_naming_the_valid_choices():
     with pytest.raises(ValueError, match="valid: fashion_mnist, mnist, cifar10, mixture2d"):
-        data.get_dataset_info({"dataset": "imagenet"})
+        pipeline.get_dataset_info({"dataset": "imagenet"})
     with pytest.raises(ValueError, match="images only"):
-        data.train_iterator(toy_config("mixture2d", random_flip=True), 4, seed=0)
+        pipeline.train_iterator(toy_config("mixture2d", random_flip=True), 4, seed=0)
     with pytest.raises(ValueError, match="num_train"):
-        data.get_dataset_info(toy_config("mixture2d", num_train=0))
+        pipeline.get_dataset_info(toy_config("mixture2d", num_train=0))
     with pytest.raises(ValueError, match="split"):
-        data.eval_iterator(toy_config("mixture2d"), 4, split="validation")
+        pipeline.eval_iterator(toy_config("mixture2d"), 4, split="validation")
     with pytest.raises(ValueError, match="seed"):
-        data.train_iterator(toy_config("mixture2d"), 4, seed=-1)
+        pipeline.train_iterator(toy_config("mixture2d"), 4, seed=-1)
 
 
 # ----------------------------------------------------------------------------- iterators
@@ -149,21 +149,21 @@ def take(iterator, n):
 
 def test_resume_at_start_step_equals_the_fresh_iterator():
     cfg = toy_config("mixture2d")  # 50 examples, batch 16: batches straddle epoch ends
-    fresh = take(data.train_iterator(cfg, 16, seed=5), 14)
+    fresh = take(pipeline.train_iterator(cfg, 16, seed=5), 14)
     for k in (0, 3, 6, 13):
-        resumed = next(data.train_iterator(cfg, 16, seed=5, start_step=k))
+        resumed = next(pipeline.train_iterator(cfg, 16, seed=5, start_step=k))
         np.testing.assert_array_equal(resumed["x"], fresh[k]["x"])
         np.testing.assert_array_equal(resumed["label"], fresh[k]["label"])
-    other = take(data.train_iterator(cfg, 16, seed=6), 14)
+    other = take(pipeline.train_iterator(cfg, 16, seed=6), 14)
     assert not all(np.array_equal(a["x"], b["x"]) for a, b in zip(fresh, other))
 
 
 def test_each_epoch_is_a_permutation_of_the_train_split():
     cfg = toy_config("gaussian")
-    x_train, _ = data.load_arrays(cfg, "train")
+    x_train, _ = pipeline.load_arrays(cfg, "train")
     row_of = {row.tobytes(): i for i, row in enumerate(x_train)}
     assert len(row_of) == 50  # continuous data: rows identify examples
-    batches = take(data.train_iterator(cfg, 16, seed=0), 13)  # 208 >= 4 epochs of 50
+    batches = take(pipeline.train_iterator(cfg, 16, seed=0), 13)  # 208 >= 4 epochs of 50
     x = np.concatenate([b["x"] for b in batches])
     assert batches[0]["x"].shape == (16, 3) and batches[0]["x"].dtype == np.float32
     assert batches[0]["label"].dtype == np.int32
@@ -177,8 +177,8 @@ def test_each_epoch_is_a_permutation_of_the_train_split():
 
 def test_eval_iterator_covers_the_split_once_with_masks():
     cfg = toy_config("mixture2d", num_test=50)
-    x_test, y_test = data.load_arrays(cfg, "test")
-    batches = list(data.eval_iterator(cfg, 16))
+    x_test, y_test = pipeline.load_arrays(cfg, "test")
+    batches = list(pipeline.eval_iterator(cfg, 16))
     assert len(batches) == 4
     for b in batches:
         assert b["x"].shape == (16, 2) and b["label"].shape == (16,) and b["mask"].dtype == np.bool_
@@ -188,7 +188,7 @@ def test_eval_iterator_covers_the_split_once_with_masks():
     y = np.concatenate([b["label"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(x, x_test)
     np.testing.assert_array_equal(y, y_test)
-    assert len(list(data.eval_iterator(cfg, 25))) == 2  # exact multiple: no padded batch
+    assert len(list(pipeline.eval_iterator(cfg, 25))) == 2  # exact multiple: no padded batch
 
 
 # ----------------------------------------------------------------------------- TFDS: missing data
@@ -198,25 +198,25 @@ def test_eval_iterator_covers_the_split_once_with_masks():
 def no_fashion_source(tmp_path, monkeypatch):
     empty = tmp_path / "no_debian_files"
     empty.mkdir()
-    monkeypatch.setenv(data_tfds.FASHION_MNIST_DIR_ENV, str(empty))
+    monkeypatch.setenv(tfds_sets.FASHION_MNIST_DIR_ENV, str(empty))
     return tmp_path / "tfds"
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(no_fashion_source):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(no_fashion_source)}
-    for call in (lambda: data.get_dataset_info(cfg), lambda: data.train_iterator(cfg, 8, seed=0),
-                 lambda: data_tfds.prepare("fashion_mnist", str(no_fashion_source))):
-        with pytest.raises(data.DatasetNotFoundError) as err:
+    for call in (lambda: pipeline.get_dataset_info(cfg), lambda: pipeline.train_iterator(cfg, 8, seed=0),
+                 lambda: tfds_sets.prepare("fashion_mnist", str(no_fashion_source))):
+        with pytest.raises(pipeline.DatasetNotFoundError) as err:
             call()
         message = str(err.value)
         assert "apt-get install dataset-fashion-mnist" in message
         assert "make data" in message
-        assert f"python -m vdm.data prepare --dataset=fashion_mnist --data_dir={no_fashion_source}" in message
+        assert f"python -m vdm.tools.prepare_data --dataset=fashion_mnist --data_dir={no_fashion_source}" in message
         assert "train-images-idx3-ubyte.gz" in message
 
 
 def test_prepare_cli_fails_at_once_with_the_how_to(no_fashion_source):
-    proc = subprocess.run([sys.executable, "-m", "vdm.data", "prepare", "--dataset=fashion_mnist",
+    proc = subprocess.run([sys.executable, "-m", "vdm.tools.prepare_data", "--dataset=fashion_mnist",
                            f"--data_dir={no_fashion_source}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "apt-get install dataset-fashion-mnist" in proc.stderr
@@ -228,8 +228,8 @@ def test_prepare_cli_fails_at_once_with_the_how_to(no_fashion_source):
     ("cifar10", ["cifar-10-binary.tar.gz"]),
 ])
 def test_missing_mnist_and_cifar10_say_where_to_put_the_files(tmp_path, name, files):
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data_tfds.prepare(name, str(tmp_path))
+    with pytest.raises(pipeline.DatasetNotFoundError) as err:
+        tfds_sets.prepare(name, str(tmp_path))
     message = str(err.value)
     assert str(tmp_path / "downloads" / "manual") in message
     assert all(f in message for f in files)
@@ -242,8 +242,8 @@ def test_manual_dir_files_are_checked_against_tfds_checksums(tmp_path):
     for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (manual / f).write_bytes(b"not mnist")
-    with pytest.raises(data_tfds.ChecksumError, match=str(manual)):
-        data_tfds.prepare("mnist", str(tmp_path))
+    with pytest.raises(tfds_sets.ChecksumError, match=str(manual)):
+        tfds_sets.prepare("mnist", str(tmp_path))
     assert not (tmp_path / "mnist").exists()
 
 
@@ -275,8 +275,8 @@ def synthetic_fashion(tmp_path_factory):
         write_idx_gz(source / f"{prefix}-labels-idx1-ubyte.gz", 2049, labels)
         arrays[split] = (images, labels)
     proc = run_python(f"""
-        from vdm import data_tfds
-        data_tfds.prepare("fashion_mnist", {str(data_dir)!r}, source_dir={str(source)!r},
+        from vdm.data import tfds_sets
+        tfds_sets.prepare("fashion_mnist", {str(data_dir)!r}, source_dir={str(source)!r},
                           accepted={file_checksums(source)!r})
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -289,14 +289,14 @@ def as_multiset(images: np.ndarray, labels: np.ndarray) -> list:
 
 def test_prepare_from_local_idx_files_round_trips(synthetic_fashion):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(synthetic_fashion["data_dir"])}
-    info = data.get_dataset_info(cfg)
+    info = pipeline.get_dataset_info(cfg)
     assert (info.shape, info.num_train, info.num_test, info.num_classes, info.discrete) == \
         ((28, 28, 1), 12, 5, 10, True)
     with open(synthetic_fashion["data_dir"] / "fashion_mnist" / "3.0.1" / "dataset_info.json") as f:
         assert json.load(f)["fileFormat"] == "array_record"
     for split in ("train", "test"):
         images, labels = synthetic_fashion["arrays"][split]
-        batches = list(data.eval_iterator(cfg, 4, split=split))
+        batches = list(pipeline.eval_iterator(cfg, 4, split=split))
         x = np.concatenate([b["x"][b["mask"]] for b in batches])
         y = np.concatenate([b["label"][b["mask"]] for b in batches])
         assert x.shape == (len(labels), 28, 28, 1) and x.dtype == np.float32
@@ -311,13 +311,14 @@ def test_prepare_is_idempotent_and_reading_needs_no_tensorflow(synthetic_fashion
     # Source files gone: a prepared data set is reused, not rebuilt, and never downloaded.
     proc = run_python(f"""
         import sys
-        from vdm import data
-        assert data.prepare_command("fashion_mnist", "{synthetic_fashion['data_dir']}") == 0
+        from vdm.data import pipeline
+        from vdm.tools import prepare_data
+        assert prepare_data.prepare_command("fashion_mnist", "{synthetic_fashion['data_dir']}") == 0
         cfg = {{"dataset": "fashion_mnist", "data_dir": {str(synthetic_fashion['data_dir'])!r}}}
-        batch = next(data.train_iterator(cfg, 8, seed=0))
+        batch = next(pipeline.train_iterator(cfg, 8, seed=0))
         assert batch["x"].shape == (8, 28, 28, 1)
         print("tensorflow imported:", "tensorflow" in sys.modules)
-    """, {data_tfds.FASHION_MNIST_DIR_ENV: "/nonexistent"})
+    """, {tfds_sets.FASHION_MNIST_DIR_ENV: "/nonexistent"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tensorflow imported: False" in proc.stdout
     assert info_json.stat().st_mtime_ns == before
@@ -325,21 +326,21 @@ def test_prepare_is_idempotent_and_reading_needs_no_tensorflow(synthetic_fashion
 
 def test_array_cache_alone_reads_the_same_arrays_without_tfds(synthetic_fashion, tmp_path):
     import shutil
-    cache = synthetic_fashion["data_dir"] / "fashion_mnist" / data_tfds.ARRAYS_SUBDIR
+    cache = synthetic_fashion["data_dir"] / "fashion_mnist" / tfds_sets.ARRAYS_SUBDIR
     assert sorted(os.listdir(cache)) == ["info.json", "test.npz", "train.npz"]   # written by prepare
     only_cache = tmp_path / "tfds"
-    shutil.copytree(cache, only_cache / "fashion_mnist" / data_tfds.ARRAYS_SUBDIR)
+    shutil.copytree(cache, only_cache / "fashion_mnist" / tfds_sets.ARRAYS_SUBDIR)
     proc = run_python(f"""
         import sys
         import numpy as np
-        from vdm import data
+        from vdm.data import pipeline
         cfg = {{"dataset": "fashion_mnist", "data_dir": {str(only_cache)!r}}}
-        info = data.get_dataset_info(cfg)
-        x, y = data.load_arrays(cfg, "train")
+        info = pipeline.get_dataset_info(cfg)
+        x, y = pipeline.load_arrays(cfg, "train")
         np.savez({str(tmp_path / "out.npz")!r}, x=x, y=y)
         print(info.shape, info.num_train, info.num_test, info.num_classes)
         print("tfds imported:", "tensorflow_datasets" in sys.modules)
-    """, {data_tfds.FASHION_MNIST_DIR_ENV: "/nonexistent"})
+    """, {tfds_sets.FASHION_MNIST_DIR_ENV: "/nonexistent"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(28, 28, 1) 12 5 10" in proc.stdout and "tfds imported: False" in proc.stdout
     import tensorflow_datasets as tfds
@@ -355,12 +356,12 @@ def test_corrupt_array_cache_is_ignored_and_rewritten(synthetic_fashion, tmp_pat
     import shutil
     data_dir = tmp_path / "tfds"
     shutil.copytree(synthetic_fashion["data_dir"], data_dir)
-    cache = data_dir / "fashion_mnist" / data_tfds.ARRAYS_SUBDIR
+    cache = data_dir / "fashion_mnist" / tfds_sets.ARRAYS_SUBDIR
     good = (cache / "test.npz").read_bytes()
     (cache / "test.npz").write_bytes(good[: len(good) // 2])          # truncated
-    data_tfds.load_split.cache_clear()
+    tfds_sets.load_split.cache_clear()
     with pytest.warns(UserWarning, match="ignoring the array cache"):
-        images, labels = data_tfds.load_split("fashion_mnist", str(data_dir), "test")
+        images, labels = tfds_sets.load_split("fashion_mnist", str(data_dir), "test")
     assert as_multiset(images[..., 0], labels) == as_multiset(*synthetic_fashion["arrays"]["test"])
     assert (cache / "test.npz").read_bytes() == good                   # rewritten from the TFDS files
     info = json.loads((cache / "info.json").read_text())
@@ -368,24 +369,24 @@ def test_corrupt_array_cache_is_ignored_and_rewritten(synthetic_fashion, tmp_pat
 
 
 def test_unprepared_data_with_sources_present_says_to_prepare(synthetic_fashion, tmp_path, monkeypatch):
-    monkeypatch.setenv(data_tfds.FASHION_MNIST_DIR_ENV, str(synthetic_fashion["source"]))
-    with pytest.raises(data.DatasetNotFoundError) as err:
-        data.get_dataset_info({"dataset": "fashion_mnist", "data_dir": str(tmp_path)})
+    monkeypatch.setenv(tfds_sets.FASHION_MNIST_DIR_ENV, str(synthetic_fashion["source"]))
+    with pytest.raises(pipeline.DatasetNotFoundError) as err:
+        pipeline.get_dataset_info({"dataset": "fashion_mnist", "data_dir": str(tmp_path)})
     assert "make data" in str(err.value)
-    assert f"python -m vdm.data prepare --dataset=fashion_mnist --data_dir={tmp_path}" in str(err.value)
+    assert f"python -m vdm.tools.prepare_data --dataset=fashion_mnist --data_dir={tmp_path}" in str(err.value)
 
 
 def test_prepare_rejects_files_with_unknown_checksums(synthetic_fashion, tmp_path):
-    with pytest.raises(data_tfds.ChecksumError, match="sha256"):  # synthetic files are not Debian's
-        data_tfds.prepare("fashion_mnist", str(tmp_path), source_dir=str(synthetic_fashion["source"]))
+    with pytest.raises(tfds_sets.ChecksumError, match="sha256"):  # synthetic files are not Debian's
+        tfds_sets.prepare("fashion_mnist", str(tmp_path), source_dir=str(synthetic_fashion["source"]))
     assert not (tmp_path / "fashion_mnist").exists()
 
 
 def test_random_flips_mirror_images_and_resume_exactly(synthetic_fashion):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(synthetic_fashion["data_dir"])}
     flip_cfg = dict(cfg, random_flip=True)
-    plain = take(data.train_iterator(cfg, 10, seed=3), 20)
-    flipped = take(data.train_iterator(flip_cfg, 10, seed=3), 20)
+    plain = take(pipeline.train_iterator(cfg, 10, seed=3), 20)
+    flipped = take(pipeline.train_iterator(flip_cfg, 10, seed=3), 20)
     n_flipped = 0
     for a, b in zip(plain, flipped):
         np.testing.assert_array_equal(a["label"], b["label"])  # flips do not change the order
@@ -394,7 +395,7 @@ def test_random_flips_mirror_images_and_resume_exactly(synthetic_fashion):
         assert np.all(same | mirrored)
         n_flipped += int(np.sum(mirrored & ~same))
     assert abs(n_flipped - 100) < 4 * np.sqrt(200 * 0.25)  # Binomial(200, 1/2)
-    resumed = next(data.train_iterator(flip_cfg, 10, seed=3, start_step=17))
+    resumed = next(pipeline.train_iterator(flip_cfg, 10, seed=3, start_step=17))
     np.testing.assert_array_equal(resumed["x"], flipped[17]["x"])
 
 
@@ -411,21 +412,21 @@ def read_idx_independently(path) -> np.ndarray:
 
 def test_real_fashion_mnist_is_prepared_and_matches_the_debian_files():
     """Uses the shared data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets); prepares it once (~20 s) if needed."""
-    data_dir = data_tfds.resolve_data_dir(None)
-    source = data_tfds.fashion_mnist_source_dir()
-    if not data_tfds.is_prepared("fashion_mnist", data_dir):
+    data_dir = tfds_sets.resolve_data_dir(None)
+    source = tfds_sets.fashion_mnist_source_dir()
+    if not tfds_sets.is_prepared("fashion_mnist", data_dir):
         if not all(os.path.exists(os.path.join(source, f)) for f in FASHION_FILES):
-            pytest.fail(str(data_tfds.not_prepared_error("fashion_mnist", data_dir)))
+            pytest.fail(str(tfds_sets.not_prepared_error("fashion_mnist", data_dir)))
         proc = run_python(f"""
-            from vdm import data
-            raise SystemExit(data.prepare_command("fashion_mnist", "{data_dir}"))
+            from vdm.tools import prepare_data
+            raise SystemExit(prepare_data.prepare_command("fashion_mnist", "{data_dir}"))
         """)
         assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = {"dataset": "fashion_mnist", "data_dir": data_dir}
-    info = data.get_dataset_info(cfg)
+    info = pipeline.get_dataset_info(cfg)
     assert (info.shape, info.num_train, info.num_test, info.num_classes) == ((28, 28, 1), 60000, 10000, 10)
     for split, n, prefix in (("train", 60000, "train"), ("test", 10000, "t10k")):
-        images, labels = data.load_arrays(cfg, split)
+        images, labels = pipeline.load_arrays(cfg, split)
         assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
         assert labels.dtype == np.int32 and labels.min() == 0 and labels.max() == 9
         np.testing.assert_array_equal(np.bincount(labels), np.full(10, n // 10))  # balanced classes
@@ -433,5 +434,5 @@ def test_real_fashion_mnist_is_prepared_and_matches_the_debian_files():
             src_images = read_idx_independently(f"{source}/{prefix}-images-idx3-ubyte.gz")
             src_labels = read_idx_independently(f"{source}/{prefix}-labels-idx1-ubyte.gz")
             assert as_multiset(images[..., 0], labels) == as_multiset(src_images, src_labels)
-    batch = next(data.train_iterator(cfg, 128, seed=0))
+    batch = next(pipeline.train_iterator(cfg, 128, seed=0))
     assert batch["x"].shape == (128, 28, 28, 1) and batch["x"].min() >= -1 and batch["x"].max() <= 1

@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import data, diffusion as D, likelihood
-from vdm.encoding import ENCODINGS, bin_index, bin_width, decode, encode, grid_values
-from vdm.metrics import image_grid
+from vdm import diffusion as D
+from vdm import likelihood
+from vdm.core.encoding import ENCODINGS, bin_index, bin_width, decode, encode, grid_values
+from vdm.data import pipeline
+from vdm.infra.metrics import image_grid
 
 K = np.arange(256)
 GRIDS = {"endpoints": K / 127.5 - 1.0, "bin_centres": 2.0 * (K + 0.5) / 256.0 - 1.0}
@@ -136,11 +138,11 @@ def test_data_pipeline_encodes_as_configured():
     base = {"dataset": "grid8bit2d", "num_train": 64, "num_test": 16}
     for e in ENCODINGS:
         cfg = {**base, "encoding": e}
-        info = data.get_dataset_info(cfg)
+        info = pipeline.get_dataset_info(cfg)
         assert info.discrete and info.encoding == e
-        batch = next(data.train_iterator(cfg, 32, seed=0))
+        batch = next(pipeline.train_iterator(cfg, 32, seed=0))
         levels = encode(np.array([31, 95, 160, 224], np.uint8), e)
         assert np.all(np.isin(batch["x"], levels))
-    assert data.get_dataset_info(base).encoding == "endpoints"
+    assert pipeline.get_dataset_info(base).encoding == "endpoints"
     with pytest.raises(ValueError, match="bin_centres"):
-        data.get_dataset_info({**base, "encoding": "centres"})
+        pipeline.get_dataset_info({**base, "encoding": "centres"})

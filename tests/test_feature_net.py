@@ -10,15 +10,15 @@ import pytest
 
 from conftest import REPO_ROOT, load_config
 from experiments import feature_net
-from vdm.config_utils import ConfigError
-from vdm.metrics import read_metrics
+from vdm.config.validation import ConfigError
+from vdm.infra.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
 def tiny_fashion_mnist():
     """2000 train / 1000 held-out images, disjoint, from Fashion-MNIST's test split (fast to load)."""
-    from vdm import data
-    x, y = data.load_arrays({"dataset": "fashion_mnist"}, "test")
+    from vdm.data import pipeline
+    x, y = pipeline.load_arrays({"dataset": "fashion_mnist"}, "test")
     return {"train": (x[:2000], y[:2000].astype(np.int32)), "test": (x[2000:3000], y[2000:3000].astype(np.int32))}
 
 

@@ -1,5 +1,5 @@
 """Where a user meets Inception FID: sources (.npz of samples, PNG folder, NAME:SPLIT), the cached reference
-statistics, score_samples and `python -m vdm.fid A B`, on a tiny Fashion-MNIST-shaped array cache in a
+statistics, score_samples and `python -m vdm.tools.fid A B`, on a tiny Fashion-MNIST-shaped array cache in a
 temporary data_dir (so nothing is written beside the real data set).
 """
 
@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
-from vdm import data_tfds, encoding, fid
+from vdm import fid
+from vdm.core import encoding
+from vdm.data import tfds_sets
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def tiny_data(tmp_path_factory):
     info = {"shape": (28, 28, 1), "num_train": 12, "num_test": 12, "num_classes": 10}
     images = {s: rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8) for s in ("train", "test")}
     for split, x in images.items():
-        data_tfds.write_array_cache("fashion_mnist", folder, split, x, np.zeros(12, np.int32), info)
+        tfds_sets.write_array_cache("fashion_mnist", folder, split, x, np.zeros(12, np.int32), info)
     return folder, images
 
 
@@ -83,14 +85,14 @@ def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
     folder, images = tiny_data
     np.savez(tmp_path / "a.npz", samples=images["train"][:6])
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "vdm.fid", str(tmp_path / "a.npz"), "fashion_mnist:train",
+    proc = subprocess.run([sys.executable, "-m", "vdm.tools.fid", str(tmp_path / "a.npz"), "fashion_mnist:train",
                            "--num_b=6", f"--data_dir={folder}", "--kid_subsets=3", "--kid_subset_size=3",
                            f"--json={out}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FID " in proc.stdout and "KID " in proc.stdout and "(N = 6, 6; resize tf1)" in proc.stdout
     r = json.loads(out.read_text())
     assert abs(r["fid"]) < 1e-2 and r["num_a"] == 6          # the same six images: FID 0 up to rounding
-    bad = subprocess.run([sys.executable, "-m", "vdm.fid", "x.npz", "fashion_mnist:train"], cwd=REPO_ROOT,
+    bad = subprocess.run([sys.executable, "-m", "vdm.tools.fid", "x.npz", "fashion_mnist:train"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "VDM_FID_DIR": str(tmp_path / "none")})
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "make fid-weights" in bad.stderr
@@ -98,7 +100,7 @@ def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
 
 def test_sample_mode_scores_what_it_drew_into_metrics(tiny_data, tmp_path):
     """--mode=sample with config.eval.fid_samples writes the Inception FID/KID of its first samples against the
-    split's reference to metrics.jsonl; the same figures come from `python -m vdm.fid`'s path on the saved .npz."""
+    split's reference to metrics.jsonl; the same figures come from `python -m vdm.tools.fid`'s path on the saved .npz."""
     from conftest import run_cli
     folder, _ = tiny_data
     wd = str(tmp_path / "run")

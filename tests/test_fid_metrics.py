@@ -1,4 +1,4 @@
-"""FID and KID math against closed forms, independent implementations and Monte Carlo (vdm.feature_metrics).
+"""FID and KID math against closed forms, independent implementations and Monte Carlo (vdm.evaluation.feature_metrics).
 
 Truths used: for commuting covariances C1 = Q diag(a) Q^T, C2 = Q diag(b) Q^T the squared
 Fréchet (2-Wasserstein) distance is ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2; in general it
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vdm import feature_metrics as fm
 from vdm import fid
+from vdm.evaluation import feature_metrics as fm
 
 
 def _w2_squared(mu1, c1, mu2, c2):

@@ -1,4 +1,4 @@
-"""The TorchScript reader (vdm.torchscript) and the weight cache's checks (vdm.fid_weights), without torch.
+"""The TorchScript reader (vdm.evaluation.torchscript) and the weight cache's checks (vdm.evaluation.fid_weights), without torch.
 
 The archives are written here, opcode by opcode, in the layout `torch.jit.save` uses (a zip with
 ROOT/data.pkl, protocol 2, whose tensors are `torch._utils._rebuild_tensor_v2` of persistent-id
@@ -6,7 +6,6 @@ storages ROOT/data/N holding raw little-endian bytes), so the test depends on no
 pickler of ours.
 """
 
-import io
 import json
 import os
 import struct
@@ -15,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from vdm import fid_weights, torchscript
+from vdm.evaluation import fid_weights, torchscript
 
 
 def _str(s: str) -> bytes:
@@ -115,7 +114,7 @@ def test_missing_or_corrupt_weight_cache_is_one_line_naming_the_fix(tmp_path):
     (tmp_path / fid_weights.INFO_NAME).write_text(json.dumps({"npz_sha256": "0" * 64}))
     with pytest.raises(fid_weights.WeightsError, match="corrupt") as err:
         fid_weights.load(str(tmp_path))
-    assert "\n" not in str(err.value) and "python -m vdm.fid prepare" in str(err.value)
+    assert "\n" not in str(err.value) and "python -m vdm.tools.fid prepare" in str(err.value)
 
 
 def test_the_cached_weights_pass_their_checksum_and_fit_the_network():

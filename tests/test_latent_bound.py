@@ -1,4 +1,4 @@
-"""The latent-diffusion bound (vdm.latent, vdm.latent_task) against exact answers of linear-Gaussian models.
+"""The latent-diffusion bound (vdm.core.latent, vdm.tasks.latent_task) against exact answers of linear-Gaussian models.
 
 Truths used, all computed independently in numpy float64 / scipy:
 - probabilistic PCA, z ~ N(0, I_k), x | z ~ N(W z + b, s^2 I_D): the exact -log p(x) = -log N(x; b, W W^T + s^2 I),
@@ -10,7 +10,7 @@ Truths used, all computed independently in numpy float64 / scipy:
 - the decoded moments of latent samples through a linear decoder, x ~ N(A mu_z + b, A Sigma_z A^T).
 
 Monte-Carlo agreement is asserted within 4 standard errors (SE = sample std / sqrt(n)) of the exact value. Note
-that vdm.latent's bound uses the encoder's entropy -H(q) = E_q[log q], not log q(z) per draw, so even at q = q* the
+that vdm.core.latent's bound uses the encoder's entropy -H(q) = E_q[log q], not log q(z) per draw, so even at q = q* the
 per-draw total varies with z; it is log p(x | z) + log p(z) - log q*(z | x) that is constant (= log p(x)).
 """
 
@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from vdm import analytic as A
-from vdm import encoding as enc
-from vdm import latent as L
 from vdm import objectives as O
 from vdm import schedules as S
-from vdm.latent_task import sample_and_decode
+from vdm.core import analytic as A
+from vdm.core import encoding as enc
+from vdm.core import latent as L
+from vdm.tasks.latent_task import sample_and_decode
 
 LOG_2PI = math.log(2.0 * math.pi)
 D_X, K_Z = 6, 3                       # the PPCA model: x in R^6, z in R^3
@@ -76,7 +76,7 @@ def draw_x(w: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
 
 
 def three_term_bound(x, mean, log_var, w, b, eps, cross_entropy_fn):
-    """vdm.latent's bound per draw: z = reparameterize(mean, log_var, eps) [n, k], the 'gaussian' decoder's
+    """vdm.core.latent's bound per draw: z = reparameterize(mean, log_var, eps) [n, k], the 'gaussian' decoder's
     reconstruction at W z + b, and cross_entropy_fn(z) [n] as -log p(z)."""
     n = eps.shape[0]
     mean = jnp.broadcast_to(jnp.asarray(mean, jnp.float32), (n, K_Z))

@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
-from vdm import config_utils, evaluate, latent_task, record
-from vdm.checkpoint import Checkpointer
-from vdm.optim import TrainState
-from vdm.train_autoencoder import load_autoencoder, train_autoencoder
+from vdm.cli import modes
+from vdm.config import record, validation
+from vdm.infra.checkpoint import Checkpointer
+from vdm.infra.optim import TrainState
+from vdm.tasks import latent_task
+from vdm.tasks.autoencoder_task import load_autoencoder, train_autoencoder
 
 AE_SMALL = ["--config=configs/fashion_mnist_ae.py:small", "--config.eval.max_examples=300"]
 LATENT_SMALL = ["--config=configs/fashion_mnist.py:latent,small", "--config.eval.max_examples=300",
@@ -31,8 +33,8 @@ LATENT_SMALL = ["--config=configs/fashion_mnist.py:latent,small", "--config.eval
 
 
 def run_ae(args: list[str], **kw) -> subprocess.CompletedProcess:
-    """python -m vdm.train_autoencoder ARGS from the repository root."""
-    return subprocess.run([sys.executable, "-m", "vdm.train_autoencoder", *args], cwd=REPO_ROOT, capture_output=True,
+    """python -m vdm.tasks.autoencoder_task ARGS from the repository root."""
+    return subprocess.run([sys.executable, "-m", "vdm.main", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=kw.get("timeout", 300))
 
 
@@ -103,7 +105,7 @@ def test_the_autoencoder_resumes_after_kill_9_bit_identically(tmp_path):
             "--config.training.checkpoint_every=10", "--config.training.eval_every=100000",
             "--config.training.log_every=1", f"--workdir={tmp_path}"]
     ckpt_dir = os.path.join(tmp_path, "checkpoints")
-    sigkill_past_checkpoint(["-m", "vdm.train_autoencoder", *args, "--config.training.num_steps=100000"],
+    sigkill_past_checkpoint(["-m", "vdm.main", *args, "--config.training.num_steps=100000"],
                             str(tmp_path), _losses_by_step)
     before = _losses_by_step(tmp_path)
     with Checkpointer(ckpt_dir) as ckpt:
@@ -130,7 +132,7 @@ def test_the_latent_run_reports_the_three_term_bound_and_eval_returns_it(latent_
     assert recorded.latent.scale > 0 and recorded.latent.autoencoder.downsample == 4   # computed / copied, recorded
     np.testing.assert_allclose(result["eval/bpd_scale_log_det"] * 784 * np.log(2),
                                -7 * 7 * 4 * np.log(recorded.latent.scale), rtol=1e-6)
-    again = evaluate.evaluate(record.load_recorded(latent_dir), latent_dir)     # what --mode=eval runs
+    again = modes.evaluate(record.load_recorded(latent_dir), latent_dir)     # what --mode=eval runs
     assert again["eval/bpd"] == result["eval/bpd"]                          # the same draws: the same number
 
 
@@ -147,7 +149,7 @@ def test_sampling_decodes_latents_to_images(latent_dir):
     given = load_config("fashion_mnist", "latent,small")
     given.sampling.decode, given.sampling.num_samples = "argmax", 6
     config, _ = record.inference_config(latent_dir, given, ["sampling.decode", "sampling.num_samples"])
-    png = evaluate.sample(config, latent_dir)
+    png = modes.sample(config, latent_dir)
     samples = np.load(png[:-4] + ".npz")["samples"]
     assert samples.shape == (6, 28, 28, 1) and os.path.exists(png)
     k = (samples + 1.0) * 127.5
@@ -185,7 +187,7 @@ def test_bad_latent_input_is_one_clear_line_and_writes_nothing(ae_dir, tmp_path)
     for overrides, needle in (({"model__decoder": "categorical"}, "decoder is 'gaussian'"),
                               ({"latent__latents": "median"}, "latent.latents"),
                               ({"latent__autoencoder_workdir": str(pixel)}, "not an autoencoder")):
-        with pytest.raises(config_utils.ConfigError, match=needle):
+        with pytest.raises(validation.ConfigError, match=needle):
             latent_task.train_and_evaluate(latent_config(ae_dir, **overrides), str(wd))
     assert not wd.exists() or not os.listdir(wd)
 
@@ -196,7 +198,7 @@ def test_bad_autoencoder_config_is_one_clear_line(tmp_path):
     assert proc.returncode == 1 and "power of 2" in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]
     c = load_config("fashion_mnist_ae", "small")
     c.model.decoder = "logistic"
-    with pytest.raises(config_utils.ConfigError, match="model.decoder"):
+    with pytest.raises(validation.ConfigError, match="model.decoder"):
         train_autoencoder(c, str(tmp_path / "ae"))
     assert not (tmp_path / "ae").exists()
 

@@ -14,8 +14,8 @@ import optax
 import pytest
 
 from vdm import objectives as O
-from vdm import sampling, schedules, solvers
-from vdm.discrete_time import hybrid_diffusion_term, step_kl
+from vdm import diffusion, sampling, schedules
+from vdm.core.discrete_time import hybrid_diffusion_term, step_kl
 from vdm.parameterization import split_variance, variance_weight
 
 SCHED = schedules.linear_logsnr(-8.0, 6.0)
@@ -126,7 +126,7 @@ def test_fitting_a_free_v_per_step_recovers_the_analytic_dpm_optimal_variance():
         r, state = step(r, state)
     g = np.asarray(SCHED(jnp.arange(T + 1) / T), np.float64)
     want, beta, beta_tilde = _optimal_variance(g[:-1], g[1:], s2)
-    got = np.asarray(solvers.step_variance(jnp.asarray(g[1:], jnp.float32), jnp.asarray(g[:-1], jnp.float32),
+    got = np.asarray(diffusion.step_variance(jnp.asarray(g[1:], jnp.float32), jnp.asarray(g[:-1], jnp.float32),
                                            "learned", variance_weight(r, "interp")), np.float64)
     # The optimum lies strictly between beta_tilde and beta at every step: the fit is informative everywhere.
     assert np.all(want > beta_tilde * 1.001) and np.all(want < beta * 0.999)
@@ -172,6 +172,7 @@ def test_hybrid_end_to_end_train_eval_with_each_variance_and_sample_with_the_lea
     given at eval/sample time has none)."""
     import json
     import os
+
     from conftest import run_cli
     wd = str(tmp_path)
     hybrid = ["--config=configs/toy2d.py:small", f"--workdir={wd}", "--config.model.variance_head=interp",

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import analytic as A
 from vdm import likelihood as L
 from vdm import schedules as S
+from vdm.core import analytic as A
 from vdm.objectives import bits_per_dim
 
 SCHED = S.linear_logsnr()

@@ -11,10 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from vdm.models import (MODEL_NAMES, LearnedSchedule, NoisyClassifier, get_model,
-                        variance_minimizing_grads)
-from vdm.models import layers
-from vdm.models.unet_adm import ADMUNet
+from vdm.core.objectives import variance_minimizing_grads
+from vdm.models import MODEL_NAMES, get_model, layers
+from vdm.models.classifier import NoisyClassifier
+from vdm.models.schedule import LearnedSchedule
 
 NUM_CLASSES = 3
 SHAPES = {'vdm_unet': (2, 8, 8, 3), 'adm_unet': (2, 16, 16, 3), 'mlp': (4, 2)}

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from vdm import data
+from vdm.data import pipeline
 
 TOY = ["--config=configs/toy2d.py:small"]
 ONE_STEP = ["--config.training.num_steps=1", "--config.training.checkpoint_every=1",
@@ -130,8 +130,8 @@ def _result(stdout: str) -> dict:
 @pytest.mark.parametrize("process_count", [2, 4])
 def test_each_process_reads_a_disjoint_block_and_together_they_cover_the_train_batch(process_count):
     cfg = {"dataset": "mixture2d", "num_train": 100, "num_test": 50}
-    whole = data.train_iterator(cfg, 32, seed=3, start_step=2)
-    parts = [data.train_iterator(cfg, 32, seed=3, start_step=2, process_index=i, process_count=process_count)
+    whole = pipeline.train_iterator(cfg, 32, seed=3, start_step=2)
+    parts = [pipeline.train_iterator(cfg, 32, seed=3, start_step=2, process_index=i, process_count=process_count)
              for i in range(process_count)]
     for _ in range(8):                                   # 8 steps of 32 cross epochs of 100 examples
         full = next(whole)
@@ -145,21 +145,21 @@ def test_each_process_reads_a_disjoint_block_and_together_they_cover_the_train_b
 
 
 def test_train_shards_keep_the_random_flips_of_the_global_batch():
-    from vdm.data_tfds import is_prepared
+    from vdm.data.tfds_sets import is_prepared
     if not is_prepared("fashion_mnist"):
         pytest.skip("fashion_mnist not prepared (make data)")
     cfg = {"dataset": "fashion_mnist", "random_flip": True}
-    full = next(data.train_iterator(cfg, 16, seed=0, start_step=5))
-    shards = [next(data.train_iterator(cfg, 16, seed=0, start_step=5, process_index=i, process_count=2))
+    full = next(pipeline.train_iterator(cfg, 16, seed=0, start_step=5))
+    shards = [next(pipeline.train_iterator(cfg, 16, seed=0, start_step=5, process_index=i, process_count=2))
               for i in range(2)]
     np.testing.assert_array_equal(np.concatenate([s["x"] for s in shards]), full["x"])
 
 
 def test_eval_shards_cover_the_split_exactly_once_with_the_padding_masked():
     cfg = {"dataset": "mixture2d", "num_train": 100, "num_test": 90}
-    x_test, _ = data.load_arrays(cfg, "test")
-    whole = list(data.eval_iterator(cfg, 40))
-    parts = [list(data.eval_iterator(cfg, 40, process_index=i, process_count=2)) for i in range(2)]
+    x_test, _ = pipeline.load_arrays(cfg, "test")
+    whole = list(pipeline.eval_iterator(cfg, 40))
+    parts = [list(pipeline.eval_iterator(cfg, 40, process_index=i, process_count=2)) for i in range(2)]
     assert len(parts[0]) == len(parts[1]) == len(whole) == 3      # every process runs every batch
     seen = []
     for b, s0, s1 in zip(whole, *parts):
@@ -171,9 +171,9 @@ def test_eval_shards_cover_the_split_exactly_once_with_the_padding_masked():
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused():
     with pytest.raises(ValueError, match="does not split over 3 processes"):
-        data.eval_iterator({"dataset": "mixture2d"}, 32, process_index=0, process_count=3)
+        pipeline.eval_iterator({"dataset": "mixture2d"}, 32, process_index=0, process_count=3)
     with pytest.raises(ValueError, match="process_index"):
-        data.train_iterator({"dataset": "mixture2d"}, 32, seed=0, process_index=2, process_count=2)
+        pipeline.train_iterator({"dataset": "mixture2d"}, 32, seed=0, process_index=2, process_count=2)
 
 
 # ----------------------------------------------------------------------------- 2 processes vs 1

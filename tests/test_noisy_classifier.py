@@ -8,21 +8,22 @@ import json
 import numpy as np
 
 from conftest import load_config, run_cli
-from vdm import data_toy, train_classifier
+from vdm.data import toy_sets
+from vdm.tasks import classifier_task
 
 
 def test_noisy_classifier_trains_and_guides_sampling_toward_the_class(tmp_path):
     config = load_config("noisy_classifier", "toy2d")
     config.training.num_steps = 300
     cls_dir = str(tmp_path / "classifier")
-    acc = train_classifier.train_classifier(config, cls_dir)
+    acc = classifier_task.train_classifier(config, cls_dir)
     # 8 well separated modes (gap / std ~ 5): near-perfect at low noise, near chance (1/8) at high noise.
     assert acc["classifier/test_acc_t0.1"] > 0.9, acc
     assert acc["classifier/test_acc_t0.9"] < acc["classifier/test_acc_t0.1"] - 0.3, acc
 
     wd = str(tmp_path / "model")
     assert run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}"]).returncode == 0
-    means = np.asarray(data_toy.mixture2d_params()[0])
+    means = np.asarray(toy_sets.mixture2d_params()[0])
 
     def fraction_in_class(scale):
         proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}", "--mode=sample",

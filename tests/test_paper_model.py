@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from configs import cifar10
-from vdm.models import (LearnedLinearSchedule, from_reference, get_model, maybe_convert_params,
-                        stack_blocks, unstack_blocks)
-from vdm.models.convert import decay_mask
+from vdm.models import get_model
+from vdm.models.convert import decay_mask, from_reference, maybe_convert_params, stack_blocks, unstack_blocks
 from vdm.models.layers import timestep_embedding
+from vdm.models.schedule import LearnedLinearSchedule
 
 GAMMA_MIN, GAMMA_MAX = -13.3, 5.0
 HI = jax.lax.Precision.HIGHEST

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config, run_cli
-from vdm import record
-from vdm.checkpoint import Checkpointer
+from vdm.config import record
+from vdm.infra.checkpoint import Checkpointer
 
 TINY = ["--config=configs/toy2d.py:small"]
 V_SIGMOID = ["--config.model.parameterization=v", "--config.loss.weighting=sigmoid"]
@@ -115,12 +115,13 @@ def test_max_examples_bounds_both_evals(v_run):
 
 def test_max_examples_reads_only_that_many_in_a_small_batch():
     """A 1000-row eval batch capped at 20 examples holds 20 rows (24 over 8 devices, 4 masked)."""
-    from vdm import config_utils, data
+    from vdm.config import validation
+    from vdm.data import pipeline
     config = load_config("toy2d", "small")
     config.eval.batch_size, config.eval.max_examples = 1000, 20
     for devices, rows in ((1, 20), (8, 24)):
-        size = config_utils.eval_batch_size(config.eval, devices)
-        batches = list(data.eval_iterator(config.data, size, max_examples=20))
+        size = validation.eval_batch_size(config.eval, devices)
+        batches = list(pipeline.eval_iterator(config.data, size, max_examples=20))
         assert size == rows and [b["x"].shape[0] for b in batches] == [rows]
         assert int(sum(b["mask"].sum() for b in batches)) == 20
 
@@ -145,8 +146,9 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_the_step_saved_again(v_run
 def _restore(wd: str, step: int) -> np.ndarray:
     """Every leaf of the train state checkpointed at `step` in workdir `wd`, flattened (its recorded config's shapes)."""
     import jax
-    from vdm import parallel
-    from vdm.diffusion_model import setup
+
+    from vdm.infra import parallel
+    from vdm.tasks.diffusion_model import setup
     model, _ = setup(record.load_recorded(wd))
     like = parallel.to_host(model.init_state(jax.random.PRNGKey(0)))
     with Checkpointer(os.path.join(wd, "checkpoints"), create=False) as ckpt:
@@ -269,9 +271,9 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
 def test_unset_sampler_options_against_their_recorded_resolved_values_are_no_change(tmp_path):
     """A run records resolved options (config.json); resuming with the file's unset (None) options is no change,
     an option set to another value is one (recorded by value), and so is a new method's defaults."""
-    from vdm import config_utils
+    from vdm.config import validation
     config = load_config("toy2d", "small")
-    config_utils.save_config(config, str(tmp_path))
+    validation.save_config(config, str(tmp_path))
     assert json.load(open(tmp_path / "config.json"))["sampling"]["variance"] == "small"
     assert record.check_resume(load_config("toy2d", "small"), str(tmp_path)) == {}
     given = load_config("toy2d", "small")

@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import analytic as A
-from vdm import guidance, sampling, solvers
+from vdm import sampling
 from vdm import schedules as S
+from vdm.core import analytic as A
 from vdm.parameterization import convert
+from vdm.sampling import guidance, solvers
 
 N = 2000
 SCHED = S.linear_logsnr()

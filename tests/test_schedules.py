@@ -1,6 +1,5 @@
 """Schedules against their definitions: endpoints, monotonicity, DDPM/improved-DDPM constants."""
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The adaptive noise schedule (vdm.t_sampling) and schedules.inverse against independent truths.
+"""The adaptive noise schedule (vdm.core.t_sampling) and schedules.inverse against independent truths.
 
 Monte-Carlo checks use fixed seeds and assert agreement within 4 standard errors; closed forms are
 derived here (float64 numpy), never taken from the code under test.
@@ -16,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from conftest import REPO_ROOT
 from vdm import schedules as S
-from vdm import t_sampling as T
+from vdm.core import t_sampling as T
 
 SCHEDULES = {"linear_logsnr": S.linear_logsnr(), "cosine": S.cosine(), "ddpm_linear": S.ddpm_linear()}
 
@@ -280,7 +281,7 @@ _FOUR_DEVICES = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import Mesh
     from test_t_sampling import _psum_case, _sharded_update
-    from vdm import t_sampling as T
+    from vdm.core import t_sampling as T
     assert jax.device_count() == 4, jax.devices()
     hist, bins, values = _psum_case()
     ours = _sharded_update(Mesh(np.array(jax.devices()), ("data",)), hist, bins, values, 0.75)

@@ -14,9 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
-from vdm import data, diffusion_task, objectives, parallel
-from vdm import diffusion_model as dm
-from vdm.checkpoint import Checkpointer
+from vdm import objectives
+from vdm.data import pipeline
+from vdm.infra import parallel
+from vdm.infra.checkpoint import Checkpointer
+from vdm.tasks import diffusion_model as dm
+from vdm.tasks import diffusion_task
 
 
 def _toy_config(**training):
@@ -35,7 +38,7 @@ def _train(trainer, mesh, state, num_steps, *, start=0, steps_per_call=1):
     c = trainer.config
     fn = parallel.data_parallel(lambda s, b: dm.train_step(trainer, s, b), mesh,
                                 steps_per_call=steps_per_call)
-    batches = data.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start)
+    batches = pipeline.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start)
     metrics = []
     for _ in range(num_steps // steps_per_call):
         group = [next(batches) for _ in range(steps_per_call)]
@@ -63,8 +66,8 @@ def test_training_lowers_the_elbo_toward_the_true_nll_on_gaussian_data():
     se = math.hypot(before["eval/bpd_se"], after["eval/bpd_se"])
     assert after["eval/bpd"] < before["eval/bpd"] - 5 * se, (before, after)
     # Independent truth: -ELBO >= model NLL, and cross-entropy >= the data's exact NLL (Gibbs).
-    x_test, _ = data.load_arrays(c.data, "test")
-    exact = np.mean(data.gaussian_nll(x_test, np.asarray(trainer.info.scales))) / (2 * math.log(2))
+    x_test, _ = pipeline.load_arrays(c.data, "test")
+    exact = np.mean(pipeline.gaussian_nll(x_test, np.asarray(trainer.info.scales))) / (2 * math.log(2))
     assert after["eval/bpd"] > exact - 4 * after["eval/bpd_se"], (after, exact)
     assert after["eval/bpd"] < exact + 0.3 + 4 * after["eval/bpd_se"], (after, exact)   # and near it
     assert after["eval/num_examples"] == c.data.num_test
@@ -81,7 +84,7 @@ def test_train_loss_with_elbo_weighting_is_the_eval_elbo_and_its_mean_is_the_neg
     params = trainer.init_state(jax.random.PRNGKey(1)).params
     # Give the net a non-trivial output first: perturb the zero-initialised last layer.
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-    x = jnp.asarray(data.load_arrays(c.data, "test")[0][:1000])
+    x = jnp.asarray(pipeline.load_arrays(c.data, "test")[0][:1000])
     batch = {"x": x, "label": jnp.zeros((1000,), jnp.int32), "index": jnp.arange(1000)}
     key = jax.random.PRNGKey(3)
     train_terms = jax.jit(lambda p, k: trainer.loss_terms(p, batch, k, train=True))(params, key)
@@ -107,7 +110,7 @@ def test_the_loss_is_a_pure_function_of_the_batch_whatever_the_device_split():
     trainer, _ = dm.setup(c)
     params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
                           trainer.init_state(jax.random.PRNGKey(0)).params)
-    b = next(data.train_iterator(c.data, 128, seed=0))
+    b = next(pipeline.train_iterator(c.data, 128, seed=0))
     key = jax.random.PRNGKey(7)
     terms = jax.jit(lambda bb: trainer.loss_terms(params, bb, key))
     whole = terms(b)
@@ -124,9 +127,9 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import json
     import jax, numpy as np
     from test_train import _toy_config, _train
-    from vdm import parallel
-    from vdm import diffusion_model as dm
-    from vdm.checkpoint import Checkpointer
+    from vdm.infra import parallel
+    from vdm.tasks import diffusion_model as dm
+    from vdm.infra.checkpoint import Checkpointer
     assert jax.device_count() == 8, jax.devices()
     c = _toy_config(steps_per_call={spc})
     trainer, mesh = dm.setup(c)
@@ -217,7 +220,7 @@ def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_los
     trainer, mesh = dm.setup(c)
     params = trainer.init_state(jax.random.PRNGKey(0)).params
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-    x = jnp.asarray(data.load_arrays(c.data, "train")[0][:256])
+    x = jnp.asarray(pipeline.load_arrays(c.data, "train")[0][:256])
     batch = {"x": x, "label": jnp.zeros((256,), jnp.int32), "index": jnp.arange(256)}
     keys = jax.random.split(jax.random.PRNGKey(3))
 
@@ -249,13 +252,13 @@ def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_los
 def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     c32 = _toy_config()
     c16 = _toy_config(dtype="bfloat16")
-    info = data.get_dataset_info(c32.data)
+    info = pipeline.get_dataset_info(c32.data)
     t32, t16 = dm.build(c32, info), dm.build(c16, info)
     params = t32.init_params(jax.random.PRNGKey(0))
     # Away from the zero-initialised output layer, so the network's output is not exactly 0.
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda p: p + jnp.asarray(0.05 * rng.standard_normal(p.shape), p.dtype), params)
-    batch = next(data.train_iterator(c32.data, 128, seed=0))
+    batch = next(pipeline.train_iterator(c32.data, 128, seed=0))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     def loss_grads(trainer):
         f = lambda p, b: trainer.value_and_grad(p, b, jax.random.PRNGKey(1), jax.random.PRNGKey(2))

@@ -24,7 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vdm import cli_errors, config_utils, record
+from vdm.config import cli_errors, record, validation
 
 MODES = ("train", "eval", "sample")
 
@@ -73,9 +73,9 @@ def apply_shorthands(config, values: dict) -> None:
 def join_job() -> str:
     """Join the multi-process job the flags or the environment describe (if any); returns a log prefix naming this process."""
     if _COORDINATOR.value is None and (_NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None):
-        raise config_utils.ConfigError("--num_processes/--process_id need --coordinator_address "
+        raise validation.ConfigError("--num_processes/--process_id need --coordinator_address "
                                        "(or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
-    from vdm import parallel     # jax starts here
+    from vdm.infra import parallel  # jax starts here
     parallel.set_local_device_count(_LOCAL_DEVICE_COUNT.value)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     init_timeout=_INIT_TIMEOUT.value, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
@@ -92,7 +92,7 @@ def resolve_config(mode: str, given, workdir: str, overridden: list[str]):
             return given
         recorded = record.load_recorded(workdir)
         if recorded is None:
-            raise config_utils.ConfigError(f"--config is needed to start a run ({workdir} holds no config.json to "
+            raise validation.ConfigError(f"--config is needed to start a run ({workdir} holds no config.json to "
                                            "resume), e.g. --config=configs/fashion_mnist.py.")
         recorded.lock()
         return recorded
@@ -107,25 +107,23 @@ def resolve_config(mode: str, given, workdir: str, overridden: list[str]):
 
 
 def run(mode: str, config, workdir: str):
-    """Dispatch to one library function: diffusion_task's (or for a latent model latent_task's) train_and_evaluate,
-    evaluate.evaluate or evaluate.sample."""
-    from vdm import config_latent, diffusion_task, evaluate, latent_task   # after flag parsing: jax starts here
+    """Dispatch to one library function: the config's Task's training (registry.train), modes.evaluate or modes.sample."""
+    from vdm.cli import modes  # after flag parsing: jax starts here
+    from vdm.tasks import registry
     if mode == "eval":
-        return evaluate.evaluate(config, workdir)
+        return modes.evaluate(config, workdir)
     if mode == "sample":
-        return evaluate.sample(config, workdir)
-    if config_latent.is_latent(config):
-        return latent_task.train_and_evaluate(config, workdir)
-    return diffusion_task.train_and_evaluate(config, workdir)
+        return modes.sample(config, workdir)
+    return registry.train(config, workdir)
 
 
 def main(argv: list[str]) -> int:
-    """Run the chosen mode (the config is validated once, in vdm.diffusion_model.setup); user errors print one clear line and exit 1."""
+    """Run the chosen mode (the config is validated once, by its Task's build); user errors print one clear line and exit 1."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     absl_logging.set_verbosity(absl_logging.WARNING)   # orbax/jax info lines are noise here
     logging.getLogger("vdm").setLevel(logging.INFO)     # ... ours (resume, fallback) are not
-    from vdm.train import USER_ERRORS, Interrupted
+    from vdm.tasks.loop import USER_ERRORS, Interrupted
     prefix = ""
     try:
         given = _CONFIG.value if flags.FLAGS["config"].present else None
@@ -147,12 +145,15 @@ def main(argv: list[str]) -> int:
         return 1
     print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)
     if _MODE.value == "train" and (not prefix or prefix.startswith("[process 0/")):   # the summary once
-        w = _WORKDIR.value
-        print(f"test bits/dim {result.get('eval/bpd', float('nan')):.4f} +- {result.get('eval/bpd_se', float('nan')):.4f}"
-              f" (-ELBO, EMA params)\nsamples: {w}/samples/  metrics: {w}/metrics.jsonl (and {w}/tb/)"
-              f"  checkpoints: {w}/checkpoints/  bits/dim figure: {w}/bpd.png", file=sys.stderr)
+        from vdm.tasks import registry
+        print(registry.entry(config).summary(result, _WORKDIR.value), file=sys.stderr)
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `vdm` console script (pyproject.toml): the same as python -m vdm.main."""
     app.run(main, flags_parser=cli_errors.parse_flags)
+
+
+if __name__ == "__main__":
+    entry()

@@ -47,7 +47,7 @@ CONTROLLED_KEYS = ("model.parameterization", "loss.weighting", "model.schedule",
 
 def grid_axes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(parameterisations, weightings) of the grid: vdm's own choice sets, so they cannot drift."""
-    from vdm import objectives, parameterization   # jax is imported, but no device is touched
+    from vdm import objectives, parameterization  # jax is imported, but no device is touched
     return tuple(parameterization.KINDS), tuple(objectives.WEIGHTINGS)
 
 
@@ -168,20 +168,20 @@ def stage_keys(cell: Cell, eval_steps: tuple[int, ...] = (), ancestral_steps: tu
 
 def validate_cells(base: ml_collections.ConfigDict, cells: list[Cell], *, steps: int, eval_every: int,
                    eval_steps: tuple[int, ...] = (), ancestral_steps: tuple[int, ...] = ()) -> None:
-    """Raise vdm.config_utils.ConfigError if any cell's config (base + the cell's keys), or that of one of its
+    """Raise vdm.config.validation.ConfigError if any cell's config (base + the cell's keys), or that of one of its
     eval / ancestral-sample stages, is invalid, before anything runs."""
-    from vdm import config_utils
+    from vdm.config import validation
     for cell in cells:
         c = copy.deepcopy(base)
         with c.unlocked():
             _set_keys(c, {**cell.config_keys(), "training.num_steps": steps, "training.eval_every": eval_every,
                           "eval.num_steps": 0})
-        config_utils.validate(c)
+        validation.validate(c)
         for keys in stage_keys(cell, eval_steps, ancestral_steps):
             s = copy.deepcopy(c)
             with s.unlocked():
                 _set_keys(s, keys)
-            config_utils.validate(s)
+            validation.validate(s)
 
 
 def _config_key_value(flag: str) -> tuple[str, str]:

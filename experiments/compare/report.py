@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from experiments.compare import tables
-from vdm.fileio import atomic_write
-from vdm.metrics import read_metrics
+from vdm.infra.fileio import atomic_write
+from vdm.infra.metrics import read_metrics
 
 BASE_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "variant", "seed", "steps", "status",
                 "bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion")

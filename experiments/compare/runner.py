@@ -10,7 +10,7 @@ Every cell runs the commands a user runs (experiments/compare/stages.py names th
           --config.sampling.variance=V for each S in --ancestral_steps and each variance instead);
   fd      per sample set; images: python experiments/feature_net.py --mode=fd; flat toy data: the Fréchet
           distance of the raw coordinates, computed here;
-  inception  images: python -m vdm.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json,
+  inception  images: python -m vdm.tools.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json,
           Inception FID and KID against the first R test images (R = --inception_reference).
 A finished stage is recorded in CELL/stages.json (with its argv) and not rerun; a finished cell
 has CELL/DONE.json, so a rerun of the same command skips it. Cells run on device slots, one
@@ -32,13 +32,22 @@ from typing import IO, Callable
 
 import numpy as np
 
-from vdm import feature_metrics
 from experiments.compare.grid import Cell
-from experiments.compare.stages import (EXPERIMENTS, Options, fd_command, final_eval, inception_command,  # noqa: F401
-                                        parse_eval_stage, quality_suffix, sample_stages, stage_commands,
-                                        train_variance)
-from vdm.fileio import atomic_write
-from vdm.metrics import read_metrics
+from experiments.compare.stages import (  # noqa: F401
+    EXPERIMENTS,
+    Options,
+    fd_command,
+    final_eval,
+    inception_command,
+    parse_eval_stage,
+    quality_suffix,
+    sample_stages,
+    stage_commands,
+    train_variance,
+)
+from vdm.evaluation import feature_metrics
+from vdm.infra.fileio import atomic_write
+from vdm.infra.metrics import read_metrics
 
 REPO = os.path.dirname(EXPERIMENTS)
 DEFAULT_RESULTS_ROOT = os.path.join(REPO, "experiments", "results")
@@ -55,7 +64,7 @@ def read_json(path: str, default=None):
 
 
 def json_writer(obj) -> Callable[[IO], None]:
-    """write(f) for vdm.fileio.atomic_write: `obj` as indented, key-sorted JSON (a killed run never leaves half a marker)."""
+    """write(f) for vdm.infra.fileio.atomic_write: `obj` as indented, key-sorted JSON (a killed run never leaves half a marker)."""
     return lambda f: json.dump(obj, f, indent=1, sort_keys=True, default=float)
 
 
@@ -99,7 +108,7 @@ class Slot:
 
 def _flat_fd(samples_path: str, opts: Options) -> dict:
     """Fréchet distance between Gaussians fitted to flat samples and to the test split (raw coordinates)."""
-    from vdm import data as vdm_data
+    from vdm.data import pipeline as vdm_data
     with np.load(samples_path) as f:
         samples = np.asarray(f["samples"], np.float64)
     bad = float(np.mean(~np.isfinite(samples)))

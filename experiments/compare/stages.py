@@ -86,7 +86,7 @@ def fd_command(opts: Options, samples: str, out: str) -> list[str]:
 
 def inception_command(opts: Options, samples: str, out: str) -> list[str]:
     """argv of the Inception FID and KID (vdm.fid) of an .npz of image samples against the test split."""
-    return [opts.python, "-m", "vdm.fid", samples, f"{opts.data_config['dataset']}:test",
+    return [opts.python, "-m", "vdm.tools.fid", samples, f"{opts.data_config['dataset']}:test",
             f"--num_b={opts.inception_reference}", f"--json={out}"]
 
 

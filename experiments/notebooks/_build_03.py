@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vdm import sampling, schedules
-from vdm.data_toy import mixture2d_params
+from vdm.data.toy_sets import mixture2d_params
 
 TINY = os.environ.get("VDM_NB_TINY", "0") == "1"
 REPO = pathlib.Path.cwd().resolve().parents[1]      # the notebook runs in experiments/notebooks/
@@ -204,10 +204,11 @@ elif not (os.path.exists(os.path.join(FM_WORKDIR, "config.json"))
           "Fashion-MNIST part (train one with `make train`, or set VDM_FM_WORKDIR).")
 else:
     import ml_collections
-    from vdm.evaluate import restore_for_inference
+    from vdm.cli.modes import restore_for_inference
     with open(os.path.join(FM_WORKDIR, "config.json")) as f:
         fm_config = ml_collections.ConfigDict(json.load(f))
-    trainer, mesh, state, fm_step = restore_for_inference(fm_config, FM_WORKDIR)
+    task, mesh, state, fm_step = restore_for_inference(fm_config, FM_WORKDIR)
+    trainer = task.model
     params = state.ema_params
     denoise, fm_schedule = trainer.denoise_fn(params), trainer.schedule(params)
     shape = (FM_SAMPLES,) + tuple(trainer.info.shape)

@@ -19,7 +19,7 @@ CELLS = [
 
 A latent diffusion model (Rombach et al. 2022) is a hierarchical VAE whose first latent $z_0$ comes from a learned
 encoder $q(z_0 \mid x)$ and whose prior over $z_0$ is a diffusion model. It keeps a likelihood bound (LSGM, Vahdat
-et al. 2021), computed by `vdm.latent` and reported by `vdm.latent_task`. This notebook
+et al. 2021), computed by `vdm.core.latent` and reported by `vdm.tasks.latent_task`. This notebook
 
 1. states the bound and where the latent scale $c$ enters;
 2. checks it in closed form on probabilistic PCA, where $-\log p(x)$ and the exact posterior are known: tight at
@@ -74,7 +74,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jax.scipy.stats import multivariate_normal, norm
 
-from vdm import latent
+from vdm.core import latent
 
 TINY = os.environ.get("VDM_NB_TINY", "0") == "1"
 REPO = pathlib.Path.cwd().resolve().parents[1]      # the notebook runs in experiments/notebooks/
@@ -91,7 +91,7 @@ $x \sim \mathcal{N}(b, WW^\top + s^2 I)$ (Tipping & Bishop 1999). With $W = Q\,\
 columns, $W^\top W = \mathrm{diag}(w^2)$ and the exact posterior is diagonal:
 $q^*(z \mid x) = \mathcal{N}\big(\mathrm{diag}(w/(w^2+s^2))\,Q^\top(x-b),\ \mathrm{diag}(s^2/(w^2+s^2))\big)$.
 
-The three terms use `vdm.latent`: the reconstruction $-\log p(x \mid z)$ is `decoder_log_prob(..., "gaussian")`
+The three terms use `vdm.core.latent`: the reconstruction $-\log p(x \mid z)$ is `decoder_log_prob(..., "gaussian")`
 at the encoder's mean plus its closed-form spread $\sum_i w_i^2 v_i / 2s^2$, the cross-entropy against
 $\mathcal{N}(0, I)$ is `kl_standard_normal + entropy`, and `bound_terms` adds the negative entropy. Everything is
 an exact expectation, so the bound's gap against $-\log p(x)$ (`jax.scipy` on the full covariance) must equal the
@@ -114,7 +114,7 @@ post_log_var = jnp.broadcast_to(jnp.log(S**2 / (w**2 + S**2)), post_mean.shape)
 
 
 def decoder_out(z):
-    # p(x | z)'s output channels as vdm.latent reads a 'gaussian' decoder: [mean, log scale] on the last axis.
+    # p(x | z)'s output channels as vdm.core.latent reads a 'gaussian' decoder: [mean, log scale] on the last axis.
     return jnp.concatenate([z @ W.T + b, jnp.full(z.shape[:-1] + (D,), jnp.log(S))], axis=-1)
 
 
@@ -127,7 +127,7 @@ def bound(mean, log_var):
 
 
 def kl_to_posterior(mean, log_var):
-    # KL(q || q*) of diagonal Gaussians, written out independently of vdm.latent.
+    # KL(q || q*) of diagonal Gaussians, written out independently of vdm.core.latent.
     v, v_star = jnp.exp(log_var), jnp.exp(post_log_var)
     return 0.5 * jnp.sum(v / v_star + (mean - post_mean) ** 2 / v_star - 1 - (log_var - post_log_var), -1)
 
@@ -160,12 +160,12 @@ ax.legend(fontsize=8)
 plt.show()
 """),
     ("md", r"""
-**Monte Carlo, and the scale.** The training and eval code draw $z_0 \sim q$ (`vdm.latent.reparameterize`) instead
+**Monte Carlo, and the scale.** The training and eval code draw $z_0 \sim q$ (`vdm.core.latent.reparameterize`) instead
 of taking expectations. At the exact posterior every single draw gives $-\log p(x \mid z) - \log p(z) + \log q^*(z
 \mid x) = -\log p(x)$: the estimator has zero variance, and its spread over draws below is float rounding. For a
 wrong encoder the draws' mean matches the exact reconstruction term within its standard error. Last, the change of
 variables: for $u = c z$ and $p_U = \mathcal{N}(0, c^2 I)$ (the image of $\mathcal{N}(0, I)$), every draw has
-$-\log p_U(u) - d \log c = -\log \mathcal{N}(z; 0, I)$ with `vdm.latent.scale_log_det(c, d)` $= d \log c$.
+$-\log p_U(u) - d \log c = -\log \mathcal{N}(z; 0, I)$ with `vdm.core.latent.scale_log_det(c, d)` $= d \log c$.
 """),
     ("code", r"""
 eps = jax.random.normal(k_mc, (N_MC,) + post_mean.shape)      # [draws, N, K]
@@ -215,7 +215,7 @@ print("closed-form checks passed")
 ## 3. Fashion-MNIST: an autoencoder, then a diffusion prior on its latents
 
 Two CLI runs in a temporary folder (`VDM_NB04_WORKDIR` to keep them): stage 1,
-`python -m vdm.train_autoencoder --config=configs/fashion_mnist_ae.py` (28x28x1 to 7x7x4 latents, a
+`python -m vdm.main --config=configs/fashion_mnist_ae.py` (28x28x1 to 7x7x4 latents, a
 discretised-Gaussian decoder, trained by the VAE ELBO), then stage 2, `python -m vdm.main
 --config=configs/fashion_mnist.py:latent` on its latents (frozen autoencoder, $c$ computed from 2,000 train
 latents). Default sizes: the autoencoder's 1,000 steps and 1,000 diffusion steps, both evaluated on the whole test
@@ -226,7 +226,7 @@ the first 500 test images ($c$ from 500 train latents).
 WORK = pathlib.Path(os.environ.get("VDM_NB04_WORKDIR") or tempfile.mkdtemp(prefix="vdm_nb04_"))
 AE_DIR, LAT_DIR = WORK / "ae", WORK / "latent"
 common = ["--config.eval.max_examples=500"] if TINY else []
-ae_cmd = [sys.executable, "-m", "vdm.train_autoencoder", "--config=configs/fashion_mnist_ae.py" + (":small" if TINY else ""),
+ae_cmd = [sys.executable, "-m", "vdm.main", "--config=configs/fashion_mnist_ae.py" + (":small" if TINY else ""),
           f"--workdir={AE_DIR}", *common]
 lat_cmd = [sys.executable, "-m", "vdm.main", "--config=configs/fashion_mnist.py:latent" + (",small" if TINY else ""),
            f"--config.latent.autoencoder_workdir={AE_DIR}", f"--workdir={LAT_DIR}", *common]

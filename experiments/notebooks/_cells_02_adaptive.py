@@ -13,7 +13,7 @@ density $q(t) > 0$ with the per-example weight $1/q(t)$, $\tfrac12 \gamma'(t)\, 
 keeps its expectation (`vdm.objectives.neg_elbo_terms(..., t_density=q)`). VDM++ (Kingma & Gao 2023, app. F) learns
 $q$ during training: a histogram over $K$ equal-width $\lambda$ bins keeps a moving average of the integrand per unit
 $\lambda$ seen in each bin, and $p(\lambda) \propto$ that average, mixed with a uniform share $m$, is the next step's
-proposal (`vdm.t_sampling`: `draw`, `integrand`, `update`, `bin_probs`). The variance is lowest when $p$ follows the
+proposal (`vdm.core.t_sampling`: `draw`, `integrand`, `update`, `bin_probs`). The variance is lowest when $p$ follows the
 integrand.
 
 **A case with the answer in closed form.** Data $x \sim \mathcal{N}(0, s^2 I_D)$ and the exact (Bayes) predictor
@@ -30,8 +30,9 @@ to `update`; a uniform-$t$ estimator runs alongside on fresh draws of its own, f
     ("code", r"""
 import jax
 import jax.numpy as jnp
-from vdm import objectives, schedules, t_sampling
-from vdm.diffusion_model import IMPORTANCE_BINS, IMPORTANCE_UNIFORM
+from vdm import objectives, schedules
+from vdm.core import t_sampling
+from vdm.tasks.diffusion_model import IMPORTANCE_BINS, IMPORTANCE_UNIFORM
 
 SCHED = schedules.linear_logsnr()
 GAMMA_0, GAMMA_1 = float(SCHED(0.0)), float(SCHED(1.0))

@@ -1,4 +1,5 @@
-"""Flax denoisers, the learned schedule and the noisy classifier.
+"""Flax modules: the denoisers and their registry (get_model), learned schedules, the noisy classifier, the
+autoencoder, Inception-v3; parameter-layout conversion (convert). Each module is imported from its own file.
 
 Every denoiser is called as
     model.apply(variables, z, gamma, y=None, train=False, rngs={'dropout': key})
@@ -6,7 +7,7 @@ with z [B, H, W, C] (UNets) or [B, D] (mlp), gamma [B] and y [B] int32 or None,
 and returns a raw prediction shaped like z; the caller reads it as
 config.model.parameterization. With config.model.variance_head (not 'none') the output has
 twice the channels: the prediction, then the reverse variance's raw interpolation weight
-(vdm.parameterization.split_variance).
+(vdm.core.parameterization.split_variance).
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ from typing import Any, Callable, Dict, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm.models.classifier import NoisyClassifier
-from vdm.models.convert import from_reference, maybe_convert_params, stack_blocks, unstack_blocks
 from vdm.models.mlp import MLPDenoiser
 from vdm.models.schedule import LearnedLinearSchedule, LearnedSchedule
 from vdm.models.unet_adm import ADMUNet
 from vdm.models.unet_vdm import VDMUNet
-from vdm.objectives import variance_minimizing_grads
-
-__all__ = ['get_model', 'MODEL_NAMES', 'LEARNED_SCHEDULES', 'get_schedule_module', 'VDMUNet', 'ADMUNet',
-           'MLPDenoiser', 'LearnedSchedule', 'LearnedLinearSchedule', 'variance_minimizing_grads',
-           'NoisyClassifier', 'stack_blocks', 'unstack_blocks', 'maybe_convert_params', 'from_reference']
 
 _COMMON = ('width', 'dropout', 'fourier_features', 'fourier_min', 'fourier_max',
            'num_classes', 'gamma_min', 'gamma_max')
@@ -49,7 +43,7 @@ def _kwargs(cfg: Any, keys: tuple[str, ...]) -> Dict[str, Any]:
     for k in ('dropout', 'gamma_min', 'gamma_max'):
         out[k] = float(out[k])
     out['fourier_features'] = bool(out['fourier_features'])
-    out['variance_head'] = cfg.get('variance_head', 'none') != 'none'   # C more outputs (vdm.parameterization)
+    out['variance_head'] = cfg.get('variance_head', 'none') != 'none'   # C more outputs (vdm.core.parameterization)
     if 'norm_groups' in out:
         out['norm_groups'] = int(out['norm_groups'])
     return out
@@ -70,7 +64,7 @@ _BUILDERS: Dict[str, Callable[[Any], nn.Module]] = {
 MODEL_NAMES = tuple(_BUILDERS)
 COMPUTE_DTYPES: Dict[str, Any] = {'float32': None, 'bfloat16': jnp.bfloat16}   # config.training.dtype -> get_model's dtype
 
-# Learned schedules (config.model.schedule) and how they learn (vdm.diffusion_model.DiffusionModel.value_and_grad):
+# Learned schedules (config.model.schedule) and how they learn (vdm.tasks.diffusion_model.DiffusionModel.value_and_grad):
 # 'variance': VDM's variance-minimising gradient for the shape, the mean-loss gradient for the endpoints;
 # 'mean': the mean-loss gradient (the endpoints of a linear log-SNR, as google-research/vdm learns them).
 LEARNED_SCHEDULES: Dict[str, str] = {'learned': 'variance', 'learned_linear': 'mean'}

@@ -3,7 +3,7 @@
 Encoder: a conv stem, per level `num_blocks` residual blocks then a strided conv halving H and W
 (log2 of `downsample` levels), a last block, and a zero-initialised conv to 2 C_z channels, the
 mean and log-variance of q(z_0 | x) (at init q = N(0, I), the prior). Decoder: the mirror image,
-nearest-neighbour upsampling, ending in vdm.latent.decoder_channels(decoder, C) output channels
+nearest-neighbour upsampling, ending in vdm.core.latent.decoder_channels(decoder, C) output channels
 (256 logits per pixel, or the mean and log scale of a (binned) Gaussian). Images [B, H, W, C]
 (NHWC), latents [B, H/f, W/f, C_z]. Called as `module.apply(v, x, method='encode')`, `...
 method='decode')`, or `module.apply(v, x)` for both (what init uses).
@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdm.latent import decoder_channels
+from vdm.core.latent import decoder_channels
 from vdm.models import layers
 
 Array = jax.Array
@@ -45,7 +45,7 @@ class Autoencoder(nn.Module):
     downsample: int = 4              # f, a power of 2
     width: int = 32
     num_blocks: int = 1
-    decoder: str = "discretized_gaussian"   # vdm.latent.DECODERS
+    decoder: str = "discretized_gaussian"   # vdm.core.latent.DECODERS
 
     def setup(self):
         """The encoder's and decoder's layers, log2(downsample) levels each."""
@@ -80,7 +80,7 @@ class Autoencoder(nn.Module):
         return mean, log_var
 
     def decode(self, z: Array) -> Array:
-        """The decoder's output for z_0 [B, h, w, latent_channels]: [B, h f, w f, decoder_channels] (vdm.latent.decoder_log_prob)."""
+        """The decoder's output for z_0 [B, h, w, latent_channels]: [B, h f, w f, decoder_channels] (vdm.core.latent.decoder_log_prob)."""
         h = self.dec_mid(self.dec_in(z))
         for up, blocks in zip(self.dec_up, self.dec_blocks):
             b, hgt, wid, c = h.shape
@@ -99,3 +99,9 @@ def autoencoder_from_config(model_config, channels: int) -> Autoencoder:
     m = model_config
     return Autoencoder(channels=channels, latent_channels=int(m.latent_channels), downsample=int(m.downsample),
                        width=int(m.width), num_blocks=int(m.num_blocks), decoder=str(m.decoder))
+
+
+def latent_shape(model_config, image_shape) -> tuple[int, int, int]:
+    """[H/f, W/f, C_z] of the autoencoder of `model_config` (f = downsample, C_z = latent_channels) on [H, W, C] images."""
+    f = model_config.downsample
+    return image_shape[0] // f, image_shape[1] // f, int(model_config.latent_channels)

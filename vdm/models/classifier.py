@@ -13,11 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vdm.core.schedules import get_schedule
 from vdm.models import layers
-from vdm.models.convert import decay_mask
 from vdm.models.mlp import MLPBlock
-from vdm.optim import Optimizer
-from vdm.schedules import get_schedule
 
 Array = jax.Array
 
@@ -60,10 +58,9 @@ class NoisyClassifier(nn.Module):
 
 
 def classifier_from_config(config, num_classes: int):
-    """(NoisyClassifier, its schedule gamma(t), its Optimizer) of a noisy-classifier config (configs/noisy_classifier.py)."""
+    """(NoisyClassifier, its schedule gamma(t)) of a noisy-classifier config (configs/noisy_classifier.py)."""
     m = config.model
     model = NoisyClassifier(num_classes=num_classes, width=m.width, num_layers=m.num_layers,
                             gamma_min=m.gamma_min, gamma_max=m.gamma_max)
     schedule = get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
-    optimizer = Optimizer.from_config(config, decay_mask)
-    return model, schedule, optimizer
+    return model, schedule

@@ -102,6 +102,17 @@ def is_scanned(params: PyTree) -> bool | None:
     return seen.pop() if seen else None
 
 
+def block_layout(keys: Any) -> str | None:
+    """'unrolled' (down_0.. / up_0.. entries), 'scanned' ('down'/'up' -> 'block') or None, from a checkpoint's flat
+    entry names (vdm.infra.checkpoint.CheckpointMismatchError.saved_keys / expected_keys)."""
+    keys = list(keys)
+    if any("['down_0']" in k or "['up_0']" in k for k in keys):
+        return "unrolled"
+    if any("['down']['block']" in k or "['up']['block']" in k for k in keys):
+        return "scanned"
+    return None
+
+
 def maybe_convert_params(params: PyTree, scanned: bool) -> PyTree:
     """Return `params` in the layout of config.model.scan_blocks = `scanned` (converting if needed)."""
     current = is_scanned(params)

@@ -8,8 +8,8 @@ are 3x3 / stride 1 / pad 1 excluding the padding (`count_include_pad=False`), ex
 last block's pool branch is a 3x3 max pool; the 2048 features are the mean of the final 8x8 map.
 Input: [B, 299, 299, 3] float32 in [-1, 1) (`preprocess`); layout NHWC here, NCHW there.
 
-`params_from_torch` turns the archive's tensors (read by vdm.torchscript, cached by
-vdm.fid_weights) into this module's params: the names are the TorchScript attribute paths.
+`params_from_torch` turns the archive's tensors (read by vdm.evaluation.torchscript, cached by
+vdm.evaluation.fid_weights) into this module's params: the names are the TorchScript attribute paths.
 """
 
 from __future__ import annotations

@@ -1,0 +1,340 @@
+"""The negative ELBO's terms, one per-example function for training (weighted) and evaluation (w = 1).
+
+The negative ELBO of x splits into three terms (VDM, Kingma et al. 2021, eq. 11):
+    -ELBO = E[-log p(x|z_0)] + KL(q(z_1|x) || p(z_1)) + L_T(x)
+    reconstruction           prior                    diffusion
+with the diffusion term, for T steps s = (i-1)/T -> t = i/T (VDM eq. 13) and T -> infinity (eq. 17):
+    L_T   = T/2 E_{i, eps}[expm1(gamma_t - gamma_s) ||eps - eps_hat(z_t; t)||^2]
+    L_inf = 1/2 E_{t ~ U(0,1), eps}[gamma'(t) ||eps - eps_hat(z_t; t)||^2].
+
+Training objectives (Kingma & Gao 2023): every usual diffusion loss is a weighted integral of the
+same per-noise-level loss, L_w = 1/2 E_t[w(lambda_t) gamma'(t) ||eps - eps_hat||^2], lambda = -gamma;
+w = 1 is the ELBO. The weightings below are small pure functions of the log-SNR (and of gamma'(t),
+which turns w(lambda) into a weight at the sampled t).
+
+`neg_elbo_terms` is the one loss: given the noise (t, eps, eps_0, drawn by `example_noise` from a
+key and each example's global index), per-example nats of the three terms with the diffusion term
+weighted by w; w = 1 is the ELBO, so `elbo` (evaluation) is neg_elbo_terms with its own draws. Its
+gradient is jax.value_and_grad of the batch mean; VDM's variance-minimising gradient for a learned
+schedule's shape (sec. 5.2) is the opt-in wrapper `variance_minimizing_value_and_grad`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from vdm.core import gaussian
+from vdm.core.discrete_time import discrete_diffusion_term, hybrid_diffusion_term, network_output
+from vdm.core.parameterization import convert
+from vdm.core.schedules import Schedule, dgamma_dt
+
+Array = jax.Array
+PyTree = Any
+DenoiseFn = Callable[[Array, Array], Array]
+TERM_NAMES = ("reconstruction", "prior", "diffusion", "total")     # neg_elbo_terms' per-example nats
+
+
+# ----------------------------------------------------------------------------- weightings
+# Each returns the factor f that multiplies ||eps - eps_hat||^2 at the sampled t, so the per-example
+# loss is f * ||eps - eps_hat||^2. In Kingma & Gao's terms f = 1/2 w(lambda) gamma'(t): the
+# schedule-free weightings (elbo, sigmoid, edm) give w(lambda) directly; the losses defined by
+# sampling t uniformly under a schedule (simple, snr, min_snr) have w = 2 f / gamma'(t), i.e. they
+# carry the schedule's density p(lambda). Stating f directly keeps them defined where gamma' = 0.
+
+def weight_elbo(gamma: Array, dgamma: Array) -> Array:
+    """f = 1/2 gamma'(t), w(lambda) = 1: the continuous ELBO (Kingma et al. 2021, eq. 17)."""
+    return 0.5 * dgamma * jnp.ones_like(gamma)
+
+
+def weight_simple(gamma: Array, dgamma: Array) -> Array:
+    """f = 1: DDPM's L_simple = E_t ||eps - eps_hat||^2 (Ho et al. 2020, eq. 14)."""
+    return jnp.ones_like(gamma)
+
+
+def weight_snr(gamma: Array, dgamma: Array) -> Array:
+    """f = max(1, 1/SNR): truncated SNR, E_t max(SNR, 1) ||x - x_hat||^2 (Salimans & Ho 2022, sec. 4)."""
+    return jnp.maximum(1.0, jnp.exp(gamma))
+
+
+def weight_min_snr(gamma: Array, dgamma: Array, snr_gamma: float = 5.0) -> Array:
+    """f = min(1, 5/SNR): Min-SNR-5, E_t min(SNR, 5) ||x - x_hat||^2 (Hang et al. 2023, eq. 7)."""
+    return jnp.minimum(1.0, snr_gamma * jnp.exp(gamma))
+
+
+def weight_sigmoid(gamma: Array, dgamma: Array, bias: float = -2.0) -> Array:
+    """w(lambda) = sigmoid(b - lambda) = sigmoid(gamma + b), f = w gamma'/2 (Kingma & Gao 2023, sec. 5)."""
+    return 0.5 * dgamma * jax.nn.sigmoid(gamma + bias)
+
+
+def weight_edm(gamma: Array, dgamma: Array, p_mean: float = -1.2, p_std: float = 1.2,
+               sigma_data: float = 0.5) -> Array:
+    """EDM (Karras et al. 2022) in Kingma & Gao 2023's form: w(lambda) = N(lambda; -2 P_mean, (2 P_std)^2) (e^-lambda + s_d^2)/s_d^2."""
+    lam = -gamma
+    mu, std = -2.0 * p_mean, 2.0 * p_std
+    density = jnp.exp(-0.5 * jnp.square((lam - mu) / std)) / (std * math.sqrt(2.0 * math.pi))
+    return 0.5 * dgamma * density * (jnp.exp(gamma) + sigma_data**2) / sigma_data**2
+
+
+WEIGHTINGS: dict[str, Callable[..., Array]] = {
+    "elbo": weight_elbo, "simple": weight_simple, "snr": weight_snr,
+    "min_snr": weight_min_snr, "sigmoid": weight_sigmoid, "edm": weight_edm,
+}
+
+
+def get_weighting(name: str) -> Callable[..., Array]:
+    """The eps-space weight f(gamma, gamma') of `name`, one of WEIGHTINGS."""
+    if name not in WEIGHTINGS:
+        raise ValueError(f"Unknown weighting {name!r}; choose one of {sorted(WEIGHTINGS)}.")
+    return WEIGHTINGS[name]
+
+
+# ----------------------------------------------------------------------------- noise
+
+def sample_t(key: Array, batch_size: int, *, antithetic: bool = False) -> Array:
+    """t ~ U(0, 1) per example; antithetic: t_i = (u + i/B) mod 1, one shared u (VDM, low-discrepancy sampler)."""
+    if antithetic:
+        u = jax.random.uniform(key, ())
+        return jnp.mod(u + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
+    return jax.random.uniform(key, (batch_size,))
+
+
+def example_noise(key: Array, index: Array, shape: tuple[int, ...], dtype=jnp.float32, *, antithetic: bool = False,
+                  batch_size: int | None = None, extra_uniform: bool = False) -> dict[str, Array]:
+    """Per-example draws from fold_in(key, i) for the global example index i [B]: t [B], eps and eps_0 [B, *shape], u [B].
+
+    A pure function of (key, index), so any split of a batch over devices draws the same noise.
+    antithetic: t_i = (u0 + i / batch_size) mod 1 with one u0 for the whole (global) batch of
+    `batch_size` examples (VDM's low-discrepancy sampler), else t_i ~ U(0, 1) independently.
+    u ~ U(0, 1) serves label dropout; extra_uniform adds u_t ~ U(0, 1) [B] (the adaptive schedule's
+    draw within a lambda bin, vdm.core.t_sampling), from a key of its own (the other draws unchanged).
+    """
+    index = jnp.asarray(index)
+    key_shared, key = jax.random.split(key)
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 4))(index)   # [B, 4, 2]
+    normal = jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))
+    uniform = jax.vmap(lambda k: jax.random.uniform(k, ()))
+    if antithetic:
+        if batch_size is None:
+            raise ValueError("example_noise(antithetic=True) needs batch_size, the global batch size.")
+        u0 = jax.random.uniform(key_shared, ())
+        t = jnp.mod(u0 + index.astype(jnp.float32) / batch_size, 1.0)
+    else:
+        t = uniform(keys[:, 0])
+    out = {"t": t, "eps": normal(keys[:, 1]), "eps_0": normal(keys[:, 2]), "u": uniform(keys[:, 3])}
+    if extra_uniform:
+        key_extra = jax.random.fold_in(key_shared, 1)
+        out["u_t"] = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key_extra, i), ()))(index)
+    return out
+
+
+def discretize_t(t: Array, num_steps: int) -> Array:
+    """Map t in [0, 1) to the step end t_i = i/T, i = floor(t T) + 1 in 1..T (uniform over steps)."""
+    i = jnp.minimum(jnp.floor(t * num_steps), num_steps - 1) + 1.0
+    return i / num_steps
+
+
+# ----------------------------------------------------------------------------- the terms
+
+def eps_error(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Array,
+              parameterization: str) -> Array:
+    """||eps - eps_hat(z_t; t)||^2 per example, with z_t = alpha_t x + sigma_t eps; [B]."""
+    g = gaussian.expand_to(gamma_t, x)
+    z_t = gaussian.q_sample(x, g, eps)
+    eps_hat = convert(network_output(denoise_fn, z_t, t, x)[0], z_t, g, source=parameterization, target="eps")
+    return gaussian.sum_except_batch(jnp.square(eps - eps_hat))
+
+
+def neg_elbo_terms(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps_0: Array, *, schedule: Schedule,
+                   parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
+                   encoding: str = "endpoints", num_steps: int = 0,
+                   weighting_kwargs: dict | None = None, variance: str = "small",
+                   hybrid_lambda: float | None = None, t_density: Array | None = None) -> dict[str, Array]:
+    """Per-example nats 'reconstruction', 'prior', 'diffusion' (weighted by w), 'total' (VDM eq. 11; Kingma & Gao 2023, eq. 7).
+
+    reconstruction = -log p(x | z_0), z_0 = alpha_0 x + sigma_0 eps_0; prior = KL(q(z_1|x) || N(0, I));
+    diffusion = f(gamma_t, gamma'_t) ||eps - eps_hat(z_t; t)||^2 with f of `weighting` (WEIGHTINGS;
+    'elbo': f = gamma'/2, the true term; its hyperparameters in weighting_kwargs) in continuous
+    time (num_steps=0), divided by t_density = q(t) when t was drawn from q rather than U(0, 1)
+    (vdm.core.t_sampling); or the T-step discrete term (`discrete_diffusion_term`, w = 1, reverse
+    variance `variance`: 'small', 'large' or 'learned'); or, with hybrid_lambda, improved DDPM's
+    L_hybrid at t = i/T (`hybrid_diffusion_term`, also returned alone as 'vlb').
+    The continuous-time terms do not depend on a reverse variance (a variance head's v is ignored).
+    x, eps, eps_0 [B, ...], t [B]; denoise_fn(z, t) -> prediction of kind `parameterization`, or
+    (prediction, v) from a model with a variance head.
+    schedule may be a bound learned schedule: jax.grad of the mean total is the training gradient.
+    """
+    gammas = schedule_values(schedule, t, 0 if hybrid_lambda is not None else num_steps)
+    return neg_elbo_terms_at(denoise_fn, x, t, eps, eps_0, gammas, schedule=schedule,
+                             parameterization=parameterization, weighting=weighting, decoder=decoder,
+                             encoding=encoding, num_steps=num_steps, weighting_kwargs=weighting_kwargs,
+                             variance=variance, hybrid_lambda=hybrid_lambda, t_density=t_density)
+
+
+def schedule_values(schedule: Schedule, t: Array, num_steps: int = 0) -> tuple[Array, Array, Array, Array]:
+    """(gamma(0), gamma(1), gamma(t), gamma'(t)): what of the schedule the terms use (gamma' None in discrete time)."""
+    gamma_0 = schedule(jnp.zeros((), jnp.float32))
+    gamma_1 = schedule(jnp.ones((), jnp.float32))
+    if num_steps:
+        return gamma_0, gamma_1, None, None
+    gamma_t, dgamma = dgamma_dt(schedule, t)
+    return gamma_0, gamma_1, gamma_t, dgamma
+
+
+def neg_elbo_terms_at(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps_0: Array,
+                      gammas: tuple[Array, Array, Array, Array], *, schedule: Schedule | None = None,
+                      parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
+                      encoding: str = "endpoints", num_steps: int = 0,
+                      weighting_kwargs: dict | None = None, variance: str = "small",
+                      hybrid_lambda: float | None = None, t_density: Array | None = None) -> dict[str, Array]:
+    """`neg_elbo_terms` given the schedule's values `gammas` = schedule_values(schedule, t): to differentiate at them.
+
+    (schedule is needed only in discrete time, num_steps > 0; the hybrid loss needs gammas of
+    continuous time, schedule_values(schedule, t), for its weight at t = i/T.)
+    """
+    if num_steps < 0 or int(num_steps) != num_steps:
+        raise ValueError(f"num_steps must be 0 (continuous time) or a positive integer, got {num_steps}.")
+    if hybrid_lambda is not None and not num_steps:
+        raise ValueError("the hybrid loss (hybrid_lambda) is a discrete-time objective: it needs num_steps = T > 0.")
+    if t_density is not None and num_steps:
+        raise ValueError("t_density (t drawn from q(t)) is for the continuous-time terms (num_steps=0); "
+                         f"got num_steps={num_steps}.")
+    weight_fn = get_weighting(weighting)
+    gamma_0, gamma_1, gamma_t, dgamma = gammas
+    z_0 = gaussian.q_sample(x, gamma_0, eps_0)
+    rec = -gaussian.decoder_log_prob(x, z_0, gamma_0, decoder, encoding)
+    prior = gaussian.prior_kl(x, gamma_1)
+    extra = {}
+    if hybrid_lambda is not None:
+        w = weight_fn(gamma_t, dgamma, **(weighting_kwargs or {}))
+        diff, extra["vlb"] = hybrid_diffusion_term(denoise_fn, x, eps, t, w, schedule=schedule,
+                                                   parameterization=parameterization, num_steps=int(num_steps),
+                                                   hybrid_lambda=float(hybrid_lambda))
+    elif num_steps:
+        if weighting != "elbo":
+            raise ValueError(f"the discrete-time terms (num_steps={num_steps}) are the ELBO's; weighting="
+                             f"{weighting!r} is defined in continuous time only (num_steps=0), or as the mean "
+                             "part of the hybrid loss (hybrid_lambda).")
+        diff = discrete_diffusion_term(denoise_fn, x, eps, t, schedule=schedule, parameterization=parameterization,
+                                       num_steps=int(num_steps), variance=variance)
+    else:
+        w = weight_fn(gamma_t, dgamma, **(weighting_kwargs or {}))
+        diff = w * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
+        if t_density is not None:
+            diff = diff / t_density
+    return {"reconstruction": rec, "prior": prior, "diffusion": diff, "total": rec + prior + diff, **extra}
+
+
+def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
+         parameterization: str = "eps", num_steps: int = 0, decoder: str = "discrete",
+         antithetic: bool = False, encoding: str = "endpoints", variance: str = "small") -> dict[str, Array]:
+    """Per-example negative-ELBO terms in nats (VDM eq. 11): neg_elbo_terms with w = 1 and noise drawn from `key`.
+
+    num_steps=0 is continuous time; num_steps=T the T-step discrete model on the grid i/T.
+    decoder: 'discrete' (= 'categorical', 8-bit data in [-1, 1]), 'discretized_gaussian' or
+    'gaussian' (continuous); encoding: the 8-bit grid of x for the discrete decoders (vdm.core.encoding);
+    variance: the T-step model's reverse variance ('small', 'large', 'learned': denoise_fn returns (pred, v)).
+    """
+    key_rec, key_t, key_eps = jax.random.split(key, 3)
+    t = sample_t(key_t, x.shape[0], antithetic=antithetic)
+    if num_steps:
+        t = discretize_t(t, num_steps)
+    return neg_elbo_terms(denoise_fn, x, t, jax.random.normal(key_eps, x.shape, x.dtype),
+                          jax.random.normal(key_rec, x.shape, x.dtype), schedule=schedule,
+                          parameterization=parameterization, decoder=decoder, encoding=encoding, num_steps=num_steps,
+                          variance=variance)
+
+
+def batch_means(terms: dict[str, Array]) -> dict[str, Array]:
+    """What a train step logs of per-example terms: batch means as 'loss' (the total) and each term, and Var(diffusion)."""
+    return {"loss": jnp.mean(terms["total"]), "reconstruction": jnp.mean(terms["reconstruction"]),
+            "prior": jnp.mean(terms["prior"]), "diffusion": jnp.mean(terms["diffusion"]),
+            "diffusion_var": jnp.var(terms["diffusion"]),       # what a learned schedule or adaptive t lowers
+            **({"vlb": jnp.mean(terms["vlb"])} if "vlb" in terms else {})}   # the hybrid loss's L_vlb
+
+
+# ----------------------------------------------------------------------------- VDM's schedule gradient
+
+def variance_minimizing_value_and_grad(terms_at: Callable[[PyTree, tuple], dict], model_params: PyTree,
+                                       schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree,
+                                       t: Array) -> tuple[tuple[Array, dict], PyTree]:
+    """((mean total, per-example terms), grads {'model', 'schedule'}) with VDM's schedule gradient (sec. 5.2).
+
+    terms_at(model_params, gammas) -> per-example terms (neg_elbo_terms_at, the network conditioned
+    on gammas' gamma(t)). The network and the schedule's 'endpoints' get the mean-loss gradient;
+    the schedule's 'shape' gets grad E[L_diffusion^2] (variance_minimizing_grads), from the same
+    backward pass: its per-example cotangents at gamma(t), gamma'(t).
+    """
+    def values(sched_params):
+        return schedule_values(functools.partial(schedule_apply, sched_params), t)
+
+    gammas, sched_vjp = jax.vjp(values, schedule_params)
+
+    def mean_total(mp, gs):
+        terms = terms_at(mp, gs)
+        return jnp.mean(terms["total"]), terms
+
+    (loss, terms), (g_model, cot) = jax.value_and_grad(mean_total, argnums=(0, 1), has_aux=True)(model_params, gammas)
+    (g_mean,) = sched_vjp(cot)
+    batch = t.shape[0]                      # per-example partials dL_i/dgamma_i = B cot_i
+    g_sched = variance_minimizing_grads(schedule_apply, schedule_params, t, terms["diffusion"], batch * cot[2],
+                                        batch * cot[3], _shape_subtree(g_mean)[0].get("endpoints"))
+    return (loss, terms), {"model": g_model, "schedule": g_sched}
+
+
+def variance_minimizing_grads(schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree,
+                              t: Array, per_example_loss: Array, dloss_dgamma: Array, dloss_ddgamma: Array,
+                              mean_grad_endpoints: PyTree | None = None) -> PyTree:
+    """grad E[L^2] = grad Var[L] for the schedule's 'shape', the mean-loss gradient for its 'endpoints' (VDM sec. 5.2).
+
+    schedule_apply(schedule_params, t) -> gamma(t); t, per_example_loss L_i, dloss_dgamma =
+    dL_i/dgamma_t and dloss_ddgamma = dL_i/dgamma'(t) are all [B]. The 'shape' part is
+    (1/B) sum_i 2 L_i grad_eta L_i, one jax.vjp of params -> (gamma(t), gamma'(t)); the
+    'endpoints' part (if the params have one) is `mean_grad_endpoints` (zeros if None).
+    See vdm/models/schedule.py for why the mean loss does not depend on the shape.
+    """
+    t = jnp.asarray(t, dtype=jnp.float32)
+    if t.ndim != 1:
+        raise ValueError(f"t must be [B], got shape {t.shape}")
+    for name, a in (("per_example_loss", per_example_loss), ("dloss_dgamma", dloss_dgamma),
+                    ("dloss_ddgamma", dloss_ddgamma)):
+        if jnp.shape(a) != t.shape:
+            raise ValueError(f"{name} must have shape {t.shape} like t, got {jnp.shape(a)}")
+    inner, _ = _shape_subtree(schedule_params)
+
+    def gamma_and_slope(p: PyTree) -> tuple[Array, Array]:
+        return jax.jvp(lambda tt: schedule_apply(p, tt), (t,), (jnp.ones_like(t),))
+
+    _, vjp = jax.vjp(gamma_and_slope, schedule_params)
+    two_l_over_b = 2.0 * per_example_loss / t.shape[0]
+    (grads,) = vjp((two_l_over_b * dloss_dgamma, two_l_over_b * dloss_ddgamma))
+    g_inner, rebuild = _shape_subtree(grads)
+    g_inner = dict(g_inner)
+    if "endpoints" in inner:
+        if mean_grad_endpoints is None:
+            g_inner["endpoints"] = jax.tree.map(jnp.zeros_like, inner["endpoints"])
+        elif jax.tree.structure(mean_grad_endpoints) != jax.tree.structure(inner["endpoints"]):
+            raise ValueError("mean_grad_endpoints must be shaped like schedule params 'endpoints' "
+                             f"{jax.tree.structure(inner['endpoints'])}, got {jax.tree.structure(mean_grad_endpoints)}")
+        else:
+            g_inner["endpoints"] = mean_grad_endpoints
+    elif mean_grad_endpoints is not None:
+        raise ValueError("mean_grad_endpoints given but the schedule has no 'endpoints' params "
+                         "(learn_endpoints=False)")
+    return rebuild(g_inner)
+
+
+def _shape_subtree(params: PyTree) -> tuple[PyTree, Callable[[PyTree], PyTree]]:
+    """The dict holding 'shape' (top level or under 'params') and a function rebuilding the whole from it."""
+    if isinstance(params, dict) or hasattr(params, "keys"):
+        if "shape" in params:
+            return params, lambda inner: inner
+        if "params" in params and "shape" in params["params"]:
+            return params["params"], lambda inner: {**params, "params": inner}
+    raise ValueError("schedule_params must hold a 'shape' sub-tree (at the top level or under 'params'), "
+                     "as LearnedSchedule's variables do; got keys "
+                     f"{list(params.keys()) if hasattr(params, 'keys') else type(params)}")
