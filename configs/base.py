@@ -33,64 +33,65 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
 
     config.loss = ml_collections.ConfigDict()
     config.loss.objective = "weighted"  # 'weighted': the weighting's loss; 'hybrid': + hybrid_lambda L_vlb, learned variance (improved DDPM)
-    config.loss.weighting = "elbo"   # elbo, simple, snr, min_snr, sigmoid, edm (hybrid: its mean part)
-    config.loss.num_steps = 0        # training time steps: 0 continuous; T > 0 the T-step model (t on the grid i/T; hybrid needs it)
+    config.loss.weighting = "elbo"  # elbo, simple, snr, min_snr, sigmoid, edm (hybrid: its mean part)
+    config.loss.num_steps = 0  # training time steps: 0 continuous; T > 0 the T-step model, t on i/T (hybrid needs it)
     config.loss.hybrid_lambda = 0.001  # 'hybrid': L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1)
-    config.loss.t_sampling = "antithetic"  # t per example: 'uniform', 'antithetic' (VDM's low-discrepancy), 'adaptive' (VDM++)
-    config.loss.adaptive_bins = 100      # 'adaptive': histogram bins of lambda = log SNR over [-gamma_max, -gamma_min]
-    config.loss.adaptive_decay = 0.99    # ... its moving average per step
-    config.loss.adaptive_uniform = 0.1   # ... mixed with this much uniform mass, so p(lambda) > 0 everywhere
-    config.loss.sigmoid_bias = -2.0  # weighting 'sigmoid': w = sigmoid(b - lambda), lambda = log SNR (Kingma & Gao 2023)
+    config.loss.t_sampling = "antithetic"  # t per example: uniform, antithetic (VDM, low-discrepancy), adaptive (VDM++)
+    config.loss.adaptive_bins = 100  # 'adaptive': histogram bins of lambda = log SNR over [-gamma_max, -gamma_min]
+    config.loss.adaptive_decay = 0.99  # ... its moving average per step
+    config.loss.adaptive_uniform = 0.1  # ... mixed with this much uniform mass, so p(lambda) > 0 everywhere
+    config.loss.sigmoid_bias = -2.0  # weighting 'sigmoid': w = sigmoid(b - lambda), lambda log SNR (Kingma & Gao 2023)
     config.loss.min_snr_gamma = 5.0  # weighting 'min_snr': w = min(SNR, gamma) / SNR (Hang et al. 2023)
-    config.loss.edm_p_mean = -1.2    # weighting 'edm': log sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
-    config.loss.edm_p_std = 1.2      # ... P_std
+    config.loss.edm_p_mean = -1.2  # weighting 'edm': log sigma ~ N(P_mean, P_std^2) (Karras et al. 2022)
+    config.loss.edm_p_std = 1.2  # ... P_std
     config.loss.edm_sigma_data = 0.5  # ... sigma_data, the data's standard deviation
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 2e-3  # peak learning rate (a small net takes a large one)
-    config.optimizer.b1 = 0.9              # Adam beta1
-    config.optimizer.b2 = 0.99             # Adam beta2 (VDM)
-    config.optimizer.eps = 1e-8            # Adam epsilon
-    config.optimizer.weight_decay = 0.01   # AdamW decoupled weight decay (see decay_mask)
+    config.optimizer.b1 = 0.9  # Adam beta1
+    config.optimizer.b2 = 0.99  # Adam beta2 (VDM)
+    config.optimizer.eps = 1e-8  # Adam epsilon
+    config.optimizer.weight_decay = 0.01  # AdamW decoupled weight decay (see decay_mask)
     config.optimizer.decay_mask = "matrices"  # decayed: 'matrices' (network kernels), 'non_bias', 'all'
-    config.optimizer.warmup_steps = 100    # linear warmup from 0
-    config.optimizer.decay = "cosine"      # after warmup: 'cosine' to 0 at num_steps (the run ends annealed) or 'constant'
-    config.optimizer.grad_clip = 1.0       # global-norm clipping (0: off)
-    config.optimizer.ema_decay = 0.995     # EMA of the params, used for eval and sampling (short run: short memory)
+    config.optimizer.warmup_steps = 100  # linear warmup from 0
+    config.optimizer.decay = "cosine"  # after warmup: 'cosine' to 0 at num_steps (the run ends annealed) or 'constant'
+    config.optimizer.grad_clip = 1.0  # global-norm clipping (0: off)
+    config.optimizer.ema_decay = 0.995  # EMA of the params, used for eval and sampling (short run: short memory)
 
     config.training = ml_collections.ConfigDict()
-    config.training.num_steps = 1500         # optimizer steps (about 11 minutes on 2 CPU cores)
-    config.training.batch_size = 32          # global batch (split over devices)
-    config.training.eval_every = 1500        # full-test-set eval + samples (and at the end)
-    config.training.checkpoint_every = 250   # checkpoint every this many steps (and at the end)
-    config.training.keep_checkpoints = 3     # keep the newest few
-    config.training.log_every = 50           # train metrics every this many steps
-    config.training.steps_per_call = 1       # steps per device call (lax.scan); divides the intervals
-    config.training.dtype = "float32"        # forward-pass compute dtype: float32 or bfloat16
-    config.training.nan_policy = "stop"      # non-finite loss: stop (raise) or skip the update
+    config.training.num_steps = 1500  # optimizer steps (about 11 minutes on 2 CPU cores)
+    config.training.batch_size = 32  # global batch (split over devices)
+    config.training.eval_every = 1500  # full-test-set eval + samples (and at the end)
+    config.training.checkpoint_every = 250  # checkpoint every this many steps (and at the end)
+    config.training.keep_checkpoints = 3  # keep the newest few
+    config.training.log_every = 50  # train metrics every this many steps
+    config.training.steps_per_call = 1  # steps per device call (lax.scan); divides the intervals
+    config.training.dtype = "float32"  # forward-pass compute dtype: float32 or bfloat16
+    config.training.nan_policy = "stop"  # non-finite loss: stop (raise) or skip the update
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 200   # eval batch (global); the test split is covered exactly once
-    config.eval.num_steps = 0      # ELBO time steps: 0 continuous, else discrete T
-    config.eval.variance = config_dict.placeholder(str)  # T-step ELBO's reverse variance: small, large, learned (default: learned with a variance head, else small)
-    config.eval.t_sampling = "uniform"   # continuous ELBO: t ~ U(0,1) per example, or 'importance': t from a pilot pass's histogram (same mean, smaller SE)
-    config.eval.pilot_examples = 500     # 'importance': the pilot pass's examples (from the train split; uniform t)
-    config.eval.method = "elbo"    # --mode=eval: 'elbo' (-ELBO bits/dim) or 'ode' (probability-flow ODE bits/dim)
-    config.eval.ode_steps = 64     # 'ode': RK4 steps, uniform in log-SNR (4 network evaluations each)
-    config.eval.ode_probes = 1     # 'ode': Hutchinson probes per example for the divergence
-    config.eval.max_examples = 0   # evaluate only the first N test examples, both methods (0: the whole split)
-    config.eval.fid_samples = 0    # --mode=sample: Inception FID/KID of this many samples (0: none; images only)
-    config.eval.fid_reference = "train"   # ... against this split's cached Inception statistics: 'train' or 'test'
-    config.eval.fid_reference_examples = 0   # ... its first N examples (0: the whole split; computed once, cached)
+    config.eval.batch_size = 200  # eval batch (global); the test split is covered exactly once
+    config.eval.num_steps = 0  # ELBO time steps: 0 continuous, else discrete T
+    config.eval.variance = config_dict.placeholder(str)  # T-step ELBO's reverse variance: small, large, learned
+    #   (default: learned with a variance head, else small)
+    config.eval.t_sampling = "uniform"  # continuous ELBO: t ~ U(0,1) per example, or 'importance': t from a pilot pass's histogram (same mean, smaller SE)
+    config.eval.pilot_examples = 500  # 'importance': the pilot pass's examples (from the train split; uniform t)
+    config.eval.method = "elbo"  # --mode=eval: 'elbo' (-ELBO bits/dim) or 'ode' (probability-flow ODE bits/dim)
+    config.eval.ode_steps = 64  # 'ode': RK4 steps, uniform in log-SNR (4 network evaluations each)
+    config.eval.ode_probes = 1  # 'ode': Hutchinson probes per example for the divergence
+    config.eval.max_examples = 0  # evaluate only the first N test examples, both methods (0: the whole split)
 
     config.sampling = _sampling()
 
-    config.latent = _latent()
+    config.fid = ml_collections.ConfigDict()  # Inception FID/KID of the samples --mode=sample draws (docs/fid.md)
+    config.fid.samples = 0  # score this many samples (0: none; images only)
+    config.fid.reference = "train"  # ... against this split's cached Inception statistics: 'train' or 'test'
+    config.fid.reference_examples = 0  # ... its first N examples (0: the whole split; computed once, cached)
 
-    config.guidance = ml_collections.ConfigDict()   # classifier guidance at --mode=sample (Dhariwal & Nichol 2021)
+    config.guidance = ml_collections.ConfigDict()  # classifier guidance at --mode=sample (Dhariwal & Nichol 2021)
     config.guidance.classifier_workdir = ""  # a noisy classifier from vdm.tasks.classifier_task; '': no guidance
-    config.guidance.classifier_scale = 1.0   # s in eps - s sigma grad log p(y | z_t)
-    config.guidance.classifier_label = -1    # class to guide toward; -1: each class in turn
+    config.guidance.classifier_scale = 1.0  # s in eps - s sigma grad log p(y | z_t)
+    config.guidance.classifier_label = -1  # class to guide toward; -1: each class in turn
     return config
 
 
@@ -98,89 +99,89 @@ def _data(kind: str) -> ml_collections.ConfigDict:
     """config.data: the data set and its 8-bit grid; toy sets also their size, dimension and seed."""
     data = ml_collections.ConfigDict()
     data.dataset = "fashion_mnist"  # TFDS image set (prepared once with `make data`) or a generated toy set
-    data.data_dir = ""              # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets (unused by toy sets)
-    data.random_flip = False        # horizontal flips (images only); off: likelihoods are reported without it
-    data.encoding = "endpoints"     # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
+    data.data_dir = ""  # TFDS data_dir; "": $TFDS_DATA_DIR, else ~/tensorflow_datasets (unused by toy sets)
+    data.random_flip = False  # horizontal flips (images only); off: likelihoods are reported without it
+    data.encoding = "endpoints"  # 8-bit k -> k/127.5 - 1 (grid ends at +-1); "bin_centres": (k + 0.5)/128 - 1
     if kind == "toy":
-        data.num_train = 20_000     # examples generated for the train split
-        data.num_test = 5_000       # examples generated for the test split
-        data.dim = 2                # 'gaussian': number of dimensions
-        data.data_seed = 0          # seed of the generated data
+        data.num_train = 20_000  # examples generated for the train split
+        data.num_test = 5_000  # examples generated for the test split
+        data.dim = 2  # 'gaussian': number of dimensions
+        data.data_seed = 0  # seed of the generated data
     return data
 
 
 def _model(kind: str) -> ml_collections.ConfigDict:
     """config.model: the network, the schedule, the parameterisation and the decoder."""
     model = ml_collections.ConfigDict()
-    model.name = "vdm_unet" if kind == "image" else "mlp"  # vdm_unet: VDM's UNet (no downsampling); mlp: flat data [B, D]
-    model.width = 16                # channels of every ResNet block (mlp: hidden width)
-    model.num_layers = 2            # ResNet blocks on the way down, up: num_layers + 1 (mlp: residual blocks)
+    model.name = "vdm_unet" if kind == "image" else "mlp"  # vdm_unet: VDM's UNet (no downsampling); mlp: flat [B, D]
+    model.width = 16  # channels of every ResNet block (mlp: hidden width)
+    model.num_layers = 2  # ResNet blocks on the way down, up: num_layers + 1 (mlp: residual blocks)
     if kind == "image":
-        model.num_heads = 1         # heads of the middle self-attention
-    model.dropout = 0.0             # dropout inside the blocks (none: far from overfitting in this budget)
-    model.fourier_features = True   # sin/cos(2^n 2pi z) inputs resolve the 8-bit grid (VDM)
-    model.fourier_min = 6           # lowest Fourier exponent n
-    model.fourier_max = 7           # highest Fourier exponent n
+        model.num_heads = 1  # heads of the middle self-attention
+    model.dropout = 0.0  # dropout inside the blocks (none: far from overfitting in this budget)
+    model.fourier_features = True  # sin/cos(2^n 2pi z) inputs resolve the 8-bit grid (VDM)
+    model.fourier_min = 6  # lowest Fourier exponent n
+    model.fourier_max = 7  # highest Fourier exponent n
     if kind == "image":
-        model.embedding_freqs = "half"     # timestep-embedding frequencies 10000^(-k/half); 'half_minus_one': 10000^(-k/(half-1)) (google-research/vdm)
-        model.norm_groups = 0              # GroupNorm groups; 0: adaptive (<= 32, >= 2 channels each); the reference: 32
-        model.residual_output = False      # True: the net returns z + h (the reference's eps = z + net)
-        model.cond_proj_bias = True        # bias on each ResNet block's noise-embedding projection (reference: none)
+        model.embedding_freqs = "half"  # timestep-embedding frequencies 10000^(-k/half); 'half_minus_one': 10000^(-k/(half-1)) (google-research/vdm)
+        model.norm_groups = 0  # GroupNorm groups; 0: adaptive (<= 32, >= 2 channels each); the reference: 32
+        model.residual_output = False  # True: the net returns z + h (the reference's eps = z + net)
+        model.cond_proj_bias = True  # bias on each ResNet block's noise-embedding projection (reference: none)
         model.cond_proj_zero_init = False  # zero-init that projection (reference: zeros)
-        model.scan_blocks = False          # run the down/up ResNet blocks under nn.scan: compile time flat in depth
-        model.remat = False                # recompute each ResNet block's activations in the backward pass (saves memory)
-    model.num_classes = 0           # 0: unconditional; else the data's class count (class-conditional)
-    model.label_dropout = 0.0       # P(label -> null class) in training (classifier-free guidance)
-    model.gamma_min = -13.3         # gamma(0) = -log SNR at t=0 (VDM; mlp: also the net's input rescaling)
-    model.gamma_max = 5.0           # gamma(1)
+        model.scan_blocks = False  # run the down/up ResNet blocks under nn.scan: compile time flat in depth
+        model.remat = False  # recompute each ResNet block's activations in the backward pass (saves memory)
+    model.num_classes = 0  # 0: unconditional; else the data's class count (class-conditional)
+    model.label_dropout = 0.0  # P(label -> null class) in training (classifier-free guidance)
+    model.gamma_min = -13.3  # gamma(0) = -log SNR at t=0 (VDM; mlp: also the net's input rescaling)
+    model.gamma_max = 5.0  # gamma(1)
     model.parameterization = "eps"  # how the net output is read: eps, x0, score, v
     model.schedule = "linear_logsnr"  # linear_logsnr, cosine, ddpm_linear, learned, learned_linear
-    model.learn_endpoints = False   # learned schedule: learn gamma_min/gamma_max too
-    model.variance_head = "none"    # reverse variance: 'none' (fixed), 'interp' v = (r+1)/2 (improved DDPM) or 'sigmoid' v = sigmoid(r), r the C extra outputs
-    model.decoder = "categorical"   # p(x | z_0): 'categorical' (VDM's 256-way), 'discretized_gaussian' (DDPM), 'gaussian' (continuous data)
+    model.learn_endpoints = False  # learned schedule: learn gamma_min/gamma_max too
+    model.variance_head = "none"  # reverse variance: 'none' (fixed), 'interp' v = (r+1)/2 (improved DDPM) or 'sigmoid' v = sigmoid(r), r the C extra outputs
+    model.decoder = "categorical"  # p(x | z_0): 'categorical' (VDM's 256-way), 'discretized_gaussian' (DDPM), 'gaussian' (continuous data)
     return model
 
 
-def _latent() -> ml_collections.ConfigDict:
+def latent_section() -> ml_collections.ConfigDict:
     """config.latent: latent diffusion, the diffusion model as the prior over an autoencoder's latents (vdm.tasks.latent_task)."""
     lat = ml_collections.ConfigDict()
-    lat.autoencoder_workdir = ""   # a vdm.tasks.autoencoder_task run; "": a pixel model (every other latent key unused)
-    lat.latents = "sample"         # the prior is trained on z_0 ~ q(z_0 | x) (what the bound averages over) or its "mean"
-    lat.scale = 0.0                # c in u = c z_0; 0: 1/std of the latents, computed at the start and recorded
-    lat.scale_examples = 2000      # ... over this many train examples
-    lat.joint = False              # LSGM's end-to-end step: train encoder, decoder and prior on the bound (a resume may turn it on)
-    lat.autoencoder = ml_collections.ConfigDict()   # the autoencoder's model keys: copied from its run at the start (recorded; given values are replaced)
-    lat.autoencoder.latent_channels = 4   # C_z (configs/fashion_mnist_ae.py explains these)
-    lat.autoencoder.downsample = 4        # f: z_0 is [H/f, W/f, C_z]
-    lat.autoencoder.width = 32            # its channels
-    lat.autoencoder.num_blocks = 1        # its residual blocks per resolution
-    lat.autoencoder.decoder = "discretized_gaussian"   # its p(x | z_0)
+    lat.autoencoder_workdir = ""  # a vdm.tasks.autoencoder_task run; "": a pixel model (every other latent key unused)
+    lat.latents = "sample"  # the prior is trained on z_0 ~ q(z_0 | x) (what the bound averages over) or its "mean"
+    lat.scale = 0.0  # c in u = c z_0; 0: 1/std of the latents, computed at the start and recorded
+    lat.scale_examples = 2000  # ... over this many train examples
+    lat.joint = False  # LSGM's end-to-end step: train encoder, decoder and prior on the bound (a resume may turn it on)
+    lat.autoencoder = ml_collections.ConfigDict()  # its model keys, from its run at the start (given ones replaced)
+    lat.autoencoder.latent_channels = 4  # C_z (configs/fashion_mnist_ae.py explains these)
+    lat.autoencoder.downsample = 4  # f: z_0 is [H/f, W/f, C_z]
+    lat.autoencoder.width = 32  # its channels
+    lat.autoencoder.num_blocks = 1  # its residual blocks per resolution
+    lat.autoencoder.decoder = "discretized_gaussian"  # its p(x | z_0)
     return lat
 
 
 def _sampling() -> ml_collections.ConfigDict:
     """config.sampling: the sampler, its steps and batch; each option below is None: the method's default."""
     s = ml_collections.ConfigDict()
-    s.method = "ancestral"   # ancestral, ddim, sde, ode, pc, dpm_solver (vdm.sampling.SAMPLERS)
-    s.num_steps = 100        # sampler steps
-    s.num_samples = 36       # images per grid / .npz
-    s.batch_size = 500       # samples per sampler call (bounds memory); 0: all at once
+    s.method = "ancestral"  # ancestral, ddim, sde, ode, pc, dpm_solver (vdm.sampling.SAMPLERS)
+    s.num_steps = 100  # sampler steps
+    s.num_samples = 36  # images per grid / .npz
+    s.batch_size = 500  # samples per sampler call (bounds memory); 0: all at once
     s.guidance_weight = 0.0  # classifier-free guidance w (conditional models)
-    s.class_label = -1       # class to sample; -1: cycle through the classes
-    s.decode = "mean"        # latent models: a sample's image is the decoder's mean, or 'argmax' its most likely 8-bit value
-    unset = config_dict.placeholder   # a typed None: the method's default unless a config or flag sets it
-    s.grid = unset(str)                # time grid: uniform_t, uniform_logsnr, edm (default: the method's)
-    s.rho = unset(float)               # grid='edm': the rho of Karras et al. 2022 (default 7)
-    s.t_min = unset(float)             # the grid runs from t_max down to t_min (default 0)
-    s.t_max = unset(float)             # ... from t_max (default 1: pure noise)
-    s.clip_x0 = unset(bool)            # clip the x0 prediction to [-1, 1] in every step (default off)
+    s.class_label = -1  # class to sample; -1: cycle through the classes
+    s.decode = "mean"  # latent models: a sample's image is the decoder's mean, or 'argmax' its most likely 8-bit value
+    unset = config_dict.placeholder  # a typed None: the method's default unless a config or flag sets it
+    s.grid = unset(str)  # time grid: uniform_t, uniform_logsnr, edm (default: the method's)
+    s.rho = unset(float)  # grid='edm': the rho of Karras et al. 2022 (default 7)
+    s.t_min = unset(float)  # the grid runs from t_max down to t_min (default 0)
+    s.t_max = unset(float)  # ... from t_max (default 1: pure noise)
+    s.clip_x0 = unset(bool)  # clip the x0 prediction to [-1, 1] in every step (default off)
     s.dynamic_threshold = unset(float)  # Imagen's dynamic thresholding percentile p in (0, 1] (default off)
-    s.final_denoise = unset(bool)      # end with x0_hat(z_tmin), else z_tmin / alpha_tmin (default on)
-    s.variance = unset(str)            # ancestral, ddim (eta > 0): 'small' (posterior, default), 'large' (forward beta), 'learned' (the variance head)
-    s.eta = unset(float)               # ddim: 0 deterministic (default), 1 the ancestral variance
-    s.snr = unset(float)               # pc: Langevin signal-to-noise ratio (default 0.16, score_sde)
-    s.corrector_steps = unset(int)     # pc: corrector moves per step (default 1)
-    s.order = unset(int)               # dpm_solver: order 1, 2 (default) or 3
-    s.prediction = unset(str)          # dpm_solver: 'x0' (DPM-Solver++, default) or 'eps'
+    s.final_denoise = unset(bool)  # end with x0_hat(z_tmin), else z_tmin / alpha_tmin (default on)
+    s.variance = unset(str)  # ancestral, ddim (eta > 0): 'small' (posterior; default), 'large' (beta), 'learned' (head)
+    s.eta = unset(float)  # ddim: 0 deterministic (default), 1 the ancestral variance
+    s.snr = unset(float)  # pc: Langevin signal-to-noise ratio (default 0.16, score_sde)
+    s.corrector_steps = unset(int)  # pc: corrector moves per step (default 1)
+    s.order = unset(int)  # dpm_solver: order 1, 2 (default) or 3
+    s.prediction = unset(str)  # dpm_solver: 'x0' (DPM-Solver++, default) or 'eps'
     s.lower_order_final = unset(bool)  # dpm_solver: lower the order of the last steps when steps < 15 (default on)
     return s

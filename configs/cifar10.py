@@ -24,40 +24,40 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if arg not in ("", "learned", "small"):
         raise ValueError(f"unknown cifar10 variant {arg!r}; choose '', 'learned' or 'small'.")
     config = load_sibling(__file__, "base").get_config("image")
-    config.data.dataset = "cifar10"   # TFDS name
+    config.data.dataset = "cifar10"  # TFDS name
     # Bin centres, as google-research/vdm encodes (x + 0.5)/256*2 - 1: the decoder grid and bin width
     # (2/256) follow. Either grid gives exact discrete likelihoods; this one matches the reference.
     config.data.encoding = "bin_centres"  # 8-bit k -> (k + 0.5)/128 - 1 (reference)
 
-    config.model.width = 128               # channels of every ResNet block (paper: 128)
-    config.model.num_layers = 32           # ResNet blocks on the way down (paper: 32)
-    config.model.dropout = 0.1             # dropout in the ResNet blocks (paper: 0.1)
+    config.model.width = 128  # channels of every ResNet block (paper: 128)
+    config.model.num_layers = 32  # ResNet blocks on the way down (paper: 32)
+    config.model.dropout = 0.1  # dropout in the ResNet blocks (paper: 0.1)
     # The next five keys make vdm_unet equal google-research/vdm's ScoreUNet as a function
     # (model_vdm.py; tests/test_paper_model.py checks it against an independent restatement).
-    config.model.embedding_freqs = "half_minus_one"  # sinusoid frequencies 10000^(-k/(half-1)) (reference: get_timestep_embedding)
-    config.model.norm_groups = 32             # GroupNorm with 32 groups everywhere (reference: flax GroupNorm default 32)
-    config.model.residual_output = True       # eps prediction = z + net(z) (reference: `eps_pred += z`)
-    config.model.cond_proj_bias = False       # no bias on the blocks' embedding projection (reference: use_bias=False)
-    config.model.cond_proj_zero_init = True   # that projection starts at zero (reference: kernel_init zeros)
-    config.model.scan_blocks = True           # down/up blocks under nn.scan: compile time flat in depth (same function)
-    config.model.schedule = "learned_linear"  # gamma = b + |w| t, b and w learned (reference: gamma_type learnable_scalar)
+    config.model.embedding_freqs = "half_minus_one"  # 10000^(-k/(half-1)) (reference: get_timestep_embedding)
+    config.model.norm_groups = 32  # GroupNorm with 32 groups everywhere (reference: flax GroupNorm default 32)
+    config.model.residual_output = True  # eps prediction = z + net(z) (reference: `eps_pred += z`)
+    config.model.cond_proj_bias = False  # no bias on the blocks' embedding projection (reference: use_bias=False)
+    config.model.cond_proj_zero_init = True  # that projection starts at zero (reference: kernel_init zeros)
+    config.model.scan_blocks = True  # down/up blocks under nn.scan: compile time flat in depth (same function)
+    config.model.schedule = "learned_linear"  # gamma = b + |w| t, b, w learned (reference: gamma_type learnable_scalar)
 
     config.optimizer.learning_rate = 2e-4  # peak learning rate (paper: 2e-4)
     config.optimizer.decay_mask = "non_bias"  # decay every param not named 'bias' (reference: path[-1] != "bias", norm scales and schedule w, b included)
-    config.optimizer.decay = "constant"    # constant after warmup (reference: lr_decay False)
-    config.optimizer.grad_clip = 0.0       # global-norm clipping, 0: off (reference: no gradient_clip_norm key, no clipping)
-    config.optimizer.ema_decay = 0.9999    # EMA of the params (reference: ema_rate 0.9999)
+    config.optimizer.decay = "constant"  # constant after warmup (reference: lr_decay False)
+    config.optimizer.grad_clip = 0.0  # global-norm clipping, 0: off (reference: no gradient_clip_norm key, no clipping)
+    config.optimizer.ema_decay = 0.9999  # EMA of the params (reference: ema_rate 0.9999)
 
-    config.training.num_steps = 2_000_000      # optimizer steps (reference: num_steps_train 10_000_000)
-    config.training.batch_size = 128           # global batch (paper: 128), split over devices
-    config.training.eval_every = 50_000        # full-test-set eval + samples (and at the end)
+    config.training.num_steps = 2_000_000  # optimizer steps (reference: num_steps_train 10_000_000)
+    config.training.batch_size = 128  # global batch (paper: 128), split over devices
+    config.training.eval_every = 50_000  # full-test-set eval + samples (and at the end)
     config.training.checkpoint_every = 10_000  # checkpoint every this many steps (and at the end)
-    config.training.log_every = 1000           # train metrics every this many steps
-    config.training.steps_per_call = 10        # steps per device call (lax.scan); divides the intervals
+    config.training.log_every = 1000  # train metrics every this many steps
+    config.training.steps_per_call = 10  # steps per device call (lax.scan); divides the intervals
 
-    config.eval.batch_size = 512   # eval batch (global); the test split is covered exactly once
-    config.sampling.num_steps = 1000       # sampler steps
-    config.sampling.num_samples = 64       # images per grid / .npz
+    config.eval.batch_size = 512  # eval batch (global); the test split is covered exactly once
+    config.sampling.num_steps = 1000  # sampler steps
+    config.sampling.num_samples = 64  # images per grid / .npz
 
     if arg == "learned":
         config.model.schedule = "learned"
@@ -65,7 +65,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if arg == "small":
         config.model.width = 16
         config.model.num_layers = 2
-        config.model.norm_groups = 0   # 32 groups need >= 64 channels (2 per group); adaptive at width 16
+        config.model.norm_groups = 0  # 32 groups need >= 64 channels (2 per group); adaptive at width 16
         config.model.dropout = 0.0
         config.optimizer.warmup_steps = 5
         config.training.num_steps = 20

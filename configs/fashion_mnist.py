@@ -16,47 +16,38 @@ the three-term bound in bits per pixel dimension, vdm.tasks.latent_task).
 
 import ml_collections
 
-from vdm.infra.fileio import load_sibling  # configs/base.py, by its path next to this file
+from vdm.infra.fileio import load_sibling  # configs/base.py and configs/common.py, by their paths next to this file
+
+common = load_sibling(__file__, "common")
+VARIANTS = ("small", "mnist", "hybrid", "latent")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Config for Fashion-MNIST; arg: comma-separated variants from ('small', 'mnist', 'hybrid', 'latent'), or ''."""
-    variants = set(filter(None, arg.split(",")))
-    known = {"small", "mnist", "hybrid", "latent"}
-    if not variants <= known:
-        raise ValueError(f"unknown fashion_mnist variant(s) {sorted(variants - known)} in {arg!r}; "
-                         f"choose from {sorted(known)} (comma-separated), or ''.")
-    config = load_sibling(__file__, "base").get_config("image")
+    """Config for Fashion-MNIST; arg: comma-separated variants from VARIANTS, or ''."""
+    variants = common.parse_variants(arg, VARIANTS, "fashion_mnist")
+    base = load_sibling(__file__, "base")
+    config = base.get_config("image")
     if "mnist" in variants:
-        config.data.dataset = "mnist"      # MNIST digits, prepared once with `python -m vdm.tools.prepare_data`
-    if "hybrid" in variants:               # Nichol & Dhariwal 2021: learned Sigma, L_hybrid, cosine schedule
+        config.data.dataset = "mnist"  # MNIST digits, prepared once with `python -m vdm.tools.prepare_data`
+    if "hybrid" in variants:  # Nichol & Dhariwal 2021: learned Sigma, L_hybrid, cosine schedule
         config.model.schedule = "cosine"
         # gamma_max stays 5 (the base's; prior KL 0.005 bits/dim): cosine is clipped there for t > 0.97 (those steps
         # have length 0). Its own clip, 20, would put a last step of expm1(gamma_t - gamma_s) ~ 1e5-1e7 into the
         # T-step ELBO at T <= 100, which multiplies any error of eps_hat at t = 1.
         config.model.variance_head = "interp"
         config.loss.objective = "hybrid"
-        config.loss.weighting = "simple"   # the mean part: L_simple; lambda T = 1 at T = 1000
+        config.loss.weighting = "simple"  # the mean part: L_simple; lambda T = 1 at T = 1000
         config.loss.num_steps = 1000
-        config.eval.num_steps = 1000       # the 1000-step ELBO, with the learned variance
+        config.eval.num_steps = 1000  # the 1000-step ELBO, with the learned variance
         config.sampling.variance = "learned"
-    if "latent" in variants:               # the diffusion model as the prior over an autoencoder's latents
+    if "latent" in variants:  # the diffusion model as the prior over an autoencoder's latents
         config.task = "latent_diffusion"
-        config.latent.autoencoder_workdir = "workdir/fashion_mnist_ae"   # vdm.tasks.autoencoder_task's run (its docstring)
+        config.latent = base.latent_section()  # the latent section: only latent configs have one
+        config.latent.autoencoder_workdir = "workdir/fashion_mnist_ae"  # the autoencoder_task's run (its docstring)
         config.model.decoder = "gaussian"  # the diffusion level models continuous latents; the autoencoder decodes x
-        config.model.fourier_features = False   # those resolve the 8-bit grid of pixels, not latents
-        config.model.width = 32            # 7x7x4 latents: 16x fewer positions than pixels, so a wider net at a like cost
-    if "small" in variants:
-        config.model.width = 8
-        config.model.num_layers = 1
-        config.model.fourier_features = False
-        config.optimizer.warmup_steps = 5
-        config.training.num_steps = 20
-        config.training.batch_size = 16
-        config.training.eval_every = 20
-        config.training.checkpoint_every = 10
-        config.training.log_every = 5
-        config.eval.batch_size = 1000
-        config.sampling.num_steps = 10
-        config.sampling.num_samples = 16
+        config.model.fourier_features = False  # those resolve the 8-bit grid of pixels, not latents
+        config.model.width = 32  # 7x7x4 latents: 16x fewer positions than pixels, so a wider net at a like cost
+    if "small" in variants:  # configs/common.py's smoke test (20 steps), a narrow net, few samples
+        net = {"model.width": 8, "model.num_layers": 1, "model.fourier_features": False}
+        common.small(config, {**net, "eval.batch_size": 1000, "sampling.num_steps": 10, "sampling.num_samples": 16})
     return config

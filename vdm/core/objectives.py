@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ from vdm.core.schedules import Schedule, dgamma_dt
 Array = jax.Array
 PyTree = Any
 DenoiseFn = Callable[[Array, Array], Array]
-TERM_NAMES = ("reconstruction", "prior", "diffusion", "total")     # neg_elbo_terms' per-example nats
+TERM_NAMES = ("reconstruction", "prior", "diffusion", "total")  # neg_elbo_terms' per-example nats
 
 
 # ----------------------------------------------------------------------------- weightings
@@ -45,6 +46,7 @@ TERM_NAMES = ("reconstruction", "prior", "diffusion", "total")     # neg_elbo_te
 # schedule-free weightings (elbo, sigmoid, edm) give w(lambda) directly; the losses defined by
 # sampling t uniformly under a schedule (simple, snr, min_snr) have w = 2 f / gamma'(t), i.e. they
 # carry the schedule's density p(lambda). Stating f directly keeps them defined where gamma' = 0.
+
 
 def weight_elbo(gamma: Array, dgamma: Array) -> Array:
     """f = 1/2 gamma'(t), w(lambda) = 1: the continuous ELBO (Kingma et al. 2021, eq. 17)."""
@@ -71,8 +73,7 @@ def weight_sigmoid(gamma: Array, dgamma: Array, bias: float = -2.0) -> Array:
     return 0.5 * dgamma * jax.nn.sigmoid(gamma + bias)
 
 
-def weight_edm(gamma: Array, dgamma: Array, p_mean: float = -1.2, p_std: float = 1.2,
-               sigma_data: float = 0.5) -> Array:
+def weight_edm(gamma: Array, dgamma: Array, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5) -> Array:
     """EDM (Karras et al. 2022) in Kingma & Gao 2023's form: w(lambda) = N(lambda; -2 P_mean, (2 P_std)^2) (e^-lambda + s_d^2)/s_d^2."""
     lam = -gamma
     mu, std = -2.0 * p_mean, 2.0 * p_std
@@ -81,8 +82,12 @@ def weight_edm(gamma: Array, dgamma: Array, p_mean: float = -1.2, p_std: float =
 
 
 WEIGHTINGS: dict[str, Callable[..., Array]] = {
-    "elbo": weight_elbo, "simple": weight_simple, "snr": weight_snr,
-    "min_snr": weight_min_snr, "sigmoid": weight_sigmoid, "edm": weight_edm,
+    "elbo": weight_elbo,
+    "simple": weight_simple,
+    "snr": weight_snr,
+    "min_snr": weight_min_snr,
+    "sigmoid": weight_sigmoid,
+    "edm": weight_edm,
 }
 
 
@@ -95,6 +100,7 @@ def get_weighting(name: str) -> Callable[..., Array]:
 
 # ----------------------------------------------------------------------------- noise
 
+
 def sample_t(key: Array, batch_size: int, *, antithetic: bool = False) -> Array:
     """t ~ U(0, 1) per example; antithetic: t_i = (u + i/B) mod 1, one shared u (VDM, low-discrepancy sampler)."""
     if antithetic:
@@ -103,8 +109,16 @@ def sample_t(key: Array, batch_size: int, *, antithetic: bool = False) -> Array:
     return jax.random.uniform(key, (batch_size,))
 
 
-def example_noise(key: Array, index: Array, shape: tuple[int, ...], dtype=jnp.float32, *, antithetic: bool = False,
-                  batch_size: int | None = None, extra_uniform: bool = False) -> dict[str, Array]:
+def example_noise(
+    key: Array,
+    index: Array,
+    shape: tuple[int, ...],
+    dtype=jnp.float32,
+    *,
+    antithetic: bool = False,
+    batch_size: int | None = None,
+    extra_uniform: bool = False,
+) -> dict[str, Array]:
     """Per-example draws from fold_in(key, i) for the global example index i [B]: t [B], eps and eps_0 [B, *shape], u [B].
 
     A pure function of (key, index), so any split of a batch over devices draws the same noise.
@@ -115,7 +129,7 @@ def example_noise(key: Array, index: Array, shape: tuple[int, ...], dtype=jnp.fl
     """
     index = jnp.asarray(index)
     key_shared, key = jax.random.split(key)
-    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 4))(index)   # [B, 4, 2]
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i), 4))(index)  # [B, 4, 2]
     normal = jax.vmap(lambda k: jax.random.normal(k, tuple(shape), dtype))
     uniform = jax.vmap(lambda k: jax.random.uniform(k, ()))
     if antithetic:
@@ -139,9 +153,10 @@ def discretize_t(t: Array, num_steps: int) -> Array:
 
 
 # ----------------------------------------------------------------------------- the terms
+# neg_elbo_terms picks one objective: _continuous_terms, _discrete_terms or _hybrid_terms, each on _endpoint_terms.
 
-def eps_error(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Array,
-              parameterization: str) -> Array:
+
+def eps_error(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Array, parameterization: str) -> Array:
     """||eps - eps_hat(z_t; t)||^2 per example, with z_t = alpha_t x + sigma_t eps; [B]."""
     g = gaussian.expand_to(gamma_t, x)
     z_t = gaussian.q_sample(x, g, eps)
@@ -149,30 +164,140 @@ def eps_error(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, gamma_t: Ar
     return gaussian.sum_except_batch(jnp.square(eps - eps_hat))
 
 
-def neg_elbo_terms(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps_0: Array, *, schedule: Schedule,
-                   parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
-                   encoding: str = "endpoints", num_steps: int = 0,
-                   weighting_kwargs: dict | None = None, variance: str = "small",
-                   hybrid_lambda: float | None = None, t_density: Array | None = None) -> dict[str, Array]:
-    """Per-example nats 'reconstruction', 'prior', 'diffusion' (weighted by w), 'total' (VDM eq. 11; Kingma & Gao 2023, eq. 7).
+def _endpoint_terms(x: Array, eps_0: Array, gammas: tuple, decoder: str, encoding: str) -> tuple[Array, Array]:
+    """(-log p(x | z_0) at z_0 = alpha_0 x + sigma_0 eps_0, KL(q(z_1|x) || N(0, I))) per example (VDM eq. 11)."""
+    z_0 = gaussian.q_sample(x, gammas[0], eps_0)
+    rec = -gaussian.decoder_log_prob(x, z_0, gammas[0], decoder, encoding)
+    return rec, gaussian.prior_kl(x, gammas[1])
 
-    reconstruction = -log p(x | z_0), z_0 = alpha_0 x + sigma_0 eps_0; prior = KL(q(z_1|x) || N(0, I));
-    diffusion = f(gamma_t, gamma'_t) ||eps - eps_hat(z_t; t)||^2 with f of `weighting` (WEIGHTINGS;
-    'elbo': f = gamma'/2, the true term; its hyperparameters in weighting_kwargs) in continuous
-    time (num_steps=0), divided by t_density = q(t) when t was drawn from q rather than U(0, 1)
-    (vdm.core.t_sampling); or the T-step discrete term (`discrete_diffusion_term`, w = 1, reverse
-    variance `variance`: 'small', 'large' or 'learned'); or, with hybrid_lambda, improved DDPM's
-    L_hybrid at t = i/T (`hybrid_diffusion_term`, also returned alone as 'vlb').
-    The continuous-time terms do not depend on a reverse variance (a variance head's v is ignored).
-    x, eps, eps_0 [B, ...], t [B]; denoise_fn(z, t) -> prediction of kind `parameterization`, or
-    (prediction, v) from a model with a variance head.
+
+def _terms(rec: Array, prior: Array, diff: Array, **extra: Array) -> dict[str, Array]:
+    """The terms dict: TERM_NAMES' reconstruction, prior, diffusion and their total, then any `extra`."""
+    return {"reconstruction": rec, "prior": prior, "diffusion": diff, "total": rec + prior + diff, **extra}
+
+
+def _continuous_terms(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    t: Array,
+    eps: Array,
+    eps_0: Array,
+    gammas: tuple,
+    *,
+    weight_fn: Callable[..., Array] = weight_elbo,
+    parameterization: str = "eps",
+    decoder: str = "discrete",
+    encoding: str = "endpoints",
+    t_density: Array | None = None,
+) -> dict[str, Array]:
+    """Continuous time: diffusion = f(gamma_t, gamma'_t) ||eps - eps_hat(z_t; t)||^2 / q(t) (Kingma & Gao 2023, eq. 7).
+
+    f = weight_fn (WEIGHTINGS; weight_elbo, f = gamma'(t)/2: VDM's L_inf, Kingma et al. 2021, eq. 17); no reverse
+    variance (a variance head's v is unused). gammas = schedule_values(schedule, t); t_density = q(t) when t ~ q.
+    """
+    rec, prior = _endpoint_terms(x, eps_0, gammas, decoder, encoding)
+    w = weight_fn(gammas[2], gammas[3])
+    diff = w * eps_error(denoise_fn, x, eps, t, gammas[2], parameterization)
+    if t_density is not None:
+        diff = diff / t_density
+    return _terms(rec, prior, diff)
+
+
+def _discrete_terms(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    t: Array,
+    eps: Array,
+    eps_0: Array,
+    gammas: tuple,
+    *,
+    schedule: Schedule,
+    num_steps: int,
+    variance: str = "small",
+    parameterization: str = "eps",
+    decoder: str = "discrete",
+    encoding: str = "endpoints",
+) -> dict[str, Array]:
+    """T steps: diffusion = T KL(q(z_s | z_t, x) || p(z_s | z_t)) at t = i/T, s = (i-1)/T (Kingma et al. 2021, eq. 13).
+
+    p's variance: 'small', 'large' or 'learned' (denoise_fn returns (prediction, v)); of gammas, gamma(0) and gamma(1).
+    """
+    rec, prior = _endpoint_terms(x, eps_0, gammas, decoder, encoding)
+    step = {"schedule": schedule, "parameterization": parameterization, "num_steps": int(num_steps)}
+    return _terms(rec, prior, discrete_diffusion_term(denoise_fn, x, eps, t, variance=variance, **step))
+
+
+def _hybrid_terms(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    t: Array,
+    eps: Array,
+    eps_0: Array,
+    gammas: tuple,
+    *,
+    schedule: Schedule,
+    num_steps: int,
+    hybrid_lambda: float,
+    weight_fn: Callable[..., Array] = weight_simple,
+    parameterization: str = "eps",
+    decoder: str = "discrete",
+    encoding: str = "endpoints",
+) -> dict[str, Array]:
+    """Improved DDPM: diffusion = L_simple + lambda L_vlb at t = i/T, also 'vlb' (Nichol & Dhariwal 2021, sec. 3.1).
+
+    L_simple weighted by weight_fn at gammas of continuous time; L_vlb with the learned variance, hybrid_diffusion_term.
+    """
+    rec, prior = _endpoint_terms(x, eps_0, gammas, decoder, encoding)
+    w = weight_fn(gammas[2], gammas[3])
+    step = {"schedule": schedule, "parameterization": parameterization, "num_steps": int(num_steps)}
+    diff, vlb = hybrid_diffusion_term(denoise_fn, x, eps, t, w, hybrid_lambda=float(hybrid_lambda), **step)
+    return _terms(rec, prior, diff, vlb=vlb)
+
+
+def neg_elbo_terms(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    t: Array,
+    eps: Array,
+    eps_0: Array,
+    *,
+    schedule: Schedule,
+    parameterization: str = "eps",
+    weighting: str = "elbo",
+    decoder: str = "discrete",
+    encoding: str = "endpoints",
+    num_steps: int = 0,
+    weighting_kwargs: dict | None = None,
+    variance: str = "small",
+    hybrid_lambda: float | None = None,
+    t_density: Array | None = None,
+) -> dict[str, Array]:
+    """Per-example nats 'reconstruction', 'prior', 'diffusion' (weighted by w), 'total' (VDM eq. 11).
+
+    One of three objectives: `_continuous_terms` (num_steps=0; w of `weighting`, WEIGHTINGS, with weighting_kwargs;
+    t_density), `_discrete_terms` (num_steps = T > 0, w = 1; `variance`) or, given hybrid_lambda and T, `_hybrid_terms`
+    (also 'vlb'). x, eps, eps_0 [B, ...], t [B]; denoise_fn(z, t) -> a `parameterization` prediction, or (it, v).
     schedule may be a bound learned schedule: jax.grad of the mean total is the training gradient.
     """
     gammas = schedule_values(schedule, t, 0 if hybrid_lambda is not None else num_steps)
-    return neg_elbo_terms_at(denoise_fn, x, t, eps, eps_0, gammas, schedule=schedule,
-                             parameterization=parameterization, weighting=weighting, decoder=decoder,
-                             encoding=encoding, num_steps=num_steps, weighting_kwargs=weighting_kwargs,
-                             variance=variance, hybrid_lambda=hybrid_lambda, t_density=t_density)
+    return neg_elbo_terms_at(
+        denoise_fn,
+        x,
+        t,
+        eps,
+        eps_0,
+        gammas,
+        schedule=schedule,
+        parameterization=parameterization,
+        weighting=weighting,
+        decoder=decoder,
+        encoding=encoding,
+        num_steps=num_steps,
+        weighting_kwargs=weighting_kwargs,
+        variance=variance,
+        hybrid_lambda=hybrid_lambda,
+        t_density=t_density,
+    )
 
 
 def schedule_values(schedule: Schedule, t: Array, num_steps: int = 0) -> tuple[Array, Array, Array, Array]:
@@ -185,53 +310,67 @@ def schedule_values(schedule: Schedule, t: Array, num_steps: int = 0) -> tuple[A
     return gamma_0, gamma_1, gamma_t, dgamma
 
 
-def neg_elbo_terms_at(denoise_fn: DenoiseFn, x: Array, t: Array, eps: Array, eps_0: Array,
-                      gammas: tuple[Array, Array, Array, Array], *, schedule: Schedule | None = None,
-                      parameterization: str = "eps", weighting: str = "elbo", decoder: str = "discrete",
-                      encoding: str = "endpoints", num_steps: int = 0,
-                      weighting_kwargs: dict | None = None, variance: str = "small",
-                      hybrid_lambda: float | None = None, t_density: Array | None = None) -> dict[str, Array]:
+def neg_elbo_terms_at(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    t: Array,
+    eps: Array,
+    eps_0: Array,
+    gammas: tuple[Array, Array, Array, Array],
+    *,
+    schedule: Schedule | None = None,
+    parameterization: str = "eps",
+    weighting: str = "elbo",
+    decoder: str = "discrete",
+    encoding: str = "endpoints",
+    num_steps: int = 0,
+    weighting_kwargs: dict | None = None,
+    variance: str = "small",
+    hybrid_lambda: float | None = None,
+    t_density: Array | None = None,
+) -> dict[str, Array]:
     """`neg_elbo_terms` given the schedule's values `gammas` = schedule_values(schedule, t): to differentiate at them.
 
-    (schedule is needed only in discrete time, num_steps > 0; the hybrid loss needs gammas of
-    continuous time, schedule_values(schedule, t), for its weight at t = i/T.)
+    (schedule is needed only in discrete time, num_steps > 0; the hybrid loss's gammas are of continuous time.)
     """
     if num_steps < 0 or int(num_steps) != num_steps:
         raise ValueError(f"num_steps must be 0 (continuous time) or a positive integer, got {num_steps}.")
     if hybrid_lambda is not None and not num_steps:
         raise ValueError("the hybrid loss (hybrid_lambda) is a discrete-time objective: it needs num_steps = T > 0.")
     if t_density is not None and num_steps:
-        raise ValueError("t_density (t drawn from q(t)) is for the continuous-time terms (num_steps=0); "
-                         f"got num_steps={num_steps}.")
-    weight_fn = get_weighting(weighting)
-    gamma_0, gamma_1, gamma_t, dgamma = gammas
-    z_0 = gaussian.q_sample(x, gamma_0, eps_0)
-    rec = -gaussian.decoder_log_prob(x, z_0, gamma_0, decoder, encoding)
-    prior = gaussian.prior_kl(x, gamma_1)
-    extra = {}
+        raise ValueError(
+            f"t_density (t drawn from q(t)) is for the continuous-time terms (num_steps=0); got num_steps={num_steps}."
+        )
+    weight_fn = functools.partial(get_weighting(weighting), **(weighting_kwargs or {}))
+    if num_steps and hybrid_lambda is None and weighting != "elbo":
+        raise ValueError(
+            f"the discrete-time terms (num_steps={num_steps}) are the ELBO's; weighting="
+            f"{weighting!r} is defined in continuous time only (num_steps=0), or as the mean "
+            "part of the hybrid loss (hybrid_lambda)."
+        )
+    args = (denoise_fn, x, t, eps, eps_0, gammas)
+    common = {"parameterization": parameterization, "decoder": decoder, "encoding": encoding}
     if hybrid_lambda is not None:
-        w = weight_fn(gamma_t, dgamma, **(weighting_kwargs or {}))
-        diff, extra["vlb"] = hybrid_diffusion_term(denoise_fn, x, eps, t, w, schedule=schedule,
-                                                   parameterization=parameterization, num_steps=int(num_steps),
-                                                   hybrid_lambda=float(hybrid_lambda))
-    elif num_steps:
-        if weighting != "elbo":
-            raise ValueError(f"the discrete-time terms (num_steps={num_steps}) are the ELBO's; weighting="
-                             f"{weighting!r} is defined in continuous time only (num_steps=0), or as the mean "
-                             "part of the hybrid loss (hybrid_lambda).")
-        diff = discrete_diffusion_term(denoise_fn, x, eps, t, schedule=schedule, parameterization=parameterization,
-                                       num_steps=int(num_steps), variance=variance)
-    else:
-        w = weight_fn(gamma_t, dgamma, **(weighting_kwargs or {}))
-        diff = w * eps_error(denoise_fn, x, eps, t, gamma_t, parameterization)
-        if t_density is not None:
-            diff = diff / t_density
-    return {"reconstruction": rec, "prior": prior, "diffusion": diff, "total": rec + prior + diff, **extra}
+        step = {"schedule": schedule, "num_steps": num_steps, "hybrid_lambda": hybrid_lambda}
+        return _hybrid_terms(*args, weight_fn=weight_fn, **step, **common)
+    if num_steps:
+        return _discrete_terms(*args, schedule=schedule, num_steps=num_steps, variance=variance, **common)
+    return _continuous_terms(*args, weight_fn=weight_fn, t_density=t_density, **common)
 
 
-def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
-         parameterization: str = "eps", num_steps: int = 0, decoder: str = "discrete",
-         antithetic: bool = False, encoding: str = "endpoints", variance: str = "small") -> dict[str, Array]:
+def elbo(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    key: Array,
+    *,
+    schedule: Schedule,
+    parameterization: str = "eps",
+    num_steps: int = 0,
+    decoder: str = "discrete",
+    antithetic: bool = False,
+    encoding: str = "endpoints",
+    variance: str = "small",
+) -> dict[str, Array]:
     """Per-example negative-ELBO terms in nats (VDM eq. 11): neg_elbo_terms with w = 1 and noise drawn from `key`.
 
     num_steps=0 is continuous time; num_steps=T the T-step discrete model on the grid i/T.
@@ -243,25 +382,33 @@ def elbo(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     t = sample_t(key_t, x.shape[0], antithetic=antithetic)
     if num_steps:
         t = discretize_t(t, num_steps)
-    return neg_elbo_terms(denoise_fn, x, t, jax.random.normal(key_eps, x.shape, x.dtype),
-                          jax.random.normal(key_rec, x.shape, x.dtype), schedule=schedule,
-                          parameterization=parameterization, decoder=decoder, encoding=encoding, num_steps=num_steps,
-                          variance=variance)
+    eps, eps_0 = jax.random.normal(key_eps, x.shape, x.dtype), jax.random.normal(key_rec, x.shape, x.dtype)
+    options = {"parameterization": parameterization, "decoder": decoder, "encoding": encoding, "variance": variance}
+    return neg_elbo_terms(denoise_fn, x, t, eps, eps_0, schedule=schedule, num_steps=num_steps, **options)
 
 
 def batch_means(terms: dict[str, Array]) -> dict[str, Array]:
     """What a train step logs of per-example terms: batch means as 'loss' (the total) and each term, and Var(diffusion)."""
-    return {"loss": jnp.mean(terms["total"]), "reconstruction": jnp.mean(terms["reconstruction"]),
-            "prior": jnp.mean(terms["prior"]), "diffusion": jnp.mean(terms["diffusion"]),
-            "diffusion_var": jnp.var(terms["diffusion"]),       # what a learned schedule or adaptive t lowers
-            **({"vlb": jnp.mean(terms["vlb"])} if "vlb" in terms else {})}   # the hybrid loss's L_vlb
+    return {
+        "loss": jnp.mean(terms["total"]),
+        "reconstruction": jnp.mean(terms["reconstruction"]),
+        "prior": jnp.mean(terms["prior"]),
+        "diffusion": jnp.mean(terms["diffusion"]),
+        "diffusion_var": jnp.var(terms["diffusion"]),  # what a learned schedule or adaptive t lowers
+        **({"vlb": jnp.mean(terms["vlb"])} if "vlb" in terms else {}),
+    }  # the hybrid loss's L_vlb
 
 
 # ----------------------------------------------------------------------------- VDM's schedule gradient
 
-def variance_minimizing_value_and_grad(terms_at: Callable[[PyTree, tuple], dict], model_params: PyTree,
-                                       schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree,
-                                       t: Array) -> tuple[tuple[Array, dict], PyTree]:
+
+def variance_minimizing_value_and_grad(
+    terms_at: Callable[[PyTree, tuple], dict],
+    model_params: PyTree,
+    schedule_apply: Callable[[PyTree, Array], Array],
+    schedule_params: PyTree,
+    t: Array,
+) -> tuple[tuple[Array, dict], PyTree]:
     """((mean total, per-example terms), grads {'model', 'schedule'}) with VDM's schedule gradient (sec. 5.2).
 
     terms_at(model_params, gammas) -> per-example terms (neg_elbo_terms_at, the network conditioned
@@ -269,6 +416,7 @@ def variance_minimizing_value_and_grad(terms_at: Callable[[PyTree, tuple], dict]
     the schedule's 'shape' gets grad E[L_diffusion^2] (variance_minimizing_grads), from the same
     backward pass: its per-example cotangents at gamma(t), gamma'(t).
     """
+
     def values(sched_params):
         return schedule_values(functools.partial(schedule_apply, sched_params), t)
 
@@ -280,15 +428,23 @@ def variance_minimizing_value_and_grad(terms_at: Callable[[PyTree, tuple], dict]
 
     (loss, terms), (g_model, cot) = jax.value_and_grad(mean_total, argnums=(0, 1), has_aux=True)(model_params, gammas)
     (g_mean,) = sched_vjp(cot)
-    batch = t.shape[0]                      # per-example partials dL_i/dgamma_i = B cot_i
-    g_sched = variance_minimizing_grads(schedule_apply, schedule_params, t, terms["diffusion"], batch * cot[2],
-                                        batch * cot[3], _shape_subtree(g_mean)[0].get("endpoints"))
+    batch = t.shape[0]  # per-example partials dL_i/dgamma_i = B cot_i
+    endpoints = _shape_subtree(g_mean)[0].get("endpoints")
+    g_sched = variance_minimizing_grads(
+        schedule_apply, schedule_params, t, terms["diffusion"], batch * cot[2], batch * cot[3], endpoints
+    )
     return (loss, terms), {"model": g_model, "schedule": g_sched}
 
 
-def variance_minimizing_grads(schedule_apply: Callable[[PyTree, Array], Array], schedule_params: PyTree,
-                              t: Array, per_example_loss: Array, dloss_dgamma: Array, dloss_ddgamma: Array,
-                              mean_grad_endpoints: PyTree | None = None) -> PyTree:
+def variance_minimizing_grads(
+    schedule_apply: Callable[[PyTree, Array], Array],
+    schedule_params: PyTree,
+    t: Array,
+    per_example_loss: Array,
+    dloss_dgamma: Array,
+    dloss_ddgamma: Array,
+    mean_grad_endpoints: PyTree | None = None,
+) -> PyTree:
     """grad E[L^2] = grad Var[L] for the schedule's 'shape', the mean-loss gradient for its 'endpoints' (VDM sec. 5.2).
 
     schedule_apply(schedule_params, t) -> gamma(t); t, per_example_loss L_i, dloss_dgamma =
@@ -300,8 +456,8 @@ def variance_minimizing_grads(schedule_apply: Callable[[PyTree, Array], Array], 
     t = jnp.asarray(t, dtype=jnp.float32)
     if t.ndim != 1:
         raise ValueError(f"t must be [B], got shape {t.shape}")
-    for name, a in (("per_example_loss", per_example_loss), ("dloss_dgamma", dloss_dgamma),
-                    ("dloss_ddgamma", dloss_ddgamma)):
+    per_example = {"per_example_loss": per_example_loss, "dloss_dgamma": dloss_dgamma, "dloss_ddgamma": dloss_ddgamma}
+    for name, a in per_example.items():
         if jnp.shape(a) != t.shape:
             raise ValueError(f"{name} must have shape {t.shape} like t, got {jnp.shape(a)}")
     inner, _ = _shape_subtree(schedule_params)
@@ -318,13 +474,14 @@ def variance_minimizing_grads(schedule_apply: Callable[[PyTree, Array], Array], 
         if mean_grad_endpoints is None:
             g_inner["endpoints"] = jax.tree.map(jnp.zeros_like, inner["endpoints"])
         elif jax.tree.structure(mean_grad_endpoints) != jax.tree.structure(inner["endpoints"]):
-            raise ValueError("mean_grad_endpoints must be shaped like schedule params 'endpoints' "
-                             f"{jax.tree.structure(inner['endpoints'])}, got {jax.tree.structure(mean_grad_endpoints)}")
+            raise ValueError(
+                "mean_grad_endpoints must be shaped like schedule params 'endpoints' "
+                f"{jax.tree.structure(inner['endpoints'])}, got {jax.tree.structure(mean_grad_endpoints)}"
+            )
         else:
             g_inner["endpoints"] = mean_grad_endpoints
     elif mean_grad_endpoints is not None:
-        raise ValueError("mean_grad_endpoints given but the schedule has no 'endpoints' params "
-                         "(learn_endpoints=False)")
+        raise ValueError("mean_grad_endpoints given but the schedule has no 'endpoints' params (learn_endpoints=False)")
     return rebuild(g_inner)
 
 
@@ -335,6 +492,8 @@ def _shape_subtree(params: PyTree) -> tuple[PyTree, Callable[[PyTree], PyTree]]:
             return params, lambda inner: inner
         if "params" in params and "shape" in params["params"]:
             return params["params"], lambda inner: {**params, "params": inner}
-    raise ValueError("schedule_params must hold a 'shape' sub-tree (at the top level or under 'params'), "
-                     "as LearnedSchedule's variables do; got keys "
-                     f"{list(params.keys()) if hasattr(params, 'keys') else type(params)}")
+    raise ValueError(
+        "schedule_params must hold a 'shape' sub-tree (at the top level or under 'params'), "
+        "as LearnedSchedule's variables do; got keys "
+        f"{list(params.keys()) if hasattr(params, 'keys') else type(params)}"
+    )
