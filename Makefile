@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.requirements.stamp
 WORKDIR ?= workdir/fashion_mnist
 CONFIG  ?= configs/fashion_mnist.py
 
-.PHONY: venv test test-all train data benchmark feature-net compare-objectives clean
+.PHONY: venv test test-all lint format train data benchmark feature-net compare-objectives clean
 
 # The virtual environment, rebuilt whenever requirements.txt or pyproject.toml changes: the pinned
 # requirements, then this checkout as an editable install (`pip install -e .`), so `import vdm` works
@@ -39,11 +39,24 @@ data: $(STAMP)
 fid-weights: $(STAMP)
 	$(PY) -m vdm.tools.fid prepare
 
+# The suite runs on two pytest-xdist workers (one per core here), a test file per worker at a time; `make test` leaves
+# out the long end-to-end runs marked slow, `make test-all` runs every test.
+PYTEST := $(PY) -m pytest -q -n $(or $(WORKERS),2) --dist loadfile
+
 test: data $(PREP_STAMP) fid-weights
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-all: data $(PREP_STAMP) fid-weights
-	$(PY) -m pytest -q
+	$(PYTEST)
+
+# Ruff (pyproject.toml): the lint rules and the formatter, checked; `make format` applies both.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix
+	$(VENV)/bin/ruff format
 
 train: data
 	$(PY) -m vdm.main --config=$(CONFIG) --workdir=$(WORKDIR)

@@ -40,21 +40,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def timed_windows(config: str, num_processes: int, local_devices: int, windows: int, window_steps: int,
-                  workdir: str, timeout: float) -> list[float]:
+def timed_windows(
+    config: str, num_processes: int, local_devices: int, windows: int, window_steps: int, workdir: str, timeout: float
+) -> list[float]:
     """Steps/s of `windows` timed windows (after one warm-up window) of one run of `config`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    big = 10 ** 8   # no checkpoint, eval or end of training inside the timed part
-    args = [sys.executable, "-m", "vdm.main", f"--config={config}", f"--workdir={workdir}",
-            f"--local_device_count={local_devices}", f"--config.training.log_every={window_steps}",
-            f"--config.training.num_steps={big}", f"--config.training.checkpoint_every={big}",
-            f"--config.training.eval_every={big}"]
+    big = 10**8  # no checkpoint, eval or end of training inside the timed part
+    args = [
+        sys.executable,
+        "-m",
+        "vdm.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        f"--local_device_count={local_devices}",
+        f"--config.training.log_every={window_steps}",
+        f"--config.training.num_steps={big}",
+        f"--config.training.checkpoint_every={big}",
+        f"--config.training.eval_every={big}",
+    ]
     if num_processes > 1:
         args += [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={num_processes}"]
     logs = [open(os.path.join(workdir + f".err{i}"), "w") for i in range(num_processes)]
-    procs = [subprocess.Popen(args + ([f"--process_id={i}"] if num_processes > 1 else []), cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=logs[i]) for i in range(num_processes)]
+    procs = [
+        subprocess.Popen(
+            args + ([f"--process_id={i}"] if num_processes > 1 else []),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=logs[i],
+        )
+        for i in range(num_processes)
+    ]
     path = os.path.join(workdir, "metrics.jsonl")
     deadline = time.monotonic() + timeout
     try:
@@ -65,7 +82,7 @@ def timed_windows(config: str, num_processes: int, local_devices: int, windows: 
                 with open(path) as f:
                     rates = [r["train/steps_per_sec"] for r in map(json.loads, f) if "train/steps_per_sec" in r]
                 if len(rates) > windows:
-                    return rates[1:windows + 1]
+                    return rates[1 : windows + 1]
             time.sleep(0.2)
         raise TimeoutError(f"{windows + 1} windows not done in {timeout} s")
     finally:
@@ -108,18 +125,19 @@ def main(argv: list[str]) -> None:
     for name, v in rates.items():
         m = statistics.median(v)
         rows.append(f"| {name} | {m:.2f} | {min(v):.2f} - {max(v):.2f} | {len(v)} | {m / base:.2f}x |")
-    header = (f"# Multi-process overhead on CPU\n\n`python experiments/bench_multihost.py --config {a.config} "
-              f"--rounds {a.rounds} --windows {a.windows} --window_steps {a.window_steps}`, "
-              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-              f"{os.cpu_count()} CPU cores (shared), load average {os.getloadavg()[0]:.2f} at the end.\n\n"
-              f"Same config and global batch; train steps/s over windows of {a.window_steps} steps "
-              "(first window of each run dropped), the layouts run in alternation.\n\n")
+    header = (
+        f"# Multi-process overhead on CPU\n\n`python experiments/bench_multihost.py --config {a.config} "
+        f"--rounds {a.rounds} --windows {a.windows} --window_steps {a.window_steps}`, "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{os.cpu_count()} CPU cores (shared), load average {os.getloadavg()[0]:.2f} at the end.\n\n"
+        f"Same config and global batch; train steps/s over windows of {a.window_steps} steps "
+        "(first window of each run dropped), the layouts run in alternation.\n\n"
+    )
     table = "\n".join(rows) + "\n"
     print(table)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
-        f.write(header + table + "\nSteps/s of every timed window, run by run:\n\n```\n" + "\n".join(lines)
-                + "\n```\n")
+        f.write(header + table + "\nSteps/s of every timed window, run by run:\n\n```\n" + "\n".join(lines) + "\n```\n")
 
 
 if __name__ == "__main__":

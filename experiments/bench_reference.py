@@ -67,6 +67,7 @@ class _Any(metaclass=_AnyMeta):
 
 class _StubModule(types.ModuleType):
     """A module whose every attribute is `_Any` (and a package, so `from clu.a.b import C` works)."""
+
     __path__: list = []
 
     def __getattr__(self, name):
@@ -75,10 +76,22 @@ class _StubModule(types.ModuleType):
         return _Any
 
 
-STUBS = ("clu", "clu.periodic_actions", "clu.parameter_overview", "clu.metric_writers", "clu.checkpoint",
-         "clu.deterministic_data", "clu.metric_writers.async_writer", "clu.metric_writers.logging_writer",
-         "clu.metric_writers.summary_writer", "clu.metric_writers.interface",
-         "clu.metric_writers.multi_writer", "tensorflow", "tensorflow_datasets", "vdm.dataset")
+STUBS = (
+    "clu",
+    "clu.periodic_actions",
+    "clu.parameter_overview",
+    "clu.metric_writers",
+    "clu.checkpoint",
+    "clu.deterministic_data",
+    "clu.metric_writers.async_writer",
+    "clu.metric_writers.logging_writer",
+    "clu.metric_writers.summary_writer",
+    "clu.metric_writers.interface",
+    "clu.metric_writers.multi_writer",
+    "tensorflow",
+    "tensorflow_datasets",
+    "vdm.dataset",
+)
 
 
 @contextlib.contextmanager
@@ -104,14 +117,18 @@ def load_reference(reference_dir: str) -> types.SimpleNamespace:
     """The reference's modules (model_vdm, train_state, utils, experiment, experiment_vdm) and its cifar10 config module."""
     package_dir = os.path.join(os.path.abspath(reference_dir), "vdm")
     if not os.path.isfile(os.path.join(package_dir, "model_vdm.py")):
-        raise FileNotFoundError(f"no vdm/model_vdm.py under --reference_dir={reference_dir} "
-                                "(a checkout of google-research/vdm, its files under vdm/)")
-    for old in ("tree_map", "tree_multimap"):          # removed from jax; the reference calls them
+        raise FileNotFoundError(
+            f"no vdm/model_vdm.py under --reference_dir={reference_dir} "
+            "(a checkout of google-research/vdm, its files under vdm/)"
+        )
+    for old in ("tree_map", "tree_multimap"):  # removed from jax; the reference calls them
         if not hasattr(jax, old):
             setattr(jax, old, jax.tree_util.tree_map)
     with _reference_package(package_dir):
         modules = {name: importlib.import_module(f"vdm.{name}") for name in REFERENCE_MODULES}
-    spec = importlib.util.spec_from_file_location("reference_cifar10", os.path.join(package_dir, "configs", "cifar10.py"))
+    spec = importlib.util.spec_from_file_location(
+        "reference_cifar10", os.path.join(package_dir, "configs", "cifar10.py")
+    )
     modules["cifar10"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(modules["cifar10"])
     return types.SimpleNamespace(**modules)
@@ -130,9 +147,10 @@ def reference_experiment(ref: types.SimpleNamespace, size: dict, seed: int = 0):
     exp = object.__new__(ref.experiment_vdm.Experiment_VDM)
     exp.config = reference_config(ref, size)
     exp.model, params = exp.get_model_and_params(jax.random.PRNGKey(seed))
-    params = flax.core.freeze(params)      # flax of 2022 returned FrozenDicts from init; its decay mask is one
-    exp.state = ref.train_state.TrainState.create(apply_fn=exp.model.apply, variables=params,
-                                                  optax_optimizer=exp.get_optimizer)
+    params = flax.core.freeze(params)  # flax of 2022 returned FrozenDicts from init; its decay mask is one
+    exp.state = ref.train_state.TrainState.create(
+        apply_fn=exp.model.apply, variables=params, optax_optimizer=exp.get_optimizer
+    )
     exp.lr_schedule = exp.get_lr_schedule()
     return exp
 
@@ -149,13 +167,14 @@ def reference_step(ref: types.SimpleNamespace, size: dict) -> tuple:
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
     step = functools.partial(exp.train_step, jax.random.PRNGKey(1))
     P = jax.sharding.PartitionSpec
-    step = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P(), P()),
-                                 check_vma=False))
+    step = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P(), P()), check_vma=False))
     rng = np.random.default_rng(0)
     b = size["batch"]
-    batch = {"images": jnp.asarray(rng.integers(0, 256, (b, 32, 32, 3)).astype(np.uint8)),
-             "conditioning": jnp.zeros((b,))}
-    state = exp.state.replace(step=jnp.zeros((), jnp.int32))    # an int32 array, as after one pmap step
+    batch = {
+        "images": jnp.asarray(rng.integers(0, 256, (b, 32, 32, 3)).astype(np.uint8)),
+        "conditioning": jnp.zeros((b,)),
+    }
+    state = exp.state.replace(step=jnp.zeros((), jnp.int32))  # an int32 array, as after one pmap step
     return step, state, batch
 
 
@@ -194,14 +213,21 @@ def synthetic_batch(config, mesh) -> dict:
     b = config.training.batch_size
     k = rng.integers(0, 256, (1, b, 32, 32, 3))
     x = (k + 0.5) / 128 - 1 if config.data.encoding == "bin_centres" else k / 127.5 - 1
-    return parallel.shard_batch({"x": x.astype(np.float32), "label": rng.integers(0, 10, (1, b)).astype(np.int32),
-                                 "index": np.arange(b, dtype=np.int32)[None]}, mesh, leading_axes=1)
+    return parallel.shard_batch(
+        {
+            "x": x.astype(np.float32),
+            "label": rng.integers(0, 10, (1, b)).astype(np.int32),
+            "index": np.arange(b, dtype=np.int32)[None],
+        },
+        mesh,
+        leading_axes=1,
+    )
 
 
 def time_alternating(cases: dict, *, repeats: int, iters: int) -> dict:
     """{name: [seconds per step, one per repeat]} of each case (step, state, batch), run A, B, C, A, B, C ... after warm calls."""
     states = {name: c[1] for name, c in cases.items()}
-    for name, (step, _, batch) in cases.items():           # compile; the second call meets the stepped state's types
+    for name, (step, _, batch) in cases.items():  # compile; the second call meets the stepped state's types
         for _ in range(2):
             states[name], out = step(states[name], batch)
         jax.block_until_ready(out)
@@ -218,12 +244,15 @@ def time_alternating(cases: dict, *, repeats: int, iters: int) -> dict:
 
 def reference_source(reference_dir: str) -> str:
     """What of the reference ran, from where (and its git commit when reference_dir is a git work tree)."""
-    proc = subprocess.run(["git", "-C", os.path.join(reference_dir, "vdm"), "rev-parse", "HEAD"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "-C", os.path.join(reference_dir, "vdm"), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
     commit = proc.stdout.strip() if proc.returncode == 0 else "commit: not a git work tree"
-    return (f"{os.path.abspath(reference_dir)} ({commit}): vdm/model_vdm.py VDM + ScoreUNet, experiment_vdm.py "
-            "Experiment_VDM.get_model_and_params / loss_fn, experiment.py Experiment.train_step / get_optimizer / "
-            "get_lr_schedule, train_state.py TrainState, configs/cifar10.py; shims in experiments/bench_reference.py")
+    return (
+        f"{os.path.abspath(reference_dir)} ({commit}): vdm/model_vdm.py VDM + ScoreUNet, experiment_vdm.py "
+        "Experiment_VDM.get_model_and_params / loss_fn, experiment.py Experiment.train_step / get_optimizer / "
+        "get_lr_schedule, train_state.py TrainState, configs/cifar10.py; shims in experiments/bench_reference.py"
+    )
 
 
 def paired_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
@@ -234,22 +263,36 @@ def paired_ratios(numerator: list[float], denominator: list[float]) -> list[floa
 def reference_rows(size: dict, reference_dir: str, repeats: int, iters: int) -> list[tuple[str, str]]:
     """Rows: images/s of the reference's train step and ours (scanned, unrolled), ratios ours/reference, one alternating run."""
     ref = load_reference(reference_dir)
-    cases = {"reference": reference_step(ref, size),
-             "ours_scan": ours_step(ours_config(size, scan=True)),
-             "ours_unrolled": ours_step(ours_config(size, scan=False))}
+    cases = {
+        "reference": reference_step(ref, size),
+        "ours_scan": ours_step(ours_config(size, scan=True)),
+        "ours_unrolled": ours_step(ours_config(size, scan=False)),
+    }
     times = time_alternating(cases, repeats=repeats, iters=iters)
     med = {k: statistics.median(v) for k, v in times.items()}
     b, shape = size["batch"], f"w{size['width']} L{size['num_layers']} batch {size['batch']} 32x32x3 float32"
     per_repeat = lambda k: ", ".join(f"{b / s:.2f}" for s in times[k])
     rows = [("reference code", reference_source(reference_dir))]
-    rows += [(f"reference: google-research/vdm train_step (model_vdm.VDM, loss_fn, AdamW, EMA), {shape}",
-             f"{b / med['reference']:.2f} images/s ({med['reference'] * 1e3:.0f} ms/step; repeats {per_repeat('reference')})")]
+    rows += [
+        (
+            f"reference: google-research/vdm train_step (model_vdm.VDM, loss_fn, AdamW, EMA), {shape}",
+            f"{b / med['reference']:.2f} images/s ({med['reference'] * 1e3:.0f} ms/step; repeats {per_repeat('reference')})",
+        )
+    ]
     for key, layout in (("ours_scan", "blocks under nn.scan"), ("ours_unrolled", "blocks unrolled")):
-        rows.append((f"ours: vdm.tasks.diffusion_model.train_step in parallel.data_parallel, {layout}, {shape}",
-                     f"{b / med[key]:.2f} images/s ({med[key] * 1e3:.0f} ms/step; repeats {per_repeat(key)}); "
-                     f"ours / reference = {med['reference'] / med[key]:.3f}"))
+        rows.append(
+            (
+                f"ours: vdm.tasks.diffusion_model.train_step in parallel.data_parallel, {layout}, {shape}",
+                f"{b / med[key]:.2f} images/s ({med[key] * 1e3:.0f} ms/step; repeats {per_repeat(key)}); "
+                f"ours / reference = {med['reference'] / med[key]:.3f}",
+            )
+        )
     for key, layout in (("ours_scan", "scanned"), ("ours_unrolled", "unrolled")):
         ratios = paired_ratios(times["reference"], times[key])
-        rows.append((f"ours {layout} / reference, per repeat (adjacent timings); median",
-                     ", ".join(f"{x:.3f}" for x in ratios) + f"; median {statistics.median(ratios):.3f}"))
+        rows.append(
+            (
+                f"ours {layout} / reference, per repeat (adjacent timings); median",
+                ", ".join(f"{x:.3f}" for x in ratios) + f"; median {statistics.median(ratios):.3f}",
+            )
+        )
     return rows

@@ -7,7 +7,7 @@
     jitted forward pass from Python. Target: ratio <= 1.05. On a shared machine these ratios
     drift with the load, so the sampler's own work is also timed with a ~free denoiser, giving
     the implied ratio 1 + (own time per NFE) / (forward time per NFE).
-(b) The 2-D Gaussian mixture of vdm/analytic.py with its exact denoiser: energy distance
+(b) The 2-D Gaussian mixture of vdm/core/analytic.py with its exact denoiser: energy distance
     between n samples and n true samples, for each method and step count; the first row is
     the floor, the distance between two independent true samples.
 
@@ -32,8 +32,15 @@ from vdm.core import analytic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-METHODS = [("ancestral", {}), ("ddim", {}), ("sde", {}), ("ode", {}), ("pc", {}),
-           ("dpm_solver", {"order": 2}), ("dpm_solver", {"order": 3})]
+METHODS = [
+    ("ancestral", {}),
+    ("ddim", {}),
+    ("sde", {}),
+    ("ode", {}),
+    ("pc", {}),
+    ("dpm_solver", {"order": 2}),
+    ("dpm_solver", {"order": 3}),
+]
 QUALITY_METHODS = METHODS + [("ddim", {"eta": 1.0}), ("dpm_solver", {"order": 3, "lower_order_final": False})]
 
 
@@ -43,11 +50,13 @@ def label(method: str, opts: dict) -> str:
 
 # ----------------------------------------------------------------------------- (a) overhead
 
+
 def init_mlp(key, dim: int, hidden: int, depth: int, num_freqs: int = 8):
     sizes = [dim + 2 * num_freqs] + [hidden] * depth + [dim]
     keys = jax.random.split(key, len(sizes) - 1)
-    return [(jax.random.normal(k, (a, b)) / np.sqrt(a), jnp.zeros((b,)))
-            for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    return [
+        (jax.random.normal(k, (a, b)) / np.sqrt(a), jnp.zeros((b,))) for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+    ]
 
 
 def mlp(params, z, t):
@@ -80,26 +89,27 @@ def bench_overhead(args) -> str:
         for _ in range(nfe):
             z = forward(params, z, t)
         return z
-    rows = [f"batch {args.batch}, MLP {args.depth} x {args.hidden} (SiLU), {args.steps} steps; medians over "
-            f"{args.repeats} repeats, each timing back to back the sampler, a lax.scan of NFE chained forward "
-            "passes, and NFE chained calls of the jitted forward pass from Python (so load drift on a "
-            "shared machine hits all three alike). The sampler's own cost is measured with a ~free "
-            "denoiser (0.1 z); implied ratio = 1 + that cost / (scan ms per NFE), insensitive to load drift.\n",
-            "| method | NFE | sampler ms | sampler ms / NFE | scan of forwards, ms / NFE | forward calls, ms / NFE "
-            "| ratio vs scan | ratio vs forward calls | sampler's own us / NFE | implied ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+
+    rows = [
+        f"batch {args.batch}, MLP {args.depth} x {args.hidden} (SiLU), {args.steps} steps; medians over "
+        f"{args.repeats} repeats, each timing back to back the sampler, a lax.scan of NFE chained forward "
+        "passes, and NFE chained calls of the jitted forward pass from Python (so load drift on a "
+        "shared machine hits all three alike). The sampler's own cost is measured with a ~free "
+        "denoiser (0.1 z); implied ratio = 1 + that cost / (scan ms per NFE), insensitive to load drift.\n",
+        "| method | NFE | sampler ms | sampler ms / NFE | scan of forwards, ms / NFE | forward calls, ms / NFE "
+        "| ratio vs scan | ratio vs forward calls | sampler's own us / NFE | implied ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for method, opts in METHODS:
         nfe = sampling.num_evaluations(method, args.steps, schedule=sched, **opts)
 
-        @jax.jit
-        def run(params, key, method=method, opts=opts):
-            return sampling.sample(lambda zz, tt: mlp(params, zz, tt), (args.batch, 2), key, schedule=sched,
-                                   method=method, num_steps=args.steps, **opts)
+        def with_denoiser(fn, method=method, opts=opts):
+            return lambda key: sampling.sample(
+                fn, (args.batch, 2), key, schedule=sched, method=method, num_steps=args.steps, **opts
+            )
 
-        @jax.jit
-        def run_free(key, method=method, opts=opts):              # the sampler's own work: a ~free denoiser
-            return sampling.sample(lambda zz, tt: 0.1 * zz, (args.batch, 2), key, schedule=sched,
-                                   method=method, num_steps=args.steps, **opts)
+        run = jax.jit(lambda params, key: with_denoiser(lambda zz, tt: mlp(params, zz, tt))(key))
+        run_free = jax.jit(with_denoiser(lambda zz, tt: 0.1 * zz))  # the sampler's own work: a ~free denoiser
 
         @jax.jit
         def loop(params, z, nfe=nfe):
@@ -116,16 +126,19 @@ def bench_overhead(args) -> str:
             t_fwd.append(seconds(python_loop, params, z, nfe))
         t_run, t_loop, t_fwd, t_free = map(np.asarray, (t_run, t_loop, t_fwd, t_free))
         overhead = np.median(t_free) / nfe
-        rows.append(f"| {label(method, opts)} | {nfe} | {1e3 * np.median(t_run):.1f} | "
-                    f"{1e3 * np.median(t_run) / nfe:.3f} | {1e3 * np.median(t_loop) / nfe:.3f} | "
-                    f"{1e3 * np.median(t_fwd) / nfe:.3f} | {np.median(t_run / t_loop):.3f} | "
-                    f"{np.median(t_run / t_fwd):.3f} | {1e6 * overhead:.1f} | "
-                    f"{1 + overhead / (np.median(t_loop) / nfe):.4f} |")
+        rows.append(
+            f"| {label(method, opts)} | {nfe} | {1e3 * np.median(t_run):.1f} | "
+            f"{1e3 * np.median(t_run) / nfe:.3f} | {1e3 * np.median(t_loop) / nfe:.3f} | "
+            f"{1e3 * np.median(t_fwd) / nfe:.3f} | {np.median(t_run / t_loop):.3f} | "
+            f"{np.median(t_run / t_fwd):.3f} | {1e6 * overhead:.1f} | "
+            f"{1 + overhead / (np.median(t_loop) / nfe):.4f} |"
+        )
         print(rows[-1], flush=True)
     return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------- (b) quality
+
 
 def bench_quality(args) -> str:
     sched = schedules.linear_logsnr()
@@ -135,16 +148,20 @@ def bench_quality(args) -> str:
     floor, _ = mix.sample(jax.random.key(101), args.samples)
     pair_dist = jnp.sqrt(jnp.maximum(jnp.sum((ref[:, None] - ref[None]) ** 2, -1), 1e-30))
     null = 2.0 * float(jnp.mean(pair_dist)) / args.samples
-    rows = [f"2-D mixture, exact denoiser, linear_logsnr(-13.3, 5), n = {args.samples} samples vs n true, one seed; "
-            "energy distance x 1e3 (default grid per method; NFE includes the final denoising step). "
-            f"Expected value for exact samples (V-statistic bias 2 E|X-X'|/n): {1e3 * null:.2f}; "
-            "the deterministic samplers share z_1, so they converge to the same value.\n",
-            "| method | steps | NFE | energy distance x 1e3 |", "|---|---|---|---|",
-            f"| true vs true (floor) | - | - | {1e3 * float(analytic.energy_distance(floor, ref)):.2f} |"]
+    rows = [
+        f"2-D mixture, exact denoiser, linear_logsnr(-13.3, 5), n = {args.samples} samples vs n true, one seed; "
+        "energy distance x 1e3 (default grid per method; NFE includes the final denoising step). "
+        f"Expected value for exact samples (V-statistic bias 2 E|X-X'|/n): {1e3 * null:.2f}; "
+        "the deterministic samplers share z_1, so they converge to the same value.\n",
+        "| method | steps | NFE | energy distance x 1e3 |",
+        "|---|---|---|---|",
+        f"| true vs true (floor) | - | - | {1e3 * float(analytic.energy_distance(floor, ref)):.2f} |",
+    ]
     for method, opts in QUALITY_METHODS:
         for steps in args.quality_steps:
-            x = sampling.sample(fn, (args.samples, 2), jax.random.key(7), schedule=sched, method=method,
-                                num_steps=steps, **opts)
+            x = sampling.sample(
+                fn, (args.samples, 2), jax.random.key(7), schedule=sched, method=method, num_steps=steps, **opts
+            )
             nfe = sampling.num_evaluations(method, steps, schedule=sched, **opts)
             ed = float(analytic.energy_distance(x, ref))
             rows.append(f"| {label(method, opts)} | {steps} | {nfe} | {1e3 * ed:.2f} |")
@@ -174,16 +191,20 @@ def main(argv: list[str]) -> None:
         args.batch, args.hidden, args.steps, args.repeats, args.samples = 256, 128, 10, 3, 1000
         args.quality_steps = [5, 20]
     device = jax.devices()[0]
-    header = (f"# Sampler benchmarks\n\n{datetime.date.today()}, jax {jax.__version__}, "
-              f"{device.platform} ({device.device_kind}), {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} cores. `python experiments/bench_samplers.py`\n")
+    header = (
+        f"# Sampler benchmarks\n\n{datetime.date.today()}, jax {jax.__version__}, "
+        f"{device.platform} ({device.device_kind}), {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores. `python experiments/bench_samplers.py`\n"
+    )
     print(header)
     print("## (a) Time per network evaluation\n")
     overhead = bench_overhead(args)
     print("\n## (b) Sample error vs network evaluations\n")
     quality = bench_quality(args)
-    report = (f"{header}\n## (a) Time per network evaluation\n\n{overhead}\n\n"
-              f"## (b) Sample error vs network evaluations\n\n{quality}\n")
+    report = (
+        f"{header}\n## (a) Time per network evaluation\n\n{overhead}\n\n"
+        f"## (b) Sample error vs network evaluations\n\n{quality}\n"
+    )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(report)

@@ -12,7 +12,7 @@ between rows are meaningful on a shared machine):
   paper     configs/cifar10.py (the VDM paper's model and optimizer, batch 128) in float32 and
             bfloat16: images/s, and on a GPU TFLOP/s and model FLOP utilisation (the compiled step's
             FLOPs from XLA's cost analysis over the chip's dense peak); the reference code's 886
-            images/s (H200, float32, measured in issue 9) is the target;
+            images/s (H200, float32) is the target;
   pipeline  images/s that vdm.data.pipeline delivers from the array cache onto the devices (iterator, host
             slice, stack, device_put), against the train step's images/s, for the default config and
             for the paper config (CIFAR-10-shaped random 8-bit data written as an array cache);
@@ -55,13 +55,13 @@ from vdm.infra import parallel
 from vdm.tasks import diffusion_model as dm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}   # dense, SXM datasheets
-PEAK_TF32 = {"H100": 494e12, "H200": 494e12, "A100": 156e12, "B200": 1100e12}   # float32 matmuls run as TF32
-REFERENCE_IMAGES_PER_S = 886.0      # google-research/vdm's model code, paper size, float32, one H200 (issue 9)
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}  # dense, SXM datasheets
+PEAK_TF32 = {"H100": 494e12, "H200": 494e12, "A100": 156e12, "B200": 1100e12}  # float32 matmuls run as TF32
+REFERENCE_IMAGES_PER_S = 886.0  # google-research/vdm's model code, paper size, float32, one H200
 SIZES = {"gpu": {"width": 128, "batch": 128}, "cpu": {"width": 32, "batch": 8}}
 ALL_SECTIONS = ("default", "depth", "paper", "pipeline", "fid")
-REFERENCE_SECTIONS = ("reference",)      # only when asked for: it needs --reference_dir
-REFERENCE_LAYERS = {128: 32, 32: 8}                  # num_layers of the reference comparison by width
+REFERENCE_SECTIONS = ("reference",)  # only when asked for: it needs --reference_dir
+REFERENCE_LAYERS = {128: 32, 32: 8}  # num_layers of the reference comparison by width
 
 
 def load_config(name: str, arg: str = ""):
@@ -77,7 +77,7 @@ def paper_config(size: dict, *, num_layers: int = 32, scan: bool = True, dtype: 
     c = load_config("cifar10")
     c.model.update(width=size["width"], num_layers=num_layers, scan_blocks=scan)
     if size["width"] < 64:
-        c.model.norm_groups = 0           # 32 groups need >= 64 channels; adaptive below
+        c.model.norm_groups = 0  # 32 groups need >= 64 channels; adaptive below
     c.training.batch_size = size["batch"]
     c.training.dtype = dtype
     return c
@@ -102,15 +102,23 @@ def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[fl
 
 def setup(config, shape, num_classes=10):
     """(model, mesh, state, sharded synthetic batch [1, B, *shape]) for `config` on data of `shape`."""
-    info = pipeline.DatasetInfo("synthetic", tuple(shape), 50_000, 10_000, num_classes, True,
-                            encoding=config.data.encoding)
+    info = pipeline.DatasetInfo(
+        "synthetic", tuple(shape), 50_000, 10_000, num_classes, True, encoding=config.data.encoding
+    )
     trainer, mesh = dm.build(config, info), parallel.make_mesh()
     state = parallel.replicate(parallel.to_host(trainer.init_state(jax.random.PRNGKey(0))), mesh)
     rng = np.random.default_rng(0)
     b = config.training.batch_size
     x = (rng.integers(0, 256, (1, b, *shape)) / 127.5 - 1).astype(np.float32)
-    batch = parallel.shard_batch({"x": x, "label": rng.integers(0, num_classes, (1, b)).astype(np.int32),
-                                  "index": np.arange(b, dtype=np.int32)[None]}, mesh, leading_axes=1)
+    batch = parallel.shard_batch(
+        {
+            "x": x,
+            "label": rng.integers(0, num_classes, (1, b)).astype(np.int32),
+            "index": np.arange(b, dtype=np.int32)[None],
+        },
+        mesh,
+        leading_axes=1,
+    )
     return trainer, mesh, state, batch
 
 
@@ -132,15 +140,19 @@ def compiled_step(config, shape=(32, 32, 3)) -> tuple:
 
 def bare_step(trainer):
     """Network forward + backward + optimizer update only: mean ||net(z, gamma) - eps||^2, same optimizer."""
+
     def step(carry, batch):
         params, opt_state = carry
         x, eps, gamma = batch["x"][0], batch["eps"], batch["gamma"]
 
         def loss(p):
-            z = jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None, None] * x \
+            z = (
+                jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None, None] * x
                 + jnp.sqrt(jax.nn.sigmoid(gamma))[:, None, None, None] * eps
-            pred = trainer.apply_network(p["model"], z, gamma, batch["label"][0], train=True,
-                                       dropout_key=jax.random.PRNGKey(0))
+            )
+            pred = trainer.apply_network(
+                p["model"], z, gamma, batch["label"][0], train=True, dropout_key=jax.random.PRNGKey(0)
+            )
             return jnp.mean(jnp.square(pred - eps))
 
         value, grads = jax.value_and_grad(loss)(params)
@@ -153,11 +165,16 @@ def bare_step(trainer):
 def bare_inputs(batch, config):
     """The bare step's batch: x, labels, and fixed eps [B, ...] and gamma [B]."""
     x = batch["x"]
-    return {"x": x, "label": batch["label"], "eps": jax.random.normal(jax.random.PRNGKey(1), x.shape[1:]),
-            "gamma": jnp.linspace(config.model.gamma_min, config.model.gamma_max, config.training.batch_size)}
+    return {
+        "x": x,
+        "label": batch["label"],
+        "eps": jax.random.normal(jax.random.PRNGKey(1), x.shape[1:]),
+        "gamma": jnp.linspace(config.model.gamma_min, config.model.gamma_max, config.training.batch_size),
+    }
 
 
 # ----------------------------------------------------------------------------- sections
+
 
 def depth_cell(size: dict, num_layers: int, scan: bool, repeats: int, iters: int) -> dict:
     """Compile seconds and step seconds of the paper model with num_layers blocks (run in a fresh process)."""
@@ -172,15 +189,23 @@ def depth_rows(size: dict, repeats: int, iters: int) -> list[tuple[str, str]]:
     for num_layers in (2, 8, 32):
         for scan in (False, True):
             arg = json.dumps([size, num_layers, scan, repeats, iters])
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", arg],
-                                  capture_output=True, text=True, timeout=1800)
+            proc = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--child", arg],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"depth cell {num_layers} {scan} failed:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append((f"depth: w{size['width']} L{num_layers} batch {size['batch']} 32x32x3, "
-                         f"{'nn.scan' if scan else 'unrolled'} blocks",
-                         f"compile {r['compile_s']:.1f} s, {r['step_s'] * 1e3:.1f} ms/step "
-                         f"({size['batch'] / r['step_s']:.1f} images/s)"))
+            rows.append(
+                (
+                    f"depth: w{size['width']} L{num_layers} batch {size['batch']} 32x32x3, "
+                    f"{'nn.scan' if scan else 'unrolled'} blocks",
+                    f"compile {r['compile_s']:.1f} s, {r['step_s'] * 1e3:.1f} ms/step "
+                    f"({size['batch'] / r['step_s']:.1f} images/s)",
+                )
+            )
     return rows
 
 
@@ -199,15 +224,20 @@ def paper_rows(size: dict, repeats: int, iters: int) -> tuple[list[tuple[str, st
             text += f", {flops / sec / 1e12:.1f} TFLOP/s"
             text += f", MFU {flops / sec / peak:.1%} of {peak / 1e12:.0f}" if peak else ", peak unknown"
             text += f"; {rate / REFERENCE_IMAGES_PER_S:.2f}x the reference's 886 images/s (H200 float32)"
-        rows.append((f"paper config (cifar10: w{size['width']} L32 scan, batch {size['batch']}) {dtype} "
-                     f"on {dev.device_kind}", text))
+        rows.append(
+            (
+                f"paper config (cifar10: w{size['width']} L32 scan, batch {size['batch']}) {dtype} "
+                f"on {dev.device_kind}",
+                text,
+            )
+        )
     return rows, f32_rate
 
 
 def pipeline_rate(data_config, batch_size: int, mesh, *, num_batches: int) -> float:
     """Images/s from pipeline.train_iterator through host_slice, stacking and shard_batch to ready device arrays."""
     it = pipeline.train_iterator(data_config, batch_size, seed=0)
-    next(it)                                                      # load the split first
+    next(it)  # load the split first
     t0 = time.perf_counter()
     for _ in range(num_batches):
         b = parallel.host_slice(next(it), batch_size)
@@ -219,11 +249,18 @@ def pipeline_rate(data_config, batch_size: int, mesh, *, num_batches: int) -> fl
 def synthetic_cifar_cache(folder: str) -> dict:
     """A CIFAR-10-shaped array cache (random uint8 50000 x 32x32x3, 10 classes) in DATA_DIR=folder; its config.data."""
     from vdm.data import tfds_sets
+
     rng = np.random.default_rng(0)
     info = {"shape": (32, 32, 3), "num_train": 50_000, "num_test": 10_000, "num_classes": 10}
     for split, n in (("train", 50_000), ("test", 10_000)):
-        tfds_sets.write_array_cache("cifar10", folder, split, rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
-                                    rng.integers(0, 10, n).astype(np.int32), info)
+        tfds_sets.write_array_cache(
+            "cifar10",
+            folder,
+            split,
+            rng.integers(0, 256, (n, 32, 32, 3), np.uint8),
+            rng.integers(0, 10, n).astype(np.int32),
+            info,
+        )
     c = load_config("cifar10").data
     c.data_dir = folder
     return c
@@ -234,14 +271,25 @@ def pipeline_rows(size: dict, step_rates: dict) -> list[tuple[str, str]]:
     mesh, rows = parallel.make_mesh(), []
     default = load_config("fashion_mnist")
     with tempfile.TemporaryDirectory() as folder:
-        cases = (("default config (fashion_mnist)", default.data, default.training.batch_size, "default"),
-                 (f"paper config (CIFAR-10-shaped cache), batch {size['batch']}", synthetic_cifar_cache(folder),
-                  size["batch"], "paper"))
+        cases = (
+            ("default config (fashion_mnist)", default.data, default.training.batch_size, "default"),
+            (
+                f"paper config (CIFAR-10-shaped cache), batch {size['batch']}",
+                synthetic_cifar_cache(folder),
+                size["batch"],
+                "paper",
+            ),
+        )
         for name, data_config, batch, key in cases:
             rate = pipeline_rate(data_config, batch, mesh, num_batches=max(20, 20_000 // batch))
             step = step_rates.get(key, float("nan"))
-            rows.append((f"pipeline: {name}", f"{rate:.0f} images/s to device; train step {step:.1f} images/s; "
-                         f"pipeline / step = {rate / step:.0f}x"))
+            rows.append(
+                (
+                    f"pipeline: {name}",
+                    f"{rate:.0f} images/s to device; train step {step:.1f} images/s; "
+                    f"pipeline / step = {rate / step:.0f}x",
+                )
+            )
     return rows
 
 
@@ -251,16 +299,30 @@ def default_rows(repeats: int, iters: int) -> tuple[list[tuple[str, str]], float
     trainer, mesh, state, batch = setup(c, (28, 28, 1))
     (sec,) = median_seconds([full_step(trainer, mesh)], [state], [batch], repeats=repeats, iters=iters)
     rate = c.training.batch_size / sec
-    rows = [(f"default config (fashion_mnist: vdm_unet w{c.model.width} L{c.model.num_layers}, batch "
-             f"{c.training.batch_size}) train step", f"{rate:.1f} images/s ({sec * 1e3:.1f} ms/step)")]
+    rows = [
+        (
+            f"default config (fashion_mnist: vdm_unet w{c.model.width} L{c.model.num_layers}, batch "
+            f"{c.training.batch_size}) train step",
+            f"{rate:.1f} images/s ({sec * 1e3:.1f} ms/step)",
+        )
+    ]
     c = paper_config({"width": 32, "batch": 32}, num_layers=2, scan=False)
     c.model.dropout = 0.0
     trainer, mesh, state, batch = setup(c, (32, 32, 3))
     carry = (jax.tree.map(jnp.copy, state.params), jax.tree.map(jnp.copy, state.opt_state))
-    full_sec, bare_sec = median_seconds([full_step(trainer, mesh), bare_step(trainer)], [state, carry],
-                                        [batch, bare_inputs(batch, c)], repeats=repeats, iters=iters)
-    rows.append(("vdm_unet w32 L2 batch 32 32x32x3: full train step / bare fwd+bwd+update (target <= 1.10)",
-                 f"{full_sec / bare_sec:.3f} ({32 / full_sec:.1f} vs {32 / bare_sec:.1f} images/s)"))
+    full_sec, bare_sec = median_seconds(
+        [full_step(trainer, mesh), bare_step(trainer)],
+        [state, carry],
+        [batch, bare_inputs(batch, c)],
+        repeats=repeats,
+        iters=iters,
+    )
+    rows.append(
+        (
+            "vdm_unet w32 L2 batch 32 32x32x3: full train step / bare fwd+bwd+update (target <= 1.10)",
+            f"{full_sec / bare_sec:.3f} ({32 / full_sec:.1f} vs {32 / bare_sec:.1f} images/s)",
+        )
+    )
     return rows, rate
 
 
@@ -268,6 +330,7 @@ def fid_rows(repeats: int, iters: int, batch: int = 64) -> list[tuple[str, str]]
     """Features/s of vdm.fid.inception_features at 28x28x1 and 299x299x3 (median of repeats x iters batches)."""
     from vdm import fid
     from vdm.evaluation import fid_weights
+
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     try:
@@ -279,21 +342,26 @@ def fid_rows(repeats: int, iters: int, batch: int = 64) -> list[tuple[str, str]]
     rows = []
     for shape in ((28, 28, 1), (299, 299, 3)):
         images = rng.integers(0, 256, (batch * iters, *shape), dtype=np.uint8)
-        fid.inception_features(images[:batch], net=net, batch_size=batch)          # compiled for this shape
+        fid.inception_features(images[:batch], net=net, batch_size=batch)  # compiled for this shape
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
             fid.inception_features(images, net=net, batch_size=batch)
             times.append(time.perf_counter() - t)
         rate = len(images) / statistics.median(times)
-        rows.append((f"fid: Inception-v3 pool features, {shape[0]}x{shape[1]}x{shape[2]} uint8 input, batch {batch}",
-                     f"{rate:.1f} features/s ({jax.local_device_count()} device(s))"))
+        rows.append(
+            (
+                f"fid: Inception-v3 pool features, {shape[0]}x{shape[1]}x{shape[2]} uint8 input, batch {batch}",
+                f"{rate:.1f} features/s ({jax.local_device_count()} device(s))",
+            )
+        )
     rows.append(("fid: first call (weights load + sha256 + compile), 28x28x1", f"{first:.1f} s"))
     return rows
 
 
-def run(size: dict, sections: list[str], repeats: int, iters: int,
-        report=lambda rows: None, reference_dir: str = "") -> list[tuple[str, str]]:
+def run(
+    size: dict, sections: list[str], repeats: int, iters: int, report=lambda rows: None, reference_dir: str = ""
+) -> list[tuple[str, str]]:
     """The requested sections' rows in the order asked (the pipeline compares against step rates measured here);
     report(rows so far) after each section, so a run cut short keeps what it measured."""
     rows, rates = [], {}
@@ -347,11 +415,14 @@ def main() -> None:
         print(json.dumps(depth_cell(*json.loads(args.child))))
         return
     dev = jax.devices()[0]
-    size = SIZES["gpu" if (args.size == "auto" and dev.platform == "gpu") else
-                 ("cpu" if args.size == "auto" else args.size)]
-    header = (f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}, "
-              f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
-              f"{time.strftime('%Y-%m-%d')}")
+    size = SIZES[
+        "gpu" if (args.size == "auto" and dev.platform == "gpu") else ("cpu" if args.size == "auto" else args.size)
+    ]
+    header = (
+        f"device: {dev.device_kind} ({dev.platform}) x{jax.device_count()}, jax {jax.__version__}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
     sections = args.sections.split(",")
     unknown = sorted(set(sections) - set(ALL_SECTIONS) - set(REFERENCE_SECTIONS))
     if unknown:
@@ -364,9 +435,14 @@ def main() -> None:
     else:
         name += "" if set(sections) == set(ALL_SECTIONS) else "_" + "_".join(sections)
     path = os.path.join(ROOT, "experiments", "results", name + ".md")
-    run(size, sections, args.repeats, args.iters,
+    run(
+        size,
+        sections,
+        args.repeats,
+        args.iters,
         report=lambda rows: write_table(rows, header + f"; load average {os.getloadavg()[0]:.1f}", path),
-        reference_dir=args.reference_dir)
+        reference_dir=args.reference_dir,
+    )
 
 
 if __name__ == "__main__":

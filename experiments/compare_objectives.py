@@ -40,10 +40,10 @@ Every cell runs the commands a user runs (each printed with --dry_run):
           --config.sampling.num_steps=S --config.sampling.variance=V (stage sample_ancestral<S>_<V>;
           its fd and inception stages below write fd_ancestral<S>_<V>.json, inception_...json);
   fd      images: python experiments/feature_net.py --mode=fd (Fréchet distance of classifier
-          features, NOT Inception FID; see vdm/feature_metrics.py); flat toy data: Fréchet distance
+          features, NOT Inception FID; see vdm/evaluation/feature_metrics.py); flat toy data: Fréchet distance
           of the raw coordinates, computed here.
   inception  images: python -m vdm.tools.fid SAMPLES NAME:test --num_b=R --json=CELL/inception.json: Inception
-          FID and KID (the literature's metric; vdm/fid.py) against the first R = --inception_reference
+          FID and KID (the literature's metric; vdm/evaluation/fid.py) against the first R = --inception_reference
           test images, whose statistics are computed once and cached beside the data set.
 The reported ELBO is always the true continuous-time ELBO in bits/dim (whatever the training
 weighting), with its standard error and its three terms; eval T adds the T-step discrete ELBO (a
@@ -77,26 +77,49 @@ from experiments.compare import grid, report, runner
 def _options(F: flags.FlagValues, passed_overrides: list[str]) -> tuple[list[grid.Cell], runner.Options]:
     """(cells, options) of the flags; every cell's config is validated before anything runs."""
     from vdm.data.toy_sets import TOY_DATASETS
+
     base = F.config
     steps = F.steps or base.training.num_steps
     eval_every = grid.eval_interval(steps, F.num_evals, base.training.steps_per_call)
-    cells = grid.enumerate_cells(F.grid, seeds=[int(s) for s in F.seeds], base_schedule=base.model.schedule,
-                                 schedule_weighting=F.schedule_weighting,
-                                 schedule_parameterization=F.schedule_parameterization, patterns=F.cells,
-                                 base_parameterization=base.model.parameterization,
-                                 base_t_sampling=base.loss.t_sampling)
+    cells = grid.enumerate_cells(
+        F.grid,
+        seeds=[int(s) for s in F.seeds],
+        base_schedule=base.model.schedule,
+        schedule_weighting=F.schedule_weighting,
+        schedule_parameterization=F.schedule_parameterization,
+        patterns=F.cells,
+        base_parameterization=base.model.parameterization,
+        base_t_sampling=base.loss.t_sampling,
+    )
     eval_steps = tuple(int(t) for t in F.eval_steps)
     if any(t < 1 for t in eval_steps):
-        raise ValueError(f"--eval_steps={F.eval_steps}: discrete T must be >= 1 (the continuous ELBO is always reported).")
+        raise ValueError(
+            f"--eval_steps={F.eval_steps}: discrete T must be >= 1 (the continuous ELBO is always reported)."
+        )
     ancestral_steps = tuple(int(s) for s in F.ancestral_steps)
     if any(s < 1 for s in ancestral_steps):
         raise ValueError(f"--ancestral_steps={F.ancestral_steps}: sampler steps must be >= 1.")
-    grid.validate_cells(base, cells, steps=steps, eval_every=eval_every, eval_steps=eval_steps,
-                        ancestral_steps=ancestral_steps if F.fd_samples > 0 else ())
-    opts = runner.Options(grid.absolute_config_arg(F["config"].config_filename), tuple(passed_overrides), steps,
-                          eval_every, eval_steps, F.fd_samples, base.data.dataset in TOY_DATASETS,
-                          os.path.abspath(F.feature_net_dir), json.loads(base.data.to_json()),
-                          F.inception_reference, ancestral_steps=ancestral_steps)
+    grid.validate_cells(
+        base,
+        cells,
+        steps=steps,
+        eval_every=eval_every,
+        eval_steps=eval_steps,
+        ancestral_steps=ancestral_steps if F.fd_samples > 0 else (),
+    )
+    opts = runner.Options(
+        grid.absolute_config_arg(F["config"].config_filename),
+        tuple(passed_overrides),
+        steps,
+        eval_every,
+        eval_steps,
+        F.fd_samples,
+        base.data.dataset in TOY_DATASETS,
+        os.path.abspath(F.feature_net_dir),
+        json.loads(base.data.to_json()),
+        F.inception_reference,
+        ancestral_steps=ancestral_steps,
+    )
     return cells, opts
 
 
@@ -111,8 +134,10 @@ def _dry_run(cells: list[grid.Cell], opts: runner.Options, result_dir: str, para
         for x in map(runner.quality_suffix, runner.sample_stages(cmds)):
             npz = f"{cell_dir}/samples/<sample{x}>.npz"
             if opts.flat_data:
-                print(f"[{cell.name}] fd{x}: (in this process) Fréchet distance of {npz} to the test split "
-                      f"-> {cell_dir}/fd{x}.json")
+                print(
+                    f"[{cell.name}] fd{x}: (in this process) Fréchet distance of {npz} to the test split "
+                    f"-> {cell_dir}/fd{x}.json"
+                )
                 continue
             print(f"[{cell.name}] fd{x}: {shlex.join(runner.fd_command(opts, npz, f'{cell_dir}/fd{x}.json'))}")
             if opts.inception_reference > 0:
@@ -120,19 +145,39 @@ def _dry_run(cells: list[grid.Cell], opts: runner.Options, result_dir: str, para
                 print(f"[{cell.name}] inception{x}: {shlex.join(inc)}")
 
 
-def _write_report(F: flags.FlagValues, opts: runner.Options, num_cells: int, result_dir: str, rows: list[dict],
-                  *, hardware: str, parallel, wall_clock_s: float | None, rebuilt: str = "") -> None:
+def _write_report(
+    F: flags.FlagValues,
+    opts: runner.Options,
+    num_cells: int,
+    result_dir: str,
+    rows: list[dict],
+    *,
+    hardware: str,
+    parallel,
+    wall_clock_s: float | None,
+    rebuilt: str = "",
+) -> None:
     """report.write_report with the header of this invocation (config, overrides, grid, hardware, timing)."""
-    header = {"config": F["config"].config_filename, "overrides": " ".join(opts.user_overrides) or "none",
-              "steps": opts.steps, "eval_every": opts.eval_every, "seeds": ",".join(F.seeds),
-              "grid": ",".join(F.grid), "cells_finished": f"{len(rows)} of {num_cells}{rebuilt}",
-              "hardware": hardware, "parallel": parallel, "wall_clock_s": wall_clock_s,
-              "fd_samples": opts.fd_samples, "ancestral_steps": ",".join(map(str, opts.ancestral_steps)),
-              "inception_reference": 0 if opts.flat_data else opts.inception_reference,
-              "fd_features": "data coordinates" if opts.flat_data else f"feature net ({opts.feature_net_dir})",
-              "date": time.strftime("%Y-%m-%d %H:%M")}
-    report.write_report(result_dir, rows, eval_steps=opts.eval_steps, header=header,
-                        base_schedule=F.config.model.schedule)
+    header = {
+        "config": F["config"].config_filename,
+        "overrides": " ".join(opts.user_overrides) or "none",
+        "steps": opts.steps,
+        "eval_every": opts.eval_every,
+        "seeds": ",".join(F.seeds),
+        "grid": ",".join(F.grid),
+        "cells_finished": f"{len(rows)} of {num_cells}{rebuilt}",
+        "hardware": hardware,
+        "parallel": parallel,
+        "wall_clock_s": wall_clock_s,
+        "fd_samples": opts.fd_samples,
+        "ancestral_steps": ",".join(map(str, opts.ancestral_steps)),
+        "inception_reference": 0 if opts.flat_data else opts.inception_reference,
+        "fd_features": "data coordinates" if opts.flat_data else f"feature net ({opts.feature_net_dir})",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    report.write_report(
+        result_dir, rows, eval_steps=opts.eval_steps, header=header, base_schedule=F.config.model.schedule
+    )
 
 
 def _report_only(F: flags.FlagValues, cells: list[grid.Cell], opts: runner.Options, result_dir: str) -> int:
@@ -140,8 +185,17 @@ def _report_only(F: flags.FlagValues, cells: list[grid.Cell], opts: runner.Optio
     rows = runner.report_rows(cells, opts, result_dir)
     if not rows:
         raise FileNotFoundError(f"--report_only: no finished training under {result_dir}/cells for these cells.")
-    _write_report(F, opts, len(cells), result_dir, rows, hardware=" / ".join(sorted({r["hardware"] for r in rows})),
-                  parallel=F.parallel or "?", wall_clock_s=None, rebuilt=" (report rebuilt from the cell folders)")
+    _write_report(
+        F,
+        opts,
+        len(cells),
+        result_dir,
+        rows,
+        hardware=" / ".join(sorted({r["hardware"] for r in rows})),
+        parallel=F.parallel or "?",
+        wall_clock_s=None,
+        rebuilt=" (report rebuilt from the cell folders)",
+    )
     print(f"wrote {result_dir}/results.md from {len(rows)} of {len(cells)} cells")
     return 0
 
@@ -161,19 +215,40 @@ def main(argv: list[str], passed_overrides: list[str]) -> int:
     if F.dry_run:
         _dry_run(cells, opts, result_dir, parallel, gpus)
         return 0
-    if not opts.flat_data and opts.fd_samples > 0 and not os.path.exists(
-            os.path.join(opts.feature_net_dir, "result.json")):
-        raise FileNotFoundError(f"no feature net in {opts.feature_net_dir}: train it once with `make feature-net` "
-                                "(or pass --fd_samples=0 to skip sample quality).")
+    if (
+        not opts.flat_data
+        and opts.fd_samples > 0
+        and not os.path.exists(os.path.join(opts.feature_net_dir, "result.json"))
+    ):
+        raise FileNotFoundError(
+            f"no feature net in {opts.feature_net_dir}: train it once with `make feature-net` "
+            "(or pass --fd_samples=0 to skip sample quality)."
+        )
     if F.report_only:
         return _report_only(F, cells, opts, result_dir)
     hardware = runner.describe_hardware(gpus)
     print(f"{len(cells)} cells x {opts.steps} steps -> {result_dir}; {parallel} at a time on {hardware}", flush=True)
     t0 = time.perf_counter()
-    progress = lambda rows: _write_report(F, opts, len(cells), result_dir, rows, hardware=hardware,  # noqa: E731
-                                          parallel=parallel, wall_clock_s=time.perf_counter() - t0)
-    rows = runner.run_grid(cells, opts, result_dir, parallel=parallel, devices=gpus, hardware=hardware,
-                           log=lambda s: print(s, flush=True), on_progress=progress)   # report so far after each cell
+    progress = lambda rows: _write_report(
+        F,
+        opts,
+        len(cells),
+        result_dir,
+        rows,
+        hardware=hardware,  # noqa: E731
+        parallel=parallel,
+        wall_clock_s=time.perf_counter() - t0,
+    )
+    rows = runner.run_grid(
+        cells,
+        opts,
+        result_dir,
+        parallel=parallel,
+        devices=gpus,
+        hardware=hardware,
+        log=lambda s: print(s, flush=True),
+        on_progress=progress,
+    )  # report so far after each cell
     failed = [r["cell"] for r in rows if r["status"] != "ok"]
     print(f"wrote {result_dir}/results.md" + (f"; FAILED cells: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -190,19 +265,33 @@ def define_flags() -> None:
     flags.DEFINE_string("schedule_parameterization", "eps", "parameterisation of the schedule grid")
     flags.DEFINE_list("cells", None, "fnmatch patterns of the cells to run (default: all)")
     flags.DEFINE_multi_string("override", [], "config.KEY=VALUE passed to every command")
-    flags.DEFINE_integer("parallel", 0, "cells at a time (0: one per GPU, or 1 on a CPU host); more than "
-                         "the GPUs puts several cells on one GPU, splitting its memory")
+    flags.DEFINE_integer(
+        "parallel",
+        0,
+        "cells at a time (0: one per GPU, or 1 on a CPU host); more than "
+        "the GPUs puts several cells on one GPU, splitting its memory",
+    )
     flags.DEFINE_list("eval_steps", ["10", "100", "1000"], "discrete T for extra ELBO evaluations")
-    flags.DEFINE_list("ancestral_steps", ["25", "50", "100"], "sampler steps of the variance grid's ancestral "
-                      "samples (each with every reverse variance of the cell)")
-    flags.DEFINE_integer("fd_samples", 2000, "samples for the Fréchet distance and the Inception FID/KID (0: no sampling)")
-    flags.DEFINE_integer("inception_reference", 10000, "image data: test images of the Inception FID/KID "
-                         "reference (cached once; 0: no Inception FID/KID)")
+    flags.DEFINE_list(
+        "ancestral_steps",
+        ["25", "50", "100"],
+        "sampler steps of the variance grid's ancestral samples (each with every reverse variance of the cell)",
+    )
+    flags.DEFINE_integer(
+        "fd_samples", 2000, "samples for the Fréchet distance and the Inception FID/KID (0: no sampling)"
+    )
+    flags.DEFINE_integer(
+        "inception_reference",
+        10000,
+        "image data: test images of the Inception FID/KID reference (cached once; 0: no Inception FID/KID)",
+    )
     flags.DEFINE_integer("num_evals", 5, "ELBO evaluations during training (the bpd-vs-steps curves)")
     flags.DEFINE_string("feature_net_dir", runner.DEFAULT_FEATURE_NET_DIR, "trained feature net (make feature-net)")
     flags.DEFINE_string("results_root", runner.DEFAULT_RESULTS_ROOT, "parent of the result folder")
     flags.DEFINE_bool("dry_run", False, "print every command, run nothing")
-    flags.DEFINE_bool("report_only", False, "rebuild the report from the cell folders that finished training; run nothing")
+    flags.DEFINE_bool(
+        "report_only", False, "rebuild the report from the cell folders that finished training; run nothing"
+    )
     flags.mark_flags_as_required(["config", "name"])
 
 
@@ -222,7 +311,8 @@ def cli() -> None:
         except (ValueError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    sys.argv = absl_argv                # ml_collections reads the --config.K=V overrides from sys.argv
+
+    sys.argv = absl_argv  # ml_collections reads the --config.K=V overrides from sys.argv
     app.run(_main)
 
 

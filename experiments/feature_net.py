@@ -25,7 +25,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -48,13 +49,14 @@ from vdm.tasks.loop import run
 
 Array = jax.Array
 DEFAULT_WORKDIR = "experiments/results/feature_net"
-FLOOR_SIZES = (1000, 2000, 5000, 10000)   # N of the train-vs-test Fréchet floor in result.json
-IMAGE_SHAPE = (28, 28, 1)                 # the grey 28x28 images of config.data.dataset
+FLOOR_SIZES = (1000, 2000, 5000, 10000)  # N of the train-vs-test Fréchet floor in result.json
+IMAGE_SHAPE = (28, 28, 1)  # the grey 28x28 images of config.data.dataset
 DATASETS = ("fashion_mnist", "mnist")
 
 
 class FeatureNet(nn.Module):
     """Conv classifier: per level two 3x3 convs (ReLU) and a 2x2 max-pool, Dense(feature_dim) ReLU, Dense(num_classes)."""
+
     num_classes: int
     widths: tuple[int, ...] = (32, 64)
     feature_dim: int = 128
@@ -79,12 +81,17 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     """Raise ConfigError (a ValueError) naming the first invalid field of a feature_net config."""
     err = validation.ConfigError
     if config.data.dataset not in DATASETS:
-        raise err(f"config.data.dataset={config.data.dataset!r}: the feature net is for 28x28 grey images; "
-                  "choose 'fashion_mnist' or 'mnist'.")
+        raise err(
+            f"config.data.dataset={config.data.dataset!r}: the feature net is for 28x28 grey images; "
+            "choose 'fashion_mnist' or 'mnist'."
+        )
     if not config.model.widths or any(int(w) < 1 for w in config.model.widths):
         raise err(f"config.model.widths={tuple(config.model.widths)} must be positive channel counts.")
-    for name, value in (("seed", config.seed), ("model.feature_dim", config.model.feature_dim),
-                        ("eval.batch_size", config.eval.batch_size)):
+    for name, value in (
+        ("seed", config.seed),
+        ("model.feature_dim", config.model.feature_dim),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
             raise err(f"config.{name}={value!r} must be an integer >= {0 if name == 'seed' else 1}.")
     if not 0.0 <= config.model.dropout < 1.0:
@@ -110,9 +117,8 @@ def extract(model: FeatureNet, params: Any, x: np.ndarray, batch_size: int = 100
     """(logits [N, num_classes], features [N, feature_dim]) of images x [N, H, W, C] (uint8 or in [-1, 1])."""
     apply = jax.jit(lambda p, xb: model.apply({"params": p}, xb, train=False))
     x = to_model_input(x)
-    outs = [apply(params, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return (np.concatenate([np.asarray(o[0]) for o in outs]),
-            np.concatenate([np.asarray(o[1]) for o in outs]))
+    outs = [apply(params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return (np.concatenate([np.asarray(o[0]) for o in outs]), np.concatenate([np.asarray(o[1]) for o in outs]))
 
 
 @functools.lru_cache(maxsize=4)
@@ -127,6 +133,7 @@ class FeatureNetTask:
 
     data: {'train': (x uint8 [N, H, W, C], y int [N]), 'test': (...)}; None when only restoring.
     """
+
     config: ml_collections.ConfigDict
     model: FeatureNet
     optimizer: Optimizer
@@ -182,10 +189,12 @@ class FeatureNetTask:
 def heldout_accuracy(task: FeatureNetTask, params: Any, mesh: Any) -> float:
     """Fraction of task.data['test'] classified correctly with `params`, in global batches of config.eval.batch_size."""
     if "accuracy_fn" not in task.cache:
+
         def per_device(params, batch, key):
             """Per-example correctness [B_local] on this device's shard."""
             logits, _ = task.model.apply({"params": params}, batch["x"], train=False)
             return jnp.argmax(logits, -1) == batch["label"]
+
         task.cache["accuracy_fn"] = parallel.data_parallel_eval(per_device, mesh)
     fn, size = task.cache["accuracy_fn"], task.config.eval.batch_size
     x_all, y_all = task.data["test"]
@@ -193,7 +202,7 @@ def heldout_accuracy(task: FeatureNetTask, params: Any, mesh: Any) -> float:
     for start in range(0, len(y_all), size):
         idx = np.arange(start, start + size)
         mask = idx < len(y_all)
-        idx = np.where(mask, idx, idx % len(y_all))       # the last batch padded, masked out below
+        idx = np.where(mask, idx, idx % len(y_all))  # the last batch padded, masked out below
         batch = {"x": encoding.encode(x_all[idx]), "label": np.asarray(y_all[idx], np.int32)}
         batch = parallel.shard_batch(parallel.host_slice(batch, size), mesh)
         hits.append(np.asarray(parallel.gather(fn(params, batch, jax.random.PRNGKey(0))))[mask])
@@ -221,10 +230,12 @@ def _cached_result(config: ml_collections.ConfigDict, workdir: str) -> dict | No
         return None
     with open(config_path) as f:
         if json.load(f) != json.loads(config.to_json()):
-            raise ValueError(f"{workdir} holds a feature net trained with another config; pass another "
-                             "--workdir or delete that folder.")
+            raise ValueError(
+                f"{workdir} holds a feature net trained with another config; pass another "
+                "--workdir or delete that folder."
+            )
     if not os.path.exists(result_path):
-        return None                                   # unfinished: run() resumes from its checkpoints
+        return None  # unfinished: run() resumes from its checkpoints
     with open(result_path) as f:
         return {**json.load(f), "cached": True}
 
@@ -246,18 +257,25 @@ def _measure(task: FeatureNetTask, params: Any, workdir: str) -> dict:
     correct = np.argmax(logits, -1) == y_test
     mu, cov = feature_metrics.gaussian_stats(feats)
     if jax.process_index() == 0:
-        atomic_write(os.path.join(workdir, "test_stats.npz"),
-                     lambda f: np.savez(f, mu=mu, cov=cov, num=len(feats)), binary=True)
-    _, train_feats = extract(task.model, params, x_train[:max(FLOOR_SIZES)], batch_size)
-    floor = {str(n): feature_metrics.frechet_distance(*feature_metrics.gaussian_stats(train_feats[:n]), mu, cov)
-             for n in FLOOR_SIZES if 1 < n <= len(train_feats)}
+        atomic_write(
+            os.path.join(workdir, "test_stats.npz"), lambda f: np.savez(f, mu=mu, cov=cov, num=len(feats)), binary=True
+        )
+    _, train_feats = extract(task.model, params, x_train[: max(FLOOR_SIZES)], batch_size)
+    floor = {
+        str(n): feature_metrics.frechet_distance(*feature_metrics.gaussian_stats(train_feats[:n]), mu, cov)
+        for n in FLOOR_SIZES
+        if 1 < n <= len(train_feats)
+    }
     acc = float(correct.mean())
-    return {"test_accuracy": acc, "test_accuracy_se": float(np.sqrt(acc * (1 - acc) / len(correct))),
-            "num_test": int(len(correct)), "fd_train_vs_test": floor}
+    return {
+        "test_accuracy": acc,
+        "test_accuracy_se": float(np.sqrt(acc * (1 - acc) / len(correct))),
+        "num_test": int(len(correct)),
+        "fd_train_vs_test": floor,
+    }
 
 
-def train_feature_net(config: ml_collections.ConfigDict, workdir: str, *,
-                      data: dict | None = None) -> dict:
+def train_feature_net(config: ml_collections.ConfigDict, workdir: str, *, data: dict | None = None) -> dict:
     """Train the classifier through vdm.tasks.loop.run in `workdir` (resuming), save the test-feature stats; return result.json.
 
     data: optional {'train': (x, y), 'test': (x, y)} with x [N, H, W, C] uint8 and y int [N]
@@ -275,12 +293,18 @@ def train_feature_net(config: ml_collections.ConfigDict, workdir: str, *,
     task = build_task(config, num_classes, data)
     run(task, parallel.make_mesh(), workdir)
     result = _measure(task, _restore(task, workdir), workdir)
-    result.update({"num_train": int(len(data["train"][1])), "num_classes": num_classes,
-                   "num_steps": int(config.training.num_steps), "feature_dim": int(config.model.feature_dim),
-                   "train_seconds": time.perf_counter() - t0, "backend": jax.default_backend()})
-    if jax.process_index() == 0:              # result.json last: its presence marks a finished run
-        atomic_write(os.path.join(workdir, "result.json"),
-                     lambda f: json.dump(result, f, indent=2, sort_keys=True))
+    result.update(
+        {
+            "num_train": int(len(data["train"][1])),
+            "num_classes": num_classes,
+            "num_steps": int(config.training.num_steps),
+            "feature_dim": int(config.model.feature_dim),
+            "train_seconds": time.perf_counter() - t0,
+            "backend": jax.default_backend(),
+        }
+    )
+    if jax.process_index() == 0:  # result.json last: its presence marks a finished run
+        atomic_write(os.path.join(workdir, "result.json"), lambda f: json.dump(result, f, indent=2, sort_keys=True))
     return {**result, "cached": False}
 
 
@@ -288,8 +312,10 @@ def load_feature_net(workdir: str) -> tuple[FeatureNet, Any, ml_collections.Conf
     """(model, params, config) of the feature net trained in `workdir`; FileNotFoundError says how to train it."""
     result_path = os.path.join(workdir, "result.json")
     if not os.path.exists(result_path):
-        raise FileNotFoundError(f"no trained feature net in {workdir}; train it once with `make feature-net` or "
-                                f"python experiments/feature_net.py --config=configs/feature_net.py --workdir={workdir}")
+        raise FileNotFoundError(
+            f"no trained feature net in {workdir}; train it once with `make feature-net` or "
+            f"python experiments/feature_net.py --config=configs/feature_net.py --workdir={workdir}"
+        )
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     with open(result_path) as f:
@@ -322,7 +348,8 @@ def main(argv: list[str]) -> int:
     """CLI: --mode=train (cached) prints result.json; --mode=fd writes the distance of --samples to --out."""
     from absl import flags
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)   # orbax's info lines are noise here
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's info lines are noise here
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -332,8 +359,10 @@ def main(argv: list[str]) -> int:
         result = train_feature_net(FLAGS.config, FLAGS.workdir)
         print(json.dumps(result, indent=1, sort_keys=True))
         if not result["cached"]:
-            print(f"feature net: test accuracy {100 * result['test_accuracy']:.2f}% "
-                  f"(+- {100 * result['test_accuracy_se']:.2f}) in {result['train_seconds']:.0f} s")
+            print(
+                f"feature net: test accuracy {100 * result['test_accuracy']:.2f}% "
+                f"(+- {100 * result['test_accuracy_se']:.2f}) in {result['train_seconds']:.0f} s"
+            )
         return 0
     if not FLAGS.samples or not FLAGS.out:
         raise ValueError("--mode=fd needs --samples=FILE.npz and --out=FILE.json")
@@ -341,8 +370,12 @@ def main(argv: list[str]) -> int:
         result = fd_to_test_set(f["samples"], FLAGS.workdir)
     result["samples"] = os.path.abspath(FLAGS.samples)
     with open(FLAGS.out, "w") as f:
-        json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                   for k, v in result.items()}, f, indent=1, sort_keys=True)
+        json.dump(
+            {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()},
+            f,
+            indent=1,
+            sort_keys=True,
+        )
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -350,8 +383,10 @@ def main(argv: list[str]) -> int:
 if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "feature net config (configs/feature_net.py[:small])",
-                                    lock_config=True)
+
+    config_flags.DEFINE_config_file(
+        "config", None, "feature net config (configs/feature_net.py[:small])", lock_config=True
+    )
     flags.DEFINE_string("workdir", DEFAULT_WORKDIR, "where the trained feature net lives (cache)")
     flags.DEFINE_enum("mode", "train", ("train", "fd"), "train (cached) or fd (distance of --samples)")
     flags.DEFINE_string("samples", None, "fd: .npz with 'samples' [N, H, W, C] in [-1, 1]")

@@ -35,8 +35,10 @@ def floor_rows(dataset: str, sizes: list[int], resize: str) -> list[str]:
         score = fid.fid_from_features(a, b)
         kid, kid_se = fid.kid_from_features(a, b, num_subsets=100, subset_size=1000)
         kid10, kid10_se = fid.kid_from_features(a, b, num_subsets=10, subset_size=n // 10)
-        rows.append(f"| {n} | {score:.3f} | {1e3 * kid:.3f} ± {1e3 * kid_se:.3f} | "
-                    f"{1e3 * kid10:.3f} ± {1e3 * kid10_se:.3f} | {time.perf_counter() - t:.0f} |")
+        rows.append(
+            f"| {n} | {score:.3f} | {1e3 * kid:.3f} ± {1e3 * kid_se:.3f} | "
+            f"{1e3 * kid10:.3f} ± {1e3 * kid10_se:.3f} | {time.perf_counter() - t:.0f} |"
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -49,16 +51,21 @@ def main() -> None:
     p.add_argument("--resize", default="tf1", choices=fid.RESIZE_MODES)
     args = p.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    head = ["| N (train vs test) | FID | KID x 1e3, 100 subsets of min(1000, N) | "
-            "KID x 1e3, 10 disjoint subsets of N/10 | metric seconds |", "|---|---|---|---|---|"]
+    head = [
+        "| N (train vs test) | FID | KID x 1e3, 100 subsets of min(1000, N) | "
+        "KID x 1e3, 10 disjoint subsets of N/10 | metric seconds |",
+        "|---|---|---|---|---|",
+    ]
     rows = floor_rows(args.dataset, sizes, args.resize)
     path = os.path.join(ROOT, "experiments", "results", "fid_floor.md")
     with open(path, "w") as f:
-        f.write(f"# Inception FID / KID floor: {args.dataset} train vs test\n\n"
-                f"First N images of each split; Inception-v3 2015-12-05 pool features (vdm.fid), resize "
-                f"{args.resize}; {time.strftime('%Y-%m-%d')}.\n\n" + "\n".join(head + rows) + "\n\n"
-                f"Measured by `python experiments/fid_floor.py --dataset={args.dataset} --sizes={args.sizes} "
-                f"--resize={args.resize}`.\n")
+        f.write(
+            f"# Inception FID / KID floor: {args.dataset} train vs test\n\n"
+            f"First N images of each split; Inception-v3 2015-12-05 pool features (vdm.fid), resize "
+            f"{args.resize}; {time.strftime('%Y-%m-%d')}.\n\n" + "\n".join(head + rows) + "\n\n"
+            f"Measured by `python experiments/fid_floor.py --dataset={args.dataset} --sizes={args.sizes} "
+            f"--resize={args.resize}`.\n"
+        )
     print(f"wrote {os.path.relpath(path, ROOT)}")
 
 

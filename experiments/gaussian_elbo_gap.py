@@ -33,8 +33,9 @@ def closed_form_gap(num_steps: int) -> float:
         diff = 0.5 * (f(G1) - f(G0))
     else:
         g = G0 + (G1 - G0) * np.arange(num_steps + 1) / num_steps
-        diff = sum(0.5 * np.expm1(g[i] - g[i - 1]) * np.sum(s**2 / (s**2 + np.exp(g[i])))
-                   for i in range(1, num_steps + 1))
+        diff = sum(
+            0.5 * np.expm1(g[i] - g[i - 1]) * np.sum(s**2 / (s**2 + np.exp(g[i]))) for i in range(1, num_steps + 1)
+        )
     return rec + prior + diff - np.sum(0.5 * np.log(2 * np.pi * s**2) + 0.5)
 
 
@@ -55,11 +56,16 @@ def main(argv: list[str]) -> None:
     nll = np.sum(0.5 * np.log(2 * np.pi * SCALES**2) + 0.5 * x**2 / SCALES**2, axis=1)
     rows = ["| T | MC E[-ELBO - NLL] (nats) | std. error | closed form |", "|---|---|---|---|"]
     for T in (0, 10, 100, 1000):
-        fn = jax.jit(lambda x, k: objectives.elbo(denoise, x, k, schedule=sched, num_steps=T,
-                                                  decoder="gaussian", antithetic=True)["total"])
+        fn = jax.jit(
+            lambda x, k: objectives.elbo(
+                denoise, x, k, schedule=sched, num_steps=T, decoder="gaussian", antithetic=True
+            )["total"]
+        )
         gap = np.asarray(fn(jnp.asarray(x, jnp.float32), jax.random.PRNGKey(args.seed + T)), np.float64) - nll
         label = "continuous" if T == 0 else str(T)
-        rows.append(f"| {label} | {gap.mean():+.4f} | {gap.std() / math.sqrt(args.n):.4f} | {closed_form_gap(T):+.4f} |")
+        rows.append(
+            f"| {label} | {gap.mean():+.4f} | {gap.std() / math.sqrt(args.n):.4f} | {closed_form_gap(T):+.4f} |"
+        )
     # The probability-flow ODE likelihood of the same model (vdm.likelihood.ode_nll): its expected
     # gap to the NLL is KL(q(z_1) || N(0, I)) = the closed-form prior mismatch below.
     a1, v1 = 1 / (1 + math.exp(G1)), 1 / (1 + math.exp(-G1))
@@ -69,8 +75,10 @@ def main(argv: list[str]) -> None:
     for trace in ("exact", "hutchinson"):
         fn = jax.jit(lambda x, k: likelihood.ode_nll(denoise, x, k, schedule=sched, num_steps=64, trace=trace))
         gap = np.asarray(fn(xo, jax.random.PRNGKey(args.seed + 7)), np.float64) - nll[:n_ode]
-        rows.append(f"| ODE, {trace} trace, 64 RK4 steps, n={n_ode} | {gap.mean():+.4f} | "
-                    f"{gap.std() / math.sqrt(n_ode):.4f} | {prior_mismatch:+.4f} |")
+        rows.append(
+            f"| ODE, {trace} trace, 64 RK4 steps, n={n_ode} | {gap.mean():+.4f} | "
+            f"{gap.std() / math.sqrt(n_ode):.4f} | {prior_mismatch:+.4f} |"
+        )
     table = "\n".join(rows)
     print(table)
     out = pathlib.Path(__file__).parent / "results" / "gaussian_elbo_gap.md"

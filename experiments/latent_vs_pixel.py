@@ -38,8 +38,19 @@ import time
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLUMNS = ("model", "bpd", "bpd_se", "fid", "kid", "kid_se", "train_s_per_image", "sample_s_per_image",
-           "num_samples", "num_reference", "train_steps")
+COLUMNS = (
+    "model",
+    "bpd",
+    "bpd_se",
+    "fid",
+    "kid",
+    "kid_se",
+    "train_s_per_image",
+    "sample_s_per_image",
+    "num_samples",
+    "num_reference",
+    "train_steps",
+)
 
 
 def run_command(args: list[str]) -> None:
@@ -112,16 +123,26 @@ def _sample_and_score(workdir: str, num: int, steps: int, fid: bool, num_referen
     chunk = min(num, 100)
     sampler = task.sampler(chunk)
     key = jax.random.PRNGKey(config.seed + 7)
-    jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, 10**6)))   # compile (a key no chunk uses)
+    jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, 10**6)))  # compile (a key no chunk uses)
     t0 = time.perf_counter()
-    samples = np.concatenate([np.asarray(jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, i))))
-                              for i in range(-(-num // chunk))])[:num]
+    samples = np.concatenate(
+        [
+            np.asarray(jax.block_until_ready(sampler(state.ema_params, jax.random.fold_in(key, i))))
+            for i in range(-(-num // chunk))
+        ]
+    )[:num]
     out = {"sample_s_per_image": (time.perf_counter() - t0) / num, "num_samples": num}
     np.savez(os.path.join(workdir, f"latent_vs_pixel_samples_{num}_{steps}.npz"), samples=samples)
     if fid:
         from vdm import fid as fid_lib
-        scores = fid_lib.score_samples(samples, f"{config.data.dataset}:train", num_reference=num_reference,
-                                       encoding_name=model.info.encoding, kid_subset_size=min(1000, num))
+
+        scores = fid_lib.score_samples(
+            samples,
+            f"{config.data.dataset}:train",
+            num_reference=num_reference,
+            encoding_name=task.data_info.encoding,
+            kid_subset_size=min(1000, num),
+        )
         out.update(fid=scores["fid"], kid=scores["kid"], kid_se=scores["kid_se"], num_reference=scores["num_reference"])
     return out
 
@@ -129,20 +150,33 @@ def _sample_and_score(workdir: str, num: int, steps: int, fid: bool, num_referen
 def budget_steps(latent: list[str], probe_dir: str, seconds: float, probe: int) -> int:
     """The prior's steps (a multiple of 100, at least `probe`) that fill `seconds` at the steady rate of a `probe`-step
     run logged every probe/10 steps (its compilation, in the first window, left out)."""
-    run_command(latent + [f"--config.training.num_steps={probe}", f"--config.training.eval_every={probe}",
-                          f"--config.training.log_every={probe // 10}", "--config.eval.max_examples=200",
-                          f"--workdir={probe_dir}"])
+    run_command(
+        latent
+        + [
+            f"--config.training.num_steps={probe}",
+            f"--config.training.eval_every={probe}",
+            f"--config.training.log_every={probe // 10}",
+            "--config.eval.max_examples=200",
+            f"--workdir={probe_dir}",
+        ]
+    )
     return max(probe, int(round(max(seconds, 0.0) * steady_rate(probe_dir) / 100)) * 100)
 
 
-def measure(name: str, workdir: str, extra_seconds: float, num: int, sample_steps: int, fid: bool,
-            num_reference: int = 10_000) -> dict:
+def measure(
+    name: str, workdir: str, extra_seconds: float, num: int, sample_steps: int, fid: bool, num_reference: int = 10_000
+) -> dict:
     """One row of the table: the run's bound (final eval), training seconds per image (+ extra_seconds), samples."""
     seconds, n_steps, batch = train_seconds(workdir)
     result = final_eval(workdir)
-    row = {"model": name, "bpd": result["eval/bpd"], "bpd_se": result["eval/bpd_se"],
-           "train_s_per_image": (seconds + extra_seconds) / (n_steps * batch), "train_steps": n_steps,
-           **sample_and_score(workdir, num, sample_steps, fid, num_reference)}
+    row = {
+        "model": name,
+        "bpd": result["eval/bpd"],
+        "bpd_se": result["eval/bpd_se"],
+        "train_s_per_image": (seconds + extra_seconds) / (n_steps * batch),
+        "train_steps": n_steps,
+        **sample_and_score(workdir, num, sample_steps, fid, num_reference),
+    }
     return {k: row.get(k, "") for k in COLUMNS}
 
 
@@ -151,38 +185,53 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default="runs/latent_vs_pixel")
     p.add_argument("--fid_samples", type=int, default=500)
-    p.add_argument("--fid_reference_examples", type=int, default=10_000,
-                   help="the train split's first N as the reference (cached once; all 60,000 take 1.5-2 h on 2 CPU cores)")
+    p.add_argument(
+        "--fid_reference_examples",
+        type=int,
+        default=10_000,
+        help="the train split's first N as the reference (cached once; all 60,000 take 1.5-2 h on 2 CPU cores)",
+    )
     p.add_argument("--sample_steps", type=int, default=100)
     p.add_argument("--latent_steps", type=int, default=0, help="the latent prior's steps (0: the pixel model's budget)")
     p.add_argument("--out", default="experiments/results/latent_vs_pixel.csv")
     p.add_argument("--tiny", action="store_true", help="`:small` configs, 8 samples, no FID")
-    p.add_argument("--small_kl", action="store_true", help="add a row: the autoencoder of `:small_kl` (KL weight 1e-3, "
-                   "latent diffusion's usual recipe) and its prior, at the same budget")
+    p.add_argument(
+        "--small_kl",
+        action="store_true",
+        help="add a row: the autoencoder of `:small_kl` (KL weight 1e-3, "
+        "latent diffusion's usual recipe) and its prior, at the same budget",
+    )
     a = p.parse_args(argv)
     small = ",small" if a.tiny else ""
     root = os.path.abspath(a.root)
     pixel = os.path.join(root, "pixel")
-    run_command(["-m", "vdm.main", f"--config=configs/fashion_mnist.py{':small' if a.tiny else ''}",
-                 f"--workdir={pixel}"])
+    run_command(
+        ["-m", "vdm.main", f"--config=configs/fashion_mnist.py{':small' if a.tiny else ''}", f"--workdir={pixel}"]
+    )
     pixel_s, pixel_steps, pixel_batch = train_seconds(pixel)
     print(f"pixel: {pixel_steps} steps x {pixel_batch} in {pixel_s:.0f} s of training", flush=True)
     num = 8 if a.tiny else a.fid_samples
     sample_steps = 5 if a.tiny else a.sample_steps
     ref = a.fid_reference_examples
     rows = [measure("pixel", pixel, 0.0, num, sample_steps, not a.tiny, ref)]
-    for name, variant in (("latent", ""), ("latent_small_kl", "small_kl"))[:2 if a.small_kl else 1]:
+    for name, variant in (("latent", ""), ("latent_small_kl", "small_kl"))[: 2 if a.small_kl else 1]:
         ae = os.path.join(root, "ae" + (f"_{variant}" if variant else ""))
         ae_variants = ",".join(filter(None, (variant, "small" if a.tiny else "")))
         ae_config = "configs/fashion_mnist_ae.py" + (f":{ae_variants}" if ae_variants else "")
         run_command(["-m", "vdm.main", f"--config={ae_config}", f"--workdir={ae}"])
         ae_s = train_seconds(ae)[0]
         workdir = os.path.join(root, name)
-        latent = ["-m", "vdm.main", f"--config=configs/fashion_mnist.py:latent{small}",
-                  f"--config.latent.autoencoder_workdir={ae}"]
+        latent = [
+            "-m",
+            "vdm.main",
+            f"--config=configs/fashion_mnist.py:latent{small}",
+            f"--config.latent.autoencoder_workdir={ae}",
+        ]
         steps = a.latent_steps or budget_steps(latent, workdir + "_probe", pixel_s - ae_s, 20 if a.tiny else 200)
-        run_command(latent + [f"--config.training.num_steps={steps}", f"--config.training.eval_every={steps}",
-                              f"--workdir={workdir}"])
+        run_command(
+            latent
+            + [f"--config.training.num_steps={steps}", f"--config.training.eval_every={steps}", f"--workdir={workdir}"]
+        )
         print(f"{name}: autoencoder {ae_s:.0f} s + prior {steps} steps", flush=True)
         rows.append(measure(name, workdir, ae_s, num, sample_steps, not a.tiny, ref))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
@@ -190,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
-          f"{os.getloadavg()[0]:.1f} now")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load "
+        f"{os.getloadavg()[0]:.1f} now"
+    )
     print(",".join(COLUMNS))
     for r in rows:
         print(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in r.values()))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the VDM paper config (issue 9), under 8 minutes on one GPU:
+# The GPU check of the VDM paper config, under 8 minutes on one GPU:
 #   1. experiments/benchmark.py's GPU rows: compile seconds and step time for 2/8/32 layers
 #      (unrolled vs nn.scan), the paper config (width 128, 32 layers, batch 128) in float32 and
 #      bfloat16 with images/s and MFU against the reference's 886 images/s, and the input pipeline;

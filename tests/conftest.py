@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -30,8 +30,14 @@ def load_config(name: str, arg: str | None = None):
 def run_cli(args: list[str], *, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m vdm.main ARGS` from the repo root; returns the completed process (text output)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vdm.main", *args], cwd=REPO_ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vdm.main", *args],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -40,8 +46,9 @@ def repo_root() -> str:
     return REPO_ROOT
 
 
-def sigkill_past_checkpoint(cmd: list[str], workdir: str, logged_steps: Callable[[str], set | dict],
-                            *, timeout: float = 180) -> None:
+def sigkill_past_checkpoint(
+    cmd: list[str], workdir: str, logged_steps: Callable[[str], set | dict], *, timeout: float = 180
+) -> None:
     """Start `python CMD` from the repo root and SIGKILL it once it has logged 3 steps past its newest checkpoint
     in workdir/checkpoints (logged_steps(workdir): the steps metrics.jsonl holds so far)."""
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -50,7 +57,7 @@ def sigkill_past_checkpoint(cmd: list[str], workdir: str, logged_steps: Callable
     while time.time() < deadline and p.poll() is None:
         done = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if os.path.isdir(ckpt_dir) else []
         if done and max(logged_steps(workdir), default=-1) - max(done) >= 3:
-            break                                  # a checkpoint, then a few uncheckpointed steps
+            break  # a checkpoint, then a few uncheckpointed steps
         time.sleep(0.003)
     assert p.poll() is None, "the run ended before it could be killed"
     os.kill(p.pid, signal.SIGKILL)

@@ -15,10 +15,15 @@ from vdm.infra.checkpoint import CheckpointCorruptError, Checkpointer
 def _state(step: int) -> dict:
     """A small train-state-like pytree whose values depend on the step."""
     rng = np.random.default_rng(step)
-    return {"step": np.array(step, np.int32), "key": np.array([7, step], np.uint32),
-            "params": {"w": rng.standard_normal((4, 3)).astype(np.float32),
-                       "b": rng.standard_normal((3,)).astype(np.float32)},
-            "opt_state": (np.zeros((), np.int32), {"mu": rng.standard_normal((4, 3)).astype(np.float32)})}
+    return {
+        "step": np.array(step, np.int32),
+        "key": np.array([7, step], np.uint32),
+        "params": {
+            "w": rng.standard_normal((4, 3)).astype(np.float32),
+            "b": rng.standard_normal((3,)).astype(np.float32),
+        },
+        "opt_state": (np.zeros((), np.int32), {"mu": rng.standard_normal((4, 3)).astype(np.float32)}),
+    }
 
 
 def _assert_equal(a: dict, b: dict) -> None:
@@ -31,6 +36,7 @@ def _assert_equal(a: dict, b: dict) -> None:
 
 def _leaves(tree):
     import jax
+
     return [np.asarray(v) for v in jax.tree.leaves(tree)]
 
 
@@ -41,8 +47,7 @@ def _save_steps(directory: str, steps, keep: int = 5) -> None:
 
 
 def _step_files(directory: str, step: int) -> list[str]:
-    return [f for f in glob.glob(os.path.join(directory, str(step), "**", "*"), recursive=True)
-            if os.path.isfile(f)]
+    return [f for f in glob.glob(os.path.join(directory, str(step), "**", "*"), recursive=True) if os.path.isfile(f)]
 
 
 def test_round_trip_is_exact_and_keeps_only_the_newest(tmp_path):
@@ -86,7 +91,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous_and_deletes_nothing(tm
     assert step == 2
     _assert_equal(state, _state(2))
     assert any("step 3" in r.getMessage() and "falling back" in r.getMessage() for r in caplog.records)
-    assert sorted(glob.glob(os.path.join(d, "**"), recursive=True)) == before   # nothing deleted
+    assert sorted(glob.glob(os.path.join(d, "**"), recursive=True)) == before  # nothing deleted
 
 
 def test_silent_bit_flip_in_array_data_is_caught_by_the_checksum(tmp_path, caplog):
@@ -98,14 +103,17 @@ def test_silent_bit_flip_in_array_data_is_caught_by_the_checksum(tmp_path, caplo
         import orbax.checkpoint as ocp
 
         from vdm.infra.checkpoint import _flatten
+
         bad = _flatten(_state(2))
         bad["['params']['b']"] = bad["['params']['b']"] + np.float32(1e-3)
         meta = ckpt._manager.restore(2, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     import shutil
+
     shutil.rmtree(os.path.join(d, "2"))
     with ocp.CheckpointManager(d, item_names=("state", "meta")) as manager:
-        manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(bad),
-                                                meta=ocp.args.JsonSave(meta)), force=True)
+        manager.save(
+            2, args=ocp.args.Composite(state=ocp.args.StandardSave(bad), meta=ocp.args.JsonSave(meta)), force=True
+        )
     with caplog.at_level(logging.WARNING, logger="vdm.infra.checkpoint"):
         with Checkpointer(d) as ckpt:
             with pytest.raises(CheckpointCorruptError, match="checksum"):
@@ -142,6 +150,7 @@ def test_state_of_another_shape_is_a_mismatch_not_corruption(tmp_path):
     """Intact checkpoints of another config: CheckpointMismatchError naming the entry and both shapes; no
     fallback to an older step (they are all the other config's), nothing moved or deleted."""
     from vdm.infra.checkpoint import CheckpointMismatchError
+
     d = str(tmp_path / "ckpt")
     _save_steps(d, [1, 2])
     other = _state(0)
@@ -163,9 +172,19 @@ def test_unrolled_checkpoint_into_scanned_config_names_the_conversion(tmp_path):
 
     rng = np.random.default_rng(0)
     block = lambda: {"conv0": {"kernel": rng.standard_normal((3, 2)).astype(np.float32)}}
-    unrolled = {"step": np.array(1, np.int32),
-                "params": {"model": {"down_0": block(), "down_1": block(), "up_0": block(), "up_1": block(),
-                                     "up_2": block(), "conv_out": {"bias": np.zeros(2, np.float32)}}}}
+    unrolled = {
+        "step": np.array(1, np.int32),
+        "params": {
+            "model": {
+                "down_0": block(),
+                "down_1": block(),
+                "up_0": block(),
+                "up_1": block(),
+                "up_2": block(),
+                "conv_out": {"bias": np.zeros(2, np.float32)},
+            }
+        },
+    }
     d = str(tmp_path / "ckpt")
     with Checkpointer(d) as ckpt:
         assert ckpt.save(1, unrolled)
@@ -178,8 +197,10 @@ def test_unrolled_checkpoint_into_scanned_config_names_the_conversion(tmp_path):
         # Restoring in the saved layout, then converting, gives the same arrays.
         state, _ = ckpt.restore_latest(maybe_convert_params(scanned, scanned=False))
     back = maybe_convert_params(state, scanned=True)
-    np.testing.assert_array_equal(back["params"]["model"]["up"]["block"]["conv0"]["kernel"],
-                                  scanned["params"]["model"]["up"]["block"]["conv0"]["kernel"])
+    np.testing.assert_array_equal(
+        back["params"]["model"]["up"]["block"]["conv0"]["kernel"],
+        scanned["params"]["model"]["up"]["block"]["conv0"]["kernel"],
+    )
 
 
 def test_a_run_resumes_across_block_layouts_with_the_same_function(tmp_path):
@@ -218,4 +239,4 @@ def test_a_run_resumes_across_block_layouts_with_the_same_function(tmp_path):
     out_scanned = scanned.denoise_fn(restored.params)(z, t)
     out_unrolled = unrolled.denoise_fn(state.params)(z, t)
     np.testing.assert_allclose(out_scanned, out_unrolled, rtol=1e-5, atol=1e-5)
-    assert float(jnp.max(jnp.abs(out_unrolled))) > 1e-3          # a non-trivial output was compared
+    assert float(jnp.max(jnp.abs(out_unrolled))) > 1e-3  # a non-trivial output was compared

@@ -34,11 +34,11 @@ def test_train_end_to_end_with_each_parameterization(tmp_path, parameterization)
     for key in ("eval/bpd", "eval/bpd_recon", "eval/bpd_prior", "eval/bpd_diffusion", "eval/bpd_se"):
         assert np.isfinite(evals[-1][key]), key
     total = sum(evals[-1][f"eval/bpd{s}"] for s in ("_recon", "_prior", "_diffusion"))
-    assert abs(total - evals[-1]["eval/bpd"]) <= 1e-6 * abs(total) + 1e-6   # the terms add up (float32)
-    assert evals[-1]["eval/num_examples"] == 512              # the whole toy test split
+    assert abs(total - evals[-1]["eval/bpd"]) <= 1e-6 * abs(total) + 1e-6  # the terms add up (float32)
+    assert evals[-1]["eval/num_examples"] == 512  # the whole toy test split
     png = os.path.join(wd, "samples", "step_0000004.png")
     assert Image.open(png).size[0] > 0
-    assert Image.open(os.path.join(wd, "bpd.png")).size[0] > 0   # the bits/dim figure
+    assert Image.open(os.path.join(wd, "bpd.png")).size[0] > 0  # the bits/dim figure
     config = json.load(open(os.path.join(wd, "config.json")))
     assert config["model"]["parameterization"] == parameterization
     assert os.path.exists(os.path.join(wd, "config.yaml"))
@@ -52,20 +52,29 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
     assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
     proc = run_cli(TINY + [f"--workdir={wd}", "--mode=eval", "--config.eval.num_steps=10"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert np.isfinite(result["eval/bpd"]) and result["eval/num_steps"] == 10
-    proc = run_cli(TINY + [f"--workdir={wd}", "--mode=sample", "--config.sampling.method=ddim",
-                           "--config.sampling.num_steps=5", "--config.sampling.num_samples=20"])
+    proc = run_cli(
+        TINY
+        + [
+            f"--workdir={wd}",
+            "--mode=sample",
+            "--config.sampling.method=ddim",
+            "--config.sampling.num_steps=5",
+            "--config.sampling.num_samples=20",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     png = proc.stdout.strip().splitlines()[-1]
     assert png.endswith(".png") and "ddim5" in png and os.path.exists(png)
     samples = np.load(png[:-4] + ".npz")["samples"]
     assert samples.shape == (20, 2) and np.all(np.isfinite(samples))
     # ODE bits/dim of the same checkpoint (its accuracy is tested in tests/test_likelihood.py).
-    proc = run_cli(TINY + [f"--workdir={wd}", "--mode=eval", "--eval_method=ode", "--ode_steps=16",
-                           "--max_examples=256"])
+    proc = run_cli(
+        TINY + [f"--workdir={wd}", "--mode=eval", "--eval_method=ode", "--ode_steps=16", "--max_examples=256"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ode = json.loads(proc.stdout[proc.stdout.index("{"):])
+    ode = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert ode["eval/ode_num_examples"] == 256 and np.isfinite(ode["eval/ode_bpd"])
 
 
@@ -73,6 +82,7 @@ def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
     from conftest import load_config
     from vdm import sampling
     from vdm.cli import modes
+
     wd = str(tmp_path)
     assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
     for method in sampling.METHODS:
@@ -86,9 +96,10 @@ def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
 
     from vdm.tasks.diffusion_model import derived_key
     from vdm.tasks.diffusion_task import make_sampler
+
     config = load_config("toy2d", "small")
     config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = "ddim", 4, 10
-    config.sampling.batch_size = 4                       # chunks of 4, 4, 4 (the last cut to 2)
+    config.sampling.batch_size = 4  # chunks of 4, 4, 4 (the last cut to 2)
     chunked = np.load(modes.sample(config, wd)[:-4] + ".npz")["samples"]
     task, _, state, step = modes.restore_for_inference(config, wd)
     trainer = task.model
@@ -97,22 +108,24 @@ def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
     expect = np.concatenate([np.asarray(one(state.ema_params, jax.random.fold_in(key, i))) for i in range(3)])
     assert chunked.shape == (10, 2)
     np.testing.assert_allclose(chunked, expect[:10], rtol=1e-5, atol=1e-6)
-    assert len({tuple(np.round(r, 6)) for r in chunked}) == 10   # no chunk repeats another's draws
+    assert len({tuple(np.round(r, 6)) for r in chunked}) == 10  # no chunk repeats another's draws
 
 
 def test_sample_chunk_size_rounds_to_whole_class_cycles():
     from vdm.cli.modes import sample_chunk_size
+
     assert sample_chunk_size(2000, 500) == 500
     assert sample_chunk_size(2000, 0) == 2000 and sample_chunk_size(300, 500) == 300
-    assert sample_chunk_size(2000, 505, num_classes=10) == 500   # each chunk restarts arange % 10
+    assert sample_chunk_size(2000, 505, num_classes=10) == 500  # each chunk restarts arange % 10
     assert sample_chunk_size(2000, 7, num_classes=10) == 10
 
 
 def test_bad_choice_fails_at_once_naming_the_valid_ones(tmp_path):
     proc = run_cli(TINY + [f"--workdir={tmp_path}", "--config.model.parameterization=epsilon"])
     assert proc.returncode == 1
-    assert ("config.model.parameterization='epsilon' is not valid; choose one of "
-            "'eps', 'x0', 'score', 'v'") in proc.stderr
+    assert (
+        "config.model.parameterization='epsilon' is not valid; choose one of 'eps', 'x0', 'score', 'v'"
+    ) in proc.stderr
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 
 
@@ -124,8 +137,9 @@ def test_unknown_override_key_fails(tmp_path):
 
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     empty = str(tmp_path / "no_data")
-    proc = run_cli(["--config=configs/fashion_mnist.py:small", f"--workdir={tmp_path / 'wd'}",
-                    f"--config.data.data_dir={empty}"])
+    proc = run_cli(
+        ["--config=configs/fashion_mnist.py:small", f"--workdir={tmp_path / 'wd'}", f"--config.data.data_dir={empty}"]
+    )
     assert proc.returncode == 1
     assert "error: " in proc.stderr and "'fashion_mnist' is not prepared" in proc.stderr
     assert "python -m vdm.tools.prepare_data --dataset=fashion_mnist" in proc.stderr
@@ -138,8 +152,12 @@ def test_eval_without_a_checkpoint_says_to_train_first(tmp_path):
 
 # A learning rate of 1e30 from step 0 sends the params to ~1e30 after one step, so every
 # later loss overflows: a realistic divergence.
-DIVERGE = ["--config.optimizer.learning_rate=1e30", "--config.optimizer.warmup_steps=0",
-           "--config.optimizer.decay=constant", "--config.optimizer.grad_clip=0.0"]
+DIVERGE = [
+    "--config.optimizer.learning_rate=1e30",
+    "--config.optimizer.warmup_steps=0",
+    "--config.optimizer.decay=constant",
+    "--config.optimizer.grad_clip=0.0",
+]
 
 
 def test_nan_policy_stop_raises_naming_the_step_and_saves_nothing_after_it(tmp_path):
@@ -148,7 +166,7 @@ def test_nan_policy_stop_raises_naming_the_step_and_saves_nothing_after_it(tmp_p
     assert proc.returncode != 0
     assert "non-finite loss or gradient at step 2" in proc.stderr
     with Checkpointer(os.path.join(wd, "checkpoints")) as ckpt:
-        assert ckpt.all_steps() == []            # the first save was due at step 2
+        assert ckpt.all_steps() == []  # the first save was due at step 2
 
 
 def test_nan_policy_skip_discards_updates_and_counts_them(tmp_path):

@@ -11,16 +11,46 @@ import pytest
 from conftest import REPO_ROOT, load_config
 from vdm.config import validation
 
-VARIANTS = [("fashion_mnist", ""), ("fashion_mnist", "small"), ("fashion_mnist", "mnist"),
-            ("fashion_mnist", "mnist,small"), ("fashion_mnist", "hybrid"), ("fashion_mnist", "hybrid,small"),
-            ("cifar10", ""), ("cifar10", "learned"), ("cifar10", "small"),
-            ("toy2d", ""), ("toy2d", "grid"), ("toy2d", "gaussian"), ("toy2d", "small")]
-REQUIRED = ["data.dataset", "model.parameterization", "model.schedule", "loss.weighting",
-            "training.num_steps", "training.batch_size", "training.eval_every",
-            "training.checkpoint_every", "seed", "optimizer.learning_rate", "optimizer.ema_decay",
-            "sampling.method", "sampling.num_steps", "sampling.guidance_weight", "sampling.class_label",
-            "eval.num_steps", "eval.batch_size", "eval.method", "guidance.classifier_workdir",
-            "sampling.grid", "sampling.eta", "sampling.order", "optimizer.decay_mask"]
+VARIANTS = [
+    ("fashion_mnist", ""),
+    ("fashion_mnist", "small"),
+    ("fashion_mnist", "mnist"),
+    ("fashion_mnist", "mnist,small"),
+    ("fashion_mnist", "hybrid"),
+    ("fashion_mnist", "hybrid,small"),
+    ("cifar10", ""),
+    ("cifar10", "learned"),
+    ("cifar10", "small"),
+    ("toy2d", ""),
+    ("toy2d", "grid"),
+    ("toy2d", "gaussian"),
+    ("toy2d", "small"),
+]
+REQUIRED = [
+    "data.dataset",
+    "model.parameterization",
+    "model.schedule",
+    "loss.weighting",
+    "training.num_steps",
+    "training.batch_size",
+    "training.eval_every",
+    "training.checkpoint_every",
+    "seed",
+    "optimizer.learning_rate",
+    "optimizer.ema_decay",
+    "sampling.method",
+    "sampling.num_steps",
+    "sampling.guidance_weight",
+    "sampling.class_label",
+    "eval.num_steps",
+    "eval.batch_size",
+    "eval.method",
+    "guidance.classifier_workdir",
+    "sampling.grid",
+    "sampling.eta",
+    "sampling.order",
+    "optimizer.decay_mask",
+]
 
 
 def _get(config, dotted):
@@ -39,7 +69,9 @@ def test_every_config_variant_validates_and_has_the_required_keys(name, arg):
 
 def test_fashion_mnist_variants_compose_and_unknown_ones_are_named():
     c = load_config("fashion_mnist", "mnist,small")
-    assert c.data.dataset == "mnist" and c.training.num_steps == load_config("fashion_mnist", "small").training.num_steps
+    assert (
+        c.data.dataset == "mnist" and c.training.num_steps == load_config("fashion_mnist", "small").training.num_steps
+    )
     with pytest.raises(ValueError, match="'cifar'"):
         load_config("fashion_mnist", "small,cifar")
 
@@ -54,7 +86,7 @@ def test_config_files_document_every_key_and_the_command_that_runs_them(name):
     path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
     source = open(path).read()
     module = ast.parse(source)
-    entry = "vdm.main"        # every config names its Task (config.task): one entry point trains them all
+    entry = "vdm.main"  # every config names its Task (config.task): one entry point trains them all
     assert f"python -m {entry} --config=configs/{name}.py --workdir=" in ast.get_docstring(module)
     lines = source.splitlines()
     undocumented = []
@@ -62,7 +94,7 @@ def test_config_files_document_every_key_and_the_command_that_runs_them(name):
     for line in lines:
         stripped = line.strip()
         if stripped.startswith("if ") and ("arg" in stripped or "variants" in stripped):
-            in_variants = True                    # variant overrides change documented keys
+            in_variants = True  # variant overrides change documented keys
         if stripped.startswith("config.") and " = " in stripped and not in_variants:
             if "#" not in stripped:
                 undocumented.append(stripped)
@@ -85,17 +117,20 @@ def test_cifar10_has_the_vdm_paper_settings():
     assert c.loss.t_sampling == "antithetic" and c.eval.num_steps == 0
 
 
-@pytest.mark.parametrize("field,bad,valid", [
-    ("model.parameterization", "epsilon", "'eps', 'x0', 'score', 'v'"),
-    ("model.schedule", "sigmoid", "'linear_logsnr', 'cosine', 'ddpm_linear', 'learned'"),
-    ("loss.weighting", "l2", "'elbo'"),
-    ("model.name", "resnet", "'vdm_unet', 'adm_unet', 'mlp'"),
-    ("data.dataset", "imagenet", "'fashion_mnist'"),
-    ("training.dtype", "float16", "'float32', 'bfloat16'"),
-    ("training.nan_policy", "ignore", "'stop', 'skip'"),
-    ("sampling.method", "euler", "'ancestral'"),
-    ("optimizer.decay", "linear", "'cosine', 'constant'"),
-])
+@pytest.mark.parametrize(
+    "field,bad,valid",
+    [
+        ("model.parameterization", "epsilon", "'eps', 'x0', 'score', 'v'"),
+        ("model.schedule", "sigmoid", "'linear_logsnr', 'cosine', 'ddpm_linear', 'learned'"),
+        ("loss.weighting", "l2", "'elbo'"),
+        ("model.name", "resnet", "'vdm_unet', 'adm_unet', 'mlp'"),
+        ("data.dataset", "imagenet", "'fashion_mnist'"),
+        ("training.dtype", "float16", "'float32', 'bfloat16'"),
+        ("training.nan_policy", "ignore", "'stop', 'skip'"),
+        ("sampling.method", "euler", "'ancestral'"),
+        ("optimizer.decay", "linear", "'cosine', 'constant'"),
+    ],
+)
 def test_a_bad_choice_names_the_field_and_the_valid_choices(field, bad, valid):
     config = load_config("fashion_mnist")
     section, key = field.split(".")
@@ -107,19 +142,28 @@ def test_a_bad_choice_names_the_field_and_the_valid_choices(field, bad, valid):
     assert valid in message
 
 
-@pytest.mark.parametrize("changes,needle", [
-    ({"loss.objective": "hybrid"}, "needs config.model.variance_head 'interp' or 'sigmoid' and config.loss.num_steps"),
-    ({"model.variance_head": "interp"}, "is trained only by a discrete-time objective"),
-    ({"loss.num_steps": 100, "loss.weighting": "sigmoid"}, "trains the T-step discrete ELBO: it needs config.loss.weighting='elbo'"),
-    ({"loss.num_steps": 100, "model.schedule": "learned"}, "is for continuous time"),
-    ({"loss.t_sampling": "adaptive", "model.schedule": "learned_linear"}, "a learned schedule plays the same"),
-    ({"loss.t_sampling": "adaptive", "loss.adaptive_uniform": 0.0}, "config.loss.adaptive_uniform=0.0 must be > 0"),
-    ({"loss.t_sampling": "stratified"}, "choose one of 'uniform', 'antithetic', 'adaptive'"),
-    ({"model.variance_head": "softplus"}, "choose one of 'none', 'interp', 'sigmoid'"),
-    ({"eval.variance": "learned"}, "needs a model with a variance head"),
-    ({"eval.t_sampling": "importance", "eval.num_steps": 10}, "is for the continuous-time ELBO"),
-    ({"sampling.method": "ddim", "sampling.variance": "learned"}, "needs a model with a variance head"),
-])
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        (
+            {"loss.objective": "hybrid"},
+            "needs config.model.variance_head 'interp' or 'sigmoid' and config.loss.num_steps",
+        ),
+        ({"model.variance_head": "interp"}, "is trained only by a discrete-time objective"),
+        (
+            {"loss.num_steps": 100, "loss.weighting": "sigmoid"},
+            "trains the T-step discrete ELBO: it needs config.loss.weighting='elbo'",
+        ),
+        ({"loss.num_steps": 100, "model.schedule": "learned"}, "is for continuous time"),
+        ({"loss.t_sampling": "adaptive", "model.schedule": "learned_linear"}, "a learned schedule plays the same"),
+        ({"loss.t_sampling": "adaptive", "loss.adaptive_uniform": 0.0}, "config.loss.adaptive_uniform=0.0 must be > 0"),
+        ({"loss.t_sampling": "stratified"}, "choose one of 'uniform', 'antithetic', 'adaptive'"),
+        ({"model.variance_head": "softplus"}, "choose one of 'none', 'interp', 'sigmoid'"),
+        ({"eval.variance": "learned"}, "needs a model with a variance head"),
+        ({"eval.t_sampling": "importance", "eval.num_steps": 10}, "is for the continuous-time ELBO"),
+        ({"sampling.method": "ddim", "sampling.variance": "learned"}, "needs a model with a variance head"),
+    ],
+)
 def test_the_objective_rules_name_what_to_set(changes, needle):
     """loss.objective / num_steps / t_sampling, the variance head and the eval keys: one line naming the fix."""
     config = load_config("fashion_mnist")
@@ -133,23 +177,30 @@ def test_the_objective_rules_name_what_to_set(changes, needle):
 
 def test_the_hybrid_variant_is_improved_ddpm():
     c = load_config("fashion_mnist", "hybrid")
-    assert (c.model.schedule, c.model.variance_head, c.loss.objective, c.loss.weighting) == \
-        ("cosine", "interp", "hybrid", "simple")
+    assert (c.model.schedule, c.model.variance_head, c.loss.objective, c.loss.weighting) == (
+        "cosine",
+        "interp",
+        "hybrid",
+        "simple",
+    )
     assert c.loss.num_steps == 1000 and c.loss.hybrid_lambda == 0.001 and c.sampling.variance == "learned"
     assert validation.resolve(c).eval.variance == "learned"
     assert validation.resolve(load_config("fashion_mnist")).eval.variance == "small"
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("training.batch_size", 12, "divisible by the number of devices (8)"),
-    ("training.num_steps", 0, "must be >= 1"),
-    ("optimizer.ema_decay", 1.0, "must be < 1"),
-    ("model.dropout", -0.1, "must be >= 0"),
-    ("training.eval_every", 7, "multiple of config.training.steps_per_call"),
-    ("model.gamma_max", -20.0, "must exceed config.model.gamma_min"),
-    ("model.label_dropout", 0.1, "needs a class-conditional model"),
-    ("model.learn_endpoints", True, "needs config.model.schedule='learned'"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("training.batch_size", 12, "divisible by the number of devices (8)"),
+        ("training.num_steps", 0, "must be >= 1"),
+        ("optimizer.ema_decay", 1.0, "must be < 1"),
+        ("model.dropout", -0.1, "must be >= 0"),
+        ("training.eval_every", 7, "multiple of config.training.steps_per_call"),
+        ("model.gamma_max", -20.0, "must exceed config.model.gamma_min"),
+        ("model.label_dropout", 0.1, "needs a class-conditional model"),
+        ("model.learn_endpoints", True, "needs config.model.schedule='learned'"),
+    ],
+)
 def test_ranges_and_cross_field_rules(field, value, needle):
     config = load_config("fashion_mnist")
     if field == "training.eval_every":
@@ -178,23 +229,30 @@ def test_locked_config_rejects_a_misspelt_key():
 def test_a_config_missing_a_key_is_named_not_a_traceback():
     """An old config.json (before config.eval.method existed) fails validation with the key's name."""
     import ml_collections
+
     config = load_config("fashion_mnist").to_dict()
     del config["eval"]["method"]
     with pytest.raises(validation.ConfigError, match="no key 'method'.*older version"):
         validation.validate(ml_collections.ConfigDict(config))
     old_classifier = load_config("noisy_classifier").to_dict()
-    del old_classifier["optimizer"]                 # the msgpack-era classifier config.json had none
+    del old_classifier["optimizer"]  # the msgpack-era classifier config.json had none
     with pytest.raises(validation.ConfigError, match="no key 'optimizer'"):
         validation.validate_classifier(ml_collections.ConfigDict(old_classifier))
 
 
 # ----------------------------------------------------------------------------- the base config and sampler options
 
+
 def _assignments_without_comment(path):
     """Key assignments (`x.key = ...`) of a config file's code that carry no comment."""
     lines = open(path).read().splitlines()
-    return [ln.strip() for ln in lines if re.match(r"\s+\w+(\.\w+)+ = ", ln) and "#" not in ln
-            and not re.search(r" = (ml_collections\.ConfigDict\(\)|_\w+\()", ln)]   # sections
+    return [
+        ln.strip()
+        for ln in lines
+        if re.match(r"\s+\w+(\.\w+)+ = ", ln)
+        and "#" not in ln
+        and not re.search(r" = (ml_collections\.ConfigDict\(\)|_\w+\()", ln)
+    ]  # sections
 
 
 def test_the_base_config_documents_every_key_and_derived_configs_only_override_it():
@@ -236,8 +294,14 @@ def _parse(argv, cwd):
     import json
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-c", _PARSE] + argv, cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": REPO_ROOT})
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _PARSE] + argv,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT},
+    )
     return proc, (json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 else None)
 
 
@@ -245,16 +309,24 @@ def test_command_line_sets_unset_sampler_options_from_any_working_directory(tmp_
     """Loaded by path from another directory, configs/fashion_mnist.py takes overrides of its unset (None)
     sampler options; a locked config still refuses a misspelt key, on the command line or in code."""
     path = os.path.join(REPO_ROOT, "configs", "fashion_mnist.py")
-    proc, s = _parse([f"--config={path}:small", "--config.sampling.method=ddim", "--config.sampling.eta=0.5",
-                      "--config.sampling.grid=edm", "--config.sampling.clip_x0=True", "--config.sampling.order=3"],
-                     tmp_path)
+    proc, s = _parse(
+        [
+            f"--config={path}:small",
+            "--config.sampling.method=ddim",
+            "--config.sampling.eta=0.5",
+            "--config.sampling.grid=edm",
+            "--config.sampling.clip_x0=True",
+            "--config.sampling.order=3",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (s["eta"], s["grid"], s["clip_x0"], s["order"], s["variance"]) == (0.5, "edm", True, 3, None)
     assert "locked:" in proc.stdout and "etaa" in proc.stdout
     proc, _ = _parse([f"--config={path}", "--config.sampling.etta=0.5"], tmp_path)
     assert proc.returncode != 0 and "etta" in proc.stderr
     proc, _ = _parse([f"--config={path}", "--config.sampling.eta=half"], tmp_path)
-    assert proc.returncode != 0 and "half" in proc.stderr       # an unset option keeps its type
+    assert proc.returncode != 0 and "half" in proc.stderr  # an unset option keeps its type
     config = load_config("fashion_mnist")
     config.sampling.method, config.sampling.eta = "ddim", 0.5
     validation.validate(config)
@@ -267,40 +339,46 @@ def test_a_config_naming_one_option_gets_the_methods_defaults_for_the_rest():
 
     from vdm import sampling, schedules
     from vdm.core import analytic
+
     config = load_config("toy2d", "small")
     config.sampling.method, config.sampling.eta = "ddim", 0.5
     s = validation.resolve(config).sampling
-    assert s.eta == 0.5 and s.grid == "uniform_t" and s.variance == "small"   # ddim's noise: eta^2 x the posterior's
+    assert s.eta == 0.5 and s.grid == "uniform_t" and s.variance == "small"  # ddim's noise: eta^2 x the posterior's
     recorded = {k: s[k] for k in sampling.option_names("ddim")}
     assert None not in [v for k, v in recorded.items() if k != "dynamic_threshold"]
     sched = schedules.linear_logsnr()
     fn = analytic.denoise_fn(analytic.default_mixture(), sched)
-    draw = lambda **o: np.asarray(sampling.sample(fn, (8, 2), jax.random.key(0), schedule=sched, method="ddim",
-                                                  num_steps=5, **o))
+    draw = lambda **o: np.asarray(
+        sampling.sample(fn, (8, 2), jax.random.key(0), schedule=sched, method="ddim", num_steps=5, **o)
+    )
     np.testing.assert_array_equal(draw(eta=0.5), draw(**sampling.options_from_config(config.sampling)))
     np.testing.assert_array_equal(draw(eta=0.5), draw(**recorded))
-    assert load_config("toy2d", "small").sampling.eta is None      # the file itself leaves it unset
+    assert load_config("toy2d", "small").sampling.eta is None  # the file itself leaves it unset
 
 
 def test_the_resolved_options_are_recorded_in_config_json(tmp_path):
     import json
 
     from vdm import sampling
+
     config = load_config("fashion_mnist", "small")
     config.sampling.method, config.sampling.order = "dpm_solver", 3
     validation.save_config(config, str(tmp_path))
     saved = json.load(open(tmp_path / "config.json"))["sampling"]
     expect = sampling.resolve_options("dpm_solver", {"order": 3})
-    assert {k: saved[k] for k in sampling.option_names("dpm_solver")} == \
-        {k: expect[k] for k in sampling.option_names("dpm_solver")}
+    assert {k: saved[k] for k in sampling.option_names("dpm_solver")} == {
+        k: expect[k] for k in sampling.option_names("dpm_solver")
+    }
     assert saved["grid"] == "uniform_logsnr" and saved["order"] == 3 and saved["eta"] is None
-    assert config.sampling.grid is None            # the given config is left as it was
+    assert config.sampling.grid is None  # the given config is left as it was
 
 
 def test_bad_sampler_options_fail_in_one_line_naming_the_valid_values():
-    for key, value, needle in (("grid", "log", "'uniform_t', 'uniform_logsnr', 'edm'"),
-                               ("variance", "learned", "choose one of 'small', 'large'"),
-                               ("eta", 2.0, "eta must lie in [0, 1]")):
+    for key, value, needle in (
+        ("grid", "log", "'uniform_t', 'uniform_logsnr', 'edm'"),
+        ("variance", "learned", "choose one of 'small', 'large'"),
+        ("eta", 2.0, "eta must lie in [0, 1]"),
+    ):
         config = load_config("fashion_mnist")
         config.sampling.method = "ddim" if key == "eta" else "ancestral"
         config.sampling[key] = value

@@ -18,8 +18,12 @@ from scipy import stats
 from vdm.data import pipeline, tfds_sets, toy_sets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 # Installed before python runs anything: any connection attempt fails loudly.
 NO_NETWORK = textwrap.dedent("""
     import socket
@@ -38,8 +42,14 @@ def toy_config(name: str, **overrides) -> dict:
 
 def run_python(code: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-c", NO_NETWORK + textwrap.dedent(code)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", NO_NETWORK + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 # ----------------------------------------------------------------------------- toy data
@@ -169,7 +179,7 @@ def test_each_epoch_is_a_permutation_of_the_train_split():
     assert batches[0]["label"].dtype == np.int32
     orders = []
     for epoch in range(4):
-        order = [row_of[row.tobytes()] for row in x[50 * epoch: 50 * (epoch + 1)]]
+        order = [row_of[row.tobytes()] for row in x[50 * epoch : 50 * (epoch + 1)]]
         assert sorted(order) == list(range(50)), epoch  # every example exactly once
         orders.append(order)
     assert len({tuple(o) for o in orders}) == 4  # a fresh permutation each epoch
@@ -204,8 +214,11 @@ def no_fashion_source(tmp_path, monkeypatch):
 
 def test_missing_fashion_mnist_says_how_to_get_it(no_fashion_source):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(no_fashion_source)}
-    for call in (lambda: pipeline.get_dataset_info(cfg), lambda: pipeline.train_iterator(cfg, 8, seed=0),
-                 lambda: tfds_sets.prepare("fashion_mnist", str(no_fashion_source))):
+    for call in (
+        lambda: pipeline.get_dataset_info(cfg),
+        lambda: pipeline.train_iterator(cfg, 8, seed=0),
+        lambda: tfds_sets.prepare("fashion_mnist", str(no_fashion_source)),
+    ):
         with pytest.raises(pipeline.DatasetNotFoundError) as err:
             call()
         message = str(err.value)
@@ -216,17 +229,21 @@ def test_missing_fashion_mnist_says_how_to_get_it(no_fashion_source):
 
 
 def test_prepare_cli_fails_at_once_with_the_how_to(no_fashion_source):
-    proc = subprocess.run([sys.executable, "-m", "vdm.tools.prepare_data", "--dataset=fashion_mnist",
-                           f"--data_dir={no_fashion_source}"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vdm.tools.prepare_data", "--dataset=fashion_mnist", f"--data_dir={no_fashion_source}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "apt-get install dataset-fashion-mnist" in proc.stderr
     assert not no_fashion_source.exists()  # nothing written, nothing downloaded
 
 
-@pytest.mark.parametrize("name, files", [
-    ("mnist", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]),
-    ("cifar10", ["cifar-10-binary.tar.gz"]),
-])
+@pytest.mark.parametrize(
+    "name, files",
+    [("mnist", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]), ("cifar10", ["cifar-10-binary.tar.gz"])],
+)
 def test_missing_mnist_and_cifar10_say_where_to_put_the_files(tmp_path, name, files):
     with pytest.raises(pipeline.DatasetNotFoundError) as err:
         tfds_sets.prepare(name, str(tmp_path))
@@ -239,8 +256,12 @@ def test_missing_mnist_and_cifar10_say_where_to_put_the_files(tmp_path, name, fi
 def test_manual_dir_files_are_checked_against_tfds_checksums(tmp_path):
     manual = tmp_path / "downloads" / "manual"
     manual.mkdir(parents=True)
-    for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for f in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         (manual / f).write_bytes(b"not mnist")
     with pytest.raises(tfds_sets.ChecksumError, match=str(manual)):
         tfds_sets.prepare("mnist", str(tmp_path))
@@ -256,8 +277,9 @@ def write_idx_gz(path, magic: int, array: np.ndarray) -> None:
 
 
 def file_checksums(folder) -> dict:
-    return {f: (os.path.getsize(folder / f), hashlib.sha256((folder / f).read_bytes()).hexdigest())
-            for f in FASHION_FILES}
+    return {
+        f: (os.path.getsize(folder / f), hashlib.sha256((folder / f).read_bytes()).hexdigest()) for f in FASHION_FILES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +312,13 @@ def as_multiset(images: np.ndarray, labels: np.ndarray) -> list:
 def test_prepare_from_local_idx_files_round_trips(synthetic_fashion):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(synthetic_fashion["data_dir"])}
     info = pipeline.get_dataset_info(cfg)
-    assert (info.shape, info.num_train, info.num_test, info.num_classes, info.discrete) == \
-        ((28, 28, 1), 12, 5, 10, True)
+    assert (info.shape, info.num_train, info.num_test, info.num_classes, info.discrete) == (
+        (28, 28, 1),
+        12,
+        5,
+        10,
+        True,
+    )
     with open(synthetic_fashion["data_dir"] / "fashion_mnist" / "3.0.1" / "dataset_info.json") as f:
         assert json.load(f)["fileFormat"] == "array_record"
     for split in ("train", "test"):
@@ -309,16 +336,19 @@ def test_prepare_is_idempotent_and_reading_needs_no_tensorflow(synthetic_fashion
     info_json = synthetic_fashion["data_dir"] / "fashion_mnist" / "3.0.1" / "dataset_info.json"
     before = info_json.stat().st_mtime_ns
     # Source files gone: a prepared data set is reused, not rebuilt, and never downloaded.
-    proc = run_python(f"""
+    proc = run_python(
+        f"""
         import sys
         from vdm.data import pipeline
         from vdm.tools import prepare_data
-        assert prepare_data.prepare_command("fashion_mnist", "{synthetic_fashion['data_dir']}") == 0
-        cfg = {{"dataset": "fashion_mnist", "data_dir": {str(synthetic_fashion['data_dir'])!r}}}
+        assert prepare_data.prepare_command("fashion_mnist", "{synthetic_fashion["data_dir"]}") == 0
+        cfg = {{"dataset": "fashion_mnist", "data_dir": {str(synthetic_fashion["data_dir"])!r}}}
         batch = next(pipeline.train_iterator(cfg, 8, seed=0))
         assert batch["x"].shape == (8, 28, 28, 1)
         print("tensorflow imported:", "tensorflow" in sys.modules)
-    """, {tfds_sets.FASHION_MNIST_DIR_ENV: "/nonexistent"})
+    """,
+        {tfds_sets.FASHION_MNIST_DIR_ENV: "/nonexistent"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tensorflow imported: False" in proc.stdout
     assert info_json.stat().st_mtime_ns == before
@@ -326,11 +356,13 @@ def test_prepare_is_idempotent_and_reading_needs_no_tensorflow(synthetic_fashion
 
 def test_array_cache_alone_reads_the_same_arrays_without_tfds(synthetic_fashion, tmp_path):
     import shutil
+
     cache = synthetic_fashion["data_dir"] / "fashion_mnist" / tfds_sets.ARRAYS_SUBDIR
-    assert sorted(os.listdir(cache)) == ["info.json", "test.npz", "train.npz"]   # written by prepare
+    assert sorted(os.listdir(cache)) == ["info.json", "test.npz", "train.npz"]  # written by prepare
     only_cache = tmp_path / "tfds"
     shutil.copytree(cache, only_cache / "fashion_mnist" / tfds_sets.ARRAYS_SUBDIR)
-    proc = run_python(f"""
+    proc = run_python(
+        f"""
         import sys
         import numpy as np
         from vdm.data import pipeline
@@ -340,30 +372,35 @@ def test_array_cache_alone_reads_the_same_arrays_without_tfds(synthetic_fashion,
         np.savez({str(tmp_path / "out.npz")!r}, x=x, y=y)
         print(info.shape, info.num_train, info.num_test, info.num_classes)
         print("tfds imported:", "tensorflow_datasets" in sys.modules)
-    """, {tfds_sets.FASHION_MNIST_DIR_ENV: "/nonexistent"})
+    """,
+        {tfds_sets.FASHION_MNIST_DIR_ENV: "/nonexistent"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(28, 28, 1) 12 5 10" in proc.stdout and "tfds imported: False" in proc.stdout
     import tensorflow_datasets as tfds
-    source = tfds.data_source("fashion_mnist", split="train", data_dir=str(synthetic_fashion["data_dir"]),
-                              download=False)
+
+    source = tfds.data_source(
+        "fashion_mnist", split="train", data_dir=str(synthetic_fashion["data_dir"]), download=False
+    )
     direct = source.__getitems__(range(len(source)))
     out = np.load(tmp_path / "out.npz")
-    np.testing.assert_array_equal(out["x"], np.stack([e["image"] for e in direct]))   # same order too
+    np.testing.assert_array_equal(out["x"], np.stack([e["image"] for e in direct]))  # same order too
     np.testing.assert_array_equal(out["y"], [e["label"] for e in direct])
 
 
 def test_corrupt_array_cache_is_ignored_and_rewritten(synthetic_fashion, tmp_path):
     import shutil
+
     data_dir = tmp_path / "tfds"
     shutil.copytree(synthetic_fashion["data_dir"], data_dir)
     cache = data_dir / "fashion_mnist" / tfds_sets.ARRAYS_SUBDIR
     good = (cache / "test.npz").read_bytes()
-    (cache / "test.npz").write_bytes(good[: len(good) // 2])          # truncated
+    (cache / "test.npz").write_bytes(good[: len(good) // 2])  # truncated
     tfds_sets.load_split.cache_clear()
     with pytest.warns(UserWarning, match="ignoring the array cache"):
         images, labels = tfds_sets.load_split("fashion_mnist", str(data_dir), "test")
     assert as_multiset(images[..., 0], labels) == as_multiset(*synthetic_fashion["arrays"]["test"])
-    assert (cache / "test.npz").read_bytes() == good                   # rewritten from the TFDS files
+    assert (cache / "test.npz").read_bytes() == good  # rewritten from the TFDS files
     info = json.loads((cache / "info.json").read_text())
     assert set(info["files"]) == {"train", "test"}
 
@@ -406,7 +443,7 @@ def read_idx_independently(path) -> np.ndarray:
     with gzip.open(path) as f:
         raw = f.read()
     ndim = raw[3]
-    dims = struct.unpack(f">{ndim}i", raw[4: 4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}i", raw[4 : 4 + 4 * ndim])
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 

@@ -25,11 +25,14 @@ def test_posterior_is_bayes_rule_on_a_grid(gamma_s, gamma_t):
     a_ts = a_t / a_s
     var_ts = s_t**2 - a_ts**2 * s_s**2
     zs = np.linspace(a_s * x - 12 * s_s, a_s * x + 12 * s_s, 200001)
-    log_joint = (stats.norm.logpdf(z_t, a_ts * zs, np.sqrt(var_ts))
-                 + stats.norm.logpdf(zs, a_s * x, s_s) - stats.norm.logpdf(z_t, a_t * x, s_t))
+    log_joint = (
+        stats.norm.logpdf(z_t, a_ts * zs, np.sqrt(var_ts))
+        + stats.norm.logpdf(zs, a_s * x, s_s)
+        - stats.norm.logpdf(z_t, a_t * x, s_t)
+    )
     density = np.exp(log_joint)
     dz = zs[1] - zs[0]
-    assert np.sum(density) * dz == pytest.approx(1.0, abs=1e-6)      # Bayes' rule normalises
+    assert np.sum(density) * dz == pytest.approx(1.0, abs=1e-6)  # Bayes' rule normalises
     mean, var = D.posterior(jnp.float32(z_t), jnp.float32(x), jnp.float32(gamma_s), jnp.float32(gamma_t))
     grid_mean = np.sum(zs * density) * dz
     grid_var = np.sum((zs - grid_mean) ** 2 * density) * dz
@@ -37,8 +40,7 @@ def test_posterior_is_bayes_rule_on_a_grid(gamma_s, gamma_t):
     assert float(var) == pytest.approx(grid_var, rel=1e-4)
     # And pointwise: the library's Gaussian is the Bayes density.
     idx = np.argsort(np.abs(zs - grid_mean))[:1000:97]
-    np.testing.assert_allclose(stats.norm.pdf(zs[idx], float(mean), math.sqrt(float(var))),
-                               density[idx], rtol=2e-4)
+    np.testing.assert_allclose(stats.norm.pdf(zs[idx], float(mean), math.sqrt(float(var))), density[idx], rtol=2e-4)
 
 
 def test_posterior_stable_as_s_approaches_t():
@@ -48,7 +50,7 @@ def test_posterior_stable_as_s_approaches_t():
         gamma_s = gamma_t - jnp.float32(delta)
         mean, var = D.posterior(jnp.float32(0.2), jnp.float32(-0.5), gamma_s, gamma_t)
         _, s_s = _alpha_sigma64(float(gamma_s))
-        d = float(gamma_t) - float(gamma_s)       # the float32 difference actually represented
+        d = float(gamma_t) - float(gamma_s)  # the float32 difference actually represented
         expected = s_s**2 * -math.expm1(-d)
         assert float(var) == pytest.approx(expected, rel=1e-4)
         # DDPM eq. 7 form of the mean: (alpha_t|s sigma_s^2 / sigma_t^2) z_t + (alpha_s sigma_t|s^2 / sigma_t^2) x.
@@ -113,7 +115,8 @@ def test_categorical_decoder_normalises_and_prefers_nearest_bin():
     zs = jnp.array([[x[3], x[200]]]) * math.sqrt(1 / (1 + math.exp(-8.0)))
     table = D.categorical_log_probs(zs, jnp.float32(-8.0))
     assert float(D.decoder_log_prob(xs, zs, jnp.float32(-8.0), "discrete")[0]) == pytest.approx(
-        float(table[0, 0, 3] + table[0, 1, 200]), rel=1e-6)
+        float(table[0, 0, 3] + table[0, 1, 200]), rel=1e-6
+    )
 
 
 def test_discretized_gaussian_bins_and_edges():
@@ -136,8 +139,11 @@ def test_discretized_gaussian_bins_and_edges():
     for x, mean in [(-1.0 + 2 / 255 * 10, 0.9), (0.9, -0.2)]:
         lp = float(D.discretized_gaussian_log_prob(jnp.float32(x), jnp.float32(mean), jnp.log(jnp.float32(0.05))))
         lo, hi = (x - 1 / 255 - mean) / 0.05, (x + 1 / 255 - mean) / 0.05
-        ref = stats.norm.logcdf(hi) + np.log(-np.expm1(stats.norm.logcdf(lo) - stats.norm.logcdf(hi))) if mean > x \
+        ref = (
+            stats.norm.logcdf(hi) + np.log(-np.expm1(stats.norm.logcdf(lo) - stats.norm.logcdf(hi)))
+            if mean > x
             else stats.norm.logsf(lo) + np.log(-np.expm1(stats.norm.logsf(hi) - stats.norm.logsf(lo)))
+        )
         assert np.isfinite(lp) and lp == pytest.approx(ref, rel=1e-4)
 
 
@@ -159,10 +165,12 @@ def test_decoder_names_are_the_config_names_and_discrete_is_the_contracts_name_f
     g0 = jnp.float32(-7.0)
     cat = D.decoder_log_prob(x, z0, g0, "categorical")
     np.testing.assert_array_equal(np.asarray(D.decoder_log_prob(x, z0, g0, "discrete")), np.asarray(cat))
-    np.testing.assert_array_equal(np.asarray(D.decoder_log_prob(x, z0, g0)), np.asarray(cat))   # the default
+    np.testing.assert_array_equal(np.asarray(D.decoder_log_prob(x, z0, g0)), np.asarray(cat))  # the default
     table = D.categorical_log_probs(z0, g0)
     assert float(cat[0]) == pytest.approx(float(table[0, 0, 3] + table[0, 1, 200] + table[0, 2, 127]), rel=1e-6)
-    assert D.resolve_decoder("discrete") == "categorical" and "discrete" not in D.DECODERS   # an alias, not a config value
+    assert (
+        D.resolve_decoder("discrete") == "categorical" and "discrete" not in D.DECODERS
+    )  # an alias, not a config value
     for bad in ("Categorical", "discretised_gaussian", "", None):
         assert bad not in D.DECODERS
         with pytest.raises(ValueError, match="valid: categorical, discretized_gaussian, gaussian"):

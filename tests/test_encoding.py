@@ -33,7 +33,7 @@ def test_encode_is_the_grid_and_round_trips(encoding):
     np.testing.assert_array_equal(image_grid(x.reshape(1, 16, 16, 1), pad=0, encoding=encoding)[..., 0].ravel(), K)
     np.testing.assert_array_equal(np.asarray(jax.jit(bin_index, static_argnums=1)(jnp.asarray(x), encoding)), K)
     np.testing.assert_allclose(np.diff(GRIDS[encoding]), bin_width(encoding), rtol=1e-12)
-    assert np.all(np.abs(x) <= 1.0) and x[0] == -x[-1]            # symmetric in [-1, 1]
+    assert np.all(np.abs(x) <= 1.0) and x[0] == -x[-1]  # symmetric in [-1, 1]
     # Half a bin off still decodes to k.
     np.testing.assert_array_equal(decode(x + 0.49 * bin_width(encoding), encoding), K)
 
@@ -43,10 +43,13 @@ def test_encode_is_the_grid_and_round_trips(encoding):
 def test_grid_values_are_the_grid_in_the_asked_dtype_and_bin_index_inverts_them(encoding, dtype):
     got = grid_values(encoding, dtype)
     assert got.dtype == dtype and got.shape == (256,)
-    np.testing.assert_allclose(np.asarray(got, np.float64), GRIDS[encoding], atol=1e-7 if dtype == jnp.float32 else 4e-3)
+    np.testing.assert_allclose(
+        np.asarray(got, np.float64), GRIDS[encoding], atol=1e-7 if dtype == jnp.float32 else 4e-3
+    )
     # The data's grid: XLA divides by 127.5 through a reciprocal, so equal up to one float32 ulp of 1.
-    np.testing.assert_allclose(np.asarray(grid_values(encoding)), encode(K.astype(np.uint8), encoding),
-                               rtol=0, atol=2.0 ** -23)
+    np.testing.assert_allclose(
+        np.asarray(grid_values(encoding)), encode(K.astype(np.uint8), encoding), rtol=0, atol=2.0**-23
+    )
     # Anywhere strictly inside bin k maps to k, beyond the ends to 0 and 255; numpy input works too.
     offsets = np.array([-0.45, 0.0, 0.45]) * bin_width(encoding)
     inside = (GRIDS[encoding][:, None] + offsets).astype(np.float32)
@@ -109,8 +112,17 @@ def test_ode_dequantisation_offset_is_minus_log_bin_width():
     offs = {}
     for e in ENCODINGS:
         xe = jnp.asarray(encode(np.array([[10, 200, 31]], np.uint8), e))
-        terms = likelihood.ode_nll(zero, xe, jax.random.PRNGKey(0), schedule=sched, num_steps=2,
-                                   trace="exact", dequantize=True, return_terms=True, encoding=e)
+        terms = likelihood.ode_nll(
+            zero,
+            xe,
+            jax.random.PRNGKey(0),
+            schedule=sched,
+            num_steps=2,
+            trace="exact",
+            dequantize=True,
+            return_terms=True,
+            encoding=e,
+        )
         offs[e] = float(terms["offset"][0]) if jnp.ndim(terms["offset"]) else float(terms["offset"])
     assert x.shape == (1, 3)
     assert offs["bin_centres"] - offs["endpoints"] == pytest.approx(3 * math.log(128 / 127.5), abs=1e-4)
@@ -123,10 +135,11 @@ def test_dequantised_ode_nll_of_standard_normal_data_is_the_closed_form_with_thi
     # dequantised bound adds -log Delta(encoding) per dim; |x_deq| <= |x| + Delta/2 bounds the x_deq^2 term.
     sched = lambda t: -13.3 + 18.3 * t
     exact = lambda z, t: jnp.sqrt(jax.nn.sigmoid(sched(t)))[:, None] * z
-    k = np.array([[127, 128, 127, 128, 127, 128]], np.uint8)          # the grid values nearest 0
+    k = np.array([[127, 128, 127, 128, 127, 128]], np.uint8)  # the grid values nearest 0
     x = jnp.asarray(encode(k, encoding))
-    got = likelihood.ode_nll(exact, x, jax.random.PRNGKey(3), schedule=sched, num_steps=4, trace="exact",
-                             dequantize=True, encoding=encoding)
+    got = likelihood.ode_nll(
+        exact, x, jax.random.PRNGKey(3), schedule=sched, num_steps=4, trace="exact", dequantize=True, encoding=encoding
+    )
     dims = k.size
     want = dims * (0.5 * math.log(2 * math.pi) - math.log(GRIDS[encoding][1] - GRIDS[encoding][0]))
     slack = dims * 0.5 * (float(jnp.max(jnp.abs(x))) + bin_width(encoding)) ** 2

@@ -43,7 +43,7 @@ def test_reference_stats_are_cached_beside_the_data_keyed_by_weights_and_resize(
     feats = fid.inception_features(images["test"][:10], net=net)
     np.testing.assert_allclose(stats["features"], feats, atol=1e-6)
     assert int(stats["num"]) == 10 and stats["cov"].dtype == np.float64
-    again = fid.reference_stats("fashion_mnist:test", num=10, net=net, data_dir=folder)   # from the file
+    again = fid.reference_stats("fashion_mnist:test", num=10, net=net, data_dir=folder)  # from the file
     np.testing.assert_array_equal(again["mu"], stats["mu"])
     with pytest.raises(ValueError, match=r"num must be in \[2, 12\]"):
         fid.reference_stats("fashion_mnist:test", num=13, net=net, data_dir=folder)
@@ -53,14 +53,22 @@ def test_reference_stats_are_cached_beside_the_data_keyed_by_weights_and_resize(
 
 def test_score_samples_decodes_float_samples_and_scores_them_against_the_reference(tiny_data, net):
     folder, images = tiny_data
-    x = encoding.encode(images["train"][:8])                  # as --mode=sample returns them, in [-1, 1]
-    out = fid.score_samples(x, "fashion_mnist:test", num_reference=10, data_dir=folder, net=net,
-                            kid_subsets=4, kid_subset_size=4)
+    x = encoding.encode(images["train"][:8])  # as --mode=sample returns them, in [-1, 1]
+    out = fid.score_samples(
+        x, "fashion_mnist:test", num_reference=10, data_dir=folder, net=net, kid_subsets=4, kid_subset_size=4
+    )
     assert set(out) == {"fid", "kid", "kid_se", "num_samples", "num_reference"}
     assert out["num_samples"] == 8 and out["num_reference"] == 10 and out["fid"] > 0
-    same = fid.score_samples(images["train"][:8], "fashion_mnist:test", num_reference=10, data_dir=folder,
-                             net=net, kid_subsets=4, kid_subset_size=4)
-    assert same["fid"] == pytest.approx(out["fid"], rel=1e-6)   # the decoding is exact
+    same = fid.score_samples(
+        images["train"][:8],
+        "fashion_mnist:test",
+        num_reference=10,
+        data_dir=folder,
+        net=net,
+        kid_subsets=4,
+        kid_subset_size=4,
+    )
+    assert same["fid"] == pytest.approx(out["fid"], rel=1e-6)  # the decoding is exact
     with pytest.raises(ValueError, match="uint8 or floats"):
         fid.score_samples(np.zeros((4, 28, 28, 1), np.int32), "fashion_mnist:test", net=net, data_dir=folder)
 
@@ -69,7 +77,7 @@ def test_sources_npz_png_folder_and_split_give_the_same_images(tiny_data, tmp_pa
     folder, images = tiny_data
     x = images["test"][:5]
     np.savez(tmp_path / "s.npz", samples=encoding.encode(x, "bin_centres"), labels=np.zeros(5))
-    (tmp_path / "s.json").write_text(json.dumps({"data": {"encoding": "bin_centres"}}))   # the config beside it
+    (tmp_path / "s.json").write_text(json.dumps({"data": {"encoding": "bin_centres"}}))  # the config beside it
     np.testing.assert_array_equal(fid.load_source(str(tmp_path / "s.npz")), x)
     pngs = tmp_path / "pngs"
     pngs.mkdir()
@@ -85,36 +93,74 @@ def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
     folder, images = tiny_data
     np.savez(tmp_path / "a.npz", samples=images["train"][:6])
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "vdm.tools.fid", str(tmp_path / "a.npz"), "fashion_mnist:train",
-                           "--num_b=6", f"--data_dir={folder}", "--kid_subsets=3", "--kid_subset_size=3",
-                           f"--json={out}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vdm.tools.fid",
+            str(tmp_path / "a.npz"),
+            "fashion_mnist:train",
+            "--num_b=6",
+            f"--data_dir={folder}",
+            "--kid_subsets=3",
+            "--kid_subset_size=3",
+            f"--json={out}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FID " in proc.stdout and "KID " in proc.stdout and "(N = 6, 6; resize tf1)" in proc.stdout
     r = json.loads(out.read_text())
-    assert abs(r["fid"]) < 1e-2 and r["num_a"] == 6          # the same six images: FID 0 up to rounding
-    bad = subprocess.run([sys.executable, "-m", "vdm.tools.fid", "x.npz", "fashion_mnist:train"], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "VDM_FID_DIR": str(tmp_path / "none")})
+    assert abs(r["fid"]) < 1e-2 and r["num_a"] == 6  # the same six images: FID 0 up to rounding
+    bad = subprocess.run(
+        [sys.executable, "-m", "vdm.tools.fid", "x.npz", "fashion_mnist:train"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VDM_FID_DIR": str(tmp_path / "none")},
+    )
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "make fid-weights" in bad.stderr
 
 
+@pytest.mark.slow
 def test_sample_mode_scores_what_it_drew_into_metrics(tiny_data, tmp_path):
-    """--mode=sample with config.eval.fid_samples writes the Inception FID/KID of its first samples against the
+    """--mode=sample with config.fid.samples writes the Inception FID/KID of its first samples against the
     split's reference to metrics.jsonl; the same figures come from `python -m vdm.tools.fid`'s path on the saved .npz."""
     from conftest import run_cli
+
     folder, _ = tiny_data
     wd = str(tmp_path / "run")
     small = ["--config=configs/fashion_mnist.py:small", f"--workdir={wd}"]
-    proc = run_cli(small + ["--config.training.num_steps=2", "--config.training.eval_every=2",
-                            "--config.training.checkpoint_every=2", "--config.training.log_every=1",
-                            "--config.eval.max_examples=20"])
+    proc = run_cli(
+        small
+        + [
+            "--config.training.num_steps=2",
+            "--config.training.eval_every=2",
+            "--config.training.checkpoint_every=2",
+            "--config.training.log_every=1",
+            "--config.eval.max_examples=20",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli(small + ["--mode=sample", "--config.sampling.num_steps=4", "--config.sampling.num_samples=6",
-                            "--config.eval.fid_samples=8", "--config.eval.fid_reference=test",
-                            "--config.eval.fid_reference_examples=10", f"--config.data.data_dir={folder}"])
+    proc = run_cli(
+        small
+        + [
+            "--mode=sample",
+            "--config.sampling.num_steps=4",
+            "--config.sampling.num_samples=6",
+            "--config.fid.samples=8",
+            "--config.fid.reference=test",
+            "--config.fid.reference_examples=10",
+            f"--config.data.data_dir={folder}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     npz = proc.stdout.strip().splitlines()[-1][:-4] + ".npz"
-    assert np.load(npz)["samples"].shape == (8, 28, 28, 1)      # max(num_samples, fid_samples) drawn
+    assert np.load(npz)["samples"].shape == (8, 28, 28, 1)  # max(num_samples, fid.samples) drawn
     row = [json.loads(r) for r in open(os.path.join(wd, "metrics.jsonl")) if '"sample/fid"' in r][-1]
     assert row["mode"] == "sample" and row["sample/num_samples"] == 8 and row["sample/num_reference"] == 10
     again = fid.compare(npz, "fashion_mnist:test", num=8, num_b=10, data_dir=folder, kid_subset_size=8)
@@ -124,6 +170,7 @@ def test_sample_mode_scores_what_it_drew_into_metrics(tiny_data, tmp_path):
 
 def test_fid_samples_on_toy_data_is_one_line_naming_image_data(tmp_path):
     from conftest import run_cli
-    proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={tmp_path}", "--config.eval.fid_samples=8"])
+
+    proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={tmp_path}", "--config.fid.samples=8"])
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "needs image data" in lines[0], proc.stderr[-2000:]

@@ -55,11 +55,11 @@ def test_frechet_distance_matches_the_product_form_for_non_commuting_covariances
     d = 8
     c1 = (lambda m: m @ m.T / d + 0.1 * np.eye(d))(rng.standard_normal((d, d)))
     c2 = (lambda m: m @ m.T / d + 0.1 * np.eye(d))(rng.standard_normal((d, d)))
-    assert np.abs(c1 @ c2 - c2 @ c1).max() > 0.1           # really non-commuting
+    assert np.abs(c1 @ c2 - c2 @ c1).max() > 0.1  # really non-commuting
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
     got = fm.frechet_distance(mu1, c1, mu2, c2)
     assert got == pytest.approx(_w2_squared(mu1, c1, mu2, c2), rel=1e-8)
-    assert fm.frechet_distance(mu2, c2, mu1, c1) == pytest.approx(got, rel=1e-8)   # symmetric
+    assert fm.frechet_distance(mu2, c2, mu1, c1) == pytest.approx(got, rel=1e-8)  # symmetric
     assert fm.frechet_distance(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-9)
 
 
@@ -99,8 +99,12 @@ def test_frechet_distance_of_samples_converges_to_the_gaussians_distance():
     c2 = np.diag([0.7, 1.5, 0.3])
     truth = _w2_squared(mu1, c1, mu2, c2)
     l1, l2 = np.linalg.cholesky(c1), np.linalg.cholesky(c2)
-    est = [fm.frechet_distance_of_samples(mu1 + rng.standard_normal((n, d)) @ l1.T,
-                                           mu2 + rng.standard_normal((n, d)) @ l2.T) for _ in range(reps)]
+    est = [
+        fm.frechet_distance_of_samples(
+            mu1 + rng.standard_normal((n, d)) @ l1.T, mu2 + rng.standard_normal((n, d)) @ l2.T
+        )
+        for _ in range(reps)
+    ]
     se = np.std(est, ddof=1) / np.sqrt(reps)
     # E||mean1 - mean2||^2 = truth part + (tr C1 + tr C2)/n; the trace-sqrt term's bias is of the same order.
     bias = 2 * (np.trace(c1) + np.trace(c2)) / n
@@ -143,15 +147,25 @@ def test_kid_of_two_samples_of_one_distribution_is_zero_in_expectation():
     rng = np.random.default_rng(7)
     d, n, reps = 16, 40, 400
     scale = np.linspace(0.2, 1.5, d)
-    est = [fid.kid_from_features(np.abs(rng.standard_normal((n, d))) * scale,
-                                 np.abs(rng.standard_normal((n, d))) * scale,
-                                 num_subsets=2, subset_size=n // 2, seed=i)[0] for i in range(reps)]
+    est = [
+        fid.kid_from_features(
+            np.abs(rng.standard_normal((n, d))) * scale,
+            np.abs(rng.standard_normal((n, d))) * scale,
+            num_subsets=2,
+            subset_size=n // 2,
+            seed=i,
+        )[0]
+        for i in range(reps)
+    ]
     se = np.std(est, ddof=1) / np.sqrt(reps)
     assert abs(np.mean(est)) < 3 * se, (np.mean(est), se)
     # ... while a shifted distribution is clearly positive on the same scale
-    shifted = fid.kid_from_features(np.abs(rng.standard_normal((n, d))) * scale,
-                                    np.abs(rng.standard_normal((n, d))) * scale + 0.5,
-                                    num_subsets=2, subset_size=n // 2)[0]
+    shifted = fid.kid_from_features(
+        np.abs(rng.standard_normal((n, d))) * scale,
+        np.abs(rng.standard_normal((n, d))) * scale + 0.5,
+        num_subsets=2,
+        subset_size=n // 2,
+    )[0]
     assert shifted > 20 * se
 
 
@@ -162,7 +176,7 @@ def test_kid_standard_error_matches_the_spread_over_repetitions_for_disjoint_sub
     pairs = [(rng.standard_normal((500, d)), rng.standard_normal((500, d)) + 0.2) for _ in range(reps)]
     out = np.array([fid.kid_from_features(a, b, num_subsets=10, subset_size=50, seed=0) for a, b in pairs])
     ratio = np.mean(out[:, 1]) / np.std(out[:, 0], ddof=1)
-    assert 0.7 < ratio < 1.4, ratio        # 60 repetitions: the std itself is known to ~10%
+    assert 0.7 < ratio < 1.4, ratio  # 60 repetitions: the std itself is known to ~10%
 
 
 def test_kid_rejects_bad_input():

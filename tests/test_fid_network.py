@@ -46,7 +46,7 @@ def test_features_equal_the_torchscript_network(ref, nets):
     _assert_close(fid.inception_features(synth299, net=nets["tf1"], batch_size=5), ref["feat_synth299"])
     both = fid.inception_features(images, net=nets["tf1"], batch_size=5)
     _assert_close(both, np.concatenate([ref["feat_synth28"], ref["feat_fmnist28"]]))
-    grey = fid.inception_features(ref["fmnist28"], net=nets["tf1"], batch_size=8)   # C = 1: repeated
+    grey = fid.inception_features(ref["fmnist28"], net=nets["tf1"], batch_size=8)  # C = 1: repeated
     np.testing.assert_allclose(grey, both[4:], rtol=0, atol=1e-6)
     half = fid.inception_features(ref["fmnist28"][:4], net=nets["half_pixel"], batch_size=4)
     _assert_close(half, ref["feat_fmnist28_half"])
@@ -91,7 +91,7 @@ def test_resize_equals_the_formula_and_torch(ref, mode, key, size):
 def test_preprocess_scales_to_the_networks_range_and_rejects_bad_images():
     x = np.zeros((1, 299, 299, 1), np.uint8)
     x[0, 0, 0], x[0, 0, 1] = 128, 255
-    y = np.asarray(inception.preprocess(jnp.asarray(x)))        # 299x299 already: no resize
+    y = np.asarray(inception.preprocess(jnp.asarray(x)))  # 299x299 already: no resize
     assert y.shape == (1, 299, 299, 3) and y.min() == -1.0 and y.max() == 0.9921875
     np.testing.assert_array_equal(y[0, 0, :2], [[0.0] * 3, [0.9921875] * 3])
     with pytest.raises(ValueError, match="uint8 \\[N, H, W, C\\]"):
@@ -106,11 +106,20 @@ def test_features_are_the_same_sharded_over_several_devices(ref, tmp_path):
     """2 fake CPU devices: batches split over the mesh (3 images padded to 4) give the TorchScript features."""
     import subprocess
     import sys
-    script = ("import sys, numpy as np, jax; from vdm import fid; assert jax.local_device_count() == 2; "
-              "x = np.load(sys.argv[1])['fmnist28'][:3]; np.save(sys.argv[2], fid.inception_features(x, batch_size=3))")
+
+    script = (
+        "import sys, numpy as np, jax; from vdm import fid; assert jax.local_device_count() == 2; "
+        "x = np.load(sys.argv[1])['fmnist28'][:3]; np.save(sys.argv[2], fid.inception_features(x, batch_size=3))"
+    )
     out = tmp_path / "f.npy"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", script, FIXTURE, str(out)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, FIXTURE, str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_close(np.load(out), ref["feat_fmnist28"][:3])

@@ -19,11 +19,11 @@ from vdm.evaluation import fid_weights, torchscript
 
 def _str(s: str) -> bytes:
     b = s.encode()
-    return b"X" + struct.pack("<I", len(b)) + b          # BINUNICODE
+    return b"X" + struct.pack("<I", len(b)) + b  # BINUNICODE
 
 
 def _int(i: int) -> bytes:
-    return b"J" + struct.pack("<i", i)                    # BININT
+    return b"J" + struct.pack("<i", i)  # BININT
 
 
 def _global(module: str, name: str) -> bytes:
@@ -31,20 +31,21 @@ def _global(module: str, name: str) -> bytes:
 
 
 def _tuple(items: list[bytes]) -> bytes:
-    return b"(" + b"".join(items) + b"t"                  # MARK ... TUPLE
+    return b"(" + b"".join(items) + b"t"  # MARK ... TUPLE
 
 
 def _tensor(key: str, storage: str, numel: int, offset: int, size, stride) -> bytes:
     pid = _tuple([_str("storage"), _global("torch", storage), _str(key), _str("cpu"), _int(numel)]) + b"Q"
     hooks = _global("collections", "OrderedDict") + b")R"
-    args = _tuple([pid, _int(offset), _tuple([_int(s) for s in size]), _tuple([_int(s) for s in stride]),
-                   b"\x89", hooks])
+    args = _tuple(
+        [pid, _int(offset), _tuple([_int(s) for s in size]), _tuple([_int(s) for s in stride]), b"\x89", hooks]
+    )
     return _global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
 
 
 def _module(cls: tuple[str, str], items: list[tuple[str, bytes]]) -> bytes:
-    state = b"}(" + b"".join(_str(k) + v for k, v in items) + b"u"    # EMPTY_DICT MARK ... SETITEMS
-    return _global(*cls) + b")\x81" + state + b"b"                   # EMPTY_TUPLE NEWOBJ ... BUILD
+    state = b"}(" + b"".join(_str(k) + v for k, v in items) + b"u"  # EMPTY_DICT MARK ... SETITEMS
+    return _global(*cls) + b")\x81" + state + b"b"  # EMPTY_TUPLE NEWOBJ ... BUILD
 
 
 def _archive(path, pickle_bytes: bytes, storages: dict[str, bytes], root: str = "tiny") -> str:
@@ -58,16 +59,23 @@ def _archive(path, pickle_bytes: bytes, storages: dict[str, bytes], root: str = 
 
 def test_reader_reads_back_arrays_exactly(tmp_path):
     w = np.arange(24, dtype="<f4").reshape(2, 3, 4) * 0.37 - 1.1
-    ints = np.array([7, -3, 2 ** 40], "<i8")
-    inner = _module(("__torch__.tiny", "Conv"), [
-        ("weight", _tensor("0", "FloatStorage", 24, 0, (2, 3, 4), (12, 4, 1))),
-        ("wt", _tensor("0", "FloatStorage", 24, 1, (3, 2), (4, 12))),     # a strided view with an offset
-        ("stride", _int(2)),
-        ("padding", _global("torch.jit._pickle", "build_intlist") + _tuple([b"](" + _int(0) + _int(3) + b"e"]) + b"R"),
-    ])
-    outer = _module(("__torch__.tiny.___torch_mangle_1", "Net"), [
-        ("training", b"\x89"), ("conv", inner),
-        ("counts", _tensor("1", "LongStorage", 3, 0, (3,), (1,)))])
+    ints = np.array([7, -3, 2**40], "<i8")
+    inner = _module(
+        ("__torch__.tiny", "Conv"),
+        [
+            ("weight", _tensor("0", "FloatStorage", 24, 0, (2, 3, 4), (12, 4, 1))),
+            ("wt", _tensor("0", "FloatStorage", 24, 1, (3, 2), (4, 12))),  # a strided view with an offset
+            ("stride", _int(2)),
+            (
+                "padding",
+                _global("torch.jit._pickle", "build_intlist") + _tuple([b"](" + _int(0) + _int(3) + b"e"]) + b"R",
+            ),
+        ],
+    )
+    outer = _module(
+        ("__torch__.tiny.___torch_mangle_1", "Net"),
+        [("training", b"\x89"), ("conv", inner), ("counts", _tensor("1", "LongStorage", 3, 0, (3,), (1,)))],
+    )
     path = _archive(tmp_path / "tiny.pt", outer, {"0": w.tobytes(), "1": ints.tobytes()})
     tree = torchscript.read_archive(path)
     assert tree.type_name == "__torch__.tiny.___torch_mangle_1.Net"
@@ -81,8 +89,10 @@ def test_reader_reads_back_arrays_exactly(tmp_path):
     assert flat["conv.stride"] == 2 and flat["conv.padding"] == [0, 3]
 
 
-@pytest.mark.parametrize("module,name", [("os", "system"), ("builtins", "eval"), ("torch", "load"),
-                                         ("__torch__.x", "a b"), ("numpy", "ndarray")])
+@pytest.mark.parametrize(
+    "module,name",
+    [("os", "system"), ("builtins", "eval"), ("torch", "load"), ("__torch__.x", "a b"), ("numpy", "ndarray")],
+)
 def test_reader_refuses_a_foreign_class(tmp_path, module, name):
     evil = _global(module, name) + _tuple([_str("touch pwned")]) + b"R"
     path = _archive(tmp_path / "evil.pt", _module(("__torch__.m", "M"), [("x", evil)]), {})
@@ -120,6 +130,7 @@ def test_missing_or_corrupt_weight_cache_is_one_line_naming_the_fix(tmp_path):
 def test_the_cached_weights_pass_their_checksum_and_fit_the_network():
     """The cache `make fid-weights` wrote (a dependency of `make test`): sha256 recorded, shapes of InceptionV3."""
     from vdm.models import inception
+
     flat, digest = fid_weights.load()
     assert len(digest) == 64
     inception.check_params(inception.params_from_torch(flat))

@@ -27,15 +27,25 @@ from vdm.tasks import latent_task
 from vdm.tasks.autoencoder_task import load_autoencoder, train_autoencoder
 
 AE_SMALL = ["--config=configs/fashion_mnist_ae.py:small", "--config.eval.max_examples=300"]
-LATENT_SMALL = ["--config=configs/fashion_mnist.py:latent,small", "--config.eval.max_examples=300",
-                "--config.latent.scale_examples=300", "--config.training.num_steps=10",
-                "--config.training.eval_every=10", "--config.training.checkpoint_every=10"]
+LATENT_SMALL = [
+    "--config=configs/fashion_mnist.py:latent,small",
+    "--config.eval.max_examples=300",
+    "--config.latent.scale_examples=300",
+    "--config.training.num_steps=10",
+    "--config.training.eval_every=10",
+    "--config.training.checkpoint_every=10",
+]
 
 
 def run_ae(args: list[str], **kw) -> subprocess.CompletedProcess:
     """python -m vdm.tasks.autoencoder_task ARGS from the repository root."""
-    return subprocess.run([sys.executable, "-m", "vdm.main", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=kw.get("timeout", 300))
+    return subprocess.run(
+        [sys.executable, "-m", "vdm.main", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=kw.get("timeout", 300),
+    )
 
 
 def latent_config(ae_dir: str, **overrides):
@@ -92,21 +102,28 @@ def _losses_by_step(workdir: str) -> dict[int, float]:
     for line in open(path):
         try:
             rec = json.loads(line)
-        except ValueError:                      # a line half-written at the kill
+        except ValueError:  # a line half-written at the kill
             continue
         if "train/loss" in rec:
             out[rec["step"]] = rec["train/loss"]
     return out
 
 
+@pytest.mark.slow
 def test_the_autoencoder_resumes_after_kill_9_bit_identically(tmp_path):
     """Kill -9 an autoencoder run a few steps past a checkpoint; the rerun replays those steps with identical losses."""
-    args = ["--config=configs/fashion_mnist_ae.py:small", "--config.optimizer.decay=constant",
-            "--config.training.checkpoint_every=10", "--config.training.eval_every=100000",
-            "--config.training.log_every=1", f"--workdir={tmp_path}"]
+    args = [
+        "--config=configs/fashion_mnist_ae.py:small",
+        "--config.optimizer.decay=constant",
+        "--config.training.checkpoint_every=10",
+        "--config.training.eval_every=100000",
+        "--config.training.log_every=1",
+        f"--workdir={tmp_path}",
+    ]
     ckpt_dir = os.path.join(tmp_path, "checkpoints")
-    sigkill_past_checkpoint(["-m", "vdm.main", *args, "--config.training.num_steps=100000"],
-                            str(tmp_path), _losses_by_step)
+    sigkill_past_checkpoint(
+        ["-m", "vdm.main", *args, "--config.training.num_steps=100000"], str(tmp_path), _losses_by_step
+    )
     before = _losses_by_step(tmp_path)
     with Checkpointer(ckpt_dir) as ckpt:
         resume_from = ckpt.latest_step()
@@ -117,7 +134,7 @@ def test_the_autoencoder_resumes_after_kill_9_bit_identically(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming from checkpoint step {resume_from}" in proc.stderr
     after = _losses_by_step(tmp_path)
-    assert [after[s] for s in overlap] == [before[s] for s in overlap]     # bit-identical floats
+    assert [after[s] for s in overlap] == [before[s] for s in overlap]  # bit-identical floats
     assert sorted(after) == list(range(1, end + 1))
 
 
@@ -129,11 +146,12 @@ def test_the_latent_run_reports_the_three_term_bound_and_eval_returns_it(latent_
     prior = sum(result[f"eval/bpd_latent_{k}"] for k in ("recon", "prior", "diffusion"))
     np.testing.assert_allclose(result["eval/bpd_cross_entropy"], prior + result["eval/bpd_scale_log_det"], rtol=1e-5)
     recorded = record.load_recorded(latent_dir)
-    assert recorded.latent.scale > 0 and recorded.latent.autoencoder.downsample == 4   # computed / copied, recorded
-    np.testing.assert_allclose(result["eval/bpd_scale_log_det"] * 784 * np.log(2),
-                               -7 * 7 * 4 * np.log(recorded.latent.scale), rtol=1e-6)
-    again = modes.evaluate(record.load_recorded(latent_dir), latent_dir)     # what --mode=eval runs
-    assert again["eval/bpd"] == result["eval/bpd"]                          # the same draws: the same number
+    assert recorded.latent.scale > 0 and recorded.latent.autoencoder.downsample == 4  # computed / copied, recorded
+    np.testing.assert_allclose(
+        result["eval/bpd_scale_log_det"] * 784 * np.log(2), -7 * 7 * 4 * np.log(recorded.latent.scale), rtol=1e-6
+    )
+    again = modes.evaluate(record.load_recorded(latent_dir), latent_dir)  # what --mode=eval runs
+    assert again["eval/bpd"] == result["eval/bpd"]  # the same draws: the same number
 
 
 def test_the_frozen_autoencoder_is_the_trained_one_bit_for_bit(ae_dir, latent_dir):
@@ -153,20 +171,24 @@ def test_sampling_decodes_latents_to_images(latent_dir):
     samples = np.load(png[:-4] + ".npz")["samples"]
     assert samples.shape == (6, 28, 28, 1) and os.path.exists(png)
     k = (samples + 1.0) * 127.5
-    np.testing.assert_allclose(k, np.round(k), atol=1e-4)                  # on the 8-bit grid
+    np.testing.assert_allclose(k, np.round(k), atol=1e-4)  # on the 8-bit grid
 
 
+@pytest.mark.slow
 def test_joint_fine_tuning_on_resume_trains_the_autoencoder_too(ae_dir, latent_dir, tmp_path):
     """A resume with latent.joint=True moves encoder and decoder (the bound's gradient reaches them); the loss is finite."""
     d = str(tmp_path / "joint")
     shutil.copytree(latent_dir, d)
     before, _ = _restore(d)
-    latent_task.train_and_evaluate(latent_config(ae_dir, latent__joint=True, training__num_steps=14,
-                                                 training__eval_every=14), d)
+    latent_task.train_and_evaluate(
+        latent_config(ae_dir, latent__joint=True, training__num_steps=14, training__eval_every=14), d
+    )
     after, step = _restore(d)
     assert step == 14
-    moved = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(after.params[latent_task.AE]),
-                                                          jax.tree.leaves(before.params[latent_task.AE]))]
+    moved = [
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(after.params[latent_task.AE]), jax.tree.leaves(before.params[latent_task.AE]))
+    ]
     assert max(moved) > 0
     changes = [json.loads(line) for line in open(os.path.join(d, "config_changes.jsonl"))]
     assert any("latent.joint" in c["changes"] for c in changes)
@@ -184,9 +206,11 @@ def test_bad_latent_input_is_one_clear_line_and_writes_nothing(ae_dir, tmp_path)
     pixel = tmp_path / "pixel"
     pixel.mkdir()
     (pixel / "config.json").write_text(json.dumps({"model": {}, "loss": {"weighting": "elbo"}}))
-    for overrides, needle in (({"model__decoder": "categorical"}, "decoder is 'gaussian'"),
-                              ({"latent__latents": "median"}, "latent.latents"),
-                              ({"latent__autoencoder_workdir": str(pixel)}, "not an autoencoder")):
+    for overrides, needle in (
+        ({"model__decoder": "categorical"}, "decoder is 'gaussian'"),
+        ({"latent__latents": "median"}, "latent.latents"),
+        ({"latent__autoencoder_workdir": str(pixel)}, "not an autoencoder"),
+    ):
         with pytest.raises(validation.ConfigError, match=needle):
             latent_task.train_and_evaluate(latent_config(ae_dir, **overrides), str(wd))
     assert not wd.exists() or not os.listdir(wd)
@@ -207,10 +231,16 @@ def test_bad_autoencoder_config_is_one_clear_line(tmp_path):
 def test_the_pixel_vs_latent_script_runs_end_to_end(tmp_path):
     """experiments/latent_vs_pixel.py --tiny: three runs through the CLI, a table with one finite row per model."""
     out = tmp_path / "table.csv"
-    proc = subprocess.run([sys.executable, "experiments/latent_vs_pixel.py", "--tiny", f"--root={tmp_path / 'runs'}",
-                           f"--out={out}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "experiments/latent_vs_pixel.py", "--tiny", f"--root={tmp_path / 'runs'}", f"--out={out}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import csv
+
     rows = {r["model"]: r for r in csv.DictReader(open(out))}
     assert set(rows) == {"pixel", "latent"}
     for r in rows.values():

@@ -13,8 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from vdm import objectives as O
 from vdm import diffusion, sampling, schedules
+from vdm import objectives as O
 from vdm.core.discrete_time import hybrid_diffusion_term, step_kl
 from vdm.parameterization import split_variance, variance_weight
 
@@ -32,7 +32,7 @@ def test_step_kl_with_a_learned_variance_is_the_gaussian_kl():
     rng = np.random.default_rng(0)
     gamma_s, gamma_t = -3.0, -1.5
     x, x_hat, eps = rng.normal(size=(3, 50))
-    v = rng.uniform(-0.3, 1.3, size=50)                  # the 'interp' head is unconstrained
+    v = rng.uniform(-0.3, 1.3, size=50)  # the 'interp' head is unconstrained
     abar_s, abar_t, beta, beta_tilde = _np_moments(gamma_s, gamma_t)
     z_t = np.sqrt(abar_t) * x + np.sqrt(1 - abar_t) * eps
     # DDPM eq. 7: mu = sqrt(abar_s) beta / (1 - abar_t) x0 + sqrt(abar_t / abar_s) (1 - abar_s) / (1 - abar_t) z_t
@@ -40,8 +40,14 @@ def test_step_kl_with_a_learned_variance_is_the_gaussian_kl():
     sigma2 = np.exp(v * np.log(beta) + (1 - v) * np.log(beta_tilde))
     kl = 0.5 * (np.log(sigma2 / beta_tilde) + beta_tilde / sigma2 - 1 + (mean(x) - mean(x_hat)) ** 2 / sigma2)
     eps_hat = (z_t - np.sqrt(abar_t) * x_hat) / np.sqrt(1 - abar_t)
-    got = step_kl(jnp.asarray(eps, jnp.float32), jnp.asarray(eps_hat, jnp.float32), jnp.float32(gamma_s),
-                  jnp.float32(gamma_t), "learned", jnp.asarray(v, jnp.float32))
+    got = step_kl(
+        jnp.asarray(eps, jnp.float32),
+        jnp.asarray(eps_hat, jnp.float32),
+        jnp.float32(gamma_s),
+        jnp.float32(gamma_t),
+        "learned",
+        jnp.asarray(v, jnp.float32),
+    )
     np.testing.assert_allclose(np.asarray(got), kl, rtol=2e-4, atol=1e-6)
 
 
@@ -53,10 +59,11 @@ def test_discrete_term_with_v_at_an_end_is_the_fixed_variance_term(v, fixed):
     t = O.discretize_t(jax.random.uniform(jax.random.fold_in(key, 2), (64,)), 20)
     pred = lambda z, t: 0.3 * z
     kw = dict(schedule=SCHED, parameterization="eps", num_steps=20)
-    learned = O.discrete_diffusion_term(lambda z, t: (pred(z, t), jnp.full_like(z, v)), x, eps, t,
-                                        variance="learned", **kw)
+    learned = O.discrete_diffusion_term(
+        lambda z, t: (pred(z, t), jnp.full_like(z, v)), x, eps, t, variance="learned", **kw
+    )
     np.testing.assert_allclose(learned, O.discrete_diffusion_term(pred, x, eps, t, variance=fixed, **kw), rtol=1e-5)
-    if fixed == "small":      # ... and today's term, T/2 expm1(g_t - g_s) ||eps - eps_hat||^2 (VDM eq. 13)
+    if fixed == "small":  # ... and today's term, T/2 expm1(g_t - g_s) ||eps - eps_hat||^2 (VDM eq. 13)
         g_t, g_s = SCHED(t), SCHED(t - 1 / 20)
         z = jnp.sqrt(jax.nn.sigmoid(-g_t))[:, None] * x + jnp.sqrt(jax.nn.sigmoid(g_t))[:, None] * eps
         want = 10 * jnp.expm1(g_t - g_s) * jnp.sum(jnp.square(eps - pred(z, t)), axis=1)
@@ -76,14 +83,27 @@ def test_hybrid_loss_trains_the_mean_by_its_weighting_and_the_variance_by_lambda
         return hybrid_diffusion_term(fn, x, eps, t, w, hybrid_lambda=0.01, **kw)
 
     ga = jax.grad(lambda a: jnp.mean(losses(a, 0.3)[0]))(0.5)
-    g_mean = jax.grad(lambda a: jnp.mean(w * jnp.sum(jnp.square(eps - a * jax.lax.stop_gradient(
-        jnp.sqrt(jax.nn.sigmoid(-SCHED(t)))[:, None] * x + jnp.sqrt(jax.nn.sigmoid(SCHED(t)))[:, None] * eps)),
-        axis=1)))(0.5)
-    np.testing.assert_allclose(ga, g_mean, rtol=1e-5)       # the stop-gradient: L_vlb adds nothing to the mean
+    g_mean = jax.grad(
+        lambda a: jnp.mean(
+            w
+            * jnp.sum(
+                jnp.square(
+                    eps
+                    - a
+                    * jax.lax.stop_gradient(
+                        jnp.sqrt(jax.nn.sigmoid(-SCHED(t)))[:, None] * x
+                        + jnp.sqrt(jax.nn.sigmoid(SCHED(t)))[:, None] * eps
+                    )
+                ),
+                axis=1,
+            )
+        )
+    )(0.5)
+    np.testing.assert_allclose(ga, g_mean, rtol=1e-5)  # the stop-gradient: L_vlb adds nothing to the mean
     gb = jax.grad(lambda b: jnp.mean(losses(0.5, b)[0]))(0.3)
     gb_vlb = jax.grad(lambda b: jnp.mean(losses(0.5, b)[1]))(0.3)
     np.testing.assert_allclose(gb, 0.01 * gb_vlb, rtol=1e-5)
-    vlb = losses(0.5, 0.3)[1]                              # L_vlb is the discrete ELBO's term with that variance
+    vlb = losses(0.5, 0.3)[1]  # L_vlb is the discrete ELBO's term with that variance
     fn = lambda z, t: (0.5 * z, jnp.full_like(z, 0.3))
     np.testing.assert_allclose(vlb, O.discrete_diffusion_term(fn, x, eps, t, variance="learned", **kw), rtol=1e-6)
 
@@ -96,7 +116,7 @@ def _optimal_variance(gamma_s, gamma_t, s2):
     abar_s, abar_t, beta, beta_tilde = _np_moments(gamma_s, gamma_t)
     e_eps2 = (1 - abar_t) / (abar_t * s2 + 1 - abar_t)
     coef = np.sqrt((1 - abar_t) / (abar_t / abar_s)) - np.sqrt(1 - abar_s - beta_tilde)
-    return beta_tilde + coef ** 2 * (1 - e_eps2), beta, beta_tilde
+    return beta_tilde + coef**2 * (1 - e_eps2), beta, beta_tilde
 
 
 def test_fitting_a_free_v_per_step_recovers_the_analytic_dpm_optimal_variance():
@@ -107,27 +127,37 @@ def test_fitting_a_free_v_per_step_recovers_the_analytic_dpm_optimal_variance():
     eps = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
     t = jnp.repeat(jnp.arange(1, T + 1) / T, n)
 
-    def exact_eps(z, t):                    # E[eps | z_t] for x ~ N(0, s2 I)
+    def exact_eps(z, t):  # E[eps | z_t] for x ~ N(0, s2 I)
         a2, sg2 = jax.nn.sigmoid(-SCHED(t))[:, None], jax.nn.sigmoid(SCHED(t))[:, None]
         return jnp.sqrt(sg2) * z / (a2 * s2 + sg2)
 
     def loss(r):
-        head = lambda z, tt: (exact_eps(z, tt), jnp.broadcast_to(variance_weight(r[jnp.round(tt * T).astype(int) - 1],
-                                                                                   "interp")[:, None], z.shape))
-        return jnp.mean(O.discrete_diffusion_term(head, x, eps, t, schedule=SCHED, parameterization="eps",
-                                                  num_steps=T, variance="learned"))
+        head = lambda z, tt: (
+            exact_eps(z, tt),
+            jnp.broadcast_to(variance_weight(r[jnp.round(tt * T).astype(int) - 1], "interp")[:, None], z.shape),
+        )
+        return jnp.mean(
+            O.discrete_diffusion_term(
+                head, x, eps, t, schedule=SCHED, parameterization="eps", num_steps=T, variance="learned"
+            )
+        )
 
     tx = optax.adam(0.05)
     r = jnp.zeros((T,))
     state = tx.init(r)
-    step = jax.jit(lambda r, s: (lambda g: (lambda u, s2_: (optax.apply_updates(r, u), s2_))(*tx.update(g, s)))(
-        jax.grad(loss)(r)))
+    step = jax.jit(
+        lambda r, s: (lambda g: (lambda u, s2_: (optax.apply_updates(r, u), s2_))(*tx.update(g, s)))(jax.grad(loss)(r))
+    )
     for _ in range(600):
         r, state = step(r, state)
     g = np.asarray(SCHED(jnp.arange(T + 1) / T), np.float64)
     want, beta, beta_tilde = _optimal_variance(g[:-1], g[1:], s2)
-    got = np.asarray(diffusion.step_variance(jnp.asarray(g[1:], jnp.float32), jnp.asarray(g[:-1], jnp.float32),
-                                           "learned", variance_weight(r, "interp")), np.float64)
+    got = np.asarray(
+        diffusion.step_variance(
+            jnp.asarray(g[1:], jnp.float32), jnp.asarray(g[:-1], jnp.float32), "learned", variance_weight(r, "interp")
+        ),
+        np.float64,
+    )
     # The optimum lies strictly between beta_tilde and beta at every step: the fit is informative everywhere.
     assert np.all(want > beta_tilde * 1.001) and np.all(want < beta * 0.999)
     # Monte-Carlo error of the fitted optimum beta_tilde + mean(d^2): relative SE <= sqrt(2 / (n d)) = 0.55%.
@@ -174,28 +204,51 @@ def test_hybrid_end_to_end_train_eval_with_each_variance_and_sample_with_the_lea
     import os
 
     from conftest import run_cli
+
     wd = str(tmp_path)
-    hybrid = ["--config=configs/toy2d.py:small", f"--workdir={wd}", "--config.model.variance_head=interp",
-              "--config.loss.objective=hybrid", "--config.loss.weighting=simple", "--config.loss.num_steps=100"]
+    hybrid = [
+        "--config=configs/toy2d.py:small",
+        f"--workdir={wd}",
+        "--config.model.variance_head=interp",
+        "--config.loss.objective=hybrid",
+        "--config.loss.weighting=simple",
+        "--config.loss.num_steps=100",
+    ]
     proc = run_cli(hybrid)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     assert all(np.isfinite(r["train/vlb"]) and r["train/vlb"] > 0 for r in rows if "train/loss" in r)
     bpd = {}
     for variance in ("learned", "small", "large"):
-        proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}", "--mode=eval", "--config.eval.num_steps=10",
-                        f"--config.eval.variance={variance}"])
+        proc = run_cli(
+            [
+                "--config=configs/toy2d.py:small",
+                f"--workdir={wd}",
+                "--mode=eval",
+                "--config.eval.num_steps=10",
+                f"--config.eval.variance={variance}",
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        bpd[variance] = json.loads(proc.stdout[proc.stdout.index("{"):])["eval/bpd"]
+        bpd[variance] = json.loads(proc.stdout[proc.stdout.index("{") :])["eval/bpd"]
     assert all(np.isfinite(v) for v in bpd.values()) and len(set(bpd.values())) == 3, bpd
     for method in ("--config.sampling.method=ancestral", "--config.sampling.method=ddim --config.sampling.eta=1.0"):
-        proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}", "--mode=sample", *method.split(),
-                        "--config.sampling.variance=learned",
-                        "--config.sampling.num_steps=5", "--config.sampling.num_samples=16"])
+        proc = run_cli(
+            [
+                "--config=configs/toy2d.py:small",
+                f"--workdir={wd}",
+                "--mode=sample",
+                *method.split(),
+                "--config.sampling.variance=learned",
+                "--config.sampling.num_steps=5",
+                "--config.sampling.num_samples=16",
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         samples = np.load(proc.stdout.strip().splitlines()[-1][:-4] + ".npz")["samples"]
         assert samples.shape == (16, 2) and np.all(np.isfinite(samples))
-    proc = run_cli([f"--workdir={tmp_path / 'nohead'}", "--config=configs/toy2d.py:small",
-                    "--config.sampling.variance=learned"])
+    proc = run_cli(
+        [f"--workdir={tmp_path / 'nohead'}", "--config=configs/toy2d.py:small", "--config.sampling.variance=learned"]
+    )
     assert proc.returncode != 0 and "needs a model with a variance head" in proc.stderr
     assert not os.path.exists(tmp_path / "nohead" / "checkpoints")

@@ -17,20 +17,38 @@ from vdm.models.classifier import NoisyClassifier
 from vdm.models.schedule import LearnedSchedule
 
 NUM_CLASSES = 3
-SHAPES = {'vdm_unet': (2, 8, 8, 3), 'adm_unet': (2, 16, 16, 3), 'mlp': (4, 2)}
+SHAPES = {"vdm_unet": (2, 8, 8, 3), "adm_unet": (2, 16, 16, 3), "mlp": (4, 2)}
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     cfg = dict(
-        name=name, width=8, num_layers=1, channel_mult=(1, 2), num_res_blocks=1,
-        attention_resolutions=(8,), num_heads=2, dropout=0.3,
-        fourier_features=True, fourier_min=6, fourier_max=7,
-        num_classes=NUM_CLASSES, gamma_min=-13.3, gamma_max=5.0,
-        embedding_freqs='half', norm_groups=0, residual_output=False, cond_proj_bias=True,
-        cond_proj_zero_init=False, scan_blocks=False, remat=False,
+        name=name,
+        width=8,
+        num_layers=1,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        num_heads=2,
+        dropout=0.3,
+        fourier_features=True,
+        fourier_min=6,
+        fourier_max=7,
+        num_classes=NUM_CLASSES,
+        gamma_min=-13.3,
+        gamma_max=5.0,
+        embedding_freqs="half",
+        norm_groups=0,
+        residual_output=False,
+        cond_proj_bias=True,
+        cond_proj_zero_init=False,
+        scan_blocks=False,
+        remat=False,
         # Keys the nets must ignore.
-        parameterization='eps', schedule='linear_logsnr', label_dropout=0.1,
-        learn_endpoints=False)
+        parameterization="eps",
+        schedule="linear_logsnr",
+        label_dropout=0.1,
+        learn_endpoints=False,
+    )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
 
@@ -38,11 +56,10 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
 def perturb(tree, seed, scale=0.3):
     """Add N(0, scale^2) noise (numpy, nothing to compile) to every leaf: removes the zero init."""
     rng = np.random.default_rng(seed)
-    return jax.tree.map(
-        lambda x: x + jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype), tree)
+    return jax.tree.map(lambda x: x + jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype), tree)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build(name):
     """Model `name` initialised once (compiles are the cost of this file)."""
     model = get_model(model_config(name))
@@ -50,20 +67,27 @@ def build(name):
     gamma = jnp.linspace(-8.0, 3.0, z.shape[0])
     capture = lambda mdl, _: isinstance(mdl, (layers.AttnBlock, layers.ResnetBlock))
     # init_with_output: the fresh prediction comes from the same compiled program.
-    init = functools.partial(model.init_with_output, capture_intermediates=capture,
-                             mutable=True)
-    out0, variables = jax.jit(init)(
-        {'params': jax.random.key(1, impl='unsafe_rbg')}, z, gamma)  # quick to compile
+    init = functools.partial(model.init_with_output, capture_intermediates=capture, mutable=True)
+    out0, variables = jax.jit(init)({"params": jax.random.key(1, impl="unsafe_rbg")}, z, gamma)  # quick to compile
     variables = dict(variables)
-    inter = variables.pop('intermediates', {})
+    inter = variables.pop("intermediates", {})
     # One uniform signature, so calls share compiled programs:
     # apply(variables, z, gamma, y, key, train=...).
     apply = jax.jit(
-        lambda v, z, g, y, key, train: model.apply(v, z, g, y, train=train,
-                                                   rngs={'dropout': key}),
-        static_argnames='train')
-    return dict(name=name, model=model, z=z, gamma=gamma, v=variables, out0=out0,
-                vp=perturb(variables, 2), apply=apply, inter=inter)
+        lambda v, z, g, y, key, train: model.apply(v, z, g, y, train=train, rngs={"dropout": key}),
+        static_argnames="train",
+    )
+    return dict(
+        name=name,
+        model=model,
+        z=z,
+        gamma=gamma,
+        v=variables,
+        out0=out0,
+        vp=perturb(variables, 2),
+        apply=apply,
+        inter=inter,
+    )
 
 
 @pytest.fixture(params=list(SHAPES))
@@ -75,23 +99,22 @@ def block_outputs(inter):
     """(spatial size, channels) of every captured ResnetBlock / AttnBlock output."""
     res, attn = [], []
     for path, x in jax.tree_util.tree_flatten_with_path(inter)[0]:
-        keys = [str(getattr(p, 'key', '')) for p in path]
-        (attn if any(k.endswith('attn') for k in keys) else res).append((x.shape[1], x.shape[-1]))
+        keys = [str(getattr(p, "key", "")) for p in path]
+        (attn if any(k.endswith("attn") for k in keys) else res).append((x.shape[1], x.shape[-1]))
     return res, attn
 
 
 def test_fresh_model_predicts_exactly_zero_with_shape_of_z(built):
-    out = built['out0']
-    assert out.shape == built['z'].shape
+    out = built["out0"]
+    assert out.shape == built["z"].shape
     assert np.all(np.asarray(out) == 0.0)
-    out_p = built['apply'](built['vp'], built['z'], built['gamma'], None,
-                           jax.random.key(0), train=False)
-    assert out_p.shape == built['z'].shape
+    out_p = built["apply"](built["vp"], built["z"], built["gamma"], None, jax.random.key(0), train=False)
+    assert out_p.shape == built["z"].shape
     assert np.all(np.isfinite(out_p)) and np.any(np.asarray(out_p) != 0.0)
 
 
 def test_dropout_random_in_train_deterministic_in_eval(built):
-    apply, vp, z, g = built['apply'], built['vp'], built['z'], built['gamma']
+    apply, vp, z, g = built["apply"], built["vp"], built["z"], built["gamma"]
     y = jnp.zeros(z.shape[0], jnp.int32)
     ka, kb = jax.random.key(10), jax.random.key(11)
     tr_a = apply(vp, z, g, y, ka, train=True)
@@ -106,7 +129,7 @@ def test_dropout_random_in_train_deterministic_in_eval(built):
 
 
 def test_null_class_and_label_and_gamma_conditioning(built):
-    apply, vp, z, g = built['apply'], built['vp'], built['z'], built['gamma']
+    apply, vp, z, g = built["apply"], built["vp"], built["z"], built["gamma"]
     b, key = z.shape[0], jax.random.key(0)
     out_none = apply(vp, z, g, None, key, train=False)
     out_null = apply(vp, z, g, jnp.full((b,), NUM_CLASSES, jnp.int32), key, train=False)
@@ -121,7 +144,7 @@ def test_null_class_and_label_and_gamma_conditioning(built):
 
 
 def test_adm_unet_is_multi_resolution_with_attention_where_asked():
-    res, attn = block_outputs(build('adm_unet')['inter'])
+    res, attn = block_outputs(build("adm_unet")["inter"])
     # Level 0: 16x16 with width 8; level 1: 8x8 with width 16.
     assert {(16, 8), (8, 16)} == set(res)
     # attention_resolutions=(8,) plus the middle block, which is also at 8.
@@ -129,37 +152,39 @@ def test_adm_unet_is_multi_resolution_with_attention_where_asked():
 
 
 def test_vdm_unet_keeps_full_resolution_throughout():
-    res, attn = block_outputs(build('vdm_unet')['inter'])
+    res, attn = block_outputs(build("vdm_unet")["inter"])
     num_layers = 1
     assert len(res) == num_layers + 2 + (num_layers + 1) and len(attn) == 1
     assert set(res) == set(attn) == {(8, 8)}
 
 
-@pytest.mark.parametrize('overrides, match', [
-    (dict(attention_resolutions=(4,)), r'valid sizes .* \(16, 8\)'),
-    (dict(channel_mult=(1, 2, 2, 2, 2, 2)), 'divisible'),
-    (dict(channel_mult=()), 'non-empty'),
-    (dict(num_heads=3), 'num_heads'),
-    (dict(width=0), 'width'),
-    (dict(dropout=1.0), 'dropout'),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(attention_resolutions=(4,)), r"valid sizes .* \(16, 8\)"),
+        (dict(channel_mult=(1, 2, 2, 2, 2, 2)), "divisible"),
+        (dict(channel_mult=()), "non-empty"),
+        (dict(num_heads=3), "num_heads"),
+        (dict(width=0), "width"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
 def test_adm_unet_rejects_invalid_architecture(overrides, match):
-    model = get_model(model_config('adm_unet', **overrides))
+    model = get_model(model_config("adm_unet", **overrides))
     z = jnp.zeros((1, 16, 16, 3))
     with pytest.raises(ValueError, match=match):
         jax.eval_shape(model.init, jax.random.key(0), z, jnp.zeros((1,)))
 
 
 def test_bad_inputs_raise_clear_errors():
-    model = get_model(model_config('vdm_unet', num_classes=0))
+    model = get_model(model_config("vdm_unet", num_classes=0))
     z = jnp.zeros((2, 8, 8, 3))
-    with pytest.raises(ValueError, match='gamma'):
+    with pytest.raises(ValueError, match="gamma"):
         jax.eval_shape(model.init, jax.random.key(0), z, jnp.zeros((3,)))
-    with pytest.raises(ValueError, match=r'\[B, H, W, C\]'):
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 8)), jnp.zeros((2,)))
-    with pytest.raises(ValueError, match='num_classes=0'):
-        jax.eval_shape(model.init, jax.random.key(0), z, jnp.zeros((2,)),
-                       jnp.zeros((2,), jnp.int32))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        jax.eval_shape(model.init, jax.random.key(0), z, jnp.zeros((2,)), jnp.zeros((2,), jnp.int32))
 
 
 def test_fourier_features_are_periodic_and_switchable():
@@ -168,17 +193,16 @@ def test_fourier_features_are_periodic_and_switchable():
     f = layers.fourier_features(z, n_min, n_max)
     assert f.shape == (5, 2 * 3 * (n_max - n_min + 1))
     # sin/cos(2^n 2 pi z) has period 2^-n, which divides 2^-n_min for n >= n_min ...
-    np.testing.assert_allclose(layers.fourier_features(z + 2.0 ** -n_min, n_min, n_max),
-                               f, atol=1e-4)
+    np.testing.assert_allclose(layers.fourier_features(z + 2.0**-n_min, n_min, n_max), f, atol=1e-4)
     # ... and the top frequency flips sign over half its period 2^-(n_max+1).
-    np.testing.assert_allclose(layers.fourier_features(z + 2.0 ** -(n_max + 1), n_min, n_max)[:, 1::2],
-                               -f[:, 1::2], atol=1e-4)
+    np.testing.assert_allclose(
+        layers.fourier_features(z + 2.0 ** -(n_max + 1), n_min, n_max)[:, 1::2], -f[:, 1::2], atol=1e-4
+    )
     np.testing.assert_allclose(f[:, :6] ** 2 + f[:, 6:] ** 2, 1.0, atol=1e-5)
     for use, in_ch in ((True, 3 + 12), (False, 3)):
-        model = get_model(model_config('vdm_unet', fourier_features=use))
-        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
-                                jnp.zeros((1,)))
-        assert shapes['params']['conv_in']['kernel'].shape == (3, 3, in_ch, 8)
+        model = get_model(model_config("vdm_unet", fourier_features=use))
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)))
+        assert shapes["params"]["conv_in"]["kernel"].shape == (3, 3, in_ch, 8)
 
 
 def test_group_count_divides_channels():
@@ -192,22 +216,23 @@ def test_group_count_divides_channels():
 
 def test_get_model_rejects_unknown_name_and_missing_keys():
     with pytest.raises(ValueError) as err:
-        get_model(model_config('resnet'))
-    for valid in ('vdm_unet', 'adm_unet', 'mlp'):
+        get_model(model_config("resnet"))
+    for valid in ("vdm_unet", "adm_unet", "mlp"):
         assert valid in str(err.value)
-    assert set(MODEL_NAMES) == {'vdm_unet', 'adm_unet', 'mlp'}
-    cfg = model_config('adm_unet')
-    del cfg['channel_mult']
-    with pytest.raises(ValueError, match='channel_mult'):
+    assert set(MODEL_NAMES) == {"vdm_unet", "adm_unet", "mlp"}
+    cfg = model_config("adm_unet")
+    del cfg["channel_mult"]
+    with pytest.raises(ValueError, match="channel_mult"):
         get_model(cfg)
 
 
 # ---------------------------------------------------------------- schedule --
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def schedule_init(learn_endpoints, hidden):
     sched = LearnedSchedule(learn_endpoints=learn_endpoints, hidden=hidden)
-    return sched, sched.init(jax.random.key(0, impl='unsafe_rbg'), jnp.zeros((2,)))
+    return sched, sched.init(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((2,)))
 
 
 def make_schedule(learn_endpoints, seed, hidden=16, scale=1.0):
@@ -216,7 +241,7 @@ def make_schedule(learn_endpoints, seed, hidden=16, scale=1.0):
     return sched, perturb(params, seed, scale)
 
 
-@pytest.mark.parametrize('learn_endpoints', [False, True])
+@pytest.mark.parametrize("learn_endpoints", [False, True])
 def test_learned_schedule_endpoints_exact_and_strictly_increasing(learn_endpoints):
     sched, _ = schedule_init(learn_endpoints, 16)
     grid = jnp.linspace(0.0, 1.0, 2001)
@@ -225,8 +250,13 @@ def test_learned_schedule_endpoints_exact_and_strictly_increasing(learn_endpoint
     @jax.jit
     def evaluate(p):
         gam, slope = jax.jvp(lambda s: sched.apply(p, s), (grid,), (jnp.ones_like(grid),))
-        return (gam, slope, sched.apply(p, t22), sched.apply(p, jnp.float32(1.0)),
-                sched.apply(p, method=LearnedSchedule.gamma_range))
+        return (
+            gam,
+            slope,
+            sched.apply(p, t22),
+            sched.apply(p, jnp.float32(1.0)),
+            sched.apply(p, method=LearnedSchedule.gamma_range),
+        )
 
     for seed in range(4):
         _, params = make_schedule(learn_endpoints, seed)
@@ -241,11 +271,10 @@ def test_learned_schedule_endpoints_exact_and_strictly_increasing(learn_endpoint
 
 
 def test_learned_schedule_param_groups_and_ordered_endpoints():
-    sched = LearnedSchedule(gamma_min_init=-10.0, gamma_max_init=6.0,
-                            learn_endpoints=True, hidden=8)
-    params = jax.jit(sched.init)(jax.random.key(0, impl='unsafe_rbg'), jnp.zeros((2,)))
-    assert set(params['params']) == {'shape', 'endpoints'}
-    assert set(schedule_init(False, 16)[1]['params']) == {'shape'}
+    sched = LearnedSchedule(gamma_min_init=-10.0, gamma_max_init=6.0, learn_endpoints=True, hidden=8)
+    params = jax.jit(sched.init)(jax.random.key(0, impl="unsafe_rbg"), jnp.zeros((2,)))
+    assert set(params["params"]) == {"shape", "endpoints"}
+    assert set(schedule_init(False, 16)[1]["params"]) == {"shape"}
     ends = jax.jit(functools.partial(sched.apply, method=LearnedSchedule.gamma_range))
     np.testing.assert_allclose(ends(params), (-10.0, 6.0), rtol=1e-6)
     # Gradient descent on gamma_max - gamma_min drives the gap down, never below 0.
@@ -255,15 +284,15 @@ def test_learned_schedule_param_groups_and_ordered_endpoints():
         params = step(params)
     gmin, gmax = ends(params)
     assert gmax > gmin
-    params['params']['endpoints']['gap_raw'] = jnp.float32(-500.0)
+    params["params"]["endpoints"]["gap_raw"] = jnp.float32(-500.0)
     gmin, gmax = ends(params)
     assert gmax > gmin
-    with pytest.raises(ValueError, match='gamma_max_init'):
-        jax.eval_shape(LearnedSchedule(gamma_min_init=1.0, gamma_max_init=0.0).init,
-                       jax.random.key(0), jnp.zeros(1))
+    with pytest.raises(ValueError, match="gamma_max_init"):
+        jax.eval_shape(LearnedSchedule(gamma_min_init=1.0, gamma_max_init=0.0).init, jax.random.key(0), jnp.zeros(1))
 
 
 # ------------------------------------------------ variance-minimising grads --
+
 
 def toy_loss(g, gp, c):
     """L = 1/2 c gp s2 / (s2 + e^g) with s2 = 0.5: an explicit function of (gamma, gamma')."""
@@ -276,7 +305,7 @@ def toy_partials(g, gp, c):
     return 0.5 * c * gp * dm, 0.5 * c * 0.5 / (0.5 + jnp.exp(g))
 
 
-@pytest.mark.parametrize('learn_endpoints', [False, True])
+@pytest.mark.parametrize("learn_endpoints", [False, True])
 def test_variance_grads_match_direct_gradient_of_mean_squared_loss(learn_endpoints):
     sched, params = make_schedule(learn_endpoints, seed=3, hidden=8, scale=0.5)
     kt, kc = jax.random.split(jax.random.key(4))
@@ -290,28 +319,30 @@ def test_variance_grads_match_direct_gradient_of_mean_squared_loss(learn_endpoin
         g = sched.apply(p, t)
         gp = jax.vmap(jax.grad(lambda s: sched.apply(p, s)))(t)
         return jnp.mean(toy_loss(g, gp, c) ** 2)
+
     direct = jax.jit(jax.grad(mean_sq))(params)
 
     @jax.jit
     def via_vjp(p, endpoint_grad):
         g, gp = jax.jvp(lambda s: sched.apply(p, s), (t,), (jnp.ones_like(t),))
         dg, dgp = toy_partials(g, gp, c)
-        return variance_minimizing_grads(sched.apply, p, t, toy_loss(g, gp, c),
-                                         dg, dgp, endpoint_grad)
+        return variance_minimizing_grads(sched.apply, p, t, toy_loss(g, gp, c), dg, dgp, endpoint_grad)
 
-    endpoint_grad = ({'gamma_min': jnp.float32(0.25), 'gap_raw': jnp.float32(-1.5)}
-                     if learn_endpoints else None)
+    endpoint_grad = {"gamma_min": jnp.float32(0.25), "gap_raw": jnp.float32(-1.5)} if learn_endpoints else None
     got = via_vjp(params, endpoint_grad)
     assert jax.tree.structure(got) == jax.tree.structure(params)
-    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(direct['params']['shape']))
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(direct["params"]["shape"]))
     assert scale > 0
     # float32: agree to 1e-3 relative, up to 1e-3 of the largest component.
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=1e-3 * scale),
-                 got['params']['shape'], direct['params']['shape'])
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-3, atol=1e-3 * scale),
+        got["params"]["shape"],
+        direct["params"]["shape"],
+    )
     if learn_endpoints:
-        assert float(got['params']['endpoints']['gap_raw']) == -1.5
+        assert float(got["params"]["endpoints"]["gap_raw"]) == -1.5
         zero = via_vjp(params, None)
-        assert all(float(x) == 0.0 for x in jax.tree.leaves(zero['params']['endpoints']))
+        assert all(float(x) == 0.0 for x in jax.tree.leaves(zero["params"]["endpoints"]))
 
 
 GAUSS_S = jnp.array([0.05, 0.3, 1.0, 3.0])  # data std per dimension
@@ -321,7 +352,7 @@ def gauss_loss(gamma, gp, x, eps):
     """L = 1/2 gamma' ||eps - eps_hat||^2 with the Bayes-optimal eps_hat for x ~ N(0, diag s^2)."""
     a2, s2 = jax.nn.sigmoid(-gamma)[:, None], jax.nn.sigmoid(gamma)[:, None]
     z = jnp.sqrt(a2) * x + jnp.sqrt(s2) * eps
-    eps_hat = jnp.sqrt(s2) * z / (a2 * GAUSS_S ** 2 + s2)  # E[eps | z]
+    eps_hat = jnp.sqrt(s2) * z / (a2 * GAUSS_S**2 + s2)  # E[eps | z]
     return 0.5 * gp * jnp.sum((eps - eps_hat) ** 2, axis=-1)
 
 
@@ -338,7 +369,7 @@ def test_variance_minimizing_sgd_reduces_variance_and_keeps_mean():
     sched = LearnedSchedule(hidden=32)
     params = sched.init(jax.random.key(0), jnp.zeros((2,)))
     # E[L] = 1/2 sum_d int s^2/(s^2 + e^g) dg = 1/2 sum_d [g - log(s^2 + e^g)] from g_min to g_max.
-    antideriv = lambda g: g - jnp.log(GAUSS_S ** 2 + jnp.exp(g))
+    antideriv = lambda g: g - jnp.log(GAUSS_S**2 + jnp.exp(g))
     exact_mean = float(0.5 * jnp.sum(antideriv(5.0) - antideriv(-13.3)))
     n_eval = 50_000
 
@@ -372,7 +403,8 @@ def test_variance_minimizing_sgd_reduces_variance_and_keeps_mean():
 
 # -------------------------------------------------------------- classifier --
 
-@pytest.mark.parametrize('shape', [(3, 8, 8, 1), (5, 2)])
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 1), (5, 2)])
 def test_noisy_classifier_logits_shape_and_dependence_on_z_and_gamma(shape):
     clf = NoisyClassifier(num_classes=4, width=8)
     z = jax.random.normal(jax.random.key(0), shape)
@@ -391,7 +423,7 @@ def test_noisy_classifier_logits_shape_and_dependence_on_z_and_gamma(shape):
     assert grad.shape == z.shape and float(jnp.abs(grad).max()) > 0
     logits_g, _ = logits_and_guidance(params, z, gamma + 1.0)
     assert np.all(np.abs(logits_g - logits).max(-1) > 1e-5)
-    with pytest.raises(ValueError, match='num_classes'):
+    with pytest.raises(ValueError, match="num_classes"):
         jax.eval_shape(NoisyClassifier(num_classes=0).init, jax.random.key(0), z, gamma)
 
 
@@ -406,7 +438,9 @@ def _operand_dtypes(jaxpr, primitives):
     return out
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "adm_unet" else n for n in MODEL_NAMES]
+)
 def test_bfloat16_models_compute_in_bf16_keep_f32_params_and_match_f32(name):
     cfg = model_config(name, dropout=0.0)
     f32, bf16 = get_model(cfg), get_model(cfg, jnp.bfloat16)
@@ -414,33 +448,38 @@ def test_bfloat16_models_compute_in_bf16_keep_f32_params_and_match_f32(name):
     z = jnp.round(jax.random.uniform(jax.random.key(0), SHAPES[name], minval=-1, maxval=1) * 127.5) / 127.5
     gamma = jnp.linspace(-12.0, 3.0, z.shape[0])
     y = jnp.arange(z.shape[0]) % NUM_CLASSES
-    params = bf16.init(jax.random.key(1), z, gamma, y)['params']
-    params_f32 = f32.init(jax.random.key(1), z, gamma, y)['params']
+    params = bf16.init(jax.random.key(1), z, gamma, y)["params"]
+    params_f32 = f32.init(jax.random.key(1), z, gamma, y)["params"]
     assert jax.tree.structure(params) == jax.tree.structure(params_f32)
-    assert {str(p.dtype) for p in jax.tree.leaves(params)} == {'float32'}   # params stay float32
+    assert {str(p.dtype) for p in jax.tree.leaves(params)} == {"float32"}  # params stay float32
     params = perturb(params, 0, scale=0.1)
-    out32 = f32.apply({'params': params}, z, gamma, y)
-    out16 = bf16.apply({'params': params}, z, gamma, y)
+    out32 = f32.apply({"params": params}, z, gamma, y)
+    out16 = bf16.apply({"params": params}, z, gamma, y)
     assert out16.dtype == jnp.float32 and out16.shape == z.shape
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
-    assert 0 < rel < 0.05, rel          # bf16 has an 8-bit mantissa: ~0.4% per op, a few % end to end
-    jaxpr = jax.make_jaxpr(lambda p: bf16.apply({'params': p}, z, gamma, y))(params).jaxpr
-    matmuls = _operand_dtypes(jaxpr, ('conv_general_dilated', 'dot_general'))
-    assert matmuls and set(matmuls) == {'bfloat16'}, matmuls       # every conv/matmul runs in bf16
+    assert 0 < rel < 0.05, rel  # bf16 has an 8-bit mantissa: ~0.4% per op, a few % end to end
+    jaxpr = jax.make_jaxpr(lambda p: bf16.apply({"params": p}, z, gamma, y))(params).jaxpr
+    matmuls = _operand_dtypes(jaxpr, ("conv_general_dilated", "dot_general"))
+    assert matmuls and set(matmuls) == {"bfloat16"}, matmuls  # every conv/matmul runs in bf16
     # The Fourier features sin(2^n 2 pi z) are taken of the float32 z (a bf16 z would be off the 8-bit grid).
-    assert set(_operand_dtypes(jaxpr, ('sin',))) == {'float32'}
-    assert set(_operand_dtypes(jax.make_jaxpr(lambda p: f32.apply({'params': p}, z, gamma, y))(params).jaxpr,
-                               ('conv_general_dilated', 'dot_general'))) == {'float32'}
+    assert set(_operand_dtypes(jaxpr, ("sin",))) == {"float32"}
+    assert set(
+        _operand_dtypes(
+            jax.make_jaxpr(lambda p: f32.apply({"params": p}, z, gamma, y))(params).jaxpr,
+            ("conv_general_dilated", "dot_general"),
+        )
+    ) == {"float32"}
 
 
-@pytest.mark.parametrize('kernel,padding', [((3, 3), 'SAME'), ((1, 1), 'SAME'), ((3, 3), ((2, 0), (1, 1)))])
+@pytest.mark.parametrize("kernel,padding", [((3, 3), "SAME"), ((1, 1), "SAME"), ((3, 3), ((2, 0), (1, 1)))])
 def test_loop_friendly_conv_has_lax_convolution_value_and_gradient(kernel, padding):
     """The custom-VJP convolution of scanned blocks: value, dx and dw equal autodiff of lax.conv_general_dilated."""
     from vdm.models.layers import loop_friendly_conv
+
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (2, 7, 6, 5))
     w = jax.random.normal(kw, kernel + (5, 4))
-    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
     ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
     ours = lambda x, w: loop_friendly_conv(x, w, (1, 1), padding, dimension_numbers=dn)
     y_ref, vjp_ref = jax.vjp(ref, x, w)
@@ -453,17 +492,20 @@ def test_loop_friendly_conv_has_lax_convolution_value_and_gradient(kernel, paddi
         assert float(jnp.max(jnp.abs(b))) > 0.1
 
 
-@pytest.mark.parametrize('name,residual', [('vdm_unet', False), ('vdm_unet', True), ('adm_unet', False), ('mlp', False)])
+@pytest.mark.parametrize(
+    "name,residual", [("vdm_unet", False), ("vdm_unet", True), ("adm_unet", False), ("mlp", False)]
+)
 def test_variance_head_adds_c_channels_read_as_v_one_half_at_init(name, residual):
     """model.variance_head: twice the channels; fresh, the prediction is as without a head and v = 1/2."""
     from vdm.parameterization import split_variance
-    extra = dict(residual_output=residual) if name == 'vdm_unet' else {}
+
+    extra = dict(residual_output=residual) if name == "vdm_unet" else {}
     z = jax.random.normal(jax.random.key(0), SHAPES[name])
     gamma = jnp.linspace(-8.0, 3.0, z.shape[0])
-    model = get_model(model_config(name, variance_head='interp', **extra))
-    out, _ = jax.jit(model.init_with_output)({'params': jax.random.key(1, impl='unsafe_rbg')}, z, gamma)
+    model = get_model(model_config(name, variance_head="interp", **extra))
+    out, _ = jax.jit(model.init_with_output)({"params": jax.random.key(1, impl="unsafe_rbg")}, z, gamma)
     assert out.shape == z.shape[:-1] + (2 * z.shape[-1],)
-    for head in ('interp', 'sigmoid'):          # both heads read v = 1/2 off the zero-initialised output
+    for head in ("interp", "sigmoid"):  # both heads read v = 1/2 off the zero-initialised output
         pred, v = split_variance(out, head)
         np.testing.assert_array_equal(pred, z if residual else jnp.zeros_like(z))
         np.testing.assert_allclose(v, 0.5)

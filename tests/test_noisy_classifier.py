@@ -26,9 +26,17 @@ def test_noisy_classifier_trains_and_guides_sampling_toward_the_class(tmp_path):
     means = np.asarray(toy_sets.mixture2d_params()[0])
 
     def fraction_in_class(scale):
-        proc = run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}", "--mode=sample",
-                        "--config.sampling.num_samples=400", "--classifier_label=3",
-                        f"--classifier_workdir={cls_dir}", f"--classifier_scale={scale}"])
+        proc = run_cli(
+            [
+                "--config=configs/toy2d.py:small",
+                f"--workdir={wd}",
+                "--mode=sample",
+                "--config.sampling.num_samples=400",
+                "--classifier_label=3",
+                f"--classifier_workdir={cls_dir}",
+                f"--classifier_scale={scale}",
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         npz = np.load(proc.stdout.strip().splitlines()[-1][:-4] + ".npz")
         assert np.all(npz["labels"] == 3)

@@ -31,6 +31,7 @@ def optimal_eps(z, t, schedule, s=SCALES):
 
 def optimal_in(kind, schedule, s=SCALES):
     """The optimal denoiser written directly in each parameterisation (no call to `convert`)."""
+
     def fn(z, t):
         g = schedule(t)[:, None]
         a2, s2 = jax.nn.sigmoid(-g), jax.nn.sigmoid(g)
@@ -38,6 +39,7 @@ def optimal_in(kind, schedule, s=SCALES):
         x0 = jnp.sqrt(a2) * s**2 * z / total
         eps = jnp.sqrt(s2) * z / total
         return {"eps": eps, "x0": x0, "score": -z / total, "v": jnp.sqrt(a2) * eps - jnp.sqrt(s2) * x0}[kind]
+
     return fn
 
 
@@ -59,7 +61,7 @@ def expected_neg_elbo(num_steps, s=SCALES, g0=GAMMA_MIN, g1=GAMMA_MAX):
     rec = len(s) * 0.5 * (np.log(2 * np.pi) + g0 + 1.0)
     prior = np.sum(0.5 * (s1sq + a1sq * s**2 - 1 - np.log(s1sq)))
     if num_steps == 0:
-        antiderivative = lambda g: np.sum(g - np.log(s**2 + np.exp(g)))   # d/dg = s^2/(s^2+e^g)
+        antiderivative = lambda g: np.sum(g - np.log(s**2 + np.exp(g)))  # d/dg = s^2/(s^2+e^g)
         diff = 0.5 * (antiderivative(g1) - antiderivative(g0))
     else:
         g = g0 + (g1 - g0) * np.arange(num_steps + 1) / num_steps
@@ -71,8 +73,17 @@ def mc_neg_elbo_gap(num_steps, n=40_000, seed=0, antithetic=True):
     """Monte-Carlo mean and standard error of -ELBO(x) - NLL(x) from the library's `elbo`."""
     sched = S.linear_logsnr(GAMMA_MIN, GAMMA_MAX)
     x = gaussian_data(n, seed)
-    fn = jax.jit(lambda x, k: O.elbo(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched,
-                                     num_steps=num_steps, decoder="gaussian", antithetic=antithetic))
+    fn = jax.jit(
+        lambda x, k: O.elbo(
+            lambda z, t: optimal_eps(z, t, sched),
+            x,
+            k,
+            schedule=sched,
+            num_steps=num_steps,
+            decoder="gaussian",
+            antithetic=antithetic,
+        )
+    )
     terms = fn(x, jax.random.PRNGKey(seed))
     gap = np.asarray(terms["total"], np.float64) - exact_nll(x)
     return gap.mean(), gap.std() / math.sqrt(n), terms
@@ -97,8 +108,11 @@ def test_continuous_elbo_equals_exact_nll_on_gaussian_data():
 def test_discrete_elbo_equals_its_exact_expectation(num_steps):
     x = gaussian_data(40_000, 3)
     sched = S.linear_logsnr(GAMMA_MIN, GAMMA_MAX)
-    terms = jax.jit(lambda x, k: O.elbo(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched,
-                                        num_steps=num_steps, decoder="gaussian"))(x, jax.random.PRNGKey(5))
+    terms = jax.jit(
+        lambda x, k: O.elbo(
+            lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched, num_steps=num_steps, decoder="gaussian"
+        )
+    )(x, jax.random.PRNGKey(5))
     total = np.asarray(terms["total"], np.float64)
     mc, se = total.mean(), total.std() / math.sqrt(total.size)
     exact = expected_neg_elbo(num_steps)
@@ -143,8 +157,9 @@ def test_discrete_step_two_routes_agree():
         kl = D.sum_except_batch(D.kl_normal(m_q, v_q, m_p, v_p))
         np.testing.assert_allclose(step, kl, rtol=2e-3, atol=1e-6)
         eps_hat = denoise(z_t, t)
-        np.testing.assert_allclose(step, 0.5 * jnp.expm1(g_t - g_s) * D.sum_except_batch((eps - eps_hat) ** 2),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            step, 0.5 * jnp.expm1(g_t - g_s) * D.sum_except_batch((eps - eps_hat) ** 2), rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -169,30 +184,46 @@ def _weighted_loss(denoise, x, key, *, schedule, weighting, antithetic=True, **k
     k_t, k_eps = jax.random.split(key)
     t = O.sample_t(k_t, x.shape[0], antithetic=antithetic)
     eps = jax.random.normal(k_eps, x.shape)
-    return O.neg_elbo_terms(denoise, x, t, eps, jnp.zeros_like(x), schedule=schedule, weighting=weighting,
-                            decoder="gaussian", weighting_kwargs=kwargs)["diffusion"]
+    return O.neg_elbo_terms(
+        denoise,
+        x,
+        t,
+        eps,
+        jnp.zeros_like(x),
+        schedule=schedule,
+        weighting=weighting,
+        decoder="gaussian",
+        weighting_kwargs=kwargs,
+    )["diffusion"]
 
 
 def _expected_weighted(weighting, schedule_np, dschedule_np, s=SCALES, bias=-2.0, snr_gamma=5.0):
     """E[L_w] from each loss's own definition, by quadrature over t."""
+
     def integrand(t):
         g, dg = schedule_np(t), dschedule_np(t)
         a2, s2 = 1 / (1 + np.exp(g)), 1 / (1 + np.exp(-g))
-        e_mmse = np.sum(s**2 / (s**2 + np.exp(g)))                  # E||eps - eps_hat||^2
-        x_mmse = np.sum(s**2 * s2 / (a2 * s**2 + s2))                 # E||x - x_hat||^2
+        e_mmse = np.sum(s**2 / (s**2 + np.exp(g)))  # E||eps - eps_hat||^2
+        x_mmse = np.sum(s**2 * s2 / (a2 * s**2 + s2))  # E||x - x_hat||^2
         snr = np.exp(-g)
         lam = -g
         return {
-            "elbo": 0.5 * dg * e_mmse,                                # VDM eq. 17
-            "simple": e_mmse,                                         # Ho et al. 2020
-            "snr": max(snr, 1.0) * x_mmse,                            # Salimans & Ho 2022
-            "min_snr": min(snr, snr_gamma) * x_mmse,                  # Hang et al. 2023
+            "elbo": 0.5 * dg * e_mmse,  # VDM eq. 17
+            "simple": e_mmse,  # Ho et al. 2020
+            "snr": max(snr, 1.0) * x_mmse,  # Salimans & Ho 2022
+            "min_snr": min(snr, snr_gamma) * x_mmse,  # Hang et al. 2023
             "sigmoid": 0.5 * dg / (1 + np.exp(lam - bias)) * e_mmse,  # sigmoid(-lambda + b), default b = -2
             # EDM: E_{ln sigma ~ N(-1.2, 1.2^2)} [(sigma^2 + 0.25)/(0.25 sigma^2) ||x - x_hat||^2] / 2,
             # written as a density over t through lambda = -2 ln sigma.
-            "edm": 0.5 * dg * np.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2) / (2.4 * np.sqrt(2 * np.pi))
-                   * (np.exp(g) + 0.25) / (0.25 * np.exp(g)) * x_mmse,
+            "edm": 0.5
+            * dg
+            * np.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2)
+            / (2.4 * np.sqrt(2 * np.pi))
+            * (np.exp(g) + 0.25)
+            / (0.25 * np.exp(g))
+            * x_mmse,
         }[weighting]
+
     return integrate.quad(integrand, 0.0, 1.0, limit=500, points=[0.5])[0]
 
 
@@ -208,11 +239,15 @@ def test_weighted_losses_match_their_definitions(weighting, schedule_name):
         c = np.pi / 2 / 1.008
         raw = lambda t: np.log(np.sin(t * c)) + np.log(np.sin((t + 0.016) * c)) - 2 * np.log(np.sin((1 - t) * c))
         g_np = lambda t: float(np.clip(raw(t), GAMMA_MIN, GAMMA_MAX))
-        dg_np = lambda t: 0.0 if not GAMMA_MIN < raw(t) < GAMMA_MAX else c * (
-            1 / np.tan(t * c) + 1 / np.tan((t + 0.016) * c) + 2 / np.tan((1 - t) * c))
+        dg_np = lambda t: (
+            0.0
+            if not GAMMA_MIN < raw(t) < GAMMA_MAX
+            else c * (1 / np.tan(t * c) + 1 / np.tan((t + 0.016) * c) + 2 / np.tan((1 - t) * c))
+        )
     x = gaussian_data(50_000, 21)
-    loss = jax.jit(lambda x, k: _weighted_loss(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched,
-                                               weighting=weighting))(x, jax.random.PRNGKey(2))
+    loss = jax.jit(
+        lambda x, k: _weighted_loss(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched, weighting=weighting)
+    )(x, jax.random.PRNGKey(2))
     loss = np.asarray(loss, np.float64)
     expected = _expected_weighted(weighting, g_np, dg_np)
     se = loss.std() / math.sqrt(loss.size)
@@ -226,8 +261,9 @@ def test_schedule_free_weightings_do_not_depend_on_the_schedule():
     assert lin == pytest.approx(sq, rel=1e-6)
     x = gaussian_data(50_000, 5)
     warped = lambda t: GAMMA_MIN + 18.3 * jnp.square(t)
-    loss = _weighted_loss(lambda z, t: optimal_eps(z, t, warped), x, jax.random.PRNGKey(1),
-                          schedule=warped, weighting="sigmoid")
+    loss = _weighted_loss(
+        lambda z, t: optimal_eps(z, t, warped), x, jax.random.PRNGKey(1), schedule=warped, weighting="sigmoid"
+    )
     assert abs(float(loss.mean()) - lin) < 4 * float(loss.std()) / math.sqrt(50_000)
 
 
@@ -237,13 +273,18 @@ def test_weighting_hyperparameters_are_used(weighting, kwargs):
     sched = S.linear_logsnr(GAMMA_MIN, GAMMA_MAX)
     g_np, dg_np = (lambda t: GAMMA_MIN + (GAMMA_MAX - GAMMA_MIN) * t), (lambda t: GAMMA_MAX - GAMMA_MIN)
     x = gaussian_data(50_000, 23)
-    loss = np.asarray(jax.jit(lambda x, k: _weighted_loss(lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched,
-                                                          weighting=weighting, **kwargs))(x, jax.random.PRNGKey(4)))
+    loss = np.asarray(
+        jax.jit(
+            lambda x, k: _weighted_loss(
+                lambda z, t: optimal_eps(z, t, sched), x, k, schedule=sched, weighting=weighting, **kwargs
+            )
+        )(x, jax.random.PRNGKey(4))
+    )
     expected = _expected_weighted(weighting, g_np, dg_np, **kwargs)
     default = _expected_weighted(weighting, g_np, dg_np)
     se = loss.std() / math.sqrt(loss.size)
     assert abs(loss.mean() - expected) < 4 * se + 1e-3 * abs(expected), (loss.mean(), expected, se)
-    assert abs(expected - default) > 20 * se                    # the check can tell the two apart
+    assert abs(expected - default) > 20 * se  # the check can tell the two apart
 
 
 def test_bits_per_dim_and_errors():

@@ -12,12 +12,12 @@ def _gaussian_optimal_predictions(z, gamma, s):
     """The Bayes-optimal predictions for x ~ N(0, s^2), written separately per kind (no conversion)."""
     a2 = jax.nn.sigmoid(-gamma)
     s2 = jax.nn.sigmoid(gamma)
-    total = a2 * s**2 + s2                              # Var(z)
+    total = a2 * s**2 + s2  # Var(z)
     return {
-        "x0": jnp.sqrt(a2) * s**2 * z / total,         # E[x | z]
-        "eps": jnp.sqrt(s2) * z / total,               # E[eps | z]
-        "score": -z / total,                           # d/dz log N(z; 0, total)
-        "v": (jnp.sqrt(a2 * s2) - jnp.sqrt(a2 * s2) * s**2) * z / total,   # E[alpha eps - sigma x | z]
+        "x0": jnp.sqrt(a2) * s**2 * z / total,  # E[x | z]
+        "eps": jnp.sqrt(s2) * z / total,  # E[eps | z]
+        "score": -z / total,  # d/dz log N(z; 0, total)
+        "v": (jnp.sqrt(a2 * s2) - jnp.sqrt(a2 * s2) * s**2) * z / total,  # E[alpha eps - sigma x | z]
     }
 
 

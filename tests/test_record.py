@@ -25,7 +25,7 @@ V_SIGMOID = ["--config.model.parameterization=v", "--config.loss.weighting=sigmo
 
 
 def _json_out(proc) -> dict:
-    return json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    return json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
 
 
 def _tree_digest(path: str) -> dict[str, str]:
@@ -60,18 +60,19 @@ def test_eval_with_the_readme_line_uses_the_recorded_parameterization(v_run):
     proc = run_cli(TINY + [f"--workdir={v_run}", "--mode=eval"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _json_out(proc)["eval/bpd"] == pytest.approx(final["eval/bpd"], rel=1e-12, abs=0)
-    assert "model.parameterization" in proc.stderr     # says which keys of the file it did not use
-    proc = run_cli([f"--workdir={v_run}", "--mode=eval"])          # no --config: the recorded one
+    assert "model.parameterization" in proc.stderr  # says which keys of the file it did not use
+    proc = run_cli([f"--workdir={v_run}", "--mode=eval"])  # no --config: the recorded one
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _json_out(proc)["eval/bpd"] == pytest.approx(final["eval/bpd"], rel=1e-12, abs=0)
     evals = [r for r in map(json.loads, open(os.path.join(v_run, "metrics.jsonl"))) if r.get("mode") == "eval"]
-    assert len(evals) == 1          # the same checkpoint and settings again: the recorded row, not a duplicate
+    assert len(evals) == 1  # the same checkpoint and settings again: the recorded row, not a duplicate
 
 
 def test_a_model_key_override_at_eval_is_refused_naming_key_and_values(v_run):
     before = _tree_digest(v_run)
-    line = _one_error_line(run_cli(TINY + [f"--workdir={v_run}", "--mode=sample",
-                                           "--config.model.parameterization=eps"]))
+    line = _one_error_line(
+        run_cli(TINY + [f"--workdir={v_run}", "--mode=sample", "--config.model.parameterization=eps"])
+    )
     assert "model.parameterization" in line and "'v'" in line and "'eps'" in line
     assert _tree_digest(v_run) == before
 
@@ -80,7 +81,7 @@ def test_rerun_with_a_changed_width_is_one_line_and_touches_nothing(v_run):
     before = _tree_digest(v_run)
     line = _one_error_line(run_cli(TINY + V_SIGMOID + [f"--workdir={v_run}", "--config.model.width=16"]))
     assert "model.width: 32 -> 16" in line and "new --workdir" in line
-    assert _tree_digest(v_run) == before               # config.json and checkpoints byte-identical
+    assert _tree_digest(v_run) == before  # config.json and checkpoints byte-identical
 
 
 def test_a_finished_run_is_not_reevaluated(v_run):
@@ -93,8 +94,13 @@ def test_a_finished_run_is_not_reevaluated(v_run):
 
 
 def test_sample_runs_that_differ_in_an_option_write_different_files(v_run):
-    args = TINY + [f"--workdir={v_run}", "--mode=sample", "--config.sampling.method=ddim",
-                   "--config.sampling.num_steps=4", "--config.sampling.num_samples=8"]
+    args = TINY + [
+        f"--workdir={v_run}",
+        "--mode=sample",
+        "--config.sampling.method=ddim",
+        "--config.sampling.num_steps=4",
+        "--config.sampling.num_samples=8",
+    ]
     paths = []
     for eta in ("0", "1"):
         proc = run_cli(args + [f"--config.sampling.eta={eta}"])
@@ -107,8 +113,10 @@ def test_sample_runs_that_differ_in_an_option_write_different_files(v_run):
 
 def test_max_examples_bounds_both_evals(v_run):
     for method, key in (("elbo", "eval/num_examples"), ("ode", "eval/ode_num_examples")):
-        proc = run_cli(TINY + [f"--workdir={v_run}", "--mode=eval", f"--eval_method={method}", "--ode_steps=4",
-                               "--max_examples=20"])
+        proc = run_cli(
+            TINY
+            + [f"--workdir={v_run}", "--mode=eval", f"--eval_method={method}", "--ode_steps=4", "--max_examples=20"]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert _json_out(proc)[key] == 20
 
@@ -117,6 +125,7 @@ def test_max_examples_reads_only_that_many_in_a_small_batch():
     """A 1000-row eval batch capped at 20 examples holds 20 rows (24 over 8 devices, 4 masked)."""
     from vdm.config import validation
     from vdm.data import pipeline
+
     config = load_config("toy2d", "small")
     config.eval.batch_size, config.eval.max_examples = 1000, 20
     for devices, rows in ((1, 20), (8, 24)):
@@ -135,12 +144,12 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_the_step_saved_again(v_run
         os.truncate(path, os.path.getsize(path) // 2)
     proc = run_cli(TINY + V_SIGMOID + [f"--workdir={wd}", "--config.training.num_steps=4"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("\n") < 20, proc.stderr      # the log (stdout holds the result's JSON)
+    assert proc.stderr.count("\n") < 20, proc.stderr  # the log (stdout holds the result's JSON)
     assert "Event loop is closed" not in proc.stderr and "restored checkpoint step 2" in proc.stderr
     assert os.path.isdir(os.path.join(wd, "checkpoints", "corrupt", "4"))
     with Checkpointer(os.path.join(wd, "checkpoints"), create=False) as ckpt:
         assert ckpt.all_steps() == [2, 4]
-    np.testing.assert_array_equal(_restore(v_run, 4), _restore(wd, 4))   # the retrained step: a deterministic replay
+    np.testing.assert_array_equal(_restore(v_run, 4), _restore(wd, 4))  # the retrained step: a deterministic replay
 
 
 def _restore(wd: str, step: int) -> np.ndarray:
@@ -149,6 +158,7 @@ def _restore(wd: str, step: int) -> np.ndarray:
 
     from vdm.infra import parallel
     from vdm.tasks.diffusion_model import setup
+
     model, _ = setup(record.load_recorded(wd))
     like = parallel.to_host(model.init_state(jax.random.PRNGKey(0)))
     with Checkpointer(os.path.join(wd, "checkpoints"), create=False) as ckpt:
@@ -164,15 +174,25 @@ def _logged_steps(wd: str) -> int:
         return max([json.loads(ln)["step"] for ln in f if "train/loss" in ln] or [0])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_the_resumed_run_ends_bit_identical(tmp_path):
-    args = TINY + ["--config.optimizer.decay=constant", "--config.training.num_steps=300",
-                   "--config.training.checkpoint_every=1000", "--config.training.eval_every=1000",
-                   "--config.training.log_every=1"]
+    args = TINY + [
+        "--config.optimizer.decay=constant",
+        "--config.training.num_steps=300",
+        "--config.training.checkpoint_every=1000",
+        "--config.training.eval_every=1000",
+        "--config.training.log_every=1",
+    ]
     ref = str(tmp_path / "ref")
     assert run_cli(args + [f"--workdir={ref}"]).returncode == 0
     wd = str(tmp_path / "run")
-    p = subprocess.Popen([sys.executable, "-m", "vdm.main", *args, f"--workdir={wd}"], cwd=REPO_ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "vdm.main", *args, f"--workdir={wd}"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and p.poll() is None and _logged_steps(wd) < 5:
         time.sleep(0.01)
@@ -191,8 +211,9 @@ def test_sigterm_saves_at_the_next_step_and_the_resumed_run_ends_bit_identical(t
 def test_allowed_changes_on_resume_are_recorded(v_run, tmp_path):
     wd = str(tmp_path / "run")
     shutil.copytree(v_run, wd)
-    proc = run_cli(TINY + V_SIGMOID + [f"--workdir={wd}", "--config.training.num_steps=6",
-                                       "--config.training.eval_every=6"])
+    proc = run_cli(
+        TINY + V_SIGMOID + [f"--workdir={wd}", "--config.training.num_steps=6", "--config.training.eval_every=6"]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(wd, "config_changes.jsonl")) as f:
         change = json.loads(f.readline())
@@ -202,16 +223,21 @@ def test_allowed_changes_on_resume_are_recorded(v_run, tmp_path):
     assert json.load(open(os.path.join(wd, "config.json")))["training"]["num_steps"] == 6
 
 
-@pytest.mark.parametrize("args, names", [
-    (TINY + ["--config.model.parametrization=v"], ["--config.model.parametrization", "Did you mean",
-                                                    "parameterization"]),
-    (["--config=configs/nope.py"], ["configs/nope.py", "toy2d.py"]),
-    (["--config=configs/toy2d.py:tiny"], ["tiny", "small"]),
-    (TINY + ["--config.model.width=abc"], ["--config.model.width", "abc"]),
-    (TINY + ["--mode=eval"], ["does not exist"]),
-    (["--mode=sample"], ["does not exist"]),
-    (TINY + ["--config.model.parameterization=eta"], ["'eta'", "'eps'", "'v'"]),
-])
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (
+            TINY + ["--config.model.parametrization=v"],
+            ["--config.model.parametrization", "Did you mean", "parameterization"],
+        ),
+        (["--config=configs/nope.py"], ["configs/nope.py", "toy2d.py"]),
+        (["--config=configs/toy2d.py:tiny"], ["tiny", "small"]),
+        (TINY + ["--config.model.width=abc"], ["--config.model.width", "abc"]),
+        (TINY + ["--mode=eval"], ["does not exist"]),
+        (["--mode=sample"], ["does not exist"]),
+        (TINY + ["--config.model.parameterization=eta"], ["'eta'", "'eps'", "'v'"]),
+    ],
+)
 def test_each_bad_input_is_one_line_naming_it_and_writes_nothing(tmp_path, args, names):
     wd = str(tmp_path / "nowhere")
     line = _one_error_line(run_cli(args + [f"--workdir={wd}"]))
@@ -245,8 +271,10 @@ def test_inference_config_takes_eval_keys_from_the_given_and_the_rest_from_the_r
     assert record.inference_config(str(tmp_path), given, overridden=["eval.num_steps"])[0].eval.num_steps == 7
 
 
-@pytest.mark.parametrize("config_arg,decoder", [("toy2d.py:small", "gaussian"), ("toy2d.py:grid", "categorical"),
-                                                ("fashion_mnist.py:small", "categorical")])
+@pytest.mark.parametrize(
+    "config_arg,decoder",
+    [("toy2d.py:small", "gaussian"), ("toy2d.py:grid", "categorical"), ("fashion_mnist.py:small", "categorical")],
+)
 def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, config_arg, decoder):
     """A config.json without the keys added later (record.ADDED_KEYS) loads with the values the run used, so its
     resume check and eval see no change."""
@@ -256,8 +284,10 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
     old = json.loads(config.to_json())
     for key in record.ADDED_KEYS:
         section, leaf = key.split(".")
-        del old[section][leaf]
-    old["loss"]["antithetic"] = old["loss"].pop("t_sampling") == "antithetic"   # before loss.t_sampling existed
+        old.get(section, {}).pop(leaf, None)  # (a pixel model has no latent section)
+    old["loss"]["antithetic"] = old["loss"].pop("t_sampling") == "antithetic"  # before loss.t_sampling existed
+    del old["task"], old["fid"]  # before config.task and config.fid
+    old["latent"] = {"autoencoder_workdir": "", "scale": 0.0}  # a pixel run's unused latent section
     (tmp_path / "config.json").write_text(json.dumps(old))
     recorded = record.load_recorded(str(tmp_path))
     assert record.config_diff(recorded, config) == {}
@@ -265,13 +295,16 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
     assert recorded.loss.t_sampling == "antithetic" and "antithetic" not in recorded.loss
     old["loss"]["antithetic"] = False
     (tmp_path / "config.json").write_text(json.dumps(old))
-    assert record.config_diff(record.load_recorded(str(tmp_path)), config) == {"loss.t_sampling": ("uniform", "antithetic")}
+    assert record.config_diff(record.load_recorded(str(tmp_path)), config) == {
+        "loss.t_sampling": ("uniform", "antithetic")
+    }
 
 
 def test_unset_sampler_options_against_their_recorded_resolved_values_are_no_change(tmp_path):
     """A run records resolved options (config.json); resuming with the file's unset (None) options is no change,
     an option set to another value is one (recorded by value), and so is a new method's defaults."""
     from vdm.config import validation
+
     config = load_config("toy2d", "small")
     validation.save_config(config, str(tmp_path))
     assert json.load(open(tmp_path / "config.json"))["sampling"]["variance"] == "small"
@@ -279,9 +312,11 @@ def test_unset_sampler_options_against_their_recorded_resolved_values_are_no_cha
     given = load_config("toy2d", "small")
     given.sampling.variance = "large"
     assert record.check_resume(given, str(tmp_path)) == {"sampling.variance": ("small", "large")}
-    given.sampling.variance = "small"                   # set to its default: still no change
+    given.sampling.variance = "small"  # set to its default: still no change
     assert record.check_resume(given, str(tmp_path)) == {}
     given = load_config("toy2d", "small")
     given.sampling.method = "ddim"
     assert record.check_resume(given, str(tmp_path)) == {
-        "sampling.method": ("ancestral", "ddim"), "sampling.eta": (None, 0.0)}
+        "sampling.method": ("ancestral", "ddim"),
+        "sampling.eta": (None, 0.0),
+    }

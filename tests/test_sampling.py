@@ -1,4 +1,4 @@
-"""Samplers against exact answers: the analytic denoisers of vdm/analytic.py.
+"""Samplers against exact answers: the analytic denoisers of vdm/core/analytic.py.
 
 Truths used: the exact noisy marginals of Gaussian data and of a 2-D Gaussian mixture (so the
 exact score), the closed-form probability-flow ODE map of Gaussian data, DDPM's posterior and
@@ -32,7 +32,7 @@ GAUSS = A.GaussianData(np.array([0.5, -0.3]), np.array([0.3, 1.2]))
 def mixture_moments(mix):
     w, mu, s = (np.asarray(a) for a in (mix.weights, mix.means, mix.stds))
     mean = w @ mu
-    var = w @ (s[:, None] ** 2 + mu ** 2) - mean ** 2
+    var = w @ (s[:, None] ** 2 + mu**2) - mean**2
     return mean, var
 
 
@@ -97,16 +97,17 @@ def test_sliced_wasserstein_of_a_shift():
     c = jnp.array([0.3, -0.4])
     assert float(A.sliced_wasserstein(x, x, jax.random.key(1))) == 0.0
     got = float(jax.jit(A.sliced_wasserstein, static_argnums=3)(x, x + c, jax.random.key(1), 2048))
-    assert abs(got - 2 * 0.5 / math.pi) < 0.015, got                 # 4 standard errors over directions
+    assert abs(got - 2 * 0.5 / math.pi) < 0.015, got  # 4 standard errors over directions
 
 
 @pytest.mark.parametrize("kind", ["eps", "x0", "v", "score"])
 @pytest.mark.parametrize("method,steps", [("ancestral", 100), pytest.param("dpm_solver", 15, marks=pytest.mark.slow)])
 def test_every_parameterization_samples_gaussian_data(kind, method, steps):
     fn = A.denoise_fn(GAUSS, SCHED, kind)
-    x = sampling.sample(fn, (N, 2), jax.random.key(3), schedule=SCHED, parameterization=kind,
-                        method=method, num_steps=steps)
-    assert_moments(x, GAUSS.mean, GAUSS.std ** 2)
+    x = sampling.sample(
+        fn, (N, 2), jax.random.key(3), schedule=SCHED, parameterization=kind, method=method, num_steps=steps
+    )
+    assert_moments(x, GAUSS.mean, GAUSS.std**2)
 
 
 # ----------------------------------------------------------------------------- convergence
@@ -131,9 +132,18 @@ def test_ode_solvers_converge_at_their_order_to_the_exact_flow(method, opts, ord
     steps = np.array([8, 16, 32])
     errors = []
     for n in steps:
-        _, traj = sampling.sample(fn, (64, 4), jax.random.key(0), schedule=SCHED, method=method,
-                                  num_steps=int(n), grid="uniform_logsnr", final_denoise=False,
-                                  return_trajectory=True, **opts)
+        _, traj = sampling.sample(
+            fn,
+            (64, 4),
+            jax.random.key(0),
+            schedule=SCHED,
+            method=method,
+            num_steps=int(n),
+            grid="uniform_logsnr",
+            final_denoise=False,
+            return_trajectory=True,
+            **opts,
+        )
         exact = ORDER_DATA.ode_map(traj[0], SCHED(1.0), SCHED(0.0))
         errors.append(float(jnp.max(jnp.abs(traj[-1] - exact))))
     slope = np.polyfit(np.log(steps), np.log(errors), 1)[0]
@@ -147,8 +157,9 @@ def test_sde_weak_error_falls_with_steps():
     n = 20000
     errs = []
     for steps in (25, 400):
-        x = np.asarray(sampling.sample(fn, (n, 1), jax.random.key(1), schedule=SCHED, method="sde",
-                                       num_steps=steps), np.float64)
+        x = np.asarray(
+            sampling.sample(fn, (n, 1), jax.random.key(1), schedule=SCHED, method="sde", num_steps=steps), np.float64
+        )
         errs.append(abs(x.var() - 0.25))
     se = 0.25 * math.sqrt(2.0 / n)
     assert errs[0] > 4 * se and errs[1] < 4 * se and errs[1] < errs[0] / 3, (errs, se)
@@ -156,9 +167,9 @@ def test_sde_weak_error_falls_with_steps():
 
 # ----------------------------------------------------------------------------- DDIM
 
+
 def test_ddim_is_deterministic_given_z1_and_inverts_by_its_own_ode():
-    data = A.GaussianData(np.array([0.4, -0.2]), np.array([0.3, 0.8]),
-                          rotation=np.array([[0.8, -0.6], [0.6, 0.8]]))
+    data = A.GaussianData(np.array([0.4, -0.2]), np.array([0.3, 0.8]), rotation=np.array([[0.8, -0.6], [0.6, 0.8]]))
     fn = A.denoise_fn(data, SCHED)
     x = data.sample(jax.random.key(0), 256)
     z = jax.random.normal(jax.random.key(1), x.shape)
@@ -170,8 +181,16 @@ def test_ddim_is_deterministic_given_z1_and_inverts_by_its_own_ode():
         z1 = sampling.ddim_encode(fn, x, schedule=SCHED, num_steps=steps)
         exact_z1 = data.ode_map(jnp.sqrt(jax.nn.sigmoid(-SCHED(0.0))) * x, SCHED(0.0), SCHED(1.0))
         assert float(jnp.max(jnp.abs(z1 - exact_z1))) < 20.0 / steps
-        x_rec = sampling.sample(fn, x.shape, jax.random.key(4), schedule=SCHED, method="ddim",
-                                num_steps=steps, z_init=z1, final_denoise=False)
+        x_rec = sampling.sample(
+            fn,
+            x.shape,
+            jax.random.key(4),
+            schedule=SCHED,
+            method="ddim",
+            num_steps=steps,
+            z_init=z1,
+            final_denoise=False,
+        )
         errs.append(float(jnp.max(jnp.abs(x_rec - x))))
     assert errs[1] < 0.05 and errs[1] < errs[0] / 3, errs
 
@@ -184,13 +203,28 @@ def test_the_ddim_and_ancestral_samplers_step_through_the_contract_steps():
     t, g = solvers.time_grid(SCHED, n, "uniform_t")
     keys = jax.random.split(jax.random.split(key)[1], n)
     z1 = jax.random.normal(jax.random.key(4), shape)
-    for method, step in (("ddim", lambda z, p, i: sampling.ddim_step(z, p, g[i], g[i + 1], parameterization="x0",
-                                                                       eta=0.5, key=keys[i], clip_x0=True)),
-                         ("ancestral", lambda z, p, i: sampling.ancestral_step(z, p, g[i], g[i + 1], keys[i],
-                                                                               parameterization="x0"))):
+    for method, step in (
+        (
+            "ddim",
+            lambda z, p, i: sampling.ddim_step(
+                z, p, g[i], g[i + 1], parameterization="x0", eta=0.5, key=keys[i], clip_x0=True
+            ),
+        ),
+        ("ancestral", lambda z, p, i: sampling.ancestral_step(z, p, g[i], g[i + 1], keys[i], parameterization="x0")),
+    ):
         opts = {"eta": 0.5, "clip_x0": True} if method == "ddim" else {}
-        _, traj = sampling.sample(fn, shape, key, schedule=SCHED, parameterization="x0", method=method,
-                                  num_steps=n, z_init=z1, return_trajectory=True, **opts)
+        _, traj = sampling.sample(
+            fn,
+            shape,
+            key,
+            schedule=SCHED,
+            parameterization="x0",
+            method=method,
+            num_steps=n,
+            z_init=z1,
+            return_trajectory=True,
+            **opts,
+        )
         z = z1
         for i in range(n - 1):
             z = step(z, fn(z, jnp.full((shape[0],), t[i])), i)
@@ -219,16 +253,20 @@ def test_ddim_step_matches_the_paper_in_abar_notation():
     key = jax.random.key(2)
     eta = 0.5
     x0 = (z - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
-    var = eta ** 2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
-    expect = (math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s - var) * eps
-              + math.sqrt(var) * jax.random.normal(key, z.shape))
+    var = eta**2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
+    expect = math.sqrt(ab_s) * x0 + math.sqrt(1 - ab_s - var) * eps + math.sqrt(var) * jax.random.normal(key, z.shape)
     got = sampling.ddim_step(z, eps, g_t, g_s, eta=eta, key=key)
     np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(sampling.ddim_step(z, eps, g_t, g_s),
-                                  sampling.ddim_step(z, eps, g_t, g_s, eta=0.0, key=key))
+    np.testing.assert_array_equal(
+        sampling.ddim_step(z, eps, g_t, g_s), sampling.ddim_step(z, eps, g_t, g_s, eta=0.0, key=key)
+    )
     # eta = 1 is the ancestral step: DDPM's posterior mean and variance beta_tilde.
-    np.testing.assert_allclose(sampling.ddim_step(z, eps, g_t, g_s, eta=1.0, key=key),
-                               sampling.ancestral_step(z, eps, g_t, g_s, key), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        sampling.ddim_step(z, eps, g_t, g_s, eta=1.0, key=key),
+        sampling.ancestral_step(z, eps, g_t, g_s, key),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_ancestral_step_is_ddpm_posterior_sampling():
@@ -256,15 +294,16 @@ def test_learned_variance_hook_interpolates_small_and_large():
     kw = dict(schedule=SCHED, method="ancestral", num_steps=20)
     key = jax.random.key(9)
     for v, name in ((0.0, "small"), (1.0, "large")):
-        learned = sampling.sample(lambda z, t: (fn(z, t), jnp.full_like(z, v)), (64, 2), key,
-                                  variance="learned", **kw)
-        np.testing.assert_allclose(learned, sampling.sample(fn, (64, 2), key, variance=name, **kw),
-                                   rtol=1e-4, atol=1e-5)
+        learned = sampling.sample(lambda z, t: (fn(z, t), jnp.full_like(z, v)), (64, 2), key, variance="learned", **kw)
+        np.testing.assert_allclose(
+            learned, sampling.sample(fn, (64, 2), key, variance=name, **kw), rtol=1e-4, atol=1e-5
+        )
     with pytest.raises(ValueError, match="v_interp"):
         sampling.sample(fn, (4, 2), key, variance="learned", **kw)
 
 
 # ----------------------------------------------------------------------------- grids and edges
+
 
 def test_time_grids():
     for sched in (SCHED, S.cosine()):
@@ -288,29 +327,44 @@ def infinite_start_schedule(t):
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("method,opts", [("ancestral", {}), pytest.param("ddim", {}, marks=SLOW),
-                                         pytest.param("ode", {}, marks=SLOW),
-                                         pytest.param("sde", {}, marks=SLOW), pytest.param("pc", {}, marks=SLOW),
-                                         ("dpm_solver", {"order": 3}),
-                                         pytest.param("dpm_solver", {"prediction": "eps"}, marks=SLOW),
-                                         ("ddim", {"grid": "uniform_logsnr"}), ("ddim", {"grid": "edm"})])
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("ancestral", {}),
+        pytest.param("ddim", {}, marks=SLOW),
+        pytest.param("ode", {}, marks=SLOW),
+        pytest.param("sde", {}, marks=SLOW),
+        pytest.param("pc", {}, marks=SLOW),
+        ("dpm_solver", {"order": 3}),
+        pytest.param("dpm_solver", {"prediction": "eps"}, marks=SLOW),
+        ("ddim", {"grid": "uniform_logsnr"}),
+        ("ddim", {"grid": "edm"}),
+    ],
+)
 def test_schedules_with_gamma0_minus_infinity(method, opts):
     data = A.GaussianData(np.array([0.5, -0.3]), np.array([0.3, 0.6]))
     fn = A.denoise_fn(data, infinite_start_schedule)
     steps = {"sde": 400, "pc": 200, "ancestral": 200, "ddim": 200}.get(method, 40)
-    x = sampling.sample(fn, (N, 2), jax.random.key(0), schedule=infinite_start_schedule, method=method,
-                        num_steps=steps, **opts)
+    x = sampling.sample(
+        fn, (N, 2), jax.random.key(0), schedule=infinite_start_schedule, method=method, num_steps=steps, **opts
+    )
     assert np.all(np.isfinite(x))
-    assert_moments(x, data.mean, data.std ** 2)
+    assert_moments(x, data.mean, data.std**2)
 
 
 def test_one_scan_and_the_evaluation_count():
     """The number of Python calls to denoise_fn while tracing does not grow with num_steps (one
     lax.scan), and the evaluations executed equal num_evaluations."""
     fn = A.denoise_fn(GAUSS, SCHED)
-    for method, opts in [("ancestral", {}), ("ddim", {}), ("sde", {}), ("ode", {}),
-                         ("pc", {"corrector_steps": 2}), ("dpm_solver", {"order": 2}),
-                         ("dpm_solver", {"order": 3})]:
+    for method, opts in [
+        ("ancestral", {}),
+        ("ddim", {}),
+        ("sde", {}),
+        ("ode", {}),
+        ("pc", {"corrector_steps": 2}),
+        ("dpm_solver", {"order": 2}),
+        ("dpm_solver", {"order": 3}),
+    ]:
         calls = {"trace": 0, "run": 0}
 
         def counted(z, t):
@@ -338,8 +392,17 @@ def test_jit_matches_eager_and_trajectory_shape():
     jitted = jax.jit(lambda k: sampling.sample(fn, (16, 2), k, **kw))(jax.random.key(0))
     np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
     z = jax.random.normal(jax.random.key(1), (16, 2))
-    x, traj = sampling.sample(fn, (16, 2), jax.random.key(0), schedule=SCHED, method="ddim", num_steps=10,
-                              z_init=z, return_trajectory=True, final_denoise=False)
+    x, traj = sampling.sample(
+        fn,
+        (16, 2),
+        jax.random.key(0),
+        schedule=SCHED,
+        method="ddim",
+        num_steps=10,
+        z_init=z,
+        return_trajectory=True,
+        final_denoise=False,
+    )
     assert traj.shape == (11, 16, 2)
     np.testing.assert_array_equal(traj[0], z)
     np.testing.assert_allclose(x, traj[-1] / jnp.sqrt(jax.nn.sigmoid(-SCHED(0.0))), rtol=1e-6)
@@ -348,7 +411,7 @@ def test_jit_matches_eager_and_trajectory_shape():
 def test_thresholding():
     x0 = jnp.array([[0.5, -0.2, 0.1, 3.0], [0.2, -0.4, 0.3, 0.1]])
     np.testing.assert_allclose(solvers.threshold_x0(x0, clip=True), jnp.clip(x0, -1, 1))
-    got = solvers.threshold_x0(x0, percentile=1.0)           # s = max |x0| per example, floored at 1
+    got = solvers.threshold_x0(x0, percentile=1.0)  # s = max |x0| per example, floored at 1
     np.testing.assert_allclose(got, jnp.stack([x0[0] / 3.0, x0[1]]), rtol=1e-6)
     wide = A.GaussianData(np.array([0.0, 0.0]), np.array([2.0, 2.0]))
     fn = A.denoise_fn(wide, SCHED)
@@ -364,7 +427,7 @@ def test_bad_options_raise_naming_the_valid_ones():
         sampling.sample(fn, (2, 2), jax.random.key(0), method="euler", **kw)
     with pytest.raises(ValueError, match=r"Unknown option\(s\) \['etaa'\] for method 'ddim'; valid options: .*'eta'"):
         sampling.sample(fn, (2, 2), jax.random.key(0), method="ddim", etaa=0.0, **kw)
-    with pytest.raises(ValueError, match="Unknown option.*'snr'"):    # another method's option
+    with pytest.raises(ValueError, match="Unknown option.*'snr'"):  # another method's option
         sampling.resolve_options("ddim", {"snr": 0.1})
     with pytest.raises(ValueError, match="uniform_logsnr"):
         sampling.sample(fn, (2, 2), jax.random.key(0), method="ddim", grid="log", **kw)
@@ -380,6 +443,7 @@ def test_bad_options_raise_naming_the_valid_ones():
 
 # ----------------------------------------------------------------------------- guidance
 
+
 def test_cfg_w0_is_the_conditional_model_and_guidance_is_eps_space():
     cond = A.conditional_denoise_fn(MIX, SCHED, "x0")
     cond_eps = A.conditional_denoise_fn(MIX, SCHED, "eps")
@@ -387,8 +451,7 @@ def test_cfg_w0_is_the_conditional_model_and_guidance_is_eps_space():
     z = jax.random.normal(jax.random.key(0), (64, 2))
     t = jax.random.uniform(jax.random.key(1), (64,))
     y = jax.random.randint(jax.random.key(2), (64,), 0, null)
-    np.testing.assert_array_equal(jax.jit(guidance.cfg_denoise_fn(cond, null, 0.0))(z, t, y),
-                                  jax.jit(cond)(z, t, y))
+    np.testing.assert_array_equal(jax.jit(guidance.cfg_denoise_fn(cond, null, 0.0))(z, t, y), jax.jit(cond)(z, t, y))
     w = 2.5
     guided = jax.jit(guidance.cfg_denoise_fn(cond, null, w, y=y))(z, t)
     g = SCHED(t)[:, None]
@@ -403,10 +466,10 @@ def test_classifier_guidance_scale_one_is_the_exact_conditional():
     t = jax.random.uniform(jax.random.key(1), (128,), minval=0.05, maxval=1.0)
     y = jnp.full((128,), 2)
     for kind in ("eps", "v"):
-        fn = guidance.classifier_guided_denoise_fn(A.denoise_fn(MIX, SCHED, kind), A.class_log_prob_fn(MIX, SCHED),
-                                                   y, 1.0, SCHED, kind)
-        np.testing.assert_allclose(fn(z, t), A.conditional_denoise_fn(MIX, SCHED, kind)(z, t, y),
-                                   rtol=1e-3, atol=1e-3)
+        fn = guidance.classifier_guided_denoise_fn(
+            A.denoise_fn(MIX, SCHED, kind), A.class_log_prob_fn(MIX, SCHED), y, 1.0, SCHED, kind
+        )
+        np.testing.assert_allclose(fn(z, t), A.conditional_denoise_fn(MIX, SCHED, kind)(z, t, y), rtol=1e-3, atol=1e-3)
 
 
 def test_classifier_guidance_moves_samples_to_the_class_monotonically():
@@ -415,8 +478,9 @@ def test_classifier_guidance_moves_samples_to_the_class_monotonically():
 
     @jax.jit
     def fraction(scale):
-        fn = guidance.classifier_guided_denoise_fn(A.denoise_fn(MIX, SCHED), A.class_log_prob_fn(MIX, SCHED),
-                                                   jnp.full((n,), y_class), scale, SCHED)
+        fn = guidance.classifier_guided_denoise_fn(
+            A.denoise_fn(MIX, SCHED), A.class_log_prob_fn(MIX, SCHED), jnp.full((n,), y_class), scale, SCHED
+        )
         x = sampling.sample(fn, (n, 2), jax.random.key(0), schedule=SCHED, method="ddim", num_steps=50)
         nearest = jnp.argmin(jnp.sum((x[:, None] - means[None]) ** 2, -1), axis=1)
         return jnp.mean(nearest == y_class)

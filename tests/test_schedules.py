@@ -1,6 +1,5 @@
 """Schedules against their definitions: endpoints, monotonicity, DDPM/improved-DDPM constants."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +7,7 @@ import pytest
 
 from vdm import schedules as S
 
-ALL = {
-    "linear_logsnr": S.linear_logsnr(),
-    "cosine": S.cosine(),
-    "ddpm_linear": S.ddpm_linear(),
-}
+ALL = {"linear_logsnr": S.linear_logsnr(), "cosine": S.cosine(), "ddpm_linear": S.ddpm_linear()}
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -42,7 +37,7 @@ def test_ddpm_linear_final_alphas_cumprod():
 
 def test_ddpm_linear_exact_on_grid():
     betas = np.linspace(1e-4, 0.02, 1000)
-    abar = np.cumprod(1 - betas)                        # float64 product, DDPM eq. 4
+    abar = np.cumprod(1 - betas)  # float64 product, DDPM eq. 4
     i = np.arange(1, 1001)
     got = np.asarray(S.ddpm_linear()(jnp.asarray(i / 1000, jnp.float32)), np.float64)
     np.testing.assert_allclose(got, np.log((1 - abar) / abar), rtol=2e-5, atol=2e-5)
@@ -79,7 +74,7 @@ def test_edm_sigma_mapping():
 def test_dgamma_dt_matches_finite_differences(name):
     t = jnp.array([0.1, 0.3, 0.55, 0.8], jnp.float32)
     g, dg = S.dgamma_dt(ALL[name], t)
-    h = 1e-3 if name != "ddpm_linear" else 0.5e-3       # ddpm is linear within each 1/T cell
+    h = 1e-3 if name != "ddpm_linear" else 0.5e-3  # ddpm is linear within each 1/T cell
     fd = (np.asarray(ALL[name](t + h), np.float64) - np.asarray(ALL[name](t - h), np.float64)) / (2 * h)
     np.testing.assert_allclose(g, ALL[name](t))
     np.testing.assert_allclose(dg, fd, rtol=2e-2)

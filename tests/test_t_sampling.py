@@ -45,11 +45,12 @@ def _cosine_gamma64(t, s=0.008):
 
 # ----------------------------------------------------------------------------- inverse
 
+
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_inverse_round_trips(name):
     schedule = SCHEDULES[name]
     g0, g1 = _ends(schedule)
-    g = jnp.linspace(g0, g1, 2001, dtype=jnp.float32).reshape(23, 87)    # any shape
+    g = jnp.linspace(g0, g1, 2001, dtype=jnp.float32).reshape(23, 87)  # any shape
     t = jax.jit(lambda x: S.inverse(schedule, x))(g)
     assert t.shape == g.shape and bool(jnp.all((t >= 0) & (t <= 1)))
     _, dgamma = S.dgamma_dt(schedule, t)
@@ -63,11 +64,13 @@ def test_inverse_of_linear_logsnr_is_the_closed_form_and_clips():
     g = jnp.linspace(gmin, gmax, 501)
     t = S.inverse(S.linear_logsnr(gmin, gmax), g)
     np.testing.assert_allclose(t, (np.asarray(g, np.float64) - gmin) / (gmax - gmin), atol=3e-7)
-    np.testing.assert_allclose(S.inverse(S.linear_logsnr(gmin, gmax), jnp.asarray([-50.0, 50.0])), [0.0, 1.0],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        S.inverse(S.linear_logsnr(gmin, gmax), jnp.asarray([-50.0, 50.0])), [0.0, 1.0], atol=1e-7
+    )
 
 
 # ----------------------------------------------------------------------------- bin_probs
+
 
 def test_bin_probs_mixing_floor_and_proportionality():
     rng = np.random.default_rng(0)
@@ -85,12 +88,13 @@ def test_bin_probs_mixing_floor_and_proportionality():
 
 def test_bin_probs_unvisited_bins_get_the_largest_visited_h_and_negative_or_nan_are_guarded():
     hist = {"sums": jnp.asarray([2.0, 0.0, 9.0, -1.0, jnp.nan]), "counts": jnp.asarray([1.0, 0.0, 3.0, 1.0, 2.0])}
-    p = np.asarray(T.bin_probs(hist, 0.0), np.float64)     # h = 2, (max = 3), 3, (negative -> ~0), (nan -> 3)
+    p = np.asarray(T.bin_probs(hist, 0.0), np.float64)  # h = 2, (max = 3), 3, (negative -> ~0), (nan -> 3)
     np.testing.assert_allclose(p[[0, 1, 2, 4]], np.array([2, 3, 3, 3]) / 11, rtol=1e-5)
     assert 0 < p[3] < 1e-10 and np.all(np.isfinite(p))
 
 
 # ----------------------------------------------------------------------------- draw
+
 
 def _nonuniform_probs(K, seed=0):
     p = np.random.default_rng(seed).uniform(0.05, 1.0, K)
@@ -103,8 +107,9 @@ def test_draw_bin_frequencies_match_probs_and_stratified_u_gives_stratified_bins
     probs = _nonuniform_probs(K)
     edges = T.lambda_edges(*_ends(schedule), K)
     ku, ki = jax.random.split(jax.random.PRNGKey(1))
-    d = jax.jit(T.draw, static_argnums=4)(jax.random.uniform(ku, (N,)), jax.random.uniform(ki, (N,)), probs, edges,
-                                          schedule)
+    d = jax.jit(T.draw, static_argnums=4)(
+        jax.random.uniform(ku, (N,)), jax.random.uniform(ki, (N,)), probs, edges, schedule
+    )
     assert d["bin"].dtype == jnp.int32
     freq = np.bincount(np.asarray(d["bin"]), minlength=K) / N
     p = np.asarray(probs, np.float64)
@@ -113,7 +118,7 @@ def test_draw_bin_frequencies_match_probs_and_stratified_u_gives_stratified_bins
     lam, k = np.asarray(d["lam"]), np.asarray(d["bin"])
     e = np.asarray(edges)
     assert np.all((lam >= e[k] - 1e-5) & (lam <= e[k + 1] + 1e-5))
-    B = 1000                                   # stratified: u_i = (i + u0) / B
+    B = 1000  # stratified: u_i = (i + u0) / B
     u = (jnp.arange(B) + 0.37) / B
     counts = np.bincount(np.asarray(T.draw(u, u, probs, edges, schedule)["bin"]), minlength=K)
     assert np.all(np.abs(counts - B * p) <= 1 + 1e-6), counts - B * p
@@ -157,7 +162,7 @@ def test_draw_density_is_the_derivative_of_the_cdf_of_t():
     cdf_t = lambda x: 1.0 - np.interp(-_cosine_gamma64(x), e, cum)
     h = 1e-6 * np.minimum(t, 1 - t)
     fd = (cdf_t(t + h) - cdf_t(t - h)) / (2 * h)
-    np.testing.assert_allclose(np.asarray(d["density"], np.float64), fd, rtol=2e-3)   # observed max 2e-6
+    np.testing.assert_allclose(np.asarray(d["density"], np.float64), fd, rtol=2e-3)  # observed max 2e-6
     np.testing.assert_allclose(_cosine_gamma64(t), -np.asarray(d["lam"], np.float64), rtol=1e-3, atol=1e-3)
 
 
@@ -166,7 +171,7 @@ def test_draw_is_finite_at_flat_ends_and_passes_no_gradient():
     K = 8
     probs = _nonuniform_probs(K, seed=7)
     edges = T.lambda_edges(*_ends(schedule), K)
-    u_bin = jnp.asarray([0.0, 0.0, 1.0 - 1e-7, 1.0 - 1e-7, 1.5, -0.5])       # also out of range: clipped
+    u_bin = jnp.asarray([0.0, 0.0, 1.0 - 1e-7, 1.0 - 1e-7, 1.5, -0.5])  # also out of range: clipped
     u_in = jnp.asarray([0.0, 1.0 - 1e-7, 0.0, 1.0, 1.0, 0.0])
     d = T.draw(u_bin, u_in, probs, edges, schedule)
     assert np.all(np.isfinite(d["density"])) and np.all(np.asarray(d["density"]) > 0)
@@ -228,10 +233,11 @@ def test_adaptive_schedule_is_unbiased_and_lowers_the_variance_on_gaussian_data(
 
 # ----------------------------------------------------------------------------- update
 
+
 def test_update_is_the_ema_of_sums_and_counts():
     hist = {"sums": jnp.asarray([1.0, 2.0, 3.0, 4.0]), "counts": jnp.asarray([2.0, 1.0, 0.0, 4.0])}
     bins = jnp.asarray([0, 2, 2, 0, 3], jnp.int32)
-    values = jnp.asarray([0.5, 1.5, 2.5, 3.5, jnp.inf])        # the non-finite value is left out
+    values = jnp.asarray([0.5, 1.5, 2.5, 3.5, jnp.inf])  # the non-finite value is left out
     out = T.update(hist, bins, values, 0.9)
     np.testing.assert_allclose(out["sums"], [0.9 * 1 + 0.1 * 4.0, 0.9 * 2, 0.9 * 3 + 0.1 * 4.0, 0.9 * 4], rtol=1e-6)
     np.testing.assert_allclose(out["counts"], [0.9 * 2 + 0.1 * 2, 0.9 * 1, 0.1 * 2, 0.9 * 4], rtol=1e-6)
@@ -255,8 +261,12 @@ def test_update_state_is_float32_dict_and_jit_is_bit_identical():
 
 def _sharded_update(mesh, hist, bins, values, decay):
     """update inside shard_map over the mesh's 'data' axis, the batch split over devices."""
-    fn = jax.shard_map(lambda h, k, v: T.update(h, k, v, decay, axis_name="data"), mesh=mesh,
-                       in_specs=(P(), P("data"), P("data")), out_specs=P())
+    fn = jax.shard_map(
+        lambda h, k, v: T.update(h, k, v, decay, axis_name="data"),
+        mesh=mesh,
+        in_specs=(P(), P("data"), P("data")),
+        out_specs=P(),
+    )
     return jax.jit(fn)(hist, bins, values)
 
 
@@ -293,8 +303,13 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 
 def test_update_psum_over_four_devices_equals_the_whole_batch_update():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT])}
-    proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _FOUR_DEVICES], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]

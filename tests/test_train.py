@@ -36,8 +36,7 @@ def _toy_config(**training):
 
 def _train(trainer, mesh, state, num_steps, *, start=0, steps_per_call=1):
     c = trainer.config
-    fn = parallel.data_parallel(lambda s, b: dm.train_step(trainer, s, b), mesh,
-                                steps_per_call=steps_per_call)
+    fn = parallel.data_parallel(lambda s, b: dm.train_step(trainer, s, b), mesh, steps_per_call=steps_per_call)
     batches = pipeline.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start)
     metrics = []
     for _ in range(num_steps // steps_per_call):
@@ -50,26 +49,25 @@ def _train(trainer, mesh, state, num_steps, *, start=0, steps_per_call=1):
 
 def _elbo(trainer, mesh, params):
     eval_fn = parallel.data_parallel_eval(lambda p, b, k: dm.eval_step(trainer, p, b, k), mesh)
-    return diffusion_task.evaluate_elbo(eval_fn, params, trainer.config, trainer.info, mesh,
-                                  jax.random.PRNGKey(5))
+    return diffusion_task.evaluate_elbo(eval_fn, params, trainer.config, trainer.info, mesh, jax.random.PRNGKey(5))
 
 
 def test_training_lowers_the_elbo_toward_the_true_nll_on_gaussian_data():
     c = _toy_config()
-    c.data.num_test = 8000                            # bpd_se ~ 0.1
+    c.data.num_test = 8000  # bpd_se ~ 0.1
     trainer, mesh = dm.setup(c)
     state = parallel.replicate(trainer.init_state(jax.random.PRNGKey(0)), mesh)
     before = _elbo(trainer, mesh, state.ema_params)
     state, metrics, fn = _train(trainer, mesh, state, c.training.num_steps)
     after = _elbo(trainer, mesh, state.params)
-    assert fn._cache_size() == 1                      # one compilation for all 300 steps
+    assert fn._cache_size() == 1  # one compilation for all 300 steps
     se = math.hypot(before["eval/bpd_se"], after["eval/bpd_se"])
     assert after["eval/bpd"] < before["eval/bpd"] - 5 * se, (before, after)
     # Independent truth: -ELBO >= model NLL, and cross-entropy >= the data's exact NLL (Gibbs).
     x_test, _ = pipeline.load_arrays(c.data, "test")
     exact = np.mean(pipeline.gaussian_nll(x_test, np.asarray(trainer.info.scales))) / (2 * math.log(2))
     assert after["eval/bpd"] > exact - 4 * after["eval/bpd_se"], (after, exact)
-    assert after["eval/bpd"] < exact + 0.3 + 4 * after["eval/bpd_se"], (after, exact)   # and near it
+    assert after["eval/bpd"] < exact + 0.3 + 4 * after["eval/bpd_se"], (after, exact)  # and near it
     assert after["eval/num_examples"] == c.data.num_test
     assert int(state.step) == c.training.num_steps
 
@@ -95,9 +93,13 @@ def test_train_loss_with_elbo_weighting_is_the_eval_elbo_and_its_mean_is_the_neg
     keys = jax.random.split(jax.random.PRNGKey(3), 40)
     loss = jax.jit(lambda k: trainer.value_and_grad(params, batch, k)[0][0])
     ours = np.array([float(loss(k)) for k in keys])
-    ref_fn = jax.jit(lambda k: jnp.mean(objectives.elbo(trainer.denoise_fn(params), x, k,
-                                                        schedule=trainer.fixed_schedule,
-                                                        decoder="gaussian")["total"]))
+    ref_fn = jax.jit(
+        lambda k: jnp.mean(
+            objectives.elbo(trainer.denoise_fn(params), x, k, schedule=trainer.fixed_schedule, decoder="gaussian")[
+                "total"
+            ]
+        )
+    )
     ref = np.array([float(ref_fn(k)) for k in jax.random.split(jax.random.PRNGKey(4), 40)])
     se = math.sqrt(ours.var(ddof=1) / len(ours) + ref.var(ddof=1) / len(ref))
     assert abs(ours.mean() - ref.mean()) < 4 * se, (ours.mean(), ref.mean(), se)
@@ -108,18 +110,19 @@ def test_the_loss_is_a_pure_function_of_the_batch_whatever_the_device_split():
     (each part with its rows' global indices): the noise is drawn by (key, global example index)."""
     c = _toy_config()
     trainer, _ = dm.setup(c)
-    params = jax.tree.map(lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-                          trainer.init_state(jax.random.PRNGKey(0)).params)
+    params = jax.tree.map(
+        lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+        trainer.init_state(jax.random.PRNGKey(0)).params,
+    )
     b = next(pipeline.train_iterator(c.data, 128, seed=0))
     key = jax.random.PRNGKey(7)
     terms = jax.jit(lambda bb: trainer.loss_terms(params, bb, key))
     whole = terms(b)
     for parts in (2, 8):
-        pieces = [terms({k: v[i * 128 // parts:(i + 1) * 128 // parts] for k, v in b.items()})
-                  for i in range(parts)]
+        pieces = [terms({k: v[i * 128 // parts : (i + 1) * 128 // parts] for k, v in b.items()}) for i in range(parts)]
         for name in objectives.TERM_NAMES:
             np.testing.assert_allclose(np.concatenate([p[name] for p in pieces]), whole[name], rtol=2e-6, atol=2e-5)
-    shuffled = {k: v[::-1] for k, v in b.items()}          # the same rows in another order
+    shuffled = {k: v[::-1] for k, v in b.items()}  # the same rows in another order
     np.testing.assert_allclose(terms(shuffled)["total"][::-1], whole["total"], rtol=2e-6, atol=2e-5)
 
 
@@ -145,10 +148,15 @@ def test_two_steps_on_eight_devices_equal_one_device_and_restore_across_counts(t
     # 8 fake CPU devices, both steps in one call (lax.scan), vs 1 device, one step per call.
     out = str(tmp_path / "ckpt8")
     script = _MULTI_DEVICE_SCRIPT.format(out=out, spc=2)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT])}    # test_train, conftest, vdm
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT]),
+    }  # test_train, conftest, vdm
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses8 = json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -160,7 +168,7 @@ def test_two_steps_on_eight_devices_equal_one_device_and_restore_across_counts(t
     losses1 = [float(m["loss"][0]) for m in metrics]
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
     mine = parallel.to_host(state)
-    with Checkpointer(out) as ckpt:                    # written by 8 devices, read by 1
+    with Checkpointer(out) as ckpt:  # written by 8 devices, read by 1
         theirs, step = ckpt.restore_latest(mine)
     assert step == 2
     for a, b in zip(jax.tree.leaves(theirs), jax.tree.leaves(mine)):
@@ -181,7 +189,7 @@ def _losses_by_step(workdir):
 def _logged_steps(workdir):
     try:
         return _losses_by_step(workdir)
-    except (OSError, ValueError):                  # not written yet, or a line half-written
+    except (OSError, ValueError):  # not written yet, or a line half-written
         return {}
 
 
@@ -191,14 +199,20 @@ def test_resume_after_sigkill_continues_bit_identically(tmp_path):
     The learning rate is constant, so num_steps does not change the trajectory: the first run is
     long (it is killed anyway) and the rerun stops just past the kill point.
     """
-    args = ["--config=configs/toy2d.py:small", "--config.optimizer.decay=constant",
-            "--config.training.checkpoint_every=10", "--config.training.eval_every=10000",
-            "--config.training.log_every=1", "--config.training.keep_checkpoints=2",
-            f"--workdir={tmp_path}"]
+    args = [
+        "--config=configs/toy2d.py:small",
+        "--config.optimizer.decay=constant",
+        "--config.training.checkpoint_every=10",
+        "--config.training.eval_every=10000",
+        "--config.training.log_every=1",
+        "--config.training.keep_checkpoints=2",
+        f"--workdir={tmp_path}",
+    ]
     ckpt_dir = os.path.join(tmp_path, "checkpoints")
-    sigkill_past_checkpoint(["-m", "vdm.main", *args, "--config.training.num_steps=10000"], str(tmp_path),
-                            _logged_steps)
-    before = _losses_by_step(tmp_path)             # the uninterrupted run, up to the kill
+    sigkill_past_checkpoint(
+        ["-m", "vdm.main", *args, "--config.training.num_steps=10000"], str(tmp_path), _logged_steps
+    )
+    before = _losses_by_step(tmp_path)  # the uninterrupted run, up to the kill
     with Checkpointer(ckpt_dir) as ckpt:
         resume_from = ckpt.latest_step()
     overlap = [s for s in before if s > resume_from]
@@ -208,8 +222,8 @@ def test_resume_after_sigkill_continues_bit_identically(tmp_path):
     proc = run_cli(args + [f"--config.training.num_steps={end}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming from checkpoint step {resume_from}" in proc.stderr
-    after = _losses_by_step(tmp_path)              # last line per step: the resumed run's
-    assert [after[s] for s in overlap] == [before[s] for s in overlap]   # bit-identical floats
+    after = _losses_by_step(tmp_path)  # last line per step: the resumed run's
+    assert [after[s] for s in overlap] == [before[s] for s in overlap]  # bit-identical floats
     assert sorted(after) == list(range(1, end + 1))
 
 
@@ -228,6 +242,7 @@ def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_los
     def run(p, b):
         (_, terms), grads = trainer.value_and_grad(p, b, *keys)
         return grads, objectives.batch_means(terms)
+
     grads, _ = run(params, batch)
 
     def second_moment(terms):
@@ -236,14 +251,18 @@ def test_learned_schedule_grads_are_grad_of_second_moment_for_shape_and_mean_los
     def central(path, f, h):
         def at(delta):
             p = jax.tree_util.tree_map_with_path(
-                lambda kp, v: v + delta if jax.tree_util.keystr(kp) == path else v, params)
+                lambda kp, v: v + delta if jax.tree_util.keystr(kp) == path else v, params
+            )
             return f(run(p, batch)[1])
+
         return (at(h) - at(-h)) / (2 * h)
 
     leaves = {jax.tree_util.keystr(kp): v for kp, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
-    for path, f, h in [("['schedule']['endpoints']['gamma_min']", lambda t: float(t["loss"]), 2e-3),
-                       ("['schedule']['endpoints']['gap_raw']", lambda t: float(t["loss"]), 2e-3),
-                       ("['schedule']['shape']['l1']['bias']", second_moment, 2e-3)]:
+    for path, f, h in [
+        ("['schedule']['endpoints']['gamma_min']", lambda t: float(t["loss"]), 2e-3),
+        ("['schedule']['endpoints']['gap_raw']", lambda t: float(t["loss"]), 2e-3),
+        ("['schedule']['shape']['l1']['bias']", second_moment, 2e-3),
+    ]:
         ours = float(np.sum(leaves[path]))
         fd = central(path, f, h)
         assert abs(ours - fd) <= 0.03 * abs(fd) + 1e-2, (path, ours, fd)
@@ -260,6 +279,7 @@ def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     params = jax.tree.map(lambda p: p + jnp.asarray(0.05 * rng.standard_normal(p.shape), p.dtype), params)
     batch = next(pipeline.train_iterator(c32.data, 128, seed=0))
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
     def loss_grads(trainer):
         f = lambda p, b: trainer.value_and_grad(p, b, jax.random.PRNGKey(1), jax.random.PRNGKey(2))
         (loss, _), grads = jax.jit(f)(params, batch)
@@ -272,4 +292,4 @@ def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     flat32 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g32)])
     flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g16)])
     cos = float(flat16 @ flat32 / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32)))
-    assert cos > 0.99, cos            # the same descent direction, to bf16 rounding
+    assert cos > 0.99, cos  # the same descent direction, to bf16 rounding

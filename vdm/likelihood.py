@@ -3,11 +3,4 @@
 A documented facade of the core contract (DESIGN.md); code inside vdm/ imports `vdm.sampling.likelihood`.
 """
 
-from vdm.sampling.likelihood import (  # noqa: F401
-    MAX_EXACT_DIMS,
-    SOLVERS,
-    TRACES,
-    DenoiseFn,
-    dequant_offset_nats_per_dim,
-    ode_nll,
-)
+from vdm.sampling.likelihood import MAX_EXACT_DIMS, SOLVERS, TRACES, DenoiseFn, dequant_offset_nats_per_dim, ode_nll  # noqa: F401

@@ -3,11 +3,4 @@
 A documented facade of the core contract (DESIGN.md); code inside vdm/ imports `vdm.core.parameterization`.
 """
 
-from vdm.core.parameterization import (  # noqa: F401
-    KINDS,
-    VARIANCE_HEADS,
-    convert,
-    split_variance,
-    to_x0_eps,
-    variance_weight,
-)
+from vdm.core.parameterization import KINDS, VARIANCE_HEADS, convert, split_variance, to_x0_eps, variance_weight  # noqa: F401

@@ -31,34 +31,52 @@ VARIANCE_SCHEDULE = "cosine"
 # variant -> (config keys the cell sets besides its parameterisation, weighting, schedule and seed;
 #             the reverse variances of its discrete ELBO and ancestral samples, its default first).
 VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
-    "learnedvar": ({"model.variance_head": "interp", "loss.objective": "hybrid",
-                    "loss.weighting": "simple", "loss.num_steps": 1000, "sampling.variance": "learned"},
-                   ("learned", "small", "large")),
-    "fixedvar": ({"model.variance_head": "none", "loss.objective": "weighted",
-                  "loss.weighting": "simple", "loss.num_steps": 0}, ("small", "large")),
+    "learnedvar": (
+        {
+            "model.variance_head": "interp",
+            "loss.objective": "hybrid",
+            "loss.weighting": "simple",
+            "loss.num_steps": 1000,
+            "sampling.variance": "learned",
+        },
+        ("learned", "small", "large"),
+    ),
+    "fixedvar": (
+        {"model.variance_head": "none", "loss.objective": "weighted", "loss.weighting": "simple", "loss.num_steps": 0},
+        ("small", "large"),
+    ),
     **{t: ({"loss.t_sampling": t}, ()) for t in ("uniform", *T_SAMPLINGS)},
 }
 # Keys each cell sets itself; a user override of one of them would silently break the grid.
 # (config.sampling.num_samples may be overridden: it sizes the training-time grids; the sample stage's own
 # --config.sampling.num_samples=--fd_samples comes last on its command line, and the last flag wins.)
-CONTROLLED_KEYS = ("model.parameterization", "loss.weighting", "model.schedule", "seed",
-                   "training.num_steps", "training.eval_every", "eval.num_steps")
+CONTROLLED_KEYS = (
+    "model.parameterization",
+    "loss.weighting",
+    "model.schedule",
+    "seed",
+    "training.num_steps",
+    "training.eval_every",
+    "eval.num_steps",
+)
 
 
 def grid_axes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(parameterisations, weightings) of the grid: vdm's own choice sets, so they cannot drift."""
     from vdm import objectives, parameterization  # jax is imported, but no device is touched
+
     return tuple(parameterization.KINDS), tuple(objectives.WEIGHTINGS)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Cell:
     """One training run of the grid."""
+
     parameterization: str
     weighting: str
     schedule: str
     seed: int
-    variant: str = ""            # a VARIANTS key, or "" for the config's own other keys
+    variant: str = ""  # a VARIANTS key, or "" for the config's own other keys
 
     @property
     def name(self) -> str:
@@ -73,8 +91,12 @@ class Cell:
 
     def config_keys(self) -> dict:
         """{config key: value} this cell sets, in flag order (a variant's keys may replace the weighting's value)."""
-        keys = {"model.parameterization": self.parameterization, "loss.weighting": self.weighting,
-                "model.schedule": self.schedule, "seed": self.seed}
+        keys = {
+            "model.parameterization": self.parameterization,
+            "loss.weighting": self.weighting,
+            "model.schedule": self.schedule,
+            "seed": self.seed,
+        }
         return {**keys, **(VARIANTS[self.variant][0] if self.variant else {})}
 
     def overrides(self) -> list[str]:
@@ -82,8 +104,7 @@ class Cell:
         return [f"--config.{k}={v}" for k, v in self.config_keys().items()]
 
 
-def _check_choices(grids: list[str], seeds: list[int], schedule_weighting: str,
-                   schedule_parameterization: str) -> None:
+def _check_choices(grids: list[str], seeds: list[int], schedule_weighting: str, schedule_parameterization: str) -> None:
     """Raise ValueError, naming the valid choices, for an unknown grid, weighting or parameterisation or bad seeds."""
     params, weightings = grid_axes()
     unknown = [g for g in grids if g not in GRIDS]
@@ -92,32 +113,52 @@ def _check_choices(grids: list[str], seeds: list[int], schedule_weighting: str,
     if schedule_weighting not in weightings:
         raise ValueError(f"--schedule_weighting={schedule_weighting!r}; choose one of {', '.join(weightings)}.")
     if schedule_parameterization not in params:
-        raise ValueError(f"--schedule_parameterization={schedule_parameterization!r}; choose one of "
-                         f"{', '.join(params)}.")
+        raise ValueError(
+            f"--schedule_parameterization={schedule_parameterization!r}; choose one of {', '.join(params)}."
+        )
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"--seeds={seeds}: give distinct non-negative integers.")
 
 
-def _grid_combos(grid: str, params: tuple[str, ...], weightings: tuple[str, ...], base_schedule: str,
-                 base_parameterization: str, base_t_sampling: str, schedule_weighting: str,
-                 schedule_parameterization: str) -> list[tuple[str, str, str, str]]:
+def _grid_combos(
+    grid: str,
+    params: tuple[str, ...],
+    weightings: tuple[str, ...],
+    base_schedule: str,
+    base_parameterization: str,
+    base_t_sampling: str,
+    schedule_weighting: str,
+    schedule_parameterization: str,
+) -> list[tuple[str, str, str, str]]:
     """(parameterisation, weighting, schedule, variant) of one grid's cells."""
     if grid == "param_weighting":
         return [(p, w, base_schedule, "") for p in params for w in weightings]
     if grid == "schedule":
         return [(schedule_parameterization, schedule_weighting, s, "") for s in GRID_SCHEDULES]
     if grid == "variance":
-        return [(base_parameterization, "hybrid", VARIANCE_SCHEDULE, "learnedvar"),
-                (base_parameterization, "simple", VARIANCE_SCHEDULE, "fixedvar")]
+        return [
+            (base_parameterization, "hybrid", VARIANCE_SCHEDULE, "learnedvar"),
+            (base_parameterization, "simple", VARIANCE_SCHEDULE, "fixedvar"),
+        ]
     # t_sampling: the config's own loss.t_sampling is the unnamed cell, shared with the other grids
-    return [(base_parameterization, w, base_schedule, "" if t == base_t_sampling else t)
-            for w in T_SAMPLING_WEIGHTINGS for t in T_SAMPLINGS]
+    return [
+        (base_parameterization, w, base_schedule, "" if t == base_t_sampling else t)
+        for w in T_SAMPLING_WEIGHTINGS
+        for t in T_SAMPLINGS
+    ]
 
 
-def enumerate_cells(grids: list[str], *, seeds: list[int], base_schedule: str,
-                    schedule_weighting: str = "elbo", schedule_parameterization: str = "eps",
-                    patterns: list[str] | None = None, base_parameterization: str = "eps",
-                    base_t_sampling: str = "antithetic") -> list[Cell]:
+def enumerate_cells(
+    grids: list[str],
+    *,
+    seeds: list[int],
+    base_schedule: str,
+    schedule_weighting: str = "elbo",
+    schedule_parameterization: str = "eps",
+    patterns: list[str] | None = None,
+    base_parameterization: str = "eps",
+    base_t_sampling: str = "antithetic",
+) -> list[Cell]:
     """The cells of `grids`, deduplicated, in grid order, seeds innermost; `patterns` (fnmatch on the name) filters.
 
     param_weighting: every parameterisation x weighting on `base_schedule`; schedule: every
@@ -129,14 +170,24 @@ def enumerate_cells(grids: list[str], *, seeds: list[int], base_schedule: str,
     params, weightings = grid_axes()
     combos = []
     for grid in grids:
-        combos += _grid_combos(grid, params, weightings, base_schedule, base_parameterization, base_t_sampling,
-                               schedule_weighting, schedule_parameterization)
+        combos += _grid_combos(
+            grid,
+            params,
+            weightings,
+            base_schedule,
+            base_parameterization,
+            base_t_sampling,
+            schedule_weighting,
+            schedule_parameterization,
+        )
     cells = list(dict.fromkeys(Cell(p, w, s, seed, v) for p, w, s, v in combos for seed in seeds))
     if patterns:
         cells = [c for c in cells if any(fnmatch.fnmatchcase(c.name, pat) for pat in patterns)]
         if not cells:
-            raise ValueError(f"--cells={','.join(patterns)} matches no cell; names look like "
-                             "'eps-elbo-linear_logsnr-s0' (fnmatch patterns such as 'eps-*' work).")
+            raise ValueError(
+                f"--cells={','.join(patterns)} matches no cell; names look like "
+                "'eps-elbo-linear_logsnr-s0' (fnmatch patterns such as 'eps-*' work)."
+            )
     return cells
 
 
@@ -162,20 +213,38 @@ def stage_keys(cell: Cell, eval_steps: tuple[int, ...] = (), ancestral_steps: tu
     if not cell.variances:
         return [{"eval.num_steps": t} for t in eval_steps]
     evals = [{"eval.num_steps": t, "eval.variance": v} for t in eval_steps for v in cell.variances]
-    return evals + [{"eval.num_steps": 0, "sampling.method": "ancestral", "sampling.num_steps": s,
-                     "sampling.variance": v} for s in ancestral_steps for v in cell.variances]
+    return evals + [
+        {"eval.num_steps": 0, "sampling.method": "ancestral", "sampling.num_steps": s, "sampling.variance": v}
+        for s in ancestral_steps
+        for v in cell.variances
+    ]
 
 
-def validate_cells(base: ml_collections.ConfigDict, cells: list[Cell], *, steps: int, eval_every: int,
-                   eval_steps: tuple[int, ...] = (), ancestral_steps: tuple[int, ...] = ()) -> None:
+def validate_cells(
+    base: ml_collections.ConfigDict,
+    cells: list[Cell],
+    *,
+    steps: int,
+    eval_every: int,
+    eval_steps: tuple[int, ...] = (),
+    ancestral_steps: tuple[int, ...] = (),
+) -> None:
     """Raise vdm.config.validation.ConfigError if any cell's config (base + the cell's keys), or that of one of its
     eval / ancestral-sample stages, is invalid, before anything runs."""
     from vdm.config import validation
+
     for cell in cells:
         c = copy.deepcopy(base)
         with c.unlocked():
-            _set_keys(c, {**cell.config_keys(), "training.num_steps": steps, "training.eval_every": eval_every,
-                          "eval.num_steps": 0})
+            _set_keys(
+                c,
+                {
+                    **cell.config_keys(),
+                    "training.num_steps": steps,
+                    "training.eval_every": eval_every,
+                    "eval.num_steps": 0,
+                },
+            )
         validation.validate(c)
         for keys in stage_keys(cell, eval_steps, ancestral_steps):
             s = copy.deepcopy(c)
@@ -186,7 +255,7 @@ def validate_cells(base: ml_collections.ConfigDict, cells: list[Cell], *, steps:
 
 def _config_key_value(flag: str) -> tuple[str, str]:
     """(KEY, VALUE) of a --config.KEY=VALUE flag."""
-    body = flag[len("--config."):]
+    body = flag[len("--config.") :]
     key, sep, value = body.partition("=")
     if not sep:
         raise ValueError(f"override {flag!r} must look like --config.KEY=VALUE (or --override=config.KEY=VALUE).")
@@ -208,15 +277,17 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
                     raise ValueError("--override needs a value: --override=config.KEY=VALUE")
                 arg = argv[i]
             else:
-                arg = arg[len("--override="):]
+                arg = arg[len("--override=") :]
             if not arg.startswith("config."):
                 raise ValueError(f"--override={arg!r} must start with 'config.' (e.g. config.training.batch_size=32).")
             arg = "--" + arg
         if arg.startswith("--config."):
             key, _ = _config_key_value(arg)
             if key in CONTROLLED_KEYS:
-                raise ValueError(f"config.{key} is set per cell by compare_objectives; use --steps, --seeds, "
-                                 f"--grid, --eval_steps or --fd_samples instead of overriding it.")
+                raise ValueError(
+                    f"config.{key} is set per cell by compare_objectives; use --steps, --seeds, "
+                    f"--grid, --eval_steps or --fd_samples instead of overriding it."
+                )
             passed.append(arg)
         out.append(arg)
         i += 1

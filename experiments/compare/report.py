@@ -25,13 +25,49 @@ from experiments.compare import tables
 from vdm.infra.fileio import atomic_write
 from vdm.infra.metrics import read_metrics
 
-BASE_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "variant", "seed", "steps", "status",
-                "bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion")
-TAIL_COLUMNS = ("fid", "kid", "kid_se", "fd", "fd_features", "fd_num_samples", "sample_nonfinite_frac",
-                "train_diffusion_var_2nd_half", "train_diffusion_var_all", "train_seconds",
-                "measure_seconds", "hardware", "samples_png", "notes")
-TEXT_COLUMNS = ("cell", "parameterization", "weighting", "schedule", "variant", "status", "fd_features", "hardware",
-                "samples_png", "notes")
+BASE_COLUMNS = (
+    "cell",
+    "parameterization",
+    "weighting",
+    "schedule",
+    "variant",
+    "seed",
+    "steps",
+    "status",
+    "bpd",
+    "bpd_se",
+    "bpd_recon",
+    "bpd_prior",
+    "bpd_diffusion",
+)
+TAIL_COLUMNS = (
+    "fid",
+    "kid",
+    "kid_se",
+    "fd",
+    "fd_features",
+    "fd_num_samples",
+    "sample_nonfinite_frac",
+    "train_diffusion_var_2nd_half",
+    "train_diffusion_var_all",
+    "train_seconds",
+    "measure_seconds",
+    "hardware",
+    "samples_png",
+    "notes",
+)
+TEXT_COLUMNS = (
+    "cell",
+    "parameterization",
+    "weighting",
+    "schedule",
+    "variant",
+    "status",
+    "fd_features",
+    "hardware",
+    "samples_png",
+    "notes",
+)
 
 
 def columns(eval_steps: tuple[int, ...] | list[int]) -> list[str]:
@@ -70,21 +106,63 @@ def _kid(r: dict) -> str:
 
 def markdown_table(rows: list[dict], eval_steps: tuple[int, ...]) -> str:
     """A Markdown table: one line per cell, bpd ± SE and its terms, discrete-T bpd, FID, KID ± se, FD, train seconds."""
-    head = ["cell", "param", "weighting", "schedule", "seed", "bpd ± se", "recon", "prior", "diffusion",
-            *(f"bpd T={t}" for t in eval_steps), "FID", "KID ± se", "FD", "Var(diffusion) 2nd half",
-            "Var(diffusion) all", "train s", "notes"]
+    head = [
+        "cell",
+        "param",
+        "weighting",
+        "schedule",
+        "seed",
+        "bpd ± se",
+        "recon",
+        "prior",
+        "diffusion",
+        *(f"bpd T={t}" for t in eval_steps),
+        "FID",
+        "KID ± se",
+        "FD",
+        "Var(diffusion) 2nd half",
+        "Var(diffusion) all",
+        "train s",
+        "notes",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append("| " + " | ".join([r["cell"], r["parameterization"], r["weighting"], r["schedule"],
-                                            str(r["seed"]), f"**{r.get('status')}**"] + ["–"] * (len(head) - 6)) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        r["cell"],
+                        r["parameterization"],
+                        r["weighting"],
+                        r["schedule"],
+                        str(r["seed"]),
+                        f"**{r.get('status')}**",
+                    ]
+                    + ["–"] * (len(head) - 6)
+                )
+                + " |"
+            )
             continue
-        vals = [r["cell"], r["parameterization"], r["weighting"], r["schedule"], str(r["seed"]),
-                f"{_fmt(r['bpd'])} ± {_fmt(r['bpd_se'])}", _fmt(r["bpd_recon"]), _fmt(r["bpd_prior"], 4),
-                _fmt(r["bpd_diffusion"]), *(_fmt(r.get(f"bpd_T{t}")) for t in eval_steps),
-                _fmt(r.get("fid"), 2), _kid(r), _fmt(r.get("fd"), 4), _fmt(r.get("train_diffusion_var_2nd_half"), 4, True),
-                _fmt(r.get("train_diffusion_var_all"), 4, True), _fmt(r.get("train_seconds"), 0),
-                r.get("notes") or ""]
+        vals = [
+            r["cell"],
+            r["parameterization"],
+            r["weighting"],
+            r["schedule"],
+            str(r["seed"]),
+            f"{_fmt(r['bpd'])} ± {_fmt(r['bpd_se'])}",
+            _fmt(r["bpd_recon"]),
+            _fmt(r["bpd_prior"], 4),
+            _fmt(r["bpd_diffusion"]),
+            *(_fmt(r.get(f"bpd_T{t}")) for t in eval_steps),
+            _fmt(r.get("fid"), 2),
+            _kid(r),
+            _fmt(r.get("fd"), 4),
+            _fmt(r.get("train_diffusion_var_2nd_half"), 4, True),
+            _fmt(r.get("train_diffusion_var_all"), 4, True),
+            _fmt(r.get("train_seconds"), 0),
+            r.get("notes") or "",
+        ]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -114,22 +192,28 @@ def read_curves_csv(path: str) -> dict[str, list[tuple[int, float, float | None]
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             out.setdefault(r["cell"], []).append(
-                (int(r["step"]), float(r["bpd"]), float(r["bpd_se"]) if r["bpd_se"] else None))
+                (int(r["step"]), float(r["bpd"]), float(r["bpd_se"]) if r["bpd_se"] else None)
+            )
     return out
 
 
-def heatmap_matrix(rows: list[dict], value: str = "bpd", schedule: str | None = None,
-                   ) -> tuple[list[str], list[str], np.ndarray]:
+def heatmap_matrix(
+    rows: list[dict], value: str = "bpd", schedule: str | None = None
+) -> tuple[list[str], list[str], np.ndarray]:
     """(parameterisations, weightings, M [P, W]): mean of `value` over seeds of the ok cells (NaN where none)."""
-    ok = [r for r in rows if r.get("status") == "ok" and (schedule is None or r["schedule"] == schedule)
-          and not r.get("variant")]                 # a variant cell is not its (param, weighting) square
+    ok = [
+        r
+        for r in rows
+        if r.get("status") == "ok" and (schedule is None or r["schedule"] == schedule) and not r.get("variant")
+    ]  # a variant cell is not its (param, weighting) square
     params = list(dict.fromkeys(r["parameterization"] for r in ok))
     weights = list(dict.fromkeys(r["weighting"] for r in ok))
     m = np.full((len(params), len(weights)), np.nan)
     for i, p in enumerate(params):
         for j, w in enumerate(weights):
-            vals = [r[value] for r in ok if r["parameterization"] == p and r["weighting"] == w
-                    and r.get(value) is not None]
+            vals = [
+                r[value] for r in ok if r["parameterization"] == p and r["weighting"] == w and r.get(value) is not None
+            ]
             if vals:
                 m[i, j] = float(np.mean(vals))
     return params, weights, m
@@ -139,13 +223,17 @@ def plot_heatmap(rows: list[dict], value: str = "bpd", schedule: str | None = No
     """Heat map of `value` (parameterisation rows x weighting columns), numbers written in; returns the axes."""
     import matplotlib
     import matplotlib.pyplot as plt
+
     params, weights, m = heatmap_matrix(rows, value, schedule)
     if ax is None:
         _, ax = plt.subplots(figsize=(1.3 * max(len(weights), 2) + 2, 0.8 * max(len(params), 2) + 1.5))
     finite = m[np.isfinite(m)]
     # A log colour scale when values span more than a factor 5 (one diverged cell would wash out the rest).
-    norm = (matplotlib.colors.LogNorm(vmin=finite.min(), vmax=finite.max())
-            if finite.size and finite.min() > 0 and finite.max() > 5 * finite.min() else None)
+    norm = (
+        matplotlib.colors.LogNorm(vmin=finite.min(), vmax=finite.max())
+        if finite.size and finite.min() > 0 and finite.max() > 5 * finite.min()
+        else None
+    )
     im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis_r", aspect="auto", norm=norm)
     ax.set_xticks(range(len(weights)), weights)
     ax.set_yticks(range(len(params)), params)
@@ -162,6 +250,7 @@ def plot_heatmap(rows: list[dict], value: str = "bpd", schedule: str | None = No
 def plot_curves(curves: dict[str, list], ax=None):
     """Test bpd (true ELBO) against training step, one line per cell; returns the axes."""
     import matplotlib.pyplot as plt
+
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
     for cell, pts in curves.items():
@@ -177,6 +266,7 @@ def plot_curves(curves: dict[str, list], ax=None):
 def plot_schedules(rows: list[dict], ax=None):
     """Bar chart of bpd ± SE per schedule for the schedule grid's cells (same parameterisation and weighting)."""
     import matplotlib.pyplot as plt
+
     ok = [r for r in rows if r.get("status") == "ok" and r.get("bpd") is not None]
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
@@ -191,8 +281,12 @@ def sample_montage(result_dir: str, rows: list[dict], max_cells: int = 24, panel
     """A figure of every cell's sample grid (figures/samples/<cell>.png), titled by cell; None if none exist."""
     import matplotlib.pyplot as plt
     from PIL import Image
-    items = [(r["cell"], os.path.join(result_dir, r["samples_png"])) for r in rows
-             if r.get("samples_png") and os.path.exists(os.path.join(result_dir, r["samples_png"]))][:max_cells]
+
+    items = [
+        (r["cell"], os.path.join(result_dir, r["samples_png"]))
+        for r in rows
+        if r.get("samples_png") and os.path.exists(os.path.join(result_dir, r["samples_png"]))
+    ][:max_cells]
     if not items:
         return None
     cols = min(6, len(items))
@@ -207,45 +301,67 @@ def sample_montage(result_dir: str, rows: list[dict], max_cells: int = 24, panel
     return fig
 
 
-def _summary(result_dir: str, rows: list[dict], header: dict, eval_steps: tuple[int, ...],
-             curves: dict[str, list] | None = None) -> str:
+def _summary(
+    result_dir: str, rows: list[dict], header: dict, eval_steps: tuple[int, ...], curves: dict[str, list] | None = None
+) -> str:
     """results.md: what was run and on what (from `header`), how long it took, what the columns mean, the tables."""
     ok = [r for r in rows if r.get("status") == "ok"]
     train_s = [r["train_seconds"] for r in ok if r.get("train_seconds") is not None]
     total_s = [r["train_seconds"] + (r.get("measure_seconds") or 0.0) for r in ok if r.get("train_seconds") is not None]
-    lines = [f"# compare_objectives: {os.path.basename(result_dir)}", "",
-             f"- config: `{header.get('config')}`, overrides: `{header.get('overrides')}`",
-             f"- cells finished: {header.get('cells_finished', len(rows))} ({len(ok)} ok), "
-             f"{header.get('steps')} steps each, seeds "
-             f"{header.get('seeds')}, grid {header.get('grid')}, ELBO evaluated every {header.get('eval_every')} steps",
-             f"- hardware: {header.get('hardware')}, {header.get('parallel')} cell(s) at a time",
-             f"- time per cell (training / all stages): " + (
-                 f"mean {np.mean(train_s):.0f} s / {np.mean(total_s):.0f} s, max {np.max(train_s):.0f} s / "
-                 f"{np.max(total_s):.0f} s; sum of all stages {np.sum(total_s):.0f} s" if train_s else "–")
-             + (f"; wall-clock of the last invocation {header['wall_clock_s']:.0f} s"
-                if header.get("wall_clock_s") is not None else ""),
-             f"- bpd: true continuous-time -ELBO on the test split (bits/dim) ± its standard error, whatever "
-             "the training weighting; `bpd T=k`: the k-step discrete ELBO",
-             (f"- FD: squared Fréchet distance of {header.get('fd_features')} between {header.get('fd_samples')} "
-              "samples and the test split (not Inception FID)" if header.get("fd_samples")
-              else "- FD: not measured (--fd_samples=0)"),
-             (f"- FID, KID: Inception-v3 (2015-12-05) pool features (vdm.fid, TF1 resize), the samples against "
-              f"the first {header.get('inception_reference')} test images; KID ± its standard error over "
-              "100 subsets of 1000" if header.get("inception_reference") and header.get("fd_samples")
-              else "- FID, KID: not measured"),
-             "- Var(diffusion): the training loss's variance, the batch variance of the per-example diffusion term "
-             "(train/diffusion_var) averaged over the logged steps of the second half of training (step > steps/2), "
-             "and over all logged steps", f"- date: {header.get('date')}", "",
-             markdown_table(rows, eval_steps), tables.variance_markdown(tables.variance_rows(rows)),
-             tables.curves_markdown(curves or {})]
+    lines = [
+        f"# compare_objectives: {os.path.basename(result_dir)}",
+        "",
+        f"- config: `{header.get('config')}`, overrides: `{header.get('overrides')}`",
+        f"- cells finished: {header.get('cells_finished', len(rows))} ({len(ok)} ok), "
+        f"{header.get('steps')} steps each, seeds "
+        f"{header.get('seeds')}, grid {header.get('grid')}, ELBO evaluated every {header.get('eval_every')} steps",
+        f"- hardware: {header.get('hardware')}, {header.get('parallel')} cell(s) at a time",
+        "- time per cell (training / all stages): "
+        + (
+            f"mean {np.mean(train_s):.0f} s / {np.mean(total_s):.0f} s, max {np.max(train_s):.0f} s / "
+            f"{np.max(total_s):.0f} s; sum of all stages {np.sum(total_s):.0f} s"
+            if train_s
+            else "–"
+        )
+        + (
+            f"; wall-clock of the last invocation {header['wall_clock_s']:.0f} s"
+            if header.get("wall_clock_s") is not None
+            else ""
+        ),
+        "- bpd: true continuous-time -ELBO on the test split (bits/dim) ± its standard error, whatever "
+        "the training weighting; `bpd T=k`: the k-step discrete ELBO",
+        (
+            f"- FD: squared Fréchet distance of {header.get('fd_features')} between {header.get('fd_samples')} "
+            "samples and the test split (not Inception FID)"
+            if header.get("fd_samples")
+            else "- FD: not measured (--fd_samples=0)"
+        ),
+        (
+            f"- FID, KID: Inception-v3 (2015-12-05) pool features (vdm.fid, TF1 resize), the samples against "
+            f"the first {header.get('inception_reference')} test images; KID ± its standard error over "
+            "100 subsets of 1000"
+            if header.get("inception_reference") and header.get("fd_samples")
+            else "- FID, KID: not measured"
+        ),
+        "- Var(diffusion): the training loss's variance, the batch variance of the per-example diffusion term "
+        "(train/diffusion_var) averaged over the logged steps of the second half of training (step > steps/2), "
+        "and over all logged steps",
+        f"- date: {header.get('date')}",
+        "",
+        markdown_table(rows, eval_steps),
+        tables.variance_markdown(tables.variance_rows(rows)),
+        tables.curves_markdown(curves or {}),
+    ]
     return "\n".join(lines)
 
 
 def _write_figures(result_dir: str, rows: list[dict], curves: dict[str, list], base_schedule: str) -> None:
     """figures/: the bpd and FD heat maps on the base schedule, the schedule bars, bpd vs steps, the sample montage."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig_dir = os.path.join(result_dir, "figures")
     ok = [r for r in rows if r.get("status") == "ok" and not r.get("variant")]
     figures = []
@@ -254,8 +370,12 @@ def _write_figures(result_dir: str, rows: list[dict], curves: dict[str, list], b
         if any(r.get("fd") is not None for r in ok):
             figures.append(("fd_heatmap.png", lambda: plot_heatmap(rows, "fd", base_schedule)))
     if len({r["schedule"] for r in ok}) > 1:
-        sched_rows = [r for r in ok if (r["parameterization"], r["weighting"]) in
-                      {(q["parameterization"], q["weighting"]) for q in ok if q["schedule"] != base_schedule}]
+        sched_rows = [
+            r
+            for r in ok
+            if (r["parameterization"], r["weighting"])
+            in {(q["parameterization"], q["weighting"]) for q in ok if q["schedule"] != base_schedule}
+        ]
         figures.append(("schedules.png", lambda: plot_schedules(sched_rows)))
     figures.append(("bpd_vs_steps.png", lambda: plot_curves(curves)))
     for name, make in figures:
@@ -269,8 +389,9 @@ def _write_figures(result_dir: str, rows: list[dict], curves: dict[str, list], b
         plt.close(fig)
 
 
-def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ...], header: dict,
-                 base_schedule: str) -> None:
+def write_report(
+    result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ...], header: dict, base_schedule: str
+) -> None:
     """Write results.csv, results.md, curves.csv, header.json and figures/ for `rows` (see module docstring)."""
     fig_dir = os.path.join(result_dir, "figures")
     os.makedirs(os.path.join(fig_dir, "samples"), exist_ok=True)
@@ -284,13 +405,16 @@ def write_report(result_dir: str, rows: list[dict], *, eval_steps: tuple[int, ..
             r["samples_png"] = f"figures/samples/{r['cell']}.png"
     write_csv(os.path.join(result_dir, "results.csv"), rows, eval_steps)
     write_curves_csv(os.path.join(result_dir, "curves.csv"), curves)
-    atomic_write(os.path.join(result_dir, "header.json"),
-                 lambda f: json.dump(header, f, indent=1, sort_keys=True, default=str))
+    atomic_write(
+        os.path.join(result_dir, "header.json"), lambda f: json.dump(header, f, indent=1, sort_keys=True, default=str)
+    )
     vrows = tables.variance_rows(rows)
     if vrows:
         tables.write_variance_csv(os.path.join(result_dir, "variance.csv"), vrows)
-    atomic_write(os.path.join(result_dir, "results.md"), lambda f: f.write(_summary(result_dir, rows, header,
-                                                                                      eval_steps, curves)))
+    atomic_write(
+        os.path.join(result_dir, "results.md"),
+        lambda f: f.write(_summary(result_dir, rows, header, eval_steps, curves)),
+    )
     _write_figures(result_dir, rows, curves, base_schedule)
 
 
@@ -305,6 +429,10 @@ def load_results(result_dir: str) -> dict:
     with open(os.path.join(result_dir, "header.json")) as f:
         header = json.load(f)
     variance = os.path.join(result_dir, "variance.csv")
-    return {"rows": read_csv(path), "curves": read_curves_csv(os.path.join(result_dir, "curves.csv")),
-            "header": header, "eval_steps": eval_steps_of(cols),
-            "variance_rows": tables.read_variance_csv(variance) if os.path.exists(variance) else []}
+    return {
+        "rows": read_csv(path),
+        "curves": read_curves_csv(os.path.join(result_dir, "curves.csv")),
+        "header": header,
+        "eval_steps": eval_steps_of(cols),
+        "variance_rows": tables.read_variance_csv(variance) if os.path.exists(variance) else [],
+    }

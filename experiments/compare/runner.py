@@ -28,7 +28,8 @@ import queue
 import shlex
 import subprocess
 import time
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 import numpy as np
 
@@ -101,6 +102,7 @@ def run_stage(argv: list[str], log_path: str, device: str | None, share: int = 1
 @dataclasses.dataclass(frozen=True)
 class Slot:
     """Where a cell's processes run: GPU id (None: as the environment says), processes sharing it, its name."""
+
     device: str | None = None
     share: int = 1
     hardware: str = ""
@@ -109,6 +111,7 @@ class Slot:
 def _flat_fd(samples_path: str, opts: Options) -> dict:
     """Fréchet distance between Gaussians fitted to flat samples and to the test split (raw coordinates)."""
     from vdm.data import pipeline as vdm_data
+
     with np.load(samples_path) as f:
         samples = np.asarray(f["samples"], np.float64)
     bad = float(np.mean(~np.isfinite(samples)))
@@ -125,7 +128,7 @@ def _stage_finished(stage: str, argv: list[str], stages: dict, cell_dir: str, op
     ok = record is not None and record["argv"] == argv[1:]
     if stage == "train":
         ok = ok and final_eval(read_metrics(cell_dir), opts.steps) is not None
-    elif parse_eval_stage(stage):           # a non-finite ELBO is retried on the next invocation
+    elif parse_eval_stage(stage):  # a non-finite ELBO is retried on the next invocation
         ok = ok and final_eval(read_metrics(cell_dir), opts.steps, *parse_eval_stage(stage)) is not None
     return ok
 
@@ -134,7 +137,8 @@ def _new_sample_file(cell_dir: str, before: set[str], steps: int) -> str:
     """The .npz the sample stage just wrote under CELL/samples (else the newest sample_step<steps>_*.npz)."""
     pattern = os.path.join(cell_dir, "samples", "*.npz")
     new = sorted(set(glob.glob(pattern)) - before, key=os.path.getmtime) or sorted(
-        glob.glob(os.path.join(cell_dir, "samples", f"sample_step{steps}_*.npz")), key=os.path.getmtime)
+        glob.glob(os.path.join(cell_dir, "samples", f"sample_step{steps}_*.npz")), key=os.path.getmtime
+    )
     if not new:
         raise CellError(f"{cell_dir}: the sample stage wrote no .npz under samples/.")
     return new[-1]
@@ -149,9 +153,13 @@ def _run_stages(cell: Cell, opts: Options, cell_dir: str, stages: dict, slot: Sl
         before = set(glob.glob(os.path.join(cell_dir, "samples", "*.npz")))
         log(f"[{cell.name}] {stage} ..." + (f" (device {slot.device})" if slot.device is not None else ""))
         seconds = run_stage(argv, os.path.join(cell_dir, "logs", f"{stage}.log"), slot.device, slot.share)
-        record = {"argv": argv[1:], "seconds": seconds, "hardware": slot.hardware,
-                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        if stage in sample_stages([stage]):     # the sample file is the newest one after this stage
+        record = {
+            "argv": argv[1:],
+            "seconds": seconds,
+            "hardware": slot.hardware,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        if stage in sample_stages([stage]):  # the sample file is the newest one after this stage
             record["npz"] = _new_sample_file(cell_dir, before, opts.steps)
         stages[stage] = record
         atomic_write(stages_path, json_writer(stages))
@@ -183,8 +191,12 @@ def _quality_stages(opts: Options, cell_dir: str, stages: dict, slot: Slot, x: s
     key = {"npz": npz, "reference": opts.inception_reference}
     if stages.get("inception" + x, {}).get("key") != key:
         t0 = time.perf_counter()
-        run_stage(inception_command(opts, npz, os.path.join(cell_dir, f"inception{x}.json")),
-                  os.path.join(cell_dir, "logs", f"inception{x}.log"), slot.device, slot.share)
+        run_stage(
+            inception_command(opts, npz, os.path.join(cell_dir, f"inception{x}.json")),
+            os.path.join(cell_dir, "logs", f"inception{x}.log"),
+            slot.device,
+            slot.share,
+        )
         stages["inception" + x] = {"key": key, "seconds": time.perf_counter() - t0}
         atomic_write(os.path.join(cell_dir, "stages.json"), json_writer(stages))
 
@@ -196,9 +208,13 @@ def run_cell(cell: Cell, opts: Options, cell_dir: str, *, slot: Slot = Slot(), l
     metrics.jsonl holds the final eval). A cell whose DONE.json matches is skipped whole.
     """
     cmds = stage_commands(cell, opts, cell_dir)
-    spec = {"commands": {k: v[1:] for k, v in cmds.items()}, "fd_samples": opts.fd_samples,
-            "flat_data": opts.flat_data, "feature_net_dir": opts.feature_net_dir,
-            "inception_reference": opts.inception_reference}
+    spec = {
+        "commands": {k: v[1:] for k, v in cmds.items()},
+        "fd_samples": opts.fd_samples,
+        "flat_data": opts.flat_data,
+        "feature_net_dir": opts.feature_net_dir,
+        "inception_reference": opts.inception_reference,
+    }
     done_path = os.path.join(cell_dir, "DONE.json")
     done = read_json(done_path)
     if done is not None and done.get("spec") == spec:
@@ -208,8 +224,10 @@ def run_cell(cell: Cell, opts: Options, cell_dir: str, *, slot: Slot = Slot(), l
     stages = read_json(os.path.join(cell_dir, "stages.json"), {})
     trained = stages.get("train")
     if trained is not None and trained["argv"] != cmds["train"][1:]:
-        raise CellError(f"{cell_dir} was trained with other settings:\n  {shlex.join(trained['argv'])}\n"
-                        "use another --name, or delete that cell folder to retrain it.")
+        raise CellError(
+            f"{cell_dir} was trained with other settings:\n  {shlex.join(trained['argv'])}\n"
+            "use another --name, or delete that cell folder to retrain it."
+        )
     t_cell = time.perf_counter()
     _run_stages(cell, opts, cell_dir, stages, slot, log)
     if opts.fd_samples > 0:
@@ -218,22 +236,24 @@ def run_cell(cell: Cell, opts: Options, cell_dir: str, *, slot: Slot = Slot(), l
     if row["notes"]:
         log(f"[{cell.name}] {row['notes']} (not marked done: the next invocation retries those stages)")
     else:
-        atomic_write(done_path, json_writer({"spec": spec, "row": row,
-                                             "seconds_this_run": time.perf_counter() - t_cell}))
+        atomic_write(
+            done_path, json_writer({"spec": spec, "row": row, "seconds_this_run": time.perf_counter() - t_cell})
+        )
     return row
 
 
 def _notes(row: dict, opts: Options, stages: dict, cmds: dict) -> str:
     """'non-finite: ...; not run: ...' for the measured columns that have no value (empty if all do)."""
-    wanted = [("bpd" + stage[4:], stage) for stage in cmds if parse_eval_stage(stage)]    # eval_T<T>[_v]: bpd_T..
+    wanted = [("bpd" + stage[4:], stage) for stage in cmds if parse_eval_stage(stage)]  # eval_T<T>[_v]: bpd_T..
     for x in map(quality_suffix, sample_stages(cmds)):
         wanted.append(("fd" + x, "fd" + x))
         if not opts.flat_data and opts.inception_reference > 0:
             wanted.append(("fid" + x, "inception" + x))
     not_run = [col for col, stage in wanted if row.get(col) is None and stage not in stages]
     nonfinite = [col for col, stage in wanted if row.get(col) is None and stage in stages]
-    notes = ([f"non-finite: {', '.join(nonfinite)}"] if nonfinite else []) + \
-            ([f"not run: {', '.join(not_run)}"] if not_run else [])
+    notes = ([f"non-finite: {', '.join(nonfinite)}"] if nonfinite else []) + (
+        [f"not run: {', '.join(not_run)}"] if not_run else []
+    )
     return "; ".join(notes)
 
 
@@ -275,10 +295,11 @@ def cell_row(cell: Cell, opts: Options, cell_dir: str, stages: dict) -> dict:
     records = read_metrics(cell_dir)
     final = final_eval(records, opts.steps)
     if final is None:
-        nonfinite = any(r.get("step") == opts.steps and "eval/bpd" in r and "eval/num_steps" not in r
-                        for r in records)
-        raise CellError(f"{cell_dir}/metrics.jsonl: the final eval at step {opts.steps} is "
-                        + ("non-finite (did training diverge?)." if nonfinite else "missing."))
+        nonfinite = any(r.get("step") == opts.steps and "eval/bpd" in r and "eval/num_steps" not in r for r in records)
+        raise CellError(
+            f"{cell_dir}/metrics.jsonl: the final eval at step {opts.steps} is "
+            + ("non-finite (did training diverge?)." if nonfinite else "missing.")
+        )
     cmds = stage_commands(cell, opts, cell_dir)
     row = {**failed_row(cell, opts), "status": "ok"}
     for key in ("bpd", "bpd_se", "bpd_recon", "bpd_prior", "bpd_diffusion", "sample_nonfinite_frac"):
@@ -327,8 +348,9 @@ def describe_hardware(gpus: list[str]) -> str:
     """'N x <GPU name>' from nvidia-smi, else '<CPU model>, N cores' from /proc/cpuinfo."""
     if gpus:
         try:
-            names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                   capture_output=True, text=True, timeout=30).stdout.split("\n")
+            names = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+            ).stdout.split("\n")
             names = [n.strip() for n in names if n.strip()]
             return f"{len(gpus)} x {names[0] if names else 'GPU'}"
         except (OSError, subprocess.SubprocessError):
@@ -344,14 +366,29 @@ def describe_hardware(gpus: list[str]) -> str:
 
 def failed_row(cell: Cell, opts: Options) -> dict:
     """The row of a cell whose stage raised CellError: its identity and status 'failed'."""
-    return {"cell": cell.name, "parameterization": cell.parameterization, "weighting": cell.weighting,
-            "schedule": cell.schedule, "variant": cell.variant, "seed": cell.seed, "steps": opts.steps,
-            "status": "failed"}
+    return {
+        "cell": cell.name,
+        "parameterization": cell.parameterization,
+        "weighting": cell.weighting,
+        "schedule": cell.schedule,
+        "variant": cell.variant,
+        "seed": cell.seed,
+        "steps": opts.steps,
+        "status": "failed",
+    }
 
 
-def run_grid(cells: list[Cell], opts: Options, result_dir: str, *, parallel: int,
-             devices: list[str], hardware: str, log: Log = print,
-             on_progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+def run_grid(
+    cells: list[Cell],
+    opts: Options,
+    result_dir: str,
+    *,
+    parallel: int,
+    devices: list[str],
+    hardware: str,
+    log: Log = print,
+    on_progress: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
     """Run the cells, `parallel` at a time, each on a device slot; rows in cell order (failed cells: status 'failed').
 
     on_progress(rows so far, in cell order) is called after each cell, one call at a time.
@@ -359,7 +396,7 @@ def run_grid(cells: list[Cell], opts: Options, result_dir: str, *, parallel: int
     slots: queue.Queue = queue.Queue()
     assigned = [devices[i % len(devices)] if devices else None for i in range(parallel)]
     for device in assigned:
-        slots.put(Slot(device, assigned.count(device), hardware))   # memory split between a GPU's processes
+        slots.put(Slot(device, assigned.count(device), hardware))  # memory split between a GPU's processes
 
     def work(cell: Cell) -> dict:
         """Run one cell on a free slot; a failed stage gives a 'failed' row."""
@@ -375,7 +412,7 @@ def run_grid(cells: list[Cell], opts: Options, result_dir: str, *, parallel: int
     done: dict[Cell, dict] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {pool.submit(work, cell): cell for cell in cells}
-        for future in concurrent.futures.as_completed(futures):   # callbacks run in this thread only
+        for future in concurrent.futures.as_completed(futures):  # callbacks run in this thread only
             done[futures[future]] = future.result()
             if on_progress is not None:
                 on_progress([done[c] for c in cells if c in done])

@@ -28,17 +28,36 @@ def variance_rows(rows: list[dict]) -> list[dict]:
         for key in r:
             m = _ELBO_KEY.match(key)
             if m:
-                out.append({**base, "kind": "elbo", "steps": int(m.group(1)), "variance": m.group(2),
-                            "bpd": r[key], "bpd_se": r.get(key + "_se")})
+                out.append(
+                    {
+                        **base,
+                        "kind": "elbo",
+                        "steps": int(m.group(1)),
+                        "variance": m.group(2),
+                        "bpd": r[key],
+                        "bpd_se": r.get(key + "_se"),
+                    }
+                )
         for key in r:
             m = _SAMPLE_KEY.match(key)
             if m:
                 x = key[2:]
-                out.append({**base, "kind": "sample", "steps": int(m.group(1)), "variance": m.group(2),
-                            "fd": r[key], "fid": r.get("fid" + x), "kid": r.get("kid" + x),
-                            "kid_se": r.get("kid_se" + x)})
+                out.append(
+                    {
+                        **base,
+                        "kind": "sample",
+                        "steps": int(m.group(1)),
+                        "variance": m.group(2),
+                        "fd": r[key],
+                        "fid": r.get("fid" + x),
+                        "kid": r.get("kid" + x),
+                        "kid_se": r.get("kid_se" + x),
+                    }
+                )
     cells = list(dict.fromkeys(r["cell"] for r in out))
-    return sorted(out, key=lambda r: (cells.index(r["cell"]), r["kind"], r["steps"], VARIANCE_ORDER.index(r["variance"])))
+    return sorted(
+        out, key=lambda r: (cells.index(r["cell"]), r["kind"], r["steps"], VARIANCE_ORDER.index(r["variance"]))
+    )
 
 
 def write_rows_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -93,19 +112,30 @@ def variance_markdown(vrows: list[dict]) -> str:
     """results.md's variance section: the T-step discrete ELBO per reverse variance, and ancestral sample quality."""
     if not vrows:
         return ""
-    lines = ["## Reverse variance (variance grid)", "",
-             "T-step discrete -ELBO (bits/dim ± standard error) with each reverse variance the cell has (the main "
-             "table's bpd T=k is the cell's default: learned with a variance head, else small; its FD, FID and KID "
-             "columns are empty for these cells, whose samples are the ancestral ones below):", ""]
+    lines = [
+        "## Reverse variance (variance grid)",
+        "",
+        "T-step discrete -ELBO (bits/dim ± standard error) with each reverse variance the cell has (the main "
+        "table's bpd T=k is the cell's default: learned with a variance head, else small; its FD, FID and KID "
+        "columns are empty for these cells, whose samples are the ancestral ones below):",
+        "",
+    ]
     lines += _elbo_table([r for r in vrows if r["kind"] == "elbo"])
     samples = [r for r in vrows if r["kind"] == "sample"]
     if samples:
-        lines += ["", "Ancestral samples (FD as in the main table; FID, KID: Inception):", "",
-                  "| cell | sampler steps | variance | FD | FID | KID ± se |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Ancestral samples (FD as in the main table; FID, KID: Inception):",
+            "",
+            "| cell | sampler steps | variance | FD | FID | KID ± se |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in samples:
             kid = "–" if r.get("kid") is None else f"{1e3 * r['kid']:.2f} ± {1e3 * (r.get('kid_se') or 0.0):.2f} e-3"
-            lines.append(f"| {r['cell']} | {r['steps']} | {r['variance']} | {_fmt(r.get('fd'), 4)} | "
-                         f"{_fmt(r.get('fid'), 2)} | {kid} |")
+            lines.append(
+                f"| {r['cell']} | {r['steps']} | {r['variance']} | {_fmt(r.get('fd'), 4)} | "
+                f"{_fmt(r.get('fid'), 2)} | {kid} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -114,8 +144,12 @@ def curves_markdown(curves: dict[str, list]) -> str:
     steps = sorted({p[0] for pts in curves.values() for p in pts})
     if not steps:
         return ""
-    lines = ["## Test bpd at equal training steps (the training loop's evaluations; curves.csv)", "",
-             "| cell | " + " | ".join(f"step {s}" for s in steps) + " |", "|" + "---|" * (1 + len(steps))]
+    lines = [
+        "## Test bpd at equal training steps (the training loop's evaluations; curves.csv)",
+        "",
+        "| cell | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|" + "---|" * (1 + len(steps)),
+    ]
     for cell, pts in curves.items():
         by_step = {p[0]: p[1] for p in pts}
         lines.append(f"| {cell} | " + " | ".join(_fmt(by_step.get(s)) for s in steps) + " |")

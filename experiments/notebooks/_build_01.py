@@ -14,7 +14,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "01_unified_view.ipynb"
 
 CELLS = [
-    ("md", r"""
+    (
+        "md",
+        r"""
 # 01 — The unified view, checked on toy data
 
 One variance-preserving Gaussian diffusion: $z_t = \alpha_t x + \sigma_t \epsilon$, with
@@ -31,8 +33,11 @@ On toy data whose noisy marginals are known in closed form, this notebook checks
 
 The last cell `assert`s the numbers shown, so `tests/test_notebooks.py` fails on a wrong result.
 `VDM_NB_TINY=1` shrinks every sample size (the test uses it); the default sizes give clean figures in under a minute on a CPU.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 import math
 import os
 
@@ -50,8 +55,11 @@ plt.rcParams["figure.dpi"] = 80                       # keeps the stored noteboo
 KEY = jax.random.PRNGKey(0)
 key_mix, key_elbo = jax.random.split(KEY)
 print(f"TINY={TINY}, jax {jax.__version__} on {jax.default_backend()}")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 1. Predicting $x_0$, $\epsilon$ and the score is one model
 
 Data: a 2-D mixture $\sum_k \pi_k \mathcal{N}(\mu_k, s_k^2 I)$. Its noisy marginal is again a mixture,
@@ -65,8 +73,11 @@ $q(z_t) = \sum_k \pi_k \mathcal{N}(\alpha \mu_k, v_k I)$ with $v_k = \alpha^2 s_
   $r_k(z) = p(k \mid z_t)$. No score, no Tweedie.
 
 If the unified view holds, the two routes agree to float precision at every noise level.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 MEANS = jnp.array([[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]])   # mu_k  [K, 2]
 STDS = jnp.array([0.15, 0.25, 0.2])                           # s_k   [K]
 WEIGHTS = jnp.array([0.5, 0.3, 0.2])                          # pi_k  [K]
@@ -106,8 +117,11 @@ def sample_noisy(key, gamma, n):
     x = MEANS[comp] + STDS[comp, None] * jax.random.normal(k_x, (n, 2))
     alpha, sigma = schedules.alpha_sigma(gamma)
     return alpha * x + sigma * jax.random.normal(k_e, (n, 2))
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 GAMMAS = [-8.0, -4.0, -1.0, 2.0, 5.0]
 conversion_err = {}
 print("max abs difference, score route vs Bayes route, over", NUM_Z, "points z ~ q(z_t)")
@@ -126,13 +140,19 @@ for i, g in enumerate(GAMMAS):
                          for name, a, b in [("x0", x0, x_bayes), ("eps", eps, eps_bayes), ("v", v, v_bayes)]}
     e = conversion_err[g]
     print(f"{g:6.1f} {e['x0']:15.2e} {e['eps']:17.2e} {e['v']:14.2e} {float(jnp.max(jnp.abs(score))):12.1f}")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 The same predictions along the slice $z = (u, -0.5)$, through the two lower components, at three noise levels.
 Solid lines: the score from `jax.grad` and its conversions. Dots: the Bayes route. At low noise ($\gamma=-4$)
 $\mathbb{E}[x\mid z]$ snaps to the nearest component mean; at high noise it shrinks towards $\alpha\,\mathbb{E}[x]$.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 u = jnp.linspace(-2.0, 2.0, 401)
 z_line = jnp.stack([u, jnp.full_like(u, -0.5)], axis=-1)
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -157,8 +177,11 @@ axes[2].set_yscale("symlog", linthresh=1.0)
 axes[0].legend(title="lines: score route, dots: Bayes", fontsize=8, title_fontsize=8)
 fig.tight_layout()
 plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 2. The three ELBO terms for Gaussian data
 
 Data $x \sim \mathcal{N}(\mu, \mathrm{diag}(s^2))$ in $D=2$ dimensions, VDM's schedule $\gamma(t) = -13.3 + 18.3\,t$,
@@ -180,8 +203,11 @@ Every expectation has a closed form, written here independently of the library
 Monte Carlo: `REPLICATES` independent batches, each with antithetic $t$ (VDM's low-discrepancy sampler);
 error bars are standard errors across the batch means. The gap $-\mathrm{ELBO}(x) - \mathrm{NLL}(x)$ is averaged
 per example, on the same $x$.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 MU = np.array([0.5, -0.25])
 S = np.array([0.5, 1.0])
 DIM = MU.size
@@ -233,8 +259,11 @@ def mc_elbo(num_steps, key):
 
 def mean_se(a):
     return a.mean(), a.std(ddof=1) / math.sqrt(a.size)
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 mc = mc_elbo(0, key_elbo)
 cf = closed_form(0)
 print(f"{'term':>15} {'MC (bits/dim)':>22} {'closed form':>12}")
@@ -262,8 +291,11 @@ ax.set_title("-ELBO terms, Gaussian data, optimal denoiser (continuous time)", f
 ax.legend()
 fig.tight_layout()
 plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 The reconstruction term is negative: it is a *density* with a tiny decoder variance $e^{\gamma_0} = e^{-13.3}$, and
 the diffusion term pays it back. The prior term is small but not zero ($\alpha_1^2 = \mathrm{sigmoid}(-5) \approx 0.007$).
 Their sum is the exact NLL: the closed-form gap (the decoder's noise plus the prior mismatch at $t=1$) is under
@@ -275,8 +307,11 @@ The same data and denoiser, now the $T$-step discrete ELBO (grid $t_i = i/T$). A
 numbers), so the excess over continuous time, $\mathcal{L}_T - \mathcal{L}_\infty$, is estimated per replicate on the
 same $x$, $\epsilon$ and $u$ with a much smaller error than either term alone. VDM shows that more steps always give
 a tighter bound; here the excess falls like $1/T$ once $T$ is large.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 STEPS = [1, 2, 5, 10, 100, 1000]
 runs = {T: mc_elbo(T, key_elbo) for T in STEPS + [0]}
 cfs = {T: closed_form(T)["total"] for T in STEPS + [0]}
@@ -287,8 +322,11 @@ for T in STEPS + [0]:
     label = "inf" if T == 0 else str(T)
     print(f"{label:>6} {m * NATS_TO_BPD:14.5g} ± {se * NATS_TO_BPD:9.2g} {cfs[T] * NATS_TO_BPD:13.5g} "
           f"{dm * NATS_TO_BPD:17.4g} ± {dse * NATS_TO_BPD:9.2g} {(cfs[T] - cfs[0]) * NATS_TO_BPD:12.4g}")
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.9))
 steps = np.array(STEPS)
 tot = np.array([mean_se(runs[T]["total"]) for T in STEPS]) * NATS_TO_BPD
@@ -316,14 +354,20 @@ ax2.set_title(r"excess $\mathcal{L}_T - \mathcal{L}_\infty$", fontsize=10)
 ax2.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 4. Checks
 
 Plain `assert`s on the numbers above (the notebook test fails if any is false). Monte-Carlo comparisons allow
 4 standard errors; float32 comparisons allow $10^{-4}$ (absolute) or $10^{-5}$ (relative).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 # 1. The score route and the Bayes route agree: x0, eps and v to 1e-4 at every noise level.
 worst = max(max(e.values()) for e in conversion_err.values())
 assert worst < 1e-4, conversion_err
@@ -347,7 +391,8 @@ assert all(cfs[a] > cfs[b] for a, b in zip(STEPS, STEPS[1:])) and cfs[STEPS[-1]]
 ratio = (cfs[100] - cfs[0]) / (cfs[1000] - cfs[0])
 assert 8 < ratio < 12, ratio                                               # excess ~ 1/T
 print("all checks passed")
-"""),
+""",
+    ),
 ]
 
 

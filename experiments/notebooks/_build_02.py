@@ -15,7 +15,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "02_compare_objectives.ipynb"
 
 CELLS = [
-    ("md", r"""
+    (
+        "md",
+        r"""
 # 02 — Comparing objectives and parameterisations
 
 `experiments/compare_objectives.py` trains one model per cell of a grid — parameterisation ($\epsilon$, $x_0$, score,
@@ -37,8 +39,11 @@ This notebook reads a result folder and plots it:
 The *Checks* cell `assert`s properties of what is shown. The last section, on VDM++'s adaptive noise schedule and an
 importance-sampled ELBO, works on Gaussian data in closed form and on one adaptive training run's logged histogram,
 with its own `assert`s.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 import os
 import pathlib
 import subprocess
@@ -72,11 +77,17 @@ rows, curves, header, eval_steps = res["rows"], res["curves"], res["header"], re
 ok = [r for r in rows if r["status"] == "ok"]
 print(f"{RESULTS_DIR}: {len(rows)} cells ({len(ok)} ok), {header['steps']} steps, config {header['config']}, "
       f"{header['hardware']}")
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 display(Markdown((RESULTS_DIR / "results.md").read_text()))
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## Heat maps: test bits/dim and Fréchet distance (mean over seeds)
 
 Rows: how the network output is read; columns: the weighting $w(\lambda)$ of the training loss. Lower is better
@@ -84,8 +95,11 @@ in both. The ELBO weighting optimises the reported bound directly; the others op
 (Kingma & Gao 2023) and may trade bits/dim for sample quality. Cells of one seed are evaluated on the same test
 examples with the same $t$ and $\epsilon$ draws, so differences between cells are paired and less noisy than each
 cell's standard error suggests; short runs still differ by little, so read small gaps with care.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 base = max({r["schedule"] for r in ok}, key=lambda s: sum(r["schedule"] == s for r in ok))   # the grid's schedule
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 compare_report.plot_heatmap(rows, "bpd", base, ax=axes[0])
@@ -95,15 +109,21 @@ else:
     axes[1].axis("off")
 plt.tight_layout()
 plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## Test bits/dim during training, and the discrete-time ELBO
 
 Left: the true ELBO on the test split at each evaluation (from every cell's `metrics.jsonl`, via `curves.csv`).
 Right: the same final model evaluated with $T$ discrete steps; the dashed level is $T \to \infty$.
 With few steps the bound is much looser (VDM, Kingma et al. 2021, sec. 4.1).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
 compare_report.plot_curves(curves, ax=axes[0])
 for r in ok:
@@ -113,8 +133,11 @@ for r in ok:
 axes[1].set(xlabel="discrete steps T", ylabel="test -ELBO (bits/dim)")
 plt.tight_layout()
 plt.show()
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 schedules_run = {r["schedule"] for r in ok}
 if len(schedules_run) > 1:
     pairs = {(r["parameterization"], r["weighting"]) for r in ok if r["schedule"] != base}
@@ -124,16 +147,25 @@ if len(schedules_run) > 1:
     plt.show()
 else:
     print(f"one schedule only ({base}): no schedule grid in this folder")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## Samples: each cell's last sample grid from training
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 fig = compare_report.sample_montage(str(RESULTS_DIR), ok, panel_inches=1.5)
 if fig is not None:
     plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## Checks
 
 * every cell finished, and its reported total is the sum of its three terms (reconstruction + prior + diffusion);
@@ -142,8 +174,11 @@ if fig is not None:
 * for every cell, the coarsest discrete-time ELBO is looser than the continuous one;
 * a value is missing only where the run reported it non-finite or never ran that stage, and the cell's notes name
   it (printed below).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 assert rows and len(ok) == len(rows), [r["cell"] for r in rows if r["status"] != "ok"]
 for r in ok:
     assert abs(r["bpd"] - (r["bpd_recon"] + r["bpd_prior"] + r["bpd_diffusion"])) < 1e-6 * max(1, abs(r["bpd"])), r
@@ -161,9 +196,10 @@ for r in ok:
         print(f"note: {r['cell']}: {r['notes']}")
 best = min(ok, key=lambda r: r["bpd"])
 print(f"{len(ok)} cells checked; lowest test bpd: {best['cell']} ({best['bpd']:.3f} ± {best['bpd_se']:.3f})")
-"""),
+""",
+    ),
 ]
-CELLS += _cells_02_adaptive.CELLS       # the section on the adaptive noise schedule and the importance-sampled ELBO
+CELLS += _cells_02_adaptive.CELLS  # the section on the adaptive noise schedule and the importance-sampled ELBO
 
 
 if __name__ == "__main__":

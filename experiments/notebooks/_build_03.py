@@ -14,7 +14,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "03_samplers.ipynb"
 
 CELLS = [
-    ("md", r"""
+    (
+        "md",
+        r"""
 # 03 — Samplers: quality against network evaluations
 
 Every sampler in `vdm.sampling` (ancestral, DDIM, reverse SDE, probability-flow ODE, predictor-corrector,
@@ -32,8 +34,11 @@ need for a given accuracy.
    Without one, or with `VDM_NB_TINY=1`, that part prints a note and is skipped.
 
 The last cells `assert` what the figures show. `VDM_NB_TINY=1` shrinks the sample sizes (the test uses it).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 import json
 import math
 import os
@@ -57,16 +62,22 @@ FLOOR_PAIRS = 3 if TINY else 8                       # independent data-vs-data 
 plt.rcParams["figure.dpi"] = 80
 KEY = jax.random.PRNGKey(0)
 print(f"TINY={TINY}, n={N}, steps={STEPS}, jax {jax.__version__} on {jax.default_backend()}")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 1. The exact denoiser of the 2-D mixture
 
 $p(x) = \sum_k \pi_k \mathcal{N}(\mu_k, s^2 I)$ gives $q(z_t) = \sum_k \pi_k \mathcal{N}(\alpha\mu_k, v I)$ with
 $v = \alpha^2 s^2 + \sigma^2$, so $\nabla \log q(z_t) = -\sum_k r_k(z)\,(z - \alpha\mu_k)/v$ with the
 responsibilities $r_k \propto \pi_k \mathcal{N}(z; \alpha\mu_k, vI)$. Schedule: VDM's linear log-SNR,
 $\gamma \in [-13.3, 5]$.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 MEANS, STDS, WEIGHTS = (jnp.asarray(a, jnp.float32) for a in mixture2d_params())   # [K, 2], [K], [K]
 SCHEDULE = schedules.linear_logsnr()
 
@@ -103,14 +114,20 @@ floor_values = [float(energy_distance(data_samples(jax.random.fold_in(key_floor,
                 for i in range(FLOOR_PAIRS)]
 FLOOR = float(np.mean(floor_values))
 print(f"floor (data vs data, n={N}): {FLOOR:.2e}  (each pair: {', '.join(f'{v:.1e}' for v in floor_values)})")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 2. Sweep: every method at every step count
 
 Each method runs on its default time grid (`vdm.sampling.SAMPLERS[method].grid`), from the same $z_1$ key, and NFE counts
 every network call including the final denoising step (`vdm.sampling.num_evaluations`).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 results = {}          # (method, steps) -> dict(nfe, ed, seconds)
 samples_at = {}       # method -> samples at 10 steps (for the scatter plots)
 for method in sampling.METHODS:
@@ -127,8 +144,11 @@ for method in sampling.METHODS:
 print(f"{'method':>11} {'steps':>5} {'NFE':>4} {'energy dist':>11} {'/ floor':>8}")
 for (m, s), r in results.items():
     print(f"{m:>11} {s:5d} {r['nfe']:4d} {r['ed']:11.2e} {r['ed'] / FLOOR:8.1f}")
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 fig, ax = plt.subplots(figsize=(7, 4.5))
 for method in sampling.METHODS:
     pts = [(results[method, s]["nfe"], results[method, s]["ed"]) for s in STEPS]
@@ -146,8 +166,11 @@ for ax, (name, pts) in zip(axes, [("data", np.asarray(REF))] + list(samples_at.i
     ax.set(xlim=(-1.2, 1.2), ylim=(-1.2, 1.2), xticks=[], yticks=[], aspect="equal")
     ax.set_title(name if name == "data" else f"{name}, 10 steps", fontsize=8)
 plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 **What the sweep shows** (numbers from the default sizes, n = 4000). With 5 steps every sampler is far from the
 data, and Euler–Maruyama on the reverse SDE worst of all (its points fly off the circle); from 10 steps on it is
 among the best. By 50–100 steps every method sits at the data-vs-data floor: they all sample the same
@@ -155,8 +178,11 @@ distribution, and what differs is discretisation error. At 20 steps (21 NFE each
 times closer to the data than ancestral sampling and DDIM; Heun's method on the probability-flow ODE spends two
 evaluations per step. With `VDM_NB_TINY=1` (n = 1000) the floor is four times higher and that 20-step gap is
 below the noise, so the check on it runs only at the default size.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 biggest = STEPS[-1]
 for method in sampling.METHODS:
     assert all(results[method, s]["finite"] for s in STEPS), method
@@ -176,8 +202,11 @@ if N >= 4000:   # resolvable only when the floor is well below the gap (see the 
 else:
     print(f"n={N}: the 20-step DPM-Solver vs ancestral gap is below the noise here; checked at n=4000")
 print("2-D checks passed")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 3. Fashion-MNIST: a trained model, sampled with each method (optional input)
 
 Set `VDM_FM_WORKDIR` to a workdir written by `python -m vdm.main --config=configs/fashion_mnist.py --workdir=...`
@@ -187,8 +216,11 @@ With `VDM_NB_TINY=1` this part is skipped with a note: the test suite has no tra
 Its checks: every sample is finite, every Fréchet distance finite, and DDIM, Heun-ODE and DPM-Solver++ — three
 discretisations of one probability-flow ODE, started from the same $z_1$ — give nearly the same images, much closer
 to each other than to ancestral samples.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 FM_WORKDIR = os.environ.get("VDM_FM_WORKDIR") or str(REPO / "workdir" / "fashion_mnist")
 FM_SAMPLES = int(os.environ.get("VDM_FM_SAMPLES", "256"))
 FM_SETTINGS = [("ancestral", 20), ("ancestral", 250), ("ddim", 20), ("ddim", 50), ("sde", 250), ("pc", 100),
@@ -223,8 +255,11 @@ else:
                                  seconds=time.perf_counter() - t0)
     print(f"sampled {FM_WORKDIR} (step {fm_step}, {fm_config.model.parameterization}, "
           f"{fm_config.loss.weighting}) with {len(fm)} settings x {FM_SAMPLES} samples")
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 if fm is not None:
     have_fd = os.path.exists(os.path.join(FEATURE_NET_DIR, "result.json"))
     if have_fd:
@@ -245,8 +280,11 @@ if fm is not None:
         ax.axis("off")
     plt.tight_layout()
     plt.show()
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 if fm is not None:
     for (m, s), r in fm.items():
         assert np.all(np.isfinite(r["x"])), (m, s)
@@ -262,7 +300,8 @@ if fm is not None:
     print("Fashion-MNIST checks passed")
 else:
     print("Fashion-MNIST part skipped (see the note above)")
-"""),
+""",
+    ),
 ]
 
 

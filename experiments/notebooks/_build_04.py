@@ -14,7 +14,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 OUT = HERE / "04_latent_diffusion.ipynb"
 
 CELLS = [
-    ("md", r"""
+    (
+        "md",
+        r"""
 # 04 — Latent diffusion: the autoencoder as one more level of the hierarchy
 
 A latent diffusion model (Rombach et al. 2022) is a hierarchical VAE whose first latent $z_0$ comes from a learned
@@ -30,8 +32,11 @@ et al. 2021), computed by `vdm.core.latent` and reported by `vdm.tasks.latent_ta
 
 The last cells `assert` the numbers shown. `VDM_NB_TINY=1` (the test) shrinks everything (smoke-test configs,
 500 test images), so its Fashion-MNIST numbers are those of barely trained models.
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 1. The bound
 
 The generative model is $z_1 \to \dots \to z_t \to \dots \to z_0 \to x$: the diffusion model is the prior $p(z_0)$,
@@ -56,8 +61,11 @@ $$-\log p(z_0) = -\log p_U(u) - d \log c .$$
 
 `eval/bpd_cross_entropy` = `eval/bpd_latent_recon` + `_latent_prior` + `_latent_diffusion` (the diffusion
 $-$ELBO of $u$) + `eval/bpd_scale_log_det` ($= -d\log c / (D \ln 2)$).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 import csv
 import json
 import math
@@ -82,8 +90,11 @@ N_X = 64 if TINY else 512                           # data points of the closed-
 N_MC = 256 if TINY else 4096                        # encoder draws for the Monte-Carlo check
 plt.rcParams["figure.dpi"] = 70                     # keeps the stored notebook small
 print(f"TINY={TINY}, jax {jax.__version__} on {jax.default_backend()}")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 2. A closed-form check: probabilistic PCA
 
 $z \in \mathbb{R}^k \sim \mathcal{N}(0, I)$, $x \mid z \sim \mathcal{N}(Wz + b, s^2 I)$ in $\mathbb{R}^D$, so
@@ -98,8 +109,11 @@ an exact expectation, so the bound's gap against $-\log p(x)$ (`jax.scipy` on th
 closed-form $\mathrm{KL}(q \,\|\, q^*)$ to float precision. Wrong encoders: $q_\delta$ shifts each point's
 posterior mean by $\delta$ times a random $\mathcal{N}(0,1)$ multiple of its posterior std, and its log-variance by
 $\delta$ times a random $\mathcal{N}(0, 0.5^2)$ amount (fixed draws).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 D, K, S = 16, 4, 0.3
 k_q, k_b, k_z, k_n, k_a, k_c, k_mc = jax.random.split(jax.random.PRNGKey(0), 7)
 Q, _ = jnp.linalg.qr(jax.random.normal(k_q, (D, K)))     # [D, K], orthonormal columns
@@ -150,24 +164,33 @@ print(f"{'delta':>5} {'recon':>8} {'-H(q)':>8} {'cross-ent':>9} {'bound':>8} {'-
 for r in rows:
     print(f"{r['delta']:5.1f} {r['recon']:8.3f} {r['neg_entropy']:8.3f} {r['cross_entropy']:9.3f} {r['total']:8.3f} "
           f"{r['nll']:9.3f} {r['gap']:8.4f} {r['kl']:9.4f} {r['max_err']:11.1e}")
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 fig, ax = plt.subplots(figsize=(5, 3.2))
 ax.plot(DELTAS, [r["kl"] for r in rows], "k-", lw=1, label=r"closed form $\mathrm{KL}(q_\delta \| q^*)$")
 ax.plot(DELTAS, [r["gap"] for r in rows], "o", label=r"bound $-$ $(-\log p(x))$")
 ax.set(xlabel=r"encoder error $\delta$", ylabel="nats per example (mean)", title="probabilistic PCA: the bound's gap")
 ax.legend(fontsize=8)
 plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 **Monte Carlo, and the scale.** The training and eval code draw $z_0 \sim q$ (`vdm.core.latent.reparameterize`) instead
 of taking expectations. At the exact posterior every single draw gives $-\log p(x \mid z) - \log p(z) + \log q^*(z
 \mid x) = -\log p(x)$: the estimator has zero variance, and its spread over draws below is float rounding. For a
 wrong encoder the draws' mean matches the exact reconstruction term within its standard error. Last, the change of
 variables: for $u = c z$ and $p_U = \mathcal{N}(0, c^2 I)$ (the image of $\mathcal{N}(0, I)$), every draw has
 $-\log p_U(u) - d \log c = -\log \mathcal{N}(z; 0, I)$ with `vdm.core.latent.scale_log_det(c, d)` $= d \log c$.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 eps = jax.random.normal(k_mc, (N_MC,) + post_mean.shape)      # [draws, N, K]
 
 
@@ -199,8 +222,11 @@ scale_err = float(jnp.max(jnp.abs((-jnp.sum(norm.logpdf(u, 0.0, c), -1) - latent
                                   - (-jnp.sum(norm.logpdf(z), -1)))))
 print(f"u = {c} z: max |(-log p_U(u) - d log c) - (-log N(z; 0, I))| = {scale_err:.1e} nats "
       f"(d log c = {latent.scale_log_det(c, K):.4f})")
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 assert abs(rows[0]["gap"]) < 1e-4 and rows[0]["max_err"] < 1e-3, rows[0]        # tight at q*
 for r in rows:
     assert r["max_err"] < 1e-3 + 1e-5 * abs(r["nll"]), r                         # gap = KL(q || q*) per point
@@ -210,8 +236,11 @@ assert tight_err < 1e-3 and spread_star < 1e-3, (tight_err, spread_star)        
 assert abs(recon_mc - recon_exact) < 4 * recon_se + 1e-4, (recon_mc, recon_exact, recon_se)
 assert scale_err < 1e-4, scale_err
 print("closed-form checks passed")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 3. Fashion-MNIST: an autoencoder, then a diffusion prior on its latents
 
 Two CLI runs in a temporary folder (`VDM_NB04_WORKDIR` to keep them): stage 1,
@@ -221,8 +250,11 @@ discretised-Gaussian decoder, trained by the VAE ELBO), then stage 2, `python -m
 latents). Default sizes: the autoencoder's 1,000 steps and 1,000 diffusion steps, both evaluated on the whole test
 set (about 6 and 2 minutes on 2 shared CPU cores). `VDM_NB_TINY=1`: the `:small` variants (20 steps each, narrow nets) on
 the first 500 test images ($c$ from 500 train latents).
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 WORK = pathlib.Path(os.environ.get("VDM_NB04_WORKDIR") or tempfile.mkdtemp(prefix="vdm_nb04_"))
 AE_DIR, LAT_DIR = WORK / "ae", WORK / "latent"
 common = ["--config.eval.max_examples=500"] if TINY else []
@@ -243,8 +275,11 @@ ae_eval = json.loads((AE_DIR / "final_eval.json").read_text())["result"]
 ev = json.loads((LAT_DIR / "final_eval.json").read_text())["result"]
 scale = json.loads((LAT_DIR / "config.json").read_text())["latent"]["scale"]
 print(f"latent scale c = {scale:.4f}; {ev['eval/num_examples']} test images")
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 TABLE = [("reconstruction  E_q[-log p(x|z_0)]", "eval/bpd_recon"),
          ("neg. entropy    -H(q(z_0|x))", "eval/bpd_neg_entropy"),
          ("cross-entropy   E_q[-log p(z_0)]", "eval/bpd_cross_entropy"),
@@ -261,16 +296,22 @@ vae_cross_entropy = ae_eval["eval/bpd_kl"] - ev["eval/bpd_neg_entropy"]   # KL(q
 print(f"\nthe autoencoder alone (prior N(0, I)): VAE -ELBO {ae_eval['eval/bpd']:.4f} +- {ae_eval['eval/bpd_se']:.4f} "
       f"= reconstruction {ae_eval['eval/bpd_recon']:.4f} + KL {ae_eval['eval/bpd_kl']:.4f}; "
       f"its cross-entropy {vae_cross_entropy:.4f} vs the diffusion prior's {ev['eval/bpd_cross_entropy']:.4f}")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 At the default sizes (one run, 2 CPU cores) the diffusion prior's cross-entropy is below that of $\mathcal{N}(0, I)$
 (0.46 vs 0.50 bits/dim), so the latent model's bound, 3.586 ± 0.016, is below the VAE's $-$ELBO, 3.625 ± 0.010,
 with the same reconstruction and entropy terms. `eval/bpd_latent_recon` is nearly constant (−1.887): it is the
 differential entropy term of the diffusion's Gaussian decoder at $\gamma_{\min}$ ($\sigma_0^2 = \mathrm{sigmoid}(-13.3)$),
 which the diffusion term offsets. With `VDM_NB_TINY=1` the 20-step autoencoder's KL is near zero (the encoder
 ignores $x$) and the 20-step prior is worse than $\mathcal{N}(0, I)$.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 def newest(folder, prefix):
     return sorted((folder / "samples").glob(f"{prefix}_*.png"))[-1]
 
@@ -285,15 +326,21 @@ for ax, (path, title) in zip(axes, images):
     ax.axis("off")
 plt.tight_layout()
 plt.show()
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 4. Pixel vs latent diffusion
 
 `experiments/latent_vs_pixel.py` trains a pixel-space and a latent model at matched budgets and writes
 `experiments/results/latent_vs_pixel.csv` (bits/dim with SE, FID and KID, train and sample seconds per image).
 The bits/dim are comparable: both are bounds on the same 8-bit pixels, per pixel dimension.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 CSV = REPO / "experiments" / "results" / "latent_vs_pixel.csv"
 COLUMNS = ["model", "bpd", "bpd_se", "fid", "kid", "kid_se", "train_s_per_image", "sample_s_per_image",
            "num_samples", "train_steps"]
@@ -307,16 +354,22 @@ if CSV.exists():
 else:
     print(f"no {CSV.relative_to(REPO)}: make it with `python experiments/latent_vs_pixel.py` from the repository "
           "root (see its docstring); skipping the comparison.")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ## 5. Checks
 
 The three terms sum to the total and the cross-entropy's parts plus the scale term to the cross-entropy (both to
 1e-6 relative; eval rounds per-example float32 sums), the bound is finite and positive, the reconstruction term
 agrees with the autoencoder's own eval of it (same encoder and decoder, other draws of $z_0$), and the samples are
 finite. With the comparison table present: both rows, finite bits/dim.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 def close(a, b, rel=1e-6):
     return abs(a - b) <= rel * max(abs(a), abs(b))
 
@@ -335,7 +388,8 @@ if comparison is not None:
     for name in ("pixel", "latent"):
         assert math.isfinite(float(comparison[name]["bpd"])) and float(comparison[name]["bpd"]) > 0, comparison[name]
 print("all checks passed")
-"""),
+""",
+    ),
 ]
 
 

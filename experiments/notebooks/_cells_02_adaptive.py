@@ -4,7 +4,9 @@ Closed forms on Gaussian data, then a real run's p(lambda); edit here and rebuil
 """
 
 CELLS = [
-    ("md", r"""
+    (
+        "md",
+        r"""
 ## The adaptive noise schedule (VDM++) and an importance-sampled ELBO
 
 The diffusion term of the ELBO is an integral over the log-SNR $\lambda = -\gamma$,
@@ -26,8 +28,11 @@ With a small $s$ the integrand is close to zero over much of the $\lambda$ range
 this schedule) wastes draws there. The loop below is VDM++'s, with the library's functions: each step draws a batch
 of $t$ from the current histogram, computes the importance-weighted diffusion term, and feeds its integrand values
 to `update`; a uniform-$t$ estimator runs alongside on fresh draws of its own, for comparison.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 import jax
 import jax.numpy as jnp
 from vdm import objectives, schedules
@@ -115,8 +120,11 @@ display(Markdown("\n".join([
     f"| adaptive (VDM++) | {m_a:.4f} | {se_a:.4f} | {(m_a - L_TRUE) / se_a:+.2f} | {var_a:.1f} | {var_a_exact:.1f} (final p) |",
     f"| closed form | {L_TRUE:.4f} | | | | |",
     "", f"Variance ratio uniform / adaptive: **{var_u / var_a:.2f}** measured, {var_u_exact / var_a_exact:.2f} exact."])))
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 widths = np.diff(edges64)
 axes[0].stairs(p_final / widths, edges64, lw=2, label=f"learned p(λ), after {STEPS} steps")
@@ -143,8 +151,11 @@ assert abs(m_u - L_TRUE) < 4 * se_u, (m_u, se_u, L_TRUE)
 assert abs(m_a - L_TRUE) < 4 * se_a, (m_a, se_a, L_TRUE)
 assert var_u / var_a > 2.0, (var_u, var_a)      # exact ratio for the target p is about 4
 print(f"checks passed: TV {tv:.4f} < {TV_BOUND}; both means within 4 SE of {L_TRUE:.4f}; variance ratio {var_u / var_a:.2f} > 2")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ### An importance-sampled evaluation ELBO
 
 At evaluation the model is fixed, so the proposal can come from a short **pilot pass** instead of a running
@@ -155,8 +166,11 @@ example from it (`draw`) and divides by $q(t)$ — `diffusion_model.pilot_eval_s
 `importance_eval_step`. Below, the same steps on the Gaussian case, with the library's bin count and uniform share:
 the plain estimator ($t \sim U(0,1)$, one draw per example) against the importance-sampled one at the same number of
 network evaluations; the pilot's evaluations are counted separately.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 N_EVAL, N_PILOT = (1024, 256) if TINY else (4096, 1024)
 k_pilot, k_pilot_t, k_is, k_bin, k_in, k_plain, k_plain_t = jax.random.split(jax.random.PRNGKey(1), 7)
 t_pilot = jax.random.uniform(k_pilot_t, (N_PILOT,))
@@ -184,8 +198,11 @@ assert abs(m_is - m_pl) < 4 * diff_se, (m_is, m_pl, diff_se)    # the same mean,
 assert abs(m_is - L_TRUE) < 4 * se_is and abs(m_pl - L_TRUE) < 4 * se_pl, (m_is, se_is, m_pl, se_pl, L_TRUE)
 assert se_is < 0.8 * se_pl, (se_is, se_pl)
 print(f"checks passed: means agree ({(m_is - m_pl) / diff_se:+.2f} SE of the difference), SE {se_is:.4f} < 0.8 x {se_pl:.4f}")
-"""),
-    ("md", r"""
+""",
+    ),
+    (
+        "md",
+        r"""
 ### The histogram of a real training run
 
 A run with `--config.loss.t_sampling=adaptive` logs the histogram's $K + 1$ $\lambda$ edges and $K$ bin
@@ -194,8 +211,11 @@ gets it as a histogram). Source, in order: `VDM_ADAPTIVE_WORKDIR` (a workdir); t
 `experiments/results/adaptive_t_histogram.jsonl` (the histogram rows of a Fashion-MNIST adaptive run), when present;
 otherwise — and always with `VDM_NB_TINY=1` — a short `toy2d:small` run trained here through the real CLI.
 The plot shows $p(\lambda)$ per unit $\lambda$ at a few logged steps.
-"""),
-    ("code", r"""
+""",
+    ),
+    (
+        "code",
+        r"""
 import json
 
 ADAPTIVE_FILE = REPO / "experiments" / "results" / "adaptive_t_histogram.jsonl"
@@ -251,5 +271,6 @@ for step in steps_logged:
     assert np.all(np.diff(e) > 0) and np.all(np.isfinite(p)), step
     assert np.all(p >= 0) and abs(p.sum() - 1) < 1e-4, (step, p.min(), p.sum())
 print(f"checks passed: at all {len(steps_logged)} logged steps p is a distribution over its {len(e) - 1} lambda bins")
-"""),
+""",
+    ),
 ]

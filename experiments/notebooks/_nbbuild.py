@@ -13,8 +13,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
     """The notebook object, cells stripped of their leading/trailing blank lines."""
-    nb = new_notebook(cells=[new_markdown_cell(src.strip()) if kind == "md" else new_code_cell(src.strip())
-                             for kind, src in cells])
+    nb = new_notebook(
+        cells=[new_markdown_cell(src.strip()) if kind == "md" else new_code_cell(src.strip()) for kind, src in cells]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
@@ -28,9 +29,11 @@ def main(cells: list[tuple[str, str]], out: pathlib.Path, description: str, *, t
     nb = build(cells)
     if args.execute:
         from nbclient import NotebookClient
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(out.parent)}}).execute()
-        for cell in nb.cells:             # drop run-specific metadata so rebuilds diff cleanly
+
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out.parent)}}
+        ).execute()
+        for cell in nb.cells:  # drop run-specific metadata so rebuilds diff cleanly
             cell.metadata.pop("execution", None)
     nbformat.validate(nb)
     nbformat.write(nb, out)

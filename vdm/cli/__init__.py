@@ -1,2 +1,1 @@
-"""The command line's modes above the Tasks: --mode=eval and --mode=sample (modes).
-"""
+"""The command line's modes above the Tasks: --mode=eval and --mode=sample (modes)."""

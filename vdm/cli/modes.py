@@ -14,7 +14,8 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,9 @@ PyTree = Any
 log = logging.getLogger(__name__)
 
 
-def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
-                          mode: str = "eval") -> tuple[Any, Any, TrainState, int]:
+def restore_for_inference(
+    config: ml_collections.ConfigDict, workdir: str, mode: str = "eval"
+) -> tuple[Any, Any, TrainState, int]:
     """(the run's Task, mesh, state, step) from the newest intact checkpoint of `workdir` (nothing is written).
 
     `config` should be the run's own (record.inference_config): the state's shapes come from it; the Task is the one
@@ -57,7 +59,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
 def eval_settings(config: ml_collections.ConfigDict) -> dict:
     """What decides an eval's number besides the checkpoint: config.eval (and for the ODE, whose noise is drawn per
     device, the device count; the ELBO's noise is drawn per example, whatever the layout)."""
-    settings = json.loads(validation.resolve(config).eval.to_json())     # an unset eval.variance as resolved
+    settings = json.loads(validation.resolve(config).eval.to_json())  # an unset eval.variance as resolved
     return {**settings, "device_count": jax.device_count()} if config.eval.method == "ode" else settings
 
 
@@ -80,8 +82,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     settings = eval_settings(config)
     done = recorded_eval(workdir, step, settings)
     if done is not None:
-        log.info("checkpoint step %d was evaluated with these settings before: the recorded result "
-                 "(metrics.jsonl).", step)
+        log.info(
+            "checkpoint step %d was evaluated with these settings before: the recorded result (metrics.jsonl).", step
+        )
         return done
     result = task.evaluate_split(mesh, state.ema_params, derived_key(config, 1, step))
     if jax.process_index() == 0:
@@ -104,6 +107,7 @@ def sample_chunk_size(num_samples: int, batch_size: int, num_classes: int = 0) -
 
 class ClassifierGuidance(NamedTuple):
     """A noisy classifier for guided sampling: log p(y | z_t), the target labels [num_samples], the scale, K."""
+
     log_prob_fn: Callable
     labels: Array
     scale: float
@@ -117,10 +121,15 @@ def _classifier_guidance(config: ml_collections.ConfigDict, n: int) -> Classifie
         return None
     log_prob_fn, num_classes = load_log_prob_fn(g.classifier_workdir)
     if not -1 <= g.classifier_label < num_classes:
-        raise validation.ConfigError(f"config.guidance.classifier_label={g.classifier_label} must be -1 (each "
-                                       f"class in turn) or a class of the classifier, in [0, {num_classes}).")
-    labels = (jnp.full((n,), g.classifier_label, jnp.int32) if g.classifier_label >= 0
-              else jnp.arange(n, dtype=jnp.int32) % num_classes)
+        raise validation.ConfigError(
+            f"config.guidance.classifier_label={g.classifier_label} must be -1 (each "
+            f"class in turn) or a class of the classifier, in [0, {num_classes})."
+        )
+    labels = (
+        jnp.full((n,), g.classifier_label, jnp.int32)
+        if g.classifier_label >= 0
+        else jnp.arange(n, dtype=jnp.int32) % num_classes
+    )
     return ClassifierGuidance(log_prob_fn, labels, g.classifier_scale, num_classes)
 
 
@@ -129,7 +138,7 @@ def sample_name(config: ml_collections.ConfigDict, step: int) -> str:
 
     The hash makes runs that differ in any option (eta, grid, clipping ...) write different files.
     """
-    resolved = validation.resolve(config)       # an option left unset and set to its default: the same name
+    resolved = validation.resolve(config)  # an option left unset and set to its default: the same name
     s, g = resolved.sampling, resolved.guidance
     name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
     if g.classifier_workdir:
@@ -146,47 +155,73 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """
     task, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
     s = config.sampling
-    num = max(s.num_samples, config.eval.fid_samples)
+    num = max(s.num_samples, config.fid.samples)
     guidance = _classifier_guidance(config, num)
     chunk = sample_chunk_size(num, s.batch_size, guidance.num_classes if guidance else config.model.num_classes)
-    sampler = task.sampler(chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale)
-                           if guidance else None)
+    sampler = task.sampler(
+        chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale) if guidance else None
+    )
     key = derived_key(config, 2, step)
     num_chunks = -(-num // chunk)
-    samples = np.concatenate([np.asarray(sampler(state.ema_params, key if num_chunks == 1
-                                                 else jax.random.fold_in(key, i)))
-                              for i in range(num_chunks)])[:num]
+    samples = np.concatenate(
+        [
+            np.asarray(sampler(state.ema_params, key if num_chunks == 1 else jax.random.fold_in(key, i)))
+            for i in range(num_chunks)
+        ]
+    )[:num]
     name = sample_name(config, step)
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
         save_samples_png(path + ".png", samples, task.data_info.encoding)
         labels = guidance.labels if guidance else task.sample_labels(num)
-        np.savez(path + ".npz", samples=samples,
-                 labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
+        np.savez(
+            path + ".npz",
+            samples=samples,
+            labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32),
+        )
         validation.save_config(config, os.path.dirname(path), name=name)
-        if config.eval.fid_samples > 0:
-            score_samples(config, task.data_info, samples[:config.eval.fid_samples], step, workdir, name)
+        if config.fid.samples > 0:
+            score_samples(config, task.data_info, samples[: config.fid.samples], step, workdir, name)
     return path + ".png"
 
 
-def score_samples(config: ml_collections.ConfigDict, info: pipeline.DatasetInfo, samples: np.ndarray, step: int,
-                  workdir: str, name: str) -> dict[str, float]:
-    """Inception FID and KID (vdm.evaluation.fid.score_samples) of samples against config.eval.fid_reference, to metrics.jsonl.
+def score_samples(
+    config: ml_collections.ConfigDict,
+    info: pipeline.DatasetInfo,
+    samples: np.ndarray,
+    step: int,
+    workdir: str,
+    name: str,
+) -> dict[str, float]:
+    """Inception FID and KID (vdm.evaluation.fid.score_samples) of samples against config.fid.reference, to metrics.jsonl.
 
-    The reference statistics of the split (its first fid_reference_examples, 0: all) are computed
+    The reference statistics of the split (its first fid.reference_examples, 0: all) are computed
     once and cached beside the data.
     """
     from vdm.evaluation import fid
-    e = config.eval
-    scores = fid.score_samples(samples, f"{config.data.dataset}:{e.fid_reference}",
-                               num_reference=e.fid_reference_examples or None, encoding_name=info.encoding,
-                               data_dir=config.data.data_dir or None,
-                               kid_subset_size=min(1000, len(samples)))
+
+    e = config.fid
+    scores = fid.score_samples(
+        samples,
+        f"{config.data.dataset}:{e.reference}",
+        num_reference=e.reference_examples or None,
+        encoding_name=info.encoding,
+        data_dir=config.data.data_dir or None,
+        kid_subset_size=min(1000, len(samples)),
+    )
     result = {f"sample/{k}": v for k, v in scores.items()}
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
     writer.write(step, result, tags={"mode": "sample", "samples": name})
     writer.close()
-    log.info("%s: Inception FID %.3f, KID %.5f +- %.5f (%d samples vs %d of %s:%s)", name, scores["fid"],
-             scores["kid"], scores["kid_se"], scores["num_samples"], scores["num_reference"],
-             config.data.dataset, e.fid_reference)
+    log.info(
+        "%s: Inception FID %.3f, KID %.5f +- %.5f (%d samples vs %d of %s:%s)",
+        name,
+        scores["fid"],
+        scores["kid"],
+        scores["kid_se"],
+        scores["num_samples"],
+        scores["num_reference"],
+        config.data.dataset,
+        e.reference,
+    )
     return result

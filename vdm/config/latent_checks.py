@@ -25,7 +25,7 @@ from vdm.config.validation import (
 )
 from vdm.core import latent
 
-LATENTS = ("mean", "sample")   # config.latent.latents: what the diffusion prior is trained on
+LATENTS = ("mean", "sample")  # config.latent.latents: what the diffusion prior is trained on
 
 
 @names_missing_keys
@@ -36,8 +36,10 @@ def validate_autoencoder(config: ml_collections.ConfigDict, *, device_count: int
     m = c.model
     for key in ("latent_channels", "width", "num_blocks", "downsample"):
         check_int(f"model.{key}", m[key], 1)
-    check(2 ** int(round(math.log2(m.downsample))) == m.downsample,
-           f"config.model.downsample={m.downsample} must be a power of 2 (1, 2, 4, ...).")
+    check(
+        2 ** int(round(math.log2(m.downsample))) == m.downsample,
+        f"config.model.downsample={m.downsample} must be a power of 2 (1, 2, 4, ...).",
+    )
     check_choice("model.decoder", m.decoder, latent.DECODERS)
     check_float("loss.kl_weight", c.loss.kl_weight, 0.0)
     validate_optimizer(c.optimizer)
@@ -52,11 +54,15 @@ def validate_for_images(config: ml_collections.ConfigDict, info) -> None:
     """The autoencoder needs 8-bit images [H, W, C] whose sides the downsampling factor divides (or continuous data for 'gaussian')."""
     m = config.model
     check(len(info.shape) == 3, f"the autoencoder needs images [H, W, C]; {info.name!r} has shape {tuple(info.shape)}.")
-    check(all(s % m.downsample == 0 for s in info.shape[:2]),
-           f"config.model.downsample={m.downsample} must divide the image sides {tuple(info.shape[:2])} of {info.name!r}.")
-    check((m.decoder != "gaussian") == bool(info.discrete),
-           f"config.model.decoder={m.decoder!r} does not fit {info.name!r}: 8-bit data needs 'categorical' or "
-           "'discretized_gaussian' (a probability of the 8-bit values: real bits/dim), continuous data 'gaussian'.")
+    check(
+        all(s % m.downsample == 0 for s in info.shape[:2]),
+        f"config.model.downsample={m.downsample} must divide the image sides {tuple(info.shape[:2])} of {info.name!r}.",
+    )
+    check(
+        (m.decoder != "gaussian") == bool(info.discrete),
+        f"config.model.decoder={m.decoder!r} does not fit {info.name!r}: 8-bit data needs 'categorical' or "
+        "'discretized_gaussian' (a probability of the 8-bit values: real bits/dim), continuous data 'gaussian'.",
+    )
 
 
 def is_latent(config: ml_collections.ConfigDict) -> bool:
@@ -67,24 +73,37 @@ def is_latent(config: ml_collections.ConfigDict) -> bool:
 def validate_latent(config: ml_collections.ConfigDict) -> None:
     """config.latent of a latent diffusion model, and what the diffusion level needs on continuous latents."""
     lat, m, e = config.latent, config.model, config.eval
-    check(bool(lat.autoencoder_workdir), "config.task='latent_diffusion' needs config.latent.autoencoder_workdir: the "
-          "workdir of a trained autoencoder (python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=DIR).")
+    check(
+        bool(lat.autoencoder_workdir),
+        "config.task='latent_diffusion' needs config.latent.autoencoder_workdir: the "
+        "workdir of a trained autoencoder (python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=DIR).",
+    )
     check_choice("latent.latents", lat.latents, LATENTS)
     check_float("latent.scale", lat.scale, 0.0)
     check_int("latent.scale_examples", lat.scale_examples, 2)
     check_choice("sampling.decode", config.sampling.decode, latent.DECODES)
     check(isinstance(lat.joint, bool), f"config.latent.joint={lat.joint!r} must be True or False.")
-    check(m.decoder == "gaussian",
-           f"config.model.decoder={m.decoder!r}: the diffusion prior of a latent model is over continuous latents, so "
-           "its decoder is 'gaussian' (the autoencoder's decoder models the 8-bit pixels).")
+    check(
+        m.decoder == "gaussian",
+        f"config.model.decoder={m.decoder!r}: the diffusion prior of a latent model is over continuous latents, so "
+        "its decoder is 'gaussian' (the autoencoder's decoder models the 8-bit pixels).",
+    )
     check(m.name != "mlp", "config.model.name='mlp' models flat data; a latent model needs a UNet over [h, w, C_z].")
-    check(e.method == "elbo", f"config.eval.method={e.method!r}: a latent model's bound is the three-term ELBO "
-           "(eval.method='elbo'); the probability-flow ODE is not wired through the encoder.")
-    check(e.t_sampling == "uniform", "config.eval.t_sampling='importance' is not available for latent models "
-           "(its pilot pass runs on pixels); use 'uniform'.")
-    check(not (lat.joint and m.schedule == "learned"),
-           "config.latent.joint=True needs a schedule trained by the loss's own gradient; "
-           "model.schedule='learned' (VDM's variance-minimising gradient) is not supported there.")
+    check(
+        e.method == "elbo",
+        f"config.eval.method={e.method!r}: a latent model's bound is the three-term ELBO "
+        "(eval.method='elbo'); the probability-flow ODE is not wired through the encoder.",
+    )
+    check(
+        e.t_sampling == "uniform",
+        "config.eval.t_sampling='importance' is not available for latent models "
+        "(its pilot pass runs on pixels); use 'uniform'.",
+    )
+    check(
+        not (lat.joint and m.schedule == "learned"),
+        "config.latent.joint=True needs a schedule trained by the loss's own gradient; "
+        "model.schedule='learned' (VDM's variance-minimising gradient) is not supported there.",
+    )
 
 
 def check_autoencoder_data(config: ml_collections.ConfigDict, ae_config: ml_collections.ConfigDict, where: str) -> None:
@@ -92,5 +111,7 @@ def check_autoencoder_data(config: ml_collections.ConfigDict, ae_config: ml_coll
     for key in ("dataset", "encoding"):
         mine, theirs = config.data[key], ae_config.data[key]
         if mine != theirs:
-            raise ConfigError(f"config.data.{key}={mine!r} differs from the autoencoder's ({where}: {theirs!r}); a "
-                              f"latent model must use its autoencoder's data.")
+            raise ConfigError(
+                f"config.data.{key}={mine!r} differs from the autoencoder's ({where}: {theirs!r}); a "
+                f"latent model must use its autoencoder's data."
+            )

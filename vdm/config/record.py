@@ -1,6 +1,6 @@
 """The run's record: a workdir's config.json is the run; resume and eval/sample are checked against it.
 
-Training writes the resolved config (config_utils.resolve) to workdir/config.json. A resumed run may change only the
+Training writes the resolved config (validation.resolve) to workdir/config.json. A resumed run may change only the
 loop's bookkeeping (RESUMABLE_KEYS) and the eval/sampling/guidance sections; each such change is
 appended to workdir/config_changes.jsonl. --mode=eval/sample run the recorded model, schedule,
 data and loss, with the eval/sampling/guidance keys of the given config (`inference_config`).
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 
@@ -21,11 +22,24 @@ from vdm.data.tfds_sets import IMAGE_DATASETS
 # sampling and guidance sections (and where the data lives). On resume, also the loop's
 # bookkeeping: how long to run, how often to evaluate/log/save (num_steps also sets the cosine
 # learning-rate horizon from then on). Every other key defines the model or the objective.
-INFERENCE_SECTIONS = ("eval", "sampling", "guidance")
+INFERENCE_SECTIONS = ("eval", "sampling", "fid", "guidance")
 MACHINE_KEYS = ("data.data_dir",)
-RESUMABLE_KEYS = MACHINE_KEYS + tuple(f"training.{k}" for k in (
-    "num_steps", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "steps_per_call",
-    "nan_policy")) + ("latent.joint",)     # a latent model's end-to-end fine-tuning starts on a resume
+RESUMABLE_KEYS = (
+    MACHINE_KEYS
+    + tuple(
+        f"training.{k}"
+        for k in (
+            "num_steps",
+            "eval_every",
+            "checkpoint_every",
+            "log_every",
+            "keep_checkpoints",
+            "steps_per_call",
+            "nan_policy",
+        )
+    )
+    + ("latent.joint",)
+)  # a latent model's end-to-end fine-tuning starts on a resume
 _ABSENT = "<absent>"
 
 
@@ -39,6 +53,7 @@ def flatten(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 walk(v, f"{prefix}{k}.")
             else:
                 out[f"{prefix}{k}"] = v
+
     walk(json.loads(config.to_json()), "")
     return out
 
@@ -65,50 +80,84 @@ def load_recorded(workdir: str) -> ml_collections.ConfigDict | None:
 # Keys added after runs were recorded without them, with the value that reproduces what such a run
 # did (a function of the recorded config): a recorded run stays resumable and evaluable as it was.
 ADDED_KEYS = {
-    "model.decoder": lambda c: ("categorical" if c["data"]["dataset"] in IMAGE_DATASETS + ("grid8bit2d",)
-                                else "gaussian"),          # what the decoder was: by whether the data is 8-bit
-    "loss.sigmoid_bias": lambda c: -2.0, "loss.min_snr_gamma": lambda c: 5.0, "loss.edm_p_mean": lambda c: -1.2,
-    "loss.edm_p_std": lambda c: 1.2, "loss.edm_sigma_data": lambda c: 0.5,
-    "eval.fid_samples": lambda c: 0, "eval.fid_reference": lambda c: "train",
-    "eval.fid_reference_examples": lambda c: 0,
-    "model.variance_head": lambda c: "none", "loss.objective": lambda c: "weighted", "loss.num_steps": lambda c: 0,
-    "loss.hybrid_lambda": lambda c: 0.001, "loss.adaptive_bins": lambda c: 100, "loss.adaptive_decay": lambda c: 0.99,
-    "loss.adaptive_uniform": lambda c: 0.1, "eval.variance": lambda c: None, "eval.t_sampling": lambda c: "uniform",
-    "eval.pilot_examples": lambda c: 500, "sampling.decode": lambda c: "mean",
-    "latent.autoencoder_workdir": lambda c: "", "latent.latents": lambda c: "sample", "latent.scale": lambda c: 0.0,
-    "latent.scale_examples": lambda c: 2000, "latent.joint": lambda c: False,
-    "latent.autoencoder": lambda c: {"latent_channels": 4, "downsample": 4, "width": 32, "num_blocks": 1,
-                                     "decoder": "discretized_gaussian"},
+    "model.decoder": lambda c: (
+        "categorical" if c["data"]["dataset"] in IMAGE_DATASETS + ("grid8bit2d",) else "gaussian"
+    ),  # what the decoder was: by whether the data is 8-bit
+    "loss.sigmoid_bias": lambda c: -2.0,
+    "loss.min_snr_gamma": lambda c: 5.0,
+    "loss.edm_p_mean": lambda c: -1.2,
+    "loss.edm_p_std": lambda c: 1.2,
+    "loss.edm_sigma_data": lambda c: 0.5,
+    "fid.samples": lambda c: 0,
+    "fid.reference": lambda c: "train",
+    "fid.reference_examples": lambda c: 0,
+    "model.variance_head": lambda c: "none",
+    "loss.objective": lambda c: "weighted",
+    "loss.num_steps": lambda c: 0,
+    "loss.hybrid_lambda": lambda c: 0.001,
+    "loss.adaptive_bins": lambda c: 100,
+    "loss.adaptive_decay": lambda c: 0.99,
+    "loss.adaptive_uniform": lambda c: 0.1,
+    "eval.variance": lambda c: None,
+    "eval.t_sampling": lambda c: "uniform",
+    "eval.pilot_examples": lambda c: 500,
+    "sampling.decode": lambda c: "mean",
+    "latent.autoencoder_workdir": lambda c: "",
+    "latent.latents": lambda c: "sample",
+    "latent.scale": lambda c: 0.0,
+    "latent.scale_examples": lambda c: 2000,
+    "latent.joint": lambda c: False,
+    "latent.autoencoder": lambda c: {
+        "latent_channels": 4,
+        "downsample": 4,
+        "width": 32,
+        "num_blocks": 1,
+        "decoder": "discretized_gaussian",
+    },
 }
 # Keys replaced by another: (old key, new key, the new value of the old one).
-RENAMED_KEYS = (("loss.antithetic", "loss.t_sampling", lambda v: "antithetic" if v else "uniform"),)
+_same = lambda v: v  # noqa: E731
+RENAMED_KEYS = (
+    ("loss.antithetic", "loss.t_sampling", lambda v: "antithetic" if v else "uniform"),
+    ("eval.fid_samples", "fid.samples", _same),  # sampling-time FID moved to its own section
+    ("eval.fid_reference", "fid.reference", _same),
+    ("eval.fid_reference_examples", "fid.reference_examples", _same),
+)
 
 
 def upgrade(recorded: dict) -> dict:
     """A recorded config (a dict from config.json) with its `task` (validation.task_of); a diffusion model's also with
     RENAMED_KEYS renamed and every ADDED_KEYS key it lacks filled in."""
     recorded.setdefault("task", task_of(recorded))
-    if not {"model", "loss", "eval", "sampling"} <= set(recorded):   # not a diffusion model's (a classifier's, an autoencoder's)
+    if not {"model", "loss", "eval", "sampling"} <= set(recorded):  # not a diffusion model's (classifier, autoencoder)
         return recorded
+    if recorded["task"] != "latent_diffusion":
+        recorded.pop(
+            "latent", None
+        )  # a pixel model's unused latent section, recorded before only latent configs had it
     for old, new, value in RENAMED_KEYS:
         (old_section, old_name), (section, name) = old.split("."), new.split(".")
-        if old_name in recorded[old_section]:
-            recorded[section].setdefault(name, value(recorded[old_section].pop(old_name)))
+        if old_name in recorded.get(old_section, {}):
+            recorded.setdefault(section, {}).setdefault(name, value(recorded[old_section].pop(old_name)))
     for key, value in ADDED_KEYS.items():
         section, name = key.split(".")
-        recorded.setdefault(section, {}).setdefault(name, value(recorded))
+        if section != "latent" or recorded["task"] == "latent_diffusion":
+            recorded.setdefault(section, {}).setdefault(name, value(recorded))
     return recorded
 
 
 def config_diff(recorded: ml_collections.ConfigDict, given: ml_collections.ConfigDict) -> dict[str, tuple]:
     """{key: (recorded value, given value)} for every key whose values differ ('<absent>' where one lacks it)."""
     a, b = flatten(recorded), flatten(given)
-    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
-            if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+    return {
+        k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    }
 
 
 def _resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """config_utils.resolve(config) (an unset sampler option reads as its method's default), or `config` if it fails."""
+    """validation.resolve(config) (an unset sampler option reads as its method's default), or `config` if it fails."""
     try:
         return resolve(config)
     except ConfigError:
@@ -132,17 +181,19 @@ def check_resume(given: ml_collections.ConfigDict, workdir: str) -> dict[str, tu
     if recorded is None:
         return {}
     given = _resolved(given)
-    if "task" not in given:                     # a config file from before the key: the Task its keys say
+    if "task" not in given:  # a config file from before the key: the Task its keys say
         given = given.copy_and_resolve_references()
         given.unlock()
         given.task = task_of(given)
     diff = {k: v for k, v in config_diff(_resolved(recorded), given).items() if v[0] != _ABSENT}
     fixed = {k: v for k, v in diff.items() if not may_change(k, resume=True)}
     if fixed:
-        raise ConfigError(f"{workdir} holds checkpoints of a run with another config ({_describe(fixed)}); "
-                          "these keys define the model or the objective and cannot change mid-run: use a new "
-                          "--workdir for the new config, or drop the overrides (a rerun with no --config "
-                          "resumes with the recorded one).")
+        raise ConfigError(
+            f"{workdir} holds checkpoints of a run with another config ({_describe(fixed)}); "
+            "these keys define the model or the objective and cannot change mid-run: use a new "
+            "--workdir for the new config, or drop the overrides (a rerun with no --config "
+            "resumes with the recorded one)."
+        )
     return diff
 
 
@@ -164,8 +215,9 @@ def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
     node[leaf] = tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value
 
 
-def inference_config(workdir: str, given: ml_collections.ConfigDict | None,
-                     overridden: Iterable[str] = ()) -> tuple[ml_collections.ConfigDict, dict[str, tuple]]:
+def inference_config(
+    workdir: str, given: ml_collections.ConfigDict | None, overridden: Iterable[str] = ()
+) -> tuple[ml_collections.ConfigDict, dict[str, tuple]]:
     """The config of --mode=eval/sample on `workdir`: its recorded run, with the eval/sampling/guidance keys of `given`.
 
     Every key that defines the model, schedule, data or loss comes from workdir/config.json. A
@@ -175,17 +227,21 @@ def inference_config(workdir: str, given: ml_collections.ConfigDict | None,
     """
     recorded = load_recorded(workdir)
     if recorded is None:
-        raise ConfigError(f"{workdir} holds no trained run (no config.json): train first, with "
-                          "python -m vdm.main --config=configs/... --workdir=DIR (--mode=train).")
+        raise ConfigError(
+            f"{workdir} holds no trained run (no config.json): train first, with "
+            "python -m vdm.main --config=configs/... --workdir=DIR (--mode=train)."
+        )
     if given is None:
         recorded.lock()
         return recorded, {}
     diff = config_diff(recorded, given)
     for key in overridden:
         if key in diff and not may_change(key, resume=False) and diff[key][0] != _ABSENT:
-            raise ConfigError(f"--config.{key}={diff[key][1]!r} conflicts with the run in {workdir}, trained with "
-                              f"{key}={diff[key][0]!r}: eval and sample use the recorded model, schedule, data and "
-                              "loss; only eval.*, sampling.* and guidance.* keys may be given.")
+            raise ConfigError(
+                f"--config.{key}={diff[key][1]!r} conflicts with the run in {workdir}, trained with "
+                f"{key}={diff[key][0]!r}: eval and sample use the recorded model, schedule, data and "
+                "loss; only eval.*, sampling.* and guidance.* keys may be given."
+            )
     config = given.copy_and_resolve_references()
     config.unlock()
     ignored = {}

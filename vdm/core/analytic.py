@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -122,14 +122,15 @@ class GaussianMixture:
         k_lab, k_eps = jax.random.split(key)
         labels = jax.random.choice(k_lab, self.num_components, (n,), p=jnp.asarray(self.weights))
         x = jnp.asarray(self.means)[labels] + jnp.asarray(self.stds)[labels, None] * jax.random.normal(
-            k_eps, (n, self.dim))
+            k_eps, (n, self.dim)
+        )
         return x, labels
 
     def _component_terms(self, z: Array, gamma: Array) -> tuple[Array, Array, Array]:
         """(log pi_k + log N(z; alpha mu_k, v_k I) [B, K], centred z - alpha mu_k [B, K, D], v_k [B, K])."""
-        a2, s2 = _var_ab(jnp.reshape(jnp.asarray(gamma), (-1, 1)))             # [B or 1, 1]
-        v = a2 * jnp.square(jnp.asarray(self.stds))[None, :] + s2             # [B, K]
-        diff = z[:, None, :] - jnp.sqrt(a2)[:, :, None] * jnp.asarray(self.means)[None]   # [B, K, D]
+        a2, s2 = _var_ab(jnp.reshape(jnp.asarray(gamma), (-1, 1)))  # [B or 1, 1]
+        v = a2 * jnp.square(jnp.asarray(self.stds))[None, :] + s2  # [B, K]
+        diff = z[:, None, :] - jnp.sqrt(a2)[:, :, None] * jnp.asarray(self.means)[None]  # [B, K, D]
         logn = -0.5 * (self.dim * (LOG_2PI + jnp.log(v)) + jnp.sum(jnp.square(diff), -1) / v)
         return jnp.log(jnp.asarray(self.weights))[None, :] + logn, diff, v
 
@@ -158,17 +159,15 @@ class GaussianMixture:
         sigma = jnp.sqrt(jax.nn.sigmoid(jnp.reshape(jnp.asarray(gamma), (-1, 1))))
         return -sigma * self.score(z, gamma)
 
-    def component(self, k: int) -> "GaussianMixture":
+    def component(self, k: int) -> GaussianMixture:
         """The one-component mixture of class k (the conditional p(x | y = k))."""
-        return GaussianMixture(np.asarray(self.means)[k:k + 1], np.asarray(self.stds)[k:k + 1],
-                               np.ones((1,)))
+        return GaussianMixture(np.asarray(self.means)[k : k + 1], np.asarray(self.stds)[k : k + 1], np.ones((1,)))
 
 
 DenoiseFn = Callable[[Array, Array], Array]
 
 
-def denoise_fn(data: GaussianData | GaussianMixture, schedule: Schedule,
-               parameterization: str = "eps") -> DenoiseFn:
+def denoise_fn(data: GaussianData | GaussianMixture, schedule: Schedule, parameterization: str = "eps") -> DenoiseFn:
     """The exact denoiser (z [B, D], t [B]) -> prediction of kind `parameterization` for `data`."""
 
     def fn(z: Array, t: Array) -> Array:
@@ -179,8 +178,9 @@ def denoise_fn(data: GaussianData | GaussianMixture, schedule: Schedule,
     return fn
 
 
-def conditional_denoise_fn(mixture: GaussianMixture, schedule: Schedule,
-                           parameterization: str = "eps") -> Callable[[Array, Array, Array], Array]:
+def conditional_denoise_fn(
+    mixture: GaussianMixture, schedule: Schedule, parameterization: str = "eps"
+) -> Callable[[Array, Array, Array], Array]:
     """Exact (z, t, y) -> prediction for p(x | y) = component y; y == K (the null label) gives p(x)."""
     num = mixture.num_components
     comps = [mixture.component(k) for k in range(num)]
@@ -226,6 +226,8 @@ def sliced_wasserstein(x: Array, y: Array, key: Array, num_projections: int = 64
 
 def default_mixture() -> GaussianMixture:
     """The 2-D test mixture: three isotropic components of unequal weight and width."""
-    return GaussianMixture(means=np.array([[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]]),
-                           stds=np.array([0.15, 0.25, 0.2]),
-                           weights=np.array([0.5, 0.3, 0.2]))
+    return GaussianMixture(
+        means=np.array([[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]]),
+        stds=np.array([0.15, 0.25, 0.2]),
+        weights=np.array([0.5, 0.3, 0.2]),
+    )

@@ -11,7 +11,7 @@ Improved DDPM's hybrid loss trains the head: L_simple + lambda L_vlb, the mean s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,9 @@ def network_output(denoise_fn: DenoiseFn, z_t: Array, t: Array, x: Array) -> tup
     return pred, v
 
 
-def step_kl(eps: Array, eps_hat: Array, gamma_s: Array, gamma_t: Array, variance: str = "small",
-            v: Array | None = None) -> Array:
+def step_kl(
+    eps: Array, eps_hat: Array, gamma_s: Array, gamma_t: Array, variance: str = "small", v: Array | None = None
+) -> Array:
     """KL(q(z_s | z_t, x) || N(mu_theta, Sigma)) elementwise, mu_theta the posterior mean at x_hat (Ho et al. 2020, eq. 8).
 
     q has variance beta_tilde = sigma_s^2 c, c = -expm1(g_s - g_t), and the means differ by
@@ -45,8 +46,8 @@ def step_kl(eps: Array, eps_hat: Array, gamma_s: Array, gamma_t: Array, variance
     length (gamma_s = gamma_t, where a clipped schedule is flat) has q = p: its KL is 0.
     """
     gamma_s, gamma_t = jnp.broadcast_arrays(jnp.asarray(gamma_s), jnp.asarray(gamma_t))
-    step = gamma_t > gamma_s               # a step of zero length (a clipped schedule's flat end) has KL 0
-    gamma_t = jnp.where(step, gamma_t, gamma_s + 1.0)      # any real step there: no 0/0, no NaN gradient
+    step = gamma_t > gamma_s  # a step of zero length (a clipped schedule's flat end) has KL 0
+    gamma_t = jnp.where(step, gamma_t, gamma_s + 1.0)  # any real step there: no 0/0, no NaN gradient
     c = -jnp.expm1(gamma_s - gamma_t)
     alpha_s, sigma_s = alpha_sigma(gamma_s)
     mean_diff = alpha_s * c * jnp.exp(0.5 * gamma_t) * (eps_hat - eps)
@@ -55,8 +56,9 @@ def step_kl(eps: Array, eps_hat: Array, gamma_s: Array, gamma_t: Array, variance
     return jnp.where(step, gaussian.kl_normal(mean_diff, var_q, jnp.zeros_like(mean_diff), var_p), 0.0)
 
 
-def _step_prediction(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, schedule: Schedule,
-                     parameterization: str, num_steps: int) -> tuple[Array, Array, Array, Array | None]:
+def _step_prediction(
+    denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, schedule: Schedule, parameterization: str, num_steps: int
+) -> tuple[Array, Array, Array, Array | None]:
     """(gamma_s, gamma_t [B, 1, ...], eps_hat, v) of the step ending at t = i/T (on the grid i/T, i = 1..T): one network pass."""
     i = jnp.round(t * num_steps)
     gamma_t = gaussian.expand_to(schedule(i / num_steps), x)
@@ -66,8 +68,17 @@ def _step_prediction(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, sche
     return gamma_s, gamma_t, convert(pred, z_t, gamma_t, source=parameterization, target="eps"), v
 
 
-def discrete_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, *, schedule: Schedule,
-                            parameterization: str, num_steps: int, variance: str = "small") -> Array:
+def discrete_diffusion_term(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    eps: Array,
+    t: Array,
+    *,
+    schedule: Schedule,
+    parameterization: str,
+    num_steps: int,
+    variance: str = "small",
+) -> Array:
     """T KL(q(z_s | z_t, x) || p(z_s | z_t)) per example at t = i/T, s = (i-1)/T (VDM eq. 13; `step_kl`).
 
     p(z_s | z_t) = N(mean of q(z_s | z_t, x_hat), Sigma) with Sigma of `variance`: 'small' (the
@@ -78,9 +89,18 @@ def discrete_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Arra
     return num_steps * gaussian.sum_except_batch(step_kl(eps, eps_hat, gamma_s, gamma_t, variance, v))
 
 
-def hybrid_diffusion_term(denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, weight: Array, *,
-                          schedule: Schedule, parameterization: str, num_steps: int,
-                          hybrid_lambda: float) -> tuple[Array, Array]:
+def hybrid_diffusion_term(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    eps: Array,
+    t: Array,
+    weight: Array,
+    *,
+    schedule: Schedule,
+    parameterization: str,
+    num_steps: int,
+    hybrid_lambda: float,
+) -> tuple[Array, Array]:
     """(f ||eps - eps_hat||^2 + lambda L_vlb, L_vlb) per example: improved DDPM's L_hybrid (Nichol & Dhariwal 2021, sec. 3.1).
 
     One network pass at t = i/T returns (prediction, v). The mean part is the weighted loss with

@@ -18,7 +18,7 @@ from vdm.core import encoding as enc
 from vdm.core.schedules import alpha_sigma
 
 Array = jax.Array
-VARIANCES = ("small", "large", "learned")   # the reverse step's variance: beta_tilde, beta, learned between
+VARIANCES = ("small", "large", "learned")  # the reverse step's variance: beta_tilde, beta, learned between
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -45,7 +45,7 @@ def q_sample(x: Array, gamma: Array, eps: Array) -> Array:
 def transition(gamma_s: Array, gamma_t: Array) -> tuple[Array, Array]:
     """q(z_t | z_s) = N(a z_s, v): a = alpha_t/alpha_s, v = sigma_t^2 - a^2 sigma_s^2 = -expm1(softplus(g_s) - softplus(g_t)) (VDM eq. 2)."""
     gamma_s, gamma_t = jnp.asarray(gamma_s), jnp.asarray(gamma_t)
-    log_a2 = jax.nn.softplus(gamma_s) - jax.nn.softplus(gamma_t)   # log(alpha_t^2 / alpha_s^2)
+    log_a2 = jax.nn.softplus(gamma_s) - jax.nn.softplus(gamma_t)  # log(alpha_t^2 / alpha_s^2)
     return jnp.exp(0.5 * log_a2), -jnp.expm1(log_a2)
 
 
@@ -59,14 +59,13 @@ def posterior(z_t: Array, x: Array, gamma_s: Array, gamma_t: Array) -> tuple[Arr
     gamma_s, gamma_t = jnp.asarray(gamma_s), jnp.asarray(gamma_t)
     alpha_s, sigma_s = alpha_sigma(gamma_s)
     c = -jnp.expm1(gamma_s - gamma_t)
-    coef_z = jnp.exp(gamma_s - gamma_t + 0.5 * jax.nn.softplus(gamma_t))   # (1 - c) / alpha_t
+    coef_z = jnp.exp(gamma_s - gamma_t + 0.5 * jax.nn.softplus(gamma_t))  # (1 - c) / alpha_t
     mean = alpha_s * (coef_z * z_t + c * x)
     var = jnp.square(sigma_s) * c
     return mean, var
 
 
-def step_variance(gamma_t: Array, gamma_s: Array, variance: str = "small",
-                  v_interp: Array | None = None) -> Array:
+def step_variance(gamma_t: Array, gamma_s: Array, variance: str = "small", v_interp: Array | None = None) -> Array:
     """Reverse-step variance: 'small' beta_tilde = sigma_s^2 c (the posterior's), 'large'
     beta = 1 - alpha_t^2/alpha_s^2 (Ho et al. 2020, sec. 3.2), 'learned'
     exp(v log beta + (1 - v) log beta_tilde) with v in [0, 1] (Nichol & Dhariwal 2021, eq. 15)."""
@@ -83,7 +82,7 @@ def step_variance(gamma_t: Array, gamma_s: Array, variance: str = "small",
         raise ValueError("variance='learned' needs v_interp (the model's interpolation weight in [0, 1]).")
     v = jnp.asarray(v_interp)
     mixed = jnp.exp(v * jnp.log(large) + (1.0 - v) * jnp.log(jnp.where(small > 0, small, 1.0)))
-    return jnp.where(small > 0, mixed, jnp.where(v >= 1.0, large, 0.0))   # beta_tilde = 0 at gamma_s = -inf
+    return jnp.where(small > 0, mixed, jnp.where(v >= 1.0, large, 0.0))  # beta_tilde = 0 at gamma_s = -inf
 
 
 def kl_normal(mean1: Array, var1: Array, mean2: Array, var2: Array) -> Array:
@@ -133,8 +132,7 @@ def _log_ndtr_diff(lo: Array, hi: Array) -> Array:
     return log_b + jnp.log(-jnp.expm1(log_ndtr(a) - log_b))
 
 
-def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array,
-                                  encoding: str = "endpoints") -> Array:
+def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array, encoding: str = "endpoints") -> Array:
     """DDPM's decoder: log of the N(mean, e^{2 log_scale}) mass of x's bin [x - Delta/2, x + Delta/2],
     edge bins open to -inf (k = 0) and +inf (k = 255), with the exact erf CDF (Ho et al. 2020, eq. 13).
     Delta = 2/255 ('endpoints') or 2/256 ('bin_centres'), vdm.core.encoding."""
@@ -151,22 +149,25 @@ def discretized_gaussian_log_prob(x: Array, mean: Array, log_scale: Array,
     return jnp.where(bottom, log_ndtr(hi), jnp.where(top, log_ndtr(-lo), interior))
 
 
-DECODER_ALIASES = {"discrete": "categorical"}   # the core contract's name (objectives.elbo's default)
-DECODERS = ("categorical", "discretized_gaussian", "gaussian")   # config key model.decoder
+DECODER_ALIASES = {"discrete": "categorical"}  # the core contract's name (objectives.elbo's default)
+DECODERS = ("categorical", "discretized_gaussian", "gaussian")  # config key model.decoder
 
 
 def resolve_decoder(decoder: str) -> str:
     """The decoder's name in DECODERS ('discrete' -> 'categorical'), else ValueError naming the valid ones."""
     name = DECODER_ALIASES.get(decoder, decoder) if isinstance(decoder, str) else decoder
     if name not in DECODERS:
-        raise ValueError(f"Unknown decoder {decoder!r}; valid: {', '.join(DECODERS)} "
-                         f"(and {', '.join(repr(a) for a in DECODER_ALIASES)}, the core contract's name for "
-                         f"'categorical').")
+        raise ValueError(
+            f"Unknown decoder {decoder!r}; valid: {', '.join(DECODERS)} "
+            f"(and {', '.join(repr(a) for a in DECODER_ALIASES)}, the core contract's name for "
+            f"'categorical')."
+        )
     return name
 
 
-def decoder_log_prob(x: Array, z_0: Array, gamma_0: Array, decoder: str = "discrete",
-                     encoding: str = "endpoints") -> Array:
+def decoder_log_prob(
+    x: Array, z_0: Array, gamma_0: Array, decoder: str = "discrete", encoding: str = "endpoints"
+) -> Array:
     """log p(x | z_0) per example for p(x|z_0) from z_0/alpha_0 with variance sigma_0^2/alpha_0^2 = exp(gamma_0).
 
     'categorical' (alias 'discrete', the core contract's name): VDM's 256-way decoder;

@@ -31,7 +31,7 @@ Array = jax.Array
 # 'categorical': 256 logits; 'discretized_gaussian': mean and log scale of a binned Gaussian
 # (DDPM's edge-open bins); 'gaussian': mean and log scale of a density, for continuous data.
 DECODERS = ("categorical", "discretized_gaussian", "gaussian")
-DECODES = ("mean", "argmax")     # an image from the decoder: its mean, or its most likely 8-bit value per pixel
+DECODES = ("mean", "argmax")  # an image from the decoder: its mean, or its most likely 8-bit value per pixel
 
 
 def reparameterize(mean: Array, log_var: Array, eps: Array) -> Array:
@@ -99,8 +99,9 @@ def decoder_image(out: Array, decoder: str, decode: str = "mean", encoding: str 
     # Equal-width bins centred on the grid: among the interior ones the mean's nearest value has the most mass;
     # only the two open edge bins can have more, so the argmax is one of these three.
     grid = enc.grid_values(encoding, a.dtype)
-    candidates = jnp.stack([grid[enc.bin_index(jnp.clip(a, -1.0, 1.0), encoding)],
-                            jnp.full_like(a, grid[0]), jnp.full_like(a, grid[-1])])
+    candidates = jnp.stack(
+        [grid[enc.bin_index(jnp.clip(a, -1.0, 1.0), encoding)], jnp.full_like(a, grid[0]), jnp.full_like(a, grid[-1])]
+    )
     log_mass = discretized_gaussian_log_prob(candidates, a, b, encoding)
     return jnp.take_along_axis(candidates, jnp.argmax(log_mass, axis=0)[None], axis=0)[0]
 
@@ -112,5 +113,9 @@ def bound_terms(reconstruction: Array, log_var: Array, cross_entropy: Array) -> 
     diffusion's -ELBO with the scale's log det, `scale_log_det`); log_var: q's [B, ...].
     """
     neg_entropy = -entropy(log_var)
-    return {"reconstruction": reconstruction, "neg_entropy": neg_entropy, "cross_entropy": cross_entropy,
-            "total": reconstruction + neg_entropy + cross_entropy}
+    return {
+        "reconstruction": reconstruction,
+        "neg_entropy": neg_entropy,
+        "cross_entropy": cross_entropy,
+        "total": reconstruction + neg_entropy + cross_entropy,
+    }

@@ -33,7 +33,7 @@ def to_x0_eps(pred: Array, z: Array, gamma: Array, kind: str) -> tuple[Array, Ar
     if kind == "score":
         eps = -sigma * pred
         return (z - sigma * eps) / alpha, eps
-    return alpha * z - sigma * pred, sigma * z + alpha * pred          # v
+    return alpha * z - sigma * pred, sigma * z + alpha * pred  # v
 
 
 def convert(pred: Array, z: Array, gamma: Array, *, source: str, target: str) -> Array:
@@ -55,7 +55,7 @@ def convert(pred: Array, z: Array, gamma: Array, *, source: str, target: str) ->
         return x0
     if target == "score":
         return -eps / sigma
-    return alpha * eps - sigma * x0                                      # v
+    return alpha * eps - sigma * x0  # v
 
 
 # The reverse variance's head (config.model.variance_head): the network's second C channels r read as

@@ -8,7 +8,7 @@ data at t=0 and noise at t=1. Variance preserving:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -75,9 +75,9 @@ def cosine(s: float = 0.008, gamma_min: float = -20.0, gamma_max: float = 20.0) 
     def schedule(t: Array) -> Array:
         t = jnp.asarray(t, jnp.float32)
         # Clamp at the ends: under jit, 1 - i/T may round to -1.5e-8 at t = 1 (log of a negative).
-        a = jnp.sin(jnp.maximum(t, 0.0) * half_pi_over)          # sin(u - u0)
-        b = jnp.sin((t + 2.0 * s) * half_pi_over)                # sin(u + u0)
-        c = jnp.sin(jnp.maximum(1.0 - t, 0.0) * half_pi_over)    # cos(u)
+        a = jnp.sin(jnp.maximum(t, 0.0) * half_pi_over)  # sin(u - u0)
+        b = jnp.sin((t + 2.0 * s) * half_pi_over)  # sin(u + u0)
+        c = jnp.sin(jnp.maximum(1.0 - t, 0.0) * half_pi_over)  # cos(u)
         gamma = jnp.log(a) + jnp.log(b) - 2.0 * jnp.log(c)
         return jnp.clip(gamma, gamma_min, gamma_max)
 
@@ -96,7 +96,7 @@ def from_alphas_cumprod(alphas_cumprod) -> Schedule:
         raise ValueError(f"alphas_cumprod must be a 1-D array with >= 2 entries, got shape {abar.shape}.")
     if not (np.all(abar > 0) and np.all(abar < 1) and np.all(np.diff(abar) < 0)):
         raise ValueError("alphas_cumprod must lie in (0, 1) and be strictly decreasing.")
-    table = np.log1p(-abar) - np.log(abar)            # gamma_i, i = 1..T, in float64
+    table = np.log1p(-abar) - np.log(abar)  # gamma_i, i = 1..T, in float64
     table = np.concatenate([[2 * table[0] - table[1]], table])
     num_steps = abar.size
     grid = jnp.asarray(np.arange(num_steps + 1) / num_steps, jnp.float32)
@@ -132,8 +132,10 @@ def get_schedule(name: str, gamma_min: float | None = None, gamma_max: float | N
     are fixed by its betas, so they are not used there.
     """
     if name not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} "
-                         "(or 'learned' / 'learned_linear', built by the trainer from vdm.models.schedule).")
+        raise ValueError(
+            f"Unknown schedule {name!r}; choose one of {sorted(SCHEDULES)} "
+            "(or 'learned' / 'learned_linear', built by the trainer from vdm.models.schedule)."
+        )
     if name == "ddpm_linear":
         return ddpm_linear()
     bounds = {k: v for k, v in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if v is not None}

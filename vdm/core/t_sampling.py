@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from vdm.core import schedules
 
 Array = jax.Array
-_TINY = 1e-30            # floor of the histogram's h (float32 normal range) and of its counts
-_MIN_DGAMMA = 1e-6       # floor of gamma'(t) where the schedule is flat (cosine's clipped ends)
+_TINY = 1e-30  # floor of the histogram's h (float32 normal range) and of its counts
+_MIN_DGAMMA = 1e-6  # floor of gamma'(t) where the schedule is flat (cosine's clipped ends)
 
 
 def lambda_edges(gamma_0: Array, gamma_1: Array, num_bins: int) -> Array:
@@ -99,8 +99,9 @@ def integrand(loss: Array, density: Array, dgamma: Array) -> Array:
     return loss * density / jnp.maximum(dgamma, _MIN_DGAMMA)
 
 
-def update(hist: dict[str, Array], bins: Array, values: Array, decay: float,
-           axis_name: str | None = None) -> dict[str, Array]:
+def update(
+    hist: dict[str, Array], bins: Array, values: Array, decay: float, axis_name: str | None = None
+) -> dict[str, Array]:
     """EMA of per-bin sums and counts: s = decay s + (1 - decay) sum_{bin=k} v, c likewise with v = 1 (psum over axis_name).
 
     Batch sums are segment sums over `bins`; inside shard_map with axis_name they are psum-ed, so
@@ -116,8 +117,10 @@ def update(hist: dict[str, Array], bins: Array, values: Array, decay: float,
     if axis_name is not None:
         batch_sums, batch_counts = jax.lax.psum((batch_sums, batch_counts), axis_name)
     decay = jnp.asarray(decay, jnp.float32)
-    return {"sums": decay * hist["sums"] + (1.0 - decay) * batch_sums,
-            "counts": decay * hist["counts"] + (1.0 - decay) * batch_counts}
+    return {
+        "sums": decay * hist["sums"] + (1.0 - decay) * batch_sums,
+        "counts": decay * hist["counts"] + (1.0 - decay) * batch_counts,
+    }
 
 
 def fit(bins: Array, values: Array, num_bins: int) -> dict[str, Array]:

@@ -11,7 +11,7 @@ as config.data.encoding says: k/127.5 - 1 or (k + 0.5)/128 - 1, vdm.core.encodin
 batch at step k is a pure function of (seed, k): epoch e is the permutation
 np.random.default_rng((seed, e)).permutation(N) and the stream of examples is
 the concatenation of epochs, so `start_step` resumes exactly. Device sharding is
-the trainer's job (vdm/parallel.py).
+the trainer's job (vdm/infra/parallel.py).
 
 CLI (needs TensorFlow, see requirements-prepare.txt):
     python -m vdm.tools.prepare_data --dataset=fashion_mnist [--data_dir=DIR] [--manual_dir=DIR]
@@ -43,16 +43,18 @@ def default_config() -> ml_collections.ConfigDict:
     A config.data (or plain dict) may leave out the toy-set keys of an image set, and any key
     equal to its default; `parse_config` fills exactly these values.
     """
-    return ml_collections.ConfigDict({
-        "dataset": "fashion_mnist",  # one of DATASETS
-        "data_dir": None,     # TFDS data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
-        "random_flip": False,  # random horizontal flips of training images (images only)
-        "num_train": 10_000,  # toy sets: train split size
-        "num_test": 2_000,    # toy sets: test split size
-        "dim": 2,             # 'gaussian': number of dimensions
-        "data_seed": 0,       # toy sets: seed of the generated data
-        "encoding": "endpoints",  # 8-bit k -> k/127.5 - 1 ('endpoints') or (k + 0.5)/128 - 1 ('bin_centres')
-    })
+    return ml_collections.ConfigDict(
+        {
+            "dataset": "fashion_mnist",  # one of DATASETS
+            "data_dir": None,  # TFDS data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+            "random_flip": False,  # random horizontal flips of training images (images only)
+            "num_train": 10_000,  # toy sets: train split size
+            "num_test": 2_000,  # toy sets: test split size
+            "dim": 2,  # 'gaussian': number of dimensions
+            "data_seed": 0,  # toy sets: seed of the generated data
+            "encoding": "endpoints",  # 8-bit k -> k/127.5 - 1 ('endpoints') or (k + 0.5)/128 - 1 ('bin_centres')
+        }
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,7 @@ def _check_int(what: str, value: Any, minimum: int) -> int:
 
 
 def parse_config(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
-    """Read and validate config.data (the data rules, written once; config_utils.validate calls this)."""
+    """Read and validate config.data (the data rules, written once; validation.validate calls this)."""
     try:
         name = data_config["dataset"]
     except (KeyError, TypeError) as err:
@@ -134,21 +136,22 @@ def get_dataset_info(data_config: Mapping | ml_collections.ConfigDict) -> Datase
     spec = parse_config(data_config)
     if spec.name in tfds_sets.IMAGE_DATASETS:
         s = tfds_sets.split_info(spec.name, spec.data_dir)
-        return DatasetInfo(spec.name, s["shape"], s["num_train"], s["num_test"], s["num_classes"], True,
-                           encoding=spec.encoding)
+        return DatasetInfo(
+            spec.name, s["shape"], s["num_train"], s["num_test"], s["num_classes"], True, encoding=spec.encoding
+        )
     common = dict(name=spec.name, num_train=spec.num_train, num_test=spec.num_test)
     if spec.name == "mixture2d":
         return DatasetInfo(shape=(2,), num_classes=toy_sets.MIXTURE_MODES, discrete=False, **common)
     if spec.name == "grid8bit2d":
-        return DatasetInfo(shape=(2,), num_classes=len(toy_sets.GRID_LEVELS) ** 2, discrete=True,
-                           encoding=spec.encoding, **common)
+        return DatasetInfo(
+            shape=(2,), num_classes=len(toy_sets.GRID_LEVELS) ** 2, discrete=True, encoding=spec.encoding, **common
+        )
     scales = tuple(float(s) for s in gaussian_scales(spec.dim))
     return DatasetInfo(shape=(spec.dim,), num_classes=1, discrete=False, scales=scales, **common)
 
 
 @functools.lru_cache(maxsize=8)
-def _toy_split(name: str, num: int, seed: int, split: str, dim: int,
-               encoding: str) -> tuple[np.ndarray, np.ndarray]:
+def _toy_split(name: str, num: int, seed: int, split: str, dim: int, encoding: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = toy_sets.generate(name, num, seed, split, dim=dim, encoding=encoding)
     x.flags.writeable = False
     y.flags.writeable = False
@@ -179,15 +182,23 @@ def _process_rows(batch_size: int, process_index: int, process_count: int) -> sl
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index!r}.")
     if batch_size % process_count:
-        raise ValueError(f"batch size {batch_size} does not split over {process_count} processes; "
-                         "choose a multiple of the process count.")
+        raise ValueError(
+            f"batch size {batch_size} does not split over {process_count} processes; "
+            "choose a multiple of the process count."
+        )
     n = batch_size // process_count
     return slice(process_index * n, (process_index + 1) * n)
 
 
-def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int, *, seed: int,
-                   start_step: int = 0, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def train_iterator(
+    data_config: Mapping | ml_collections.ConfigDict,
+    batch_size: int,
+    *,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B], 'index': int32 [B]}; batch k depends only on (seed, k).
 
     batch_size is the global batch B; with process_count > 1 each batch holds only this
@@ -202,7 +213,7 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
     x_all, labels = load_arrays(data_config, "train")  # loaded now, so a missing data set fails at once
     num = len(labels)
 
-    index = np.arange(batch_size, dtype=np.int32)[rows]   # each row's place in the global batch
+    index = np.arange(batch_size, dtype=np.int32)[rows]  # each row's place in the global batch
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         perms: dict[int, np.ndarray] = {}  # the (at most few) epochs the current batch touches
@@ -217,7 +228,7 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
                     perms[epoch] = np.random.default_rng((seed, epoch)).permutation(num)
                 sel = epochs == epoch
                 idx[sel] = perms[epoch][offsets[sel]]
-            idx = idx[rows]                  # only this process's rows are read and converted
+            idx = idx[rows]  # only this process's rows are read and converted
             x = _to_float(x_all[idx], spec.encoding)
             if spec.random_flip:
                 flip = np.random.default_rng((seed, step, _FLIP_STREAM)).random(batch_size)[rows] < 0.5
@@ -228,9 +239,15 @@ def train_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size:
     return batches()
 
 
-def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: int,
-                  split: str = "test", *, process_index: int = 0, process_count: int = 1,
-                  max_examples: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(
+    data_config: Mapping | ml_collections.ConfigDict,
+    batch_size: int,
+    split: str = "test",
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    max_examples: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
     """The whole split in order (or its first max_examples > 0), batches of B; the last is padded
     (with the first examples), mask False there; 'index' is each row's place in the global batch.
 
@@ -244,14 +261,18 @@ def eval_iterator(data_config: Mapping | ml_collections.ConfigDict, batch_size: 
     x_all, labels = load_arrays(data_config, split)
     num = min(len(labels), max_examples) if max_examples else len(labels)
 
-    index = np.arange(batch_size, dtype=np.int32)[rows]   # each row's place in the global batch
+    index = np.arange(batch_size, dtype=np.int32)[rows]  # each row's place in the global batch
 
     def batches() -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, num, batch_size):
             idx = np.arange(start, start + batch_size)[rows]
             mask = idx < num
             idx = np.where(mask, idx, idx % num)
-            yield {"x": _to_float(x_all[idx], spec.encoding), "label": labels[idx].astype(np.int32), "mask": mask,
-                   "index": index}
+            yield {
+                "x": _to_float(x_all[idx], spec.encoding),
+                "label": labels[idx].astype(np.int32),
+                "mask": mask,
+                "index": index,
+            }
 
     return batches()

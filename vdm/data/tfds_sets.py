@@ -43,14 +43,10 @@ FASHION_MNIST_DIR_ENV = "VDM_FASHION_MNIST_DIR"
 # (size in bytes, sha256) of the files of Debian's dataset-fashion-mnist
 # 0.0~git20200523.55506a9-1 (recompressed; the IDX content is upstream's).
 DEBIAN_FASHION_MNIST: dict[str, tuple[int, str]] = {
-    "train-images-idx3-ubyte.gz": (
-        26421856, "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
-    "train-labels-idx1-ubyte.gz": (
-        29491, "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
-    "t10k-images-idx3-ubyte.gz": (
-        4422079, "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
-    "t10k-labels-idx1-ubyte.gz": (
-        5125, "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+    "train-images-idx3-ubyte.gz": (26421856, "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
+    "train-labels-idx1-ubyte.gz": (29491, "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
+    "t10k-images-idx3-ubyte.gz": (4422079, "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
+    "t10k-labels-idx1-ubyte.gz": (5125, "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
 }
 
 _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dims
@@ -122,17 +118,23 @@ def _read_cached_split(name: str, data_dir: str, split: str) -> tuple[np.ndarray
             images, labels = f["images"], f["labels"]
         n = info[f"num_{split}"] if f"num_{split}" in info else len(labels)
         if images.dtype != np.uint8 or images.shape != (n, *info["shape"]) or labels.shape != (n,):
-            raise ValueError(f"arrays {images.dtype}{images.shape}, labels {labels.shape}; "
-                             f"info.json says uint8 {(n, *info['shape'])}")
+            raise ValueError(
+                f"arrays {images.dtype}{images.shape}, labels {labels.shape}; "
+                f"info.json says uint8 {(n, *info['shape'])}"
+            )
     except (OSError, ValueError, KeyError) as err:
-        warnings.warn(stacklevel=2, message=f"ignoring the array cache {path}: {err}. Reading the TFDS files instead "
-                      f"(the cache is rewritten from them; delete {arrays_dir(name, data_dir)} to silence this).")
+        warnings.warn(
+            stacklevel=2,
+            message=f"ignoring the array cache {path}: {err}. Reading the TFDS files instead "
+            f"(the cache is rewritten from them; delete {arrays_dir(name, data_dir)} to silence this).",
+        )
         return None
     return images, labels.astype(np.int32, copy=False)
 
 
-def _write_cached_split(name: str, data_dir: str, split: str, images: np.ndarray, labels: np.ndarray,
-                        info: dict) -> None:
+def _write_cached_split(
+    name: str, data_dir: str, split: str, images: np.ndarray, labels: np.ndarray, info: dict
+) -> None:
     """Write SPLIT.npz and update info.json, each atomically (tmp file + rename); best effort."""
     folder = arrays_dir(name, data_dir)
     try:
@@ -148,8 +150,7 @@ def _write_cached_split(name: str, data_dir: str, split: str, images: np.ndarray
         warnings.warn(f"could not write the array cache in {folder}: {err}", stacklevel=2)
 
 
-def write_array_cache(name: str, data_dir: str, split: str, images: np.ndarray, labels: np.ndarray,
-                      info: dict) -> None:
+def write_array_cache(name: str, data_dir: str, split: str, images: np.ndarray, labels: np.ndarray, info: dict) -> None:
     """Write a split as the array cache DATA_DIR/NAME/vdm_arrays (images uint8 [N, H, W, C], labels int [N]);
     info: {'shape', 'num_train', 'num_test', 'num_classes'}. Reads then need no TFDS (e.g. data made elsewhere)."""
     _check_name(name)
@@ -174,7 +175,8 @@ def _tfds_prepared(name: str, data_dir: str) -> bool:
         raise ValueError(
             f"{name} in {os.path.dirname(info_path)} was prepared as {file_format!r}, but vdm reads "
             "'array_record'. Remove that folder and run: "
-            f"python -m vdm.tools.prepare_data --dataset={name} --data_dir={data_dir}")
+            f"python -m vdm.tools.prepare_data --dataset={name} --data_dir={data_dir}"
+        )
     return True
 
 
@@ -193,13 +195,15 @@ def _how_to_get(name: str, data_dir: str, source_dir: str, missing: list[str]) -
             "  apt-get install dataset-fashion-mnist   # puts the 4 IDX .gz files in "
             f"{DEFAULT_FASHION_MNIST_DIR}\n"
             f"  make data   # or: pip install -r requirements-prepare.txt && {prepare_cmd}\n"
-            f"(Set ${FASHION_MNIST_DIR_ENV} to use another folder holding those 4 files.)")
+            f"(Set ${FASHION_MNIST_DIR_ENV} to use another folder holding those 4 files.)"
+        )
     urls = "\n".join(f"  {f}  <- {u}" for f, u in sorted(_upstream_files(name).items()))
     return (
         f"{head}, and its original files are missing from the manual dir {source_dir}: "
         f"{', '.join(missing)}.\nNothing is downloaded. Put these files, unchanged, in {source_dir}:\n"
         f"{urls}\nthen run: pip install -r requirements-prepare.txt && {prepare_cmd} "
-        f"--manual_dir={source_dir}")
+        f"--manual_dir={source_dir}"
+    )
 
 
 def not_prepared_error(name: str, data_dir: str | None = None, source_dir: str | None = None) -> DatasetNotFoundError:
@@ -213,7 +217,8 @@ def not_prepared_error(name: str, data_dir: str | None = None, source_dir: str |
     make = "make data, or: " if name == "fashion_mnist" else ""
     return DatasetNotFoundError(
         f"Data set {name!r} is not prepared in {data_dir}; its source files are in {source_dir}. "
-        f"Prepare it once: {make}pip install -r requirements-prepare.txt && {cmd}")
+        f"Prepare it once: {make}pip install -r requirements-prepare.txt && {cmd}"
+    )
 
 
 def _source_dir(name: str, data_dir: str, source_dir: str | None) -> str:
@@ -244,7 +249,8 @@ def register_local_files(name: str, source_dir: str, accepted: Mapping[str, tupl
         if (size, sha) not in known:
             raise ChecksumError(
                 f"{os.path.join(source_dir, upstream.filename)} has size {size}, sha256 {sha}; "
-                f"accepted (size, sha256): {known} (TFDS upstream, then Debian's recorded one).")
+                f"accepted (size, sha256): {known} (TFDS upstream, then Debian's recorded one)."
+            )
         url_infos[url] = checksums.UrlInfo(size=size, checksum=sha, filename=upstream.filename)
     return url_infos
 
@@ -289,8 +295,13 @@ def _local_fashion_mnist_cls(url_infos: dict):
     return LocalFashionMNIST
 
 
-def prepare(name: str, data_dir: str | None = None, *, source_dir: str | None = None,
-            accepted: Mapping[str, tuple[int, str]] | None = None) -> str:
+def prepare(
+    name: str,
+    data_dir: str | None = None,
+    *,
+    source_dir: str | None = None,
+    accepted: Mapping[str, tuple[int, str]] | None = None,
+) -> str:
     """Prepare `name` once as array_record in data_dir from local files only; no-op if prepared. Returns its dir.
 
     accepted: {filename: (size, sha256)} accepted besides TFDS's upstream checksums; default
@@ -314,8 +325,10 @@ def prepare(name: str, data_dir: str | None = None, *, source_dir: str | None = 
     try:
         import tensorflow  # noqa: F401  (TFDS 4.9.10 needs it to encode images while preparing)
     except ImportError as err:
-        raise ImportError("Preparing TFDS data needs TensorFlow: pip install -r requirements-prepare.txt "
-                          "(training and reading do not).") from err
+        raise ImportError(
+            "Preparing TFDS data needs TensorFlow: pip install -r requirements-prepare.txt "
+            "(training and reading do not)."
+        ) from err
     import tensorflow_datasets as tfds
 
     builder = builder_cls(data_dir=data_dir, file_format="array_record")
@@ -355,10 +368,12 @@ def _tfds_split_info(name: str, data_dir: str) -> dict:
     import tensorflow_datasets as tfds
 
     info = tfds.builder(name, data_dir=data_dir).info
-    return {"shape": tuple(int(d) for d in info.features["image"].shape),
-            "num_train": int(info.splits["train"].num_examples),
-            "num_test": int(info.splits["test"].num_examples),
-            "num_classes": int(info.features["label"].num_classes)}
+    return {
+        "shape": tuple(int(d) for d in info.features["image"].shape),
+        "num_train": int(info.splits["train"].num_examples),
+        "num_test": int(info.splits["test"].num_examples),
+        "num_classes": int(info.features["label"].num_classes),
+    }
 
 
 def split_info(name: str, data_dir: str) -> dict:
@@ -367,6 +382,8 @@ def split_info(name: str, data_dir: str) -> dict:
         raise not_prepared_error(name, data_dir)
     cached = _cache_info(name, data_dir)
     if cached is not None:
-        return {"shape": tuple(int(d) for d in cached["shape"]),
-                **{k: int(cached[k]) for k in ("num_train", "num_test", "num_classes")}}
+        return {
+            "shape": tuple(int(d) for d in cached["shape"]),
+            **{k: int(cached[k]) for k in ("num_train", "num_test", "num_classes")},
+        }
     return _tfds_split_info(name, data_dir)

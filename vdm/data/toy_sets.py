@@ -88,8 +88,9 @@ def gaussian_nll(x: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.sum(0.5 * (x / scales) ** 2 + np.log(scales) + 0.5 * np.log(2 * np.pi), axis=-1)
 
 
-def generate(name: str, num: int, seed: int, split: str, *, dim: int = 2,
-             encoding: str = "endpoints") -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    name: str, num: int, seed: int, split: str, *, dim: int = 2, encoding: str = "endpoints"
+) -> tuple[np.ndarray, np.ndarray]:
     """(x float32 [num, ...], label int32 [num]) of toy set `name`, a pure function of (num, seed, split, dim, encoding)."""
     if name == "mixture2d":
         return mixture2d(num, seed, split)

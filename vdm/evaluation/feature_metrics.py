@@ -50,8 +50,10 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     cov1, cov2 = np.atleast_2d(np.asarray(cov1, np.float64)), np.atleast_2d(np.asarray(cov2, np.float64))
     f = mu1.shape[0]
     if mu1.shape != (f,) or mu2.shape != (f,) or cov1.shape != (f, f) or cov2.shape != (f, f):
-        raise ValueError(f"frechet_distance needs mu [F] and cov [F, F] of one F; got mu1 {mu1.shape}, "
-                         f"cov1 {cov1.shape}, mu2 {mu2.shape}, cov2 {cov2.shape}.")
+        raise ValueError(
+            f"frechet_distance needs mu [F] and cov [F, F] of one F; got mu1 {mu1.shape}, "
+            f"cov1 {cov1.shape}, mu2 {mu2.shape}, cov2 {cov2.shape}."
+        )
     for name, a in (("mu1", mu1), ("cov1", cov1), ("mu2", mu2), ("cov2", cov2)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"frechet_distance: {name} has non-finite entries.")
@@ -84,20 +86,26 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """
     m, n = len(x), len(y)
     kxx, kyy = polynomial_kernel(x, x), polynomial_kernel(y, y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2.0 * polynomial_kernel(x, y).mean())
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2.0 * polynomial_kernel(x, y).mean()
+    )
 
 
 def _check_features(name: str, f: np.ndarray) -> np.ndarray:
     f = np.asarray(f, np.float64)
     if f.ndim != 2 or f.shape[0] < 2 or not np.all(np.isfinite(f)):
-        raise ValueError(f"{name} must be finite features [N, F] with N >= 2; got shape {f.shape}"
-                         f"{'' if f.ndim != 2 or np.all(np.isfinite(f)) else ' with non-finite values'}.")
+        raise ValueError(
+            f"{name} must be finite features [N, F] with N >= 2; got shape {f.shape}"
+            f"{'' if f.ndim != 2 or np.all(np.isfinite(f)) else ' with non-finite values'}."
+        )
     return f
 
 
-def kid_from_features(a: np.ndarray, b: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
-                      seed: int = 0) -> tuple[float, float]:
+def kid_from_features(
+    a: np.ndarray, b: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): (mean, standard error) of mmd2_unbiased over random subsets of a and b.
 
     a [N, F], b [M, F]. Each of `num_subsets` subsets takes m = min(subset_size, N, M) rows of a and
@@ -111,8 +119,9 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, num_subsets: int = 100, subs
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"kid_from_features: a has {a.shape[1]} features, b has {b.shape[1]}.")
     if int(num_subsets) < 2 or int(subset_size) < 2:
-        raise ValueError(f"kid_from_features needs num_subsets >= 2 and subset_size >= 2, got "
-                         f"{num_subsets} and {subset_size}.")
+        raise ValueError(
+            f"kid_from_features needs num_subsets >= 2 and subset_size >= 2, got {num_subsets} and {subset_size}."
+        )
     k, m = int(num_subsets), min(int(subset_size), len(a), len(b))
     rng = np.random.default_rng(seed)
     ia, ib = _subsets(rng, len(a), k, m), _subsets(rng, len(b), k, m)
@@ -123,5 +132,5 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, num_subsets: int = 100, subs
 def _subsets(rng: np.random.Generator, n: int, k: int, m: int) -> list[np.ndarray]:
     """k index sets of size m from range(n): disjoint blocks of one permutation if k m <= n, else drawn per set."""
     if k * m <= n:
-        return list(rng.permutation(n)[:k * m].reshape(k, m))
+        return list(rng.permutation(n)[: k * m].reshape(k, m))
     return [rng.choice(n, m, replace=False) for _ in range(k)]

@@ -24,7 +24,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -44,17 +45,29 @@ from vdm.infra import parallel
 from vdm.infra.fileio import atomic_write
 from vdm.models import inception
 
-__all__ = ["inception_features", "fid_from_features", "kid_from_features", "frechet_distance",
-           "frechet_distance_of_samples", "gaussian_stats", "load_inception", "reference_stats",
-           "score_samples", "compare", "load_source", "RESIZE_MODES"]
+__all__ = [
+    "inception_features",
+    "fid_from_features",
+    "kid_from_features",
+    "frechet_distance",
+    "frechet_distance_of_samples",
+    "gaussian_stats",
+    "load_inception",
+    "reference_stats",
+    "score_samples",
+    "compare",
+    "load_source",
+    "RESIZE_MODES",
+]
 
 RESIZE_MODES = inception.RESIZE_MODES
 DEFAULT_BATCH = 32
-KID_FEATURES = 10_000        # reference rows kept for KID (its subsets are 1000 by default)
+KID_FEATURES = 10_000  # reference rows kept for KID (its subsets are 1000 by default)
 
 
 class Inception(NamedTuple):
     """The loaded FID network: fn(params, uint8 batch) -> features, sharded over `mesh`."""
+
     fn: Callable
     params: Any
     mesh: Any
@@ -82,13 +95,21 @@ def load_inception(resize: str = "tf1", *, weights_dir: str | None = None) -> In
 def _check_images(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
-        raise ValueError(f"images must be uint8 [N, H, W, C] with N >= 1 and C in (1, 3); got "
-                         f"{images.dtype} {images.shape} (decode floats in [-1, 1] with vdm.core.encoding.decode).")
+        raise ValueError(
+            f"images must be uint8 [N, H, W, C] with N >= 1 and C in (1, 3); got "
+            f"{images.dtype} {images.shape} (decode floats in [-1, 1] with vdm.core.encoding.decode)."
+        )
     return images
 
 
-def inception_features(images: np.ndarray, *, net: Inception | None = None, resize: str = "tf1",
-                       batch_size: int = DEFAULT_BATCH, progress: bool = False) -> np.ndarray:
+def inception_features(
+    images: np.ndarray,
+    *,
+    net: Inception | None = None,
+    resize: str = "tf1",
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+) -> np.ndarray:
     """uint8 [N, H, W, C], C in {1, 3} -> float32 [N, 2048] pool features of the FID Inception-v3 (Heusel et al. 2017).
 
     net: a `load_inception()` to reuse across calls (else the weights are loaded and compiled per
@@ -98,19 +119,20 @@ def inception_features(images: np.ndarray, *, net: Inception | None = None, resi
     images = _check_images(images)
     net = net or load_inception(resize)
     ndev = net.mesh.devices.size
-    bs = -(-max(int(batch_size), 1) // ndev) * ndev            # a multiple of the device count
-    key = jax.random.key(0)                                    # unused: the network is deterministic
+    bs = -(-max(int(batch_size), 1) // ndev) * ndev  # a multiple of the device count
+    key = jax.random.key(0)  # unused: the network is deterministic
     out, starts = [], range(0, len(images), bs)
     if progress:
         from tqdm import tqdm
+
         starts = tqdm(starts, desc="inception features", unit="batch")
     for start in starts:
-        batch = images[start:start + bs]
-        pad = bs - len(batch)                                   # one compiled shape: pad the last batch
+        batch = images[start : start + bs]
+        pad = bs - len(batch)  # one compiled shape: pad the last batch
         if pad:
             batch = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), np.uint8)])
         feats = net.fn(net.params, parallel.shard_batch(batch, net.mesh), key)
-        out.append(np.asarray(feats)[:bs - pad])
+        out.append(np.asarray(feats)[: bs - pad])
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -118,8 +140,10 @@ def parse_split(spec: str) -> tuple[str, str]:
     """'fashion_mnist:test' -> ('fashion_mnist', 'test'); ValueError naming the valid data sets and splits."""
     name, _, split = spec.partition(":")
     if name not in tfds_sets.IMAGE_DATASETS or split not in ("train", "test"):
-        raise ValueError(f"{spec!r} is not a data set split: expected NAME:SPLIT with NAME in "
-                         f"{tfds_sets.IMAGE_DATASETS} and SPLIT in ('train', 'test').")
+        raise ValueError(
+            f"{spec!r} is not a data set split: expected NAME:SPLIT with NAME in "
+            f"{tfds_sets.IMAGE_DATASETS} and SPLIT in ('train', 'test')."
+        )
     return name, split
 
 
@@ -128,9 +152,16 @@ def _stats_path(name: str, split: str, num: int, resize: str, digest: str, data_
     return os.path.join(folder, f"{split}_n{num}_{resize}_{digest[:16]}.npz")
 
 
-def reference_stats(spec: str, *, num: int | None = None, net: Inception | None = None,
-                    resize: str = "tf1", data_dir: str | None = None, batch_size: int = DEFAULT_BATCH,
-                    progress: bool = False) -> dict[str, np.ndarray]:
+def reference_stats(
+    spec: str,
+    *,
+    num: int | None = None,
+    net: Inception | None = None,
+    resize: str = "tf1",
+    data_dir: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
     """{'mu', 'cov' (float64), 'num', 'features' (the first KID_FEATURES)} of a split's first `num` examples (None: all), cached.
 
     Computed once per (data set, split, num, resize, weights sha256) and stored in
@@ -145,15 +176,16 @@ def reference_stats(spec: str, *, num: int | None = None, net: Inception | None 
         raise ValueError(f"num must be in [2, {len(images)}] for {spec}, got {num}.")
     net = net or load_inception(resize)
     path = _stats_path(name, split, num, net.resize, net.weights_sha256, data_dir)
-    key = json.dumps({"dataset": name, "split": split, "num": num, "resize": net.resize,
-                      "weights_sha256": net.weights_sha256})
+    key = json.dumps(
+        {"dataset": name, "split": split, "num": num, "resize": net.resize, "weights_sha256": net.weights_sha256}
+    )
     if os.path.exists(path):
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) == key:
                     return {k: z[k] for k in ("mu", "cov", "features", "num")}
         except (OSError, ValueError, KeyError):
-            pass                                                 # unreadable: recompute below
+            pass  # unreadable: recompute below
     feats = inception_features(images[:num], net=net, batch_size=batch_size, progress=progress)
     mu, cov = gaussian_stats(feats)
     stats = {"mu": mu, "cov": cov, "features": feats[:KID_FEATURES], "num": np.asarray(num)}
@@ -172,8 +204,9 @@ def _npz_images(path: str, encoding_name: str | None) -> np.ndarray:
         return x
     if encoding_name is None:
         cfg = os.path.splitext(path)[0] + ".json"
-        encoding_name = (json.load(open(cfg)).get("data", {}).get("encoding", "endpoints")
-                         if os.path.exists(cfg) else "endpoints")
+        encoding_name = (
+            json.load(open(cfg)).get("data", {}).get("encoding", "endpoints") if os.path.exists(cfg) else "endpoints"
+        )
     return encoding.decode(x, encoding_name)
 
 
@@ -182,9 +215,11 @@ def _png_images(folder: str) -> np.ndarray:
     paths = sorted(glob.glob(os.path.join(folder, "*.png")))
     if not paths:
         raise ValueError(f"{folder} has no .png files.")
+
     def read(path: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB"))
+
     images = [read(p) for p in paths]
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
@@ -204,33 +239,52 @@ def load_source(source: str, *, encoding_name: str | None = None, data_dir: str 
     if ":" in source:
         name, split = parse_split(source)
         return np.asarray(tfds_sets.load_split(name, tfds_sets.resolve_data_dir(data_dir), split)[0])
-    raise ValueError(f"{source!r} is not a source: give an .npz of samples, a folder of PNGs, or "
-                     f"NAME:SPLIT with NAME in {tfds_sets.IMAGE_DATASETS}.")
+    raise ValueError(
+        f"{source!r} is not a source: give an .npz of samples, a folder of PNGs, or "
+        f"NAME:SPLIT with NAME in {tfds_sets.IMAGE_DATASETS}."
+    )
 
 
 def _source_stats(source: str, net: Inception, num: int | None, **kw) -> dict:
     """{'mu', 'cov', 'num', 'features'} of a source: a split through the reference cache, else computed."""
     if not source.endswith(".npz") and not os.path.isdir(source) and ":" in source:
-        return reference_stats(source, num=num, net=net, data_dir=kw.get("data_dir"),
-                               batch_size=kw.get("batch_size", DEFAULT_BATCH), progress=kw.get("progress", False))
+        return reference_stats(
+            source,
+            num=num,
+            net=net,
+            data_dir=kw.get("data_dir"),
+            batch_size=kw.get("batch_size", DEFAULT_BATCH),
+            progress=kw.get("progress", False),
+        )
     images = load_source(source, encoding_name=kw.get("encoding_name"), data_dir=kw.get("data_dir"))
     images = images[:num] if num else images
-    feats = inception_features(images, net=net, batch_size=kw.get("batch_size", DEFAULT_BATCH),
-                               progress=kw.get("progress", False))
+    feats = inception_features(
+        images, net=net, batch_size=kw.get("batch_size", DEFAULT_BATCH), progress=kw.get("progress", False)
+    )
     mu, cov = gaussian_stats(feats)
     return {"mu": mu, "cov": cov, "features": feats, "num": np.asarray(len(feats))}
 
 
 def _scores(sa: dict, sb: dict, kid_subsets: int, kid_subset_size: int) -> dict[str, float]:
     fid = frechet_distance(sa["mu"], sa["cov"], sb["mu"], sb["cov"])
-    kid, kid_se = kid_from_features(sa["features"], sb["features"], num_subsets=kid_subsets,
-                                    subset_size=kid_subset_size)
+    kid, kid_se = kid_from_features(
+        sa["features"], sb["features"], num_subsets=kid_subsets, subset_size=kid_subset_size
+    )
     return {"fid": fid, "kid": kid, "kid_se": kid_se}
 
 
-def compare(a: str, b: str, *, num: int | None = None, num_b: int | None = None, resize: str = "tf1",
-            kid_subsets: int = 100, kid_subset_size: int = 1000, net: Inception | None = None,
-            **kw) -> dict[str, float]:
+def compare(
+    a: str,
+    b: str,
+    *,
+    num: int | None = None,
+    num_b: int | None = None,
+    resize: str = "tf1",
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    net: Inception | None = None,
+    **kw,
+) -> dict[str, float]:
     """{'fid', 'kid', 'kid_se', 'num_a', 'num_b'} between two sources (load_source), cut to their first `num` (b: `num_b`)."""
     net = net or load_inception(resize)
     sa, sb = _source_stats(a, net, num, **kw), _source_stats(b, net, num if num_b is None else num_b, **kw)
@@ -238,10 +292,19 @@ def compare(a: str, b: str, *, num: int | None = None, num_b: int | None = None,
     return {**out, "num_a": int(sa["num"]), "num_b": int(sb["num"])}
 
 
-def score_samples(samples: np.ndarray, reference: str = "fashion_mnist:train", *, num_reference: int | None = None,
-                  resize: str = "tf1", encoding_name: str = "endpoints", data_dir: str | None = None,
-                  kid_subsets: int = 100, kid_subset_size: int = 1000, batch_size: int = DEFAULT_BATCH,
-                  net: Inception | None = None) -> dict[str, float]:
+def score_samples(
+    samples: np.ndarray,
+    reference: str = "fashion_mnist:train",
+    *,
+    num_reference: int | None = None,
+    resize: str = "tf1",
+    encoding_name: str = "endpoints",
+    data_dir: str | None = None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    batch_size: int = DEFAULT_BATCH,
+    net: Inception | None = None,
+) -> dict[str, float]:
     """{'fid', 'kid', 'kid_se', 'num_samples', 'num_reference'}: samples against a split's cached reference statistics.
 
     samples: uint8 [N, H, W, C], or floats in [-1, 1] (as sampling returns them), decoded to 8 bits

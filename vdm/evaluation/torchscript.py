@@ -27,9 +27,16 @@ import numpy as np
 
 # torch storage type -> little-endian numpy dtype of its bytes.
 STORAGE_DTYPES = {
-    "FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "BFloat16Storage": None,
-    "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
-    "ByteStorage": "u1", "BoolStorage": "?",
+    "FloatStorage": "<f4",
+    "DoubleStorage": "<f8",
+    "HalfStorage": "<f2",
+    "BFloat16Storage": None,
+    "LongStorage": "<i8",
+    "IntStorage": "<i4",
+    "ShortStorage": "<i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "?",
 }
 _TORCH_CLASS = re.compile(r"__torch__(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -64,8 +71,10 @@ class _StorageType:
     def __init__(self, name: str):
         dtype = STORAGE_DTYPES.get(name)
         if dtype is None:
-            raise UnsafePickleError(f"unsupported storage type torch.{name}; supported: "
-                                    f"{sorted(k for k, v in STORAGE_DTYPES.items() if v)}.")
+            raise UnsafePickleError(
+                f"unsupported storage type torch.{name}; supported: "
+                f"{sorted(k for k, v in STORAGE_DTYPES.items() if v)}."
+            )
         self.name, self.dtype = name, np.dtype(dtype)
 
 
@@ -78,8 +87,10 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
         return np.zeros(size, storage.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if offset < 0 or min(stride, default=0) < 0 or last >= storage.size:
-        raise pickle.UnpicklingError(f"tensor (offset {offset}, size {size}, stride {stride}) reaches "
-                                     f"outside its storage of {storage.size} elements.")
+        raise pickle.UnpicklingError(
+            f"tensor (offset {offset}, size {size}, stride {stride}) reaches "
+            f"outside its storage of {storage.size} elements."
+        )
     item = storage.itemsize
     view = np.lib.stride_tricks.as_strided(storage[offset:], size, tuple(s * item for s in stride))
     return np.array(view)
@@ -107,15 +118,16 @@ class _Unpickler(pickle.Unpickler):
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(name)
         if _TORCH_CLASS.fullmatch(module) and _IDENT.fullmatch(name):
-            if full not in self._classes:               # an inert record type named after the class
+            if full not in self._classes:  # an inert record type named after the class
                 self._classes[full] = type(name, (ScriptModule,), {"type_name": full})
             return self._classes[full]
-        raise UnsafePickleError(f"refusing to load global {full!r}: a TorchScript tensor archive "
-                                f"needs only torch storages, tensors and __torch__ module records.")
+        raise UnsafePickleError(
+            f"refusing to load global {full!r}: a TorchScript tensor archive "
+            f"needs only torch storages, tensors and __torch__ module records."
+        )
 
     def persistent_load(self, pid) -> np.ndarray:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise UnsafePickleError(f"unknown persistent id {pid!r:.100}.")
         _, stype, key, _location, numel = pid
         if not _IDENT.fullmatch("k" + str(key)):
@@ -123,8 +135,9 @@ class _Unpickler(pickle.Unpickler):
         if key not in self._storages:
             raw = self._archive.read(f"{self._root}/data/{key}")
             if len(raw) != int(numel) * stype.dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key}: {len(raw)} bytes, expected "
-                                             f"{numel} x {stype.dtype.itemsize}.")
+                raise pickle.UnpicklingError(
+                    f"storage {key}: {len(raw)} bytes, expected {numel} x {stype.dtype.itemsize}."
+                )
             self._storages[key] = np.frombuffer(raw, stype.dtype)
         return self._storages[key]
 
@@ -134,8 +147,7 @@ def read_archive(path_or_file) -> ScriptModule:
     with zipfile.ZipFile(path_or_file) as archive:
         pkls = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkls) != 1:
-            raise ValueError(f"{path_or_file}: not a TorchScript archive (expected one ROOT/data.pkl, "
-                             f"found {pkls}).")
+            raise ValueError(f"{path_or_file}: not a TorchScript archive (expected one ROOT/data.pkl, found {pkls}).")
         root = pkls[0].split("/")[0]
         result = _Unpickler(io.BytesIO(archive.read(pkls[0])), archive, root).load()
     if not isinstance(result, ScriptModule):

@@ -65,8 +65,9 @@ class CheckpointMismatchError(ValueError):
     of the state asked for), so a Task can recognise a layout it knows how to migrate (vdm.models.convert).
     """
 
-    def __init__(self, message: str, step: int, saved_keys: frozenset = frozenset(),
-                 expected_keys: frozenset = frozenset()):
+    def __init__(
+        self, message: str, step: int, saved_keys: frozenset = frozenset(), expected_keys: frozenset = frozenset()
+    ):
         super().__init__(message)
         self.step, self.saved_keys, self.expected_keys = step, saved_keys, expected_keys
 
@@ -78,16 +79,21 @@ def _entries_mismatch(directory: str, step: int, saved: set, target: set) -> Che
         f"checkpoint step {step} in {directory} was written by a different config: it holds "
         f"{len(extra)} entries this config lacks (e.g. {extra[:1]}) and lacks {len(missing)} it "
         f"needs (e.g. {missing[:1]}); use the run's recorded config or a new --workdir.",
-        step, frozenset(saved), frozenset(target))
+        step,
+        frozenset(saved),
+        frozenset(target),
+    )
 
 
 # tensorstore's reads still in flight when a restore fails post to orbax's closed event loop, and
 # each prints a 'RuntimeError: Event loop is closed' traceback through sys.stderr, for up to
 # seconds after the failure (hundreds of lines). Python prints a traceback in pieces: a piece is
 # dropped when it holds nothing but those tracebacks' text.
-_SPAM = re.compile(r"Traceback \(most recent call last\):|File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"
-                   r"|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)"
-                   r"|Event loop is closed|RuntimeError|\^+")
+_SPAM = re.compile(
+    r"Traceback \(most recent call last\):|File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"
+    r"|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)"
+    r"|Event loop is closed|RuntimeError|\^+"
+)
 
 
 def _is_spam(text: str) -> bool:
@@ -103,7 +109,7 @@ class _WithoutEventLoopSpam:
 
     def write(self, text: str) -> int:
         if _is_spam(text) and (text.strip(" \t:\n") or self._dropping):
-            self._dropping = True              # a bare newline after a dropped piece is the piece's
+            self._dropping = True  # a bare newline after a dropped piece is the piece's
             return len(text)
         self._dropping = False
         return self._stream.write(text)
@@ -121,18 +127,18 @@ def _filter_event_loop_spam() -> None:
 class Checkpointer:
     """orbax CheckpointManager over DIR keeping the last `max_to_keep` steps of a host-array state."""
 
-    def __init__(self, directory: str, *, max_to_keep: int | None = 3, async_save: bool = True,
-                 create: bool = True):
+    def __init__(self, directory: str, *, max_to_keep: int | None = 3, async_save: bool = True, create: bool = True):
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 (or None for all), got {max_to_keep}.")
         self.directory = os.path.abspath(directory)
         if not create and not os.path.isdir(self.directory):
-            raise FileNotFoundError(f"no checkpoint directory {self.directory}; train first (--mode=train) "
-                                    "with this --workdir.")
+            raise FileNotFoundError(
+                f"no checkpoint directory {self.directory}; train first (--mode=train) with this --workdir."
+            )
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("state", "meta"))
+            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
         """The checkpoint steps, ascending: the committed ones found on disk at start plus this run's saves."""
@@ -151,13 +157,13 @@ class Checkpointer:
         """
         step = int(step)
         if step in self.all_steps():
-            log.warning("checkpoint for step %d already exists in %s; not overwriting it.",
-                        step, self.directory)
+            log.warning("checkpoint for step %d already exists in %s; not overwriting it.", step, self.directory)
             return False
         flat = _flatten(state)
         meta = {"step": step, "sha256": {k: _digest(v) for k, v in flat.items()}, "info": info or {}}
-        return self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True)
+        return self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(meta)), force=True
+        )
 
     def restore(self, step: int, like: PyTree) -> PyTree:
         """The state saved at `step`, as numpy arrays shaped like `like`; CheckpointCorruptError if unreadable.
@@ -167,18 +173,20 @@ class Checkpointer:
         target = {k: np.zeros(v.shape, v.dtype) for k, v in _flatten(like).items()}
         try:
             saved = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception:                             # unreadable meta: the full restore below reports it
+        except Exception:  # unreadable meta: the full restore below reports it
             saved = None
         if saved is not None and set(saved.get("sha256", {})) != set(target):
             raise _entries_mismatch(self.directory, step, set(saved["sha256"]), set(target))
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+            )
             flat = {k: np.asarray(v) for k, v in restored["state"].items()}
             meta = restored["meta"]
-        except Exception as e:                       # orbax/tensorstore raise many kinds on bad files
-            raise CheckpointCorruptError(f"cannot read checkpoint step {step} in {self.directory}: "
-                                         f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # orbax/tensorstore raise many kinds on bad files
+            raise CheckpointCorruptError(
+                f"cannot read checkpoint step {step} in {self.directory}: {type(e).__name__}: {e}"
+            ) from e
         if set(flat) != set(target) or set(meta.get("sha256", {})) != set(target):
             raise _entries_mismatch(self.directory, step, set(flat), set(target))
         for k, v in flat.items():
@@ -186,7 +194,9 @@ class Checkpointer:
                 raise CheckpointMismatchError(
                     f"checkpoint step {step} in {self.directory} was written by a different config: {k} is "
                     f"{v.dtype}{v.shape} there, this config makes it {target[k].dtype}{target[k].shape}; use "
-                    "the run's recorded config or a new --workdir.", step)
+                    "the run's recorded config or a new --workdir.",
+                    step,
+                )
             if _digest(v) != meta["sha256"][k]:
                 raise CheckpointCorruptError(f"checkpoint step {step}: checksum mismatch in {k}.")
         return _unflatten(flat, like)
@@ -211,12 +221,14 @@ class Checkpointer:
                 continue
             if errors:
                 moved = self._quarantine(corrupt) if quarantine else ""
-                log.warning("restored checkpoint step %d after skipping %d corrupt newer one(s)%s.",
-                            step, len(errors), moved)
+                log.warning(
+                    "restored checkpoint step %d after skipping %d corrupt newer one(s)%s.", step, len(errors), moved
+                )
             return state, step
         if errors:
-            raise CheckpointCorruptError(f"no intact checkpoint in {self.directory}; newest error: "
-                                         f"{errors[0]}") from errors[0]
+            raise CheckpointCorruptError(
+                f"no intact checkpoint in {self.directory}; newest error: {errors[0]}"
+            ) from errors[0]
         return None, None
 
     def _quarantine(self, steps: list[int]) -> str:
@@ -231,6 +243,7 @@ class Checkpointer:
                 shutil.move(os.path.join(self.directory, str(step)), dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
+
             multihost_utils.sync_global_devices("vdm_checkpoint_quarantine")
         self._manager.reload()
         return f"; moved them to {target}/ (kept for inspection)"
@@ -244,7 +257,7 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import IO, Callable
+from collections.abc import Callable
+from typing import IO
 
 
 def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = False, mode: int = 0o644) -> None:
@@ -14,7 +15,7 @@ def atomic_write(path: str, write: Callable[[IO], None], *, binary: bool = False
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
-        os.chmod(tmp, mode)                 # mkstemp makes 0600
+        os.chmod(tmp, mode)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -30,6 +31,7 @@ def atomic_write_text(path: str, text: str) -> None:
 def load_sibling(file: str, name: str):
     """The module NAME.py in the folder of `file`, loaded by its path (configs/ is no package: configs/base.py)."""
     import importlib.util
+
     path = os.path.join(os.path.dirname(os.path.abspath(file)), f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"vdm_loaded_{name}", path)
     module = importlib.util.module_from_spec(spec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -35,6 +35,7 @@ class MetricWriter:
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter  # imported lazily: only the writing process needs it
+
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, scalars: Mapping[str, float], tags: Mapping | None = None) -> None:
@@ -60,10 +61,17 @@ class MetricWriter:
         self.write(step, {}, tags={f"{name}/edges": edges.tolist(), f"{name}/probs": probs.tolist()})
         if self._tb is not None:
             centres = 0.5 * (edges[1:] + edges[:-1])
-            self._tb.add_histogram_raw(name, min=float(edges[0]), max=float(edges[-1]), num=float(probs.sum()),
-                                       sum=float(np.sum(centres * probs)), sum_squares=float(np.sum(centres**2 * probs)),
-                                       bucket_limits=edges[1:].tolist(), bucket_counts=probs.tolist(),
-                                       global_step=int(step))
+            self._tb.add_histogram_raw(
+                name,
+                min=float(edges[0]),
+                max=float(edges[-1]),
+                num=float(probs.sum()),
+                sum=float(np.sum(centres * probs)),
+                sum_squares=float(np.sum(centres**2 * probs)),
+                bucket_limits=edges[1:].tolist(),
+                bucket_counts=probs.tolist(),
+                global_step=int(step),
+            )
             self._tb.flush()
 
     def close(self) -> None:
@@ -76,8 +84,9 @@ class MetricWriter:
             self._tb = None
 
 
-def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2,
-               encoding: str = "endpoints") -> np.ndarray:
+def image_grid(
+    images: np.ndarray, *, num_cols: int | None = None, pad: int = 2, encoding: str = "endpoints"
+) -> np.ndarray:
     """Tile images [N, H, W, C] (C = 1 or 3, in [-1, 1]) into one uint8 [rows*(H+pad)+pad, ..., C] grid."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -88,7 +97,7 @@ def image_grid(images: np.ndarray, *, num_cols: int | None = None, pad: int = 2,
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
     for i, img in enumerate(decode(images, encoding)):
         r, q = divmod(i, cols)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = img
     return grid
 
 
@@ -106,7 +115,7 @@ def scatter_image(points: np.ndarray, *, size: int = 256, extent: float | None =
     img = np.full((size, size, 1), 255, np.uint8)
     ij = np.round((points / extent + 1.0) * 0.5 * (size - 1)).astype(np.int64)
     keep = np.all((ij >= 0) & (ij < size), axis=1)
-    img[size - 1 - ij[keep, 1], ij[keep, 0]] = 0   # y up
+    img[size - 1 - ij[keep, 1], ij[keep, 0]] = 0  # y up
     return img
 
 
@@ -139,14 +148,15 @@ def plot_bpd(workdir: str, path: str | None = None, *, num_dims: int | None = No
     bits/dim when the weighting is 'elbo').
     """
     evals, train = {}, {}
-    for r in read_metrics(workdir):          # a resumed run may repeat a step: the last record wins
-        if r.get("eval/bpd") is not None and r.get("mode") is None:   # the loop's evals, not --mode=eval's
+    for r in read_metrics(workdir):  # a resumed run may repeat a step: the last record wins
+        if r.get("eval/bpd") is not None and r.get("mode") is None:  # the loop's evals, not --mode=eval's
             evals[r["step"]] = r
         if r.get("train/loss") is not None:
             train[r["step"]] = r["train/loss"]
     if not evals:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -154,16 +164,17 @@ def plot_bpd(workdir: str, path: str | None = None, *, num_dims: int | None = No
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
     if num_dims and train:
         ts = sorted(train)
-        ax.plot(ts, [bits_per_dim(train[s], num_dims) for s in ts], color="0.6", lw=1,
-                label="train loss / (D ln 2)")
+        ax.plot(ts, [bits_per_dim(train[s], num_dims) for s in ts], color="0.6", lw=1, label="train loss / (D ln 2)")
     # The diffusion term is nearly the total: the total is drawn wide and underneath, the terms
     # thin and dashed on top, so both stay visible where they overlap.
-    for key, label, style in [("eval/bpd", "total", dict(lw=5, alpha=0.45, marker="o", ms=9, zorder=2)),
-                              ("eval/bpd_diffusion", "diffusion", dict(lw=1.5, ls="--", marker="x", zorder=3)),
-                              ("eval/bpd_recon", "reconstruction", dict(lw=1.5, ls="--", marker="s", ms=4)),
-                              ("eval/bpd_prior", "prior", dict(lw=1.5, ls=":", marker="^", ms=4)),
-                              ("eval/bpd_cross_entropy", "latent cross-entropy", dict(lw=1.5, ls="--", marker="x")),
-                              ("eval/bpd_neg_entropy", "- encoder entropy", dict(lw=1.5, ls=":", marker="v", ms=4))]:
+    for key, label, style in [
+        ("eval/bpd", "total", dict(lw=5, alpha=0.45, marker="o", ms=9, zorder=2)),
+        ("eval/bpd_diffusion", "diffusion", dict(lw=1.5, ls="--", marker="x", zorder=3)),
+        ("eval/bpd_recon", "reconstruction", dict(lw=1.5, ls="--", marker="s", ms=4)),
+        ("eval/bpd_prior", "prior", dict(lw=1.5, ls=":", marker="^", ms=4)),
+        ("eval/bpd_cross_entropy", "latent cross-entropy", dict(lw=1.5, ls="--", marker="x")),
+        ("eval/bpd_neg_entropy", "- encoder entropy", dict(lw=1.5, ls=":", marker="v", ms=4)),
+    ]:
         values = [evals[s].get(key) for s in steps]
         if all(v is not None for v in values):
             ax.plot(steps, values, label=label, **style)

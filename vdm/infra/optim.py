@@ -5,14 +5,15 @@ step's keys are derived, never stored: fold_in(state.key, step), so a resumed ru
 exactly. `Optimizer` (AdamW on a warmup + cosine/constant learning rate, global-norm clipping,
 the EMA decay) is built once from config.optimizer and config.training.num_steps; its `update`
 is the last line of every model's train step (the diffusion model, the noisy classifier, the
-feature net). Everything here runs per device inside shard_map (vdm/parallel.py).
+feature net). Everything here runs per device inside shard_map (vdm/infra/parallel.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -33,6 +34,7 @@ class TrainState:
     stats: what a model's objective keeps between steps (None, or e.g. the adaptive noise schedule's
     histogram, {'t_histogram': ...}); checkpointed with the rest, so a resumed run continues it exactly.
     """
+
     step: Array
     params: PyTree
     opt_state: PyTree
@@ -49,7 +51,7 @@ def _constant(lr: float, warmup: int, num_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
 
 
-LR_DECAYS = {"cosine": _cosine, "constant": _constant}     # config.optimizer.decay
+LR_DECAYS = {"cosine": _cosine, "constant": _constant}  # config.optimizer.decay
 
 
 def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -58,8 +60,9 @@ def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     return LR_DECAYS[o.decay](o.learning_rate, o.warmup_steps, config.training.num_steps)
 
 
-def make_tx(config: ml_collections.ConfigDict, decay_mask: Callable[[PyTree, str], PyTree] | None = None
-            ) -> optax.GradientTransformation:
+def make_tx(
+    config: ml_collections.ConfigDict, decay_mask: Callable[[PyTree, str], PyTree] | None = None
+) -> optax.GradientTransformation:
     """Clip by global norm (if grad_clip > 0), then AdamW (Loshchilov & Hutter 2019) on `lr_schedule`.
 
     decay_mask(params, kind) -> bool pytree: which leaves weight decay applies to, for
@@ -68,28 +71,43 @@ def make_tx(config: ml_collections.ConfigDict, decay_mask: Callable[[PyTree, str
     """
     o = config.optimizer
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    chain.append(optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                             mask=decay_mask and functools.partial(decay_mask, kind=o.decay_mask)))
+    chain.append(
+        optax.adamw(
+            lr_schedule(config),
+            b1=o.b1,
+            b2=o.b2,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            mask=decay_mask and functools.partial(decay_mask, kind=o.decay_mask),
+        )
+    )
     return optax.chain(*chain)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)   # hashed by identity: part of static jit arguments
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: part of static jit arguments
 class Optimizer:
     """AdamW + learning-rate schedule + EMA decay of a run: `init` a state, `update` it with gradients."""
+
     tx: optax.GradientTransformation
     lr: optax.Schedule
     ema_decay: float
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict,
-                    decay_mask: Callable[[PyTree, str], PyTree] | None = None) -> "Optimizer":
+    def from_config(
+        cls, config: ml_collections.ConfigDict, decay_mask: Callable[[PyTree, str], PyTree] | None = None
+    ) -> Optimizer:
         """The optimizer of config.optimizer over config.training.num_steps steps (make_tx, lr_schedule)."""
         return cls(make_tx(config, decay_mask), lr_schedule(config), float(config.optimizer.ema_decay))
 
     def init(self, params: PyTree, key: Array) -> TrainState:
         """Step 0 of `params` (EMA = params, own buffers since the state is donated), fresh optimizer state, base key."""
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
-                          ema_params=jax.tree.map(jnp.copy, params), key=key)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            ema_params=jax.tree.map(jnp.copy, params),
+            key=key,
+        )
 
     def update(self, state: TrainState, grads: PyTree, terms: dict) -> tuple[TrainState, dict]:
         """Average grads and terms over 'data', apply the update and the EMA; (state, metrics) (call inside shard_map).
@@ -110,8 +128,12 @@ class Optimizer:
         # One branch runs: the update, or (non-finite) the state as it was; no select over every leaf.
         params, opt_state, ema = jax.lax.cond(finite, apply, lambda s: (s.params, s.opt_state, s.ema_params), state)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        return new_state, {**terms, "grad_norm": grad_norm, "nonfinite": 1 - finite.astype(jnp.int32),
-                           "lr": self.lr(state.step)}
+        return new_state, {
+            **terms,
+            "grad_norm": grad_norm,
+            "nonfinite": 1 - finite.astype(jnp.int32),
+            "lr": self.lr(state.step),
+        }
 
 
 def step_keys(state: TrainState) -> tuple[Array, Array]:

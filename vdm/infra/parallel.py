@@ -13,7 +13,8 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 # connect, and how long a silent (dead) process goes unnoticed before every other one exits.
 INIT_TIMEOUT = 300
 HEARTBEAT_TIMEOUT = 100
-EXIT_NOT_FORMED = 3   # exit status of a process whose job did not form within INIT_TIMEOUT
+EXIT_NOT_FORMED = 3  # exit status of a process whose job did not form within INIT_TIMEOUT
 
 
 def _multiprocess_env() -> dict[str, Any] | None:
@@ -45,11 +46,11 @@ def _multiprocess_env() -> dict[str, Any] | None:
             kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
         return kwargs
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
-        return {}                                   # jax auto-detects Slurm
+        return {}  # jax auto-detects Slurm
     if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-        return {}                                   # ... and Open MPI
+        return {}  # ... and Open MPI
     if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
-        return {}                                   # ... and multi-host Cloud TPU slices
+        return {}  # ... and multi-host Cloud TPU slices
     return None
 
 
@@ -64,21 +65,30 @@ def _init_watchdog(seconds: float, where: str) -> threading.Timer:
 
     jax's own timeout aborts with a C++ stack trace a few seconds later; this says what happened.
     """
+
     def fire():
-        sys.stderr.write(f"error: {where}: the multi-process job did not form within {seconds:g} s "
-                         "(a process never started, or cannot reach the coordinator); exiting.\n")
+        sys.stderr.write(
+            f"error: {where}: the multi-process job did not form within {seconds:g} s "
+            "(a process never started, or cannot reach the coordinator); exiting.\n"
+        )
         sys.stderr.flush()
         os._exit(EXIT_NOT_FORMED)
+
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
     timer.start()
     return timer
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, *, init_timeout: int = INIT_TIMEOUT,
-                           heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
-                           local_device_ids: list[int] | None = None) -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    init_timeout: int = INIT_TIMEOUT,
+    heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+    local_device_ids: list[int] | None = None,
+) -> bool:
     """Join a multi-process job if the arguments (else JAX_COORDINATOR_ADDRESS / Slurm / Open MPI / a TPU pod) say so; True if joined.
 
     init_timeout: seconds to wait for every process to connect, then exit (status 3) with a
@@ -89,25 +99,38 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """
     kwargs = _multiprocess_env() if coordinator_address is None else {"coordinator_address": coordinator_address}
     if coordinator_address is not None:
-        kwargs.update({k: v for k, v in (("num_processes", num_processes), ("process_id", process_id))
-                       if v is not None})
+        kwargs.update(
+            {k: v for k, v in (("num_processes", num_processes), ("process_id", process_id)) if v is not None}
+        )
     if kwargs is None or jax.distributed.is_initialized():
         return False
     # Cross-process collectives of the CPU backend (the default has none); GPUs/TPUs use their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     where = f"process {kwargs.get('process_id', '?')} of {kwargs.get('num_processes', '?')}"
-    log.info("%s: joining the job at %s (waits up to %d s for every process).", where,
-             kwargs.get("coordinator_address", "<auto-detected>"), init_timeout)
-    timer = _init_watchdog(init_timeout, where)   # jax itself aborts ~5 s later, with a stack trace
+    log.info(
+        "%s: joining the job at %s (waits up to %d s for every process).",
+        where,
+        kwargs.get("coordinator_address", "<auto-detected>"),
+        init_timeout,
+    )
+    timer = _init_watchdog(init_timeout, where)  # jax itself aborts ~5 s later, with a stack trace
     try:
-        jax.distributed.initialize(**kwargs, initialization_timeout=init_timeout,
-                                   heartbeat_timeout_seconds=heartbeat_timeout,
-                                   local_device_ids=local_device_ids)
-        jax.devices()                                # the global topology exchange also happens here
+        jax.distributed.initialize(
+            **kwargs,
+            initialization_timeout=init_timeout,
+            heartbeat_timeout_seconds=heartbeat_timeout,
+            local_device_ids=local_device_ids,
+        )
+        jax.devices()  # the global topology exchange also happens here
     finally:
         timer.cancel()
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices.",
-             jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+    log.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 
@@ -135,16 +158,17 @@ def shard_batch(batch: PyTree, mesh: Mesh, *, leading_axes: int = 0) -> PyTree:
     """
     spec = P(*([None] * leading_axes), AXIS)
     sharding = NamedSharding(mesh, spec)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                        batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
 def to_host(tree: PyTree) -> PyTree:
     """Numpy copies of a pytree of replicated (or host) arrays; works on every host of a multi-host job."""
+
     def get(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(x.addressable_data(0))    # replicated: every shard is the whole array
+            return np.asarray(x.addressable_data(0))  # replicated: every shard is the whole array
         return np.asarray(jax.device_get(x))
+
     return jax.tree.map(get, tree)
 
 
@@ -153,6 +177,7 @@ def gather_host(tree: PyTree) -> PyTree:
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, tree)
     from jax.experimental import multihost_utils
+
     return multihost_utils.process_allgather(jax.tree.map(np.asarray, tree), tiled=True)
 
 
@@ -169,7 +194,7 @@ def host_slice(batch: PyTree, global_batch_size: int) -> PyTree:
     """This host's rows of a global batch (hosts take consecutive blocks of B / process_count, in process order)."""
     n = global_batch_size // jax.process_count()
     i = jax.process_index()
-    return jax.tree.map(lambda v: v[i * n:(i + 1) * n], batch)
+    return jax.tree.map(lambda v: v[i * n : (i + 1) * n], batch)
 
 
 def gather(tree: PyTree) -> PyTree:
@@ -184,9 +209,13 @@ def process_shard() -> dict[str, int]:
     return {"process_index": jax.process_index(), "process_count": jax.process_count()}
 
 
-def data_parallel(per_device_step: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]], mesh: Mesh,
-                  *, steps_per_call: int = 1, donate: bool = True
-                  ) -> Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]:
+def data_parallel(
+    per_device_step: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]],
+    mesh: Mesh,
+    *,
+    steps_per_call: int = 1,
+    donate: bool = True,
+) -> Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]:
     """jit(shard_map(...)) of `per_device_step(state, batch) -> (state, metrics)`, run `steps_per_call` times.
 
     The returned fn takes (state replicated, batches [steps_per_call, B, ...] sharded over 'data')
@@ -197,7 +226,7 @@ def data_parallel(per_device_step: Callable[[PyTree, PyTree], tuple[PyTree, PyTr
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}.")
 
     def run(state, batches):
-        if steps_per_call == 1:                     # no scan: lets XLA fuse the one step freely
+        if steps_per_call == 1:  # no scan: lets XLA fuse the one step freely
             state, metrics = per_device_step(state, jax.tree.map(lambda b: b[0], batches))
             return state, jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)
         return jax.lax.scan(per_device_step, state, batches)
@@ -206,14 +235,16 @@ def data_parallel(per_device_step: Callable[[PyTree, PyTree], tuple[PyTree, PyTr
     return jax.jit(sharded, donate_argnums=(0,) if donate else ())
 
 
-def data_parallel_eval(per_device_eval: Callable[..., PyTree], mesh: Mesh, *,
-                       check_vma: bool = True) -> Callable[..., PyTree]:
+def data_parallel_eval(
+    per_device_eval: Callable[..., PyTree], mesh: Mesh, *, check_vma: bool = True
+) -> Callable[..., PyTree]:
     """jit(shard_map(...)) of `per_device_eval(params, batch, key) -> per-example outputs [B_local, ...]`.
 
     params and key replicated, batch sharded over 'data'; the outputs come back as global
     arrays sharded over 'data' (the per-example values of the whole batch). check_vma=False for
     code with no collectives whose scans start from replicated constants (the ODE likelihood).
     """
-    sharded = jax.shard_map(per_device_eval, mesh=mesh, in_specs=(P(), P(AXIS), P()),
-                            out_specs=P(AXIS), check_vma=check_vma)
+    sharded = jax.shard_map(
+        per_device_eval, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(AXIS), check_vma=check_vma
+    )
     return jax.jit(sharded)

@@ -25,6 +25,7 @@ Array = jax.Array
 
 class Block(nn.Module):
     """GN-swish-conv, GN-swish-conv (zero init), + skip: a residual block without conditioning."""
+
     out_ch: int
 
     @nn.compact
@@ -40,17 +41,18 @@ class Block(nn.Module):
 
 class Autoencoder(nn.Module):
     """encode: x [B, H, W, C] -> (mean, log_var) [B, H/f, W/f, latent_channels]; decode: z_0 -> decoder output [B, H, W, k C]."""
-    channels: int                    # C of the images
+
+    channels: int  # C of the images
     latent_channels: int = 4
-    downsample: int = 4              # f, a power of 2
+    downsample: int = 4  # f, a power of 2
     width: int = 32
     num_blocks: int = 1
-    decoder: str = "discretized_gaussian"   # vdm.core.latent.DECODERS
+    decoder: str = "discretized_gaussian"  # vdm.core.latent.DECODERS
 
     def setup(self):
         """The encoder's and decoder's layers, log2(downsample) levels each."""
         levels = int(round(math.log2(self.downsample)))
-        if 2 ** levels != self.downsample or levels < 0:
+        if 2**levels != self.downsample or levels < 0:
             raise ValueError(f"downsample must be a power of 2 (1, 2, 4, ...), got {self.downsample}")
         layers.check_positive(latent_channels=self.latent_channels, width=self.width, num_blocks=self.num_blocks)
         w = self.width
@@ -65,8 +67,9 @@ class Autoencoder(nn.Module):
         self.dec_up = [nn.Conv(w, (3, 3), name=f"dec_up_{i}") for i in range(levels)]
         self.dec_blocks = [[Block(w, name=f"dec_{i}_{j}") for j in range(self.num_blocks)] for i in range(levels)]
         self.dec_norm = layers.group_norm(w, "dec_norm")
-        self.dec_out = nn.Conv(decoder_channels(self.decoder, self.channels), (3, 3),
-                               kernel_init=nn.initializers.zeros, name="dec_out")
+        self.dec_out = nn.Conv(
+            decoder_channels(self.decoder, self.channels), (3, 3), kernel_init=nn.initializers.zeros, name="dec_out"
+        )
 
     def encode(self, x: Array) -> tuple[Array, Array]:
         """(mean, log_var) of q(z_0 | x), each [B, H/f, W/f, latent_channels]."""
@@ -97,8 +100,14 @@ class Autoencoder(nn.Module):
 def autoencoder_from_config(model_config, channels: int) -> Autoencoder:
     """The Autoencoder of an autoencoder config's model section (configs/fashion_mnist_ae.py) for C = channels."""
     m = model_config
-    return Autoencoder(channels=channels, latent_channels=int(m.latent_channels), downsample=int(m.downsample),
-                       width=int(m.width), num_blocks=int(m.num_blocks), decoder=str(m.decoder))
+    return Autoencoder(
+        channels=channels,
+        latent_channels=int(m.latent_channels),
+        downsample=int(m.downsample),
+        width=int(m.width),
+        num_blocks=int(m.num_blocks),
+        decoder=str(m.decoder),
+    )
 
 
 def latent_shape(model_config, image_shape) -> tuple[int, int, int]:

@@ -29,6 +29,7 @@ RESIZE_MODES = ("tf1", "half_pixel")
 
 class ConvBN(nn.Module):
     """relu(BN(conv(x))) with a bias-free conv and a scale-free, inference-mode batch norm (eps 1e-3)."""
+
     features: int
     kernel: tuple[int, int] = (1, 1)
     stride: int = 1
@@ -42,9 +43,14 @@ class ConvBN(nn.Module):
         mean = self.param("mean", nn.initializers.zeros, (self.features,))
         var = self.param("var", nn.initializers.ones, (self.features,))
         ph, pw = self.padding
-        y = jax.lax.conv_general_dilated(x, w, (self.stride, self.stride), ((ph, ph), (pw, pw)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                         precision=jax.lax.Precision.HIGHEST)
+        y = jax.lax.conv_general_dilated(
+            x,
+            w,
+            (self.stride, self.stride),
+            ((ph, ph), (pw, pw)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        )
         return nn.relu((y - mean) * jax.lax.rsqrt(var + BN_EPS) + beta)
 
 
@@ -60,7 +66,8 @@ def avg_pool_exclude_pad(x: jax.Array) -> jax.Array:
 
 class Seq(nn.Module):
     """ConvBN layers in a row, named conv, conv_1, ... (TorchScript Sequential); optional avg pool first."""
-    specs: tuple            # ((features, kernel, stride, padding), ...)
+
+    specs: tuple  # ((features, kernel, stride, padding), ...)
     pool_first: bool = False
 
     @nn.compact
@@ -81,15 +88,20 @@ def _c(f, k=1, s=1, p=None):
 
 class InceptionA(nn.Module):
     """1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1 (pool_features)."""
+
     pool_features: int
 
     @nn.compact
     def __call__(self, x):
-        return jnp.concatenate([
-            ConvBN(64, name="conv")(x),
-            Seq((_c(48), _c(64, 5, p=2)), name="tower")(x),
-            Seq((_c(64), _c(96, 3, p=1), _c(96, 3, p=1)), name="tower_1")(x),
-            Seq((_c(self.pool_features),), pool_first=True, name="tower_2")(x)], axis=-1)
+        return jnp.concatenate(
+            [
+                ConvBN(64, name="conv")(x),
+                Seq((_c(48), _c(64, 5, p=2)), name="tower")(x),
+                Seq((_c(64), _c(96, 3, p=1), _c(96, 3, p=1)), name="tower_1")(x),
+                Seq((_c(self.pool_features),), pool_first=True, name="tower_2")(x),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionB(nn.Module):
@@ -97,25 +109,34 @@ class InceptionB(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return jnp.concatenate([
-            ConvBN(384, (3, 3), 2, name="conv")(x),
-            Seq((_c(64), _c(96, 3, p=1), _c(96, 3, s=2)), name="tower")(x),
-            max_pool(x, 2, 0)], axis=-1)
+        return jnp.concatenate(
+            [
+                ConvBN(384, (3, 3), 2, name="conv")(x),
+                Seq((_c(64), _c(96, 3, p=1), _c(96, 3, s=2)), name="tower")(x),
+                max_pool(x, 2, 0),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionC(nn.Module):
     """Factorised 7x7 at 17x17 with `width` channels inside the towers."""
+
     width: int
 
     @nn.compact
     def __call__(self, x):
         w = self.width
         row, col = {"k": (1, 7), "p": (0, 3)}, {"k": (7, 1), "p": (3, 0)}
-        return jnp.concatenate([
-            ConvBN(192, name="conv")(x),
-            Seq((_c(w), _c(w, **row), _c(192, **col)), name="tower")(x),
-            Seq((_c(w), _c(w, **col), _c(w, **row), _c(w, **col), _c(192, **row)), name="tower_1")(x),
-            Seq((_c(192),), pool_first=True, name="tower_2")(x)], axis=-1)
+        return jnp.concatenate(
+            [
+                ConvBN(192, name="conv")(x),
+                Seq((_c(w), _c(w, **row), _c(192, **col)), name="tower")(x),
+                Seq((_c(w), _c(w, **col), _c(w, **row), _c(w, **col), _c(192, **row)), name="tower_1")(x),
+                Seq((_c(192),), pool_first=True, name="tower_2")(x),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionD(nn.Module):
@@ -123,31 +144,42 @@ class InceptionD(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return jnp.concatenate([
-            Seq((_c(192), _c(320, 3, s=2)), name="tower")(x),
-            Seq((_c(192), _c(192, (1, 7), p=(0, 3)), _c(192, (7, 1), p=(3, 0)), _c(192, 3, s=2)),
-                name="tower_1")(x),
-            max_pool(x, 2, 0)], axis=-1)
+        return jnp.concatenate(
+            [
+                Seq((_c(192), _c(320, 3, s=2)), name="tower")(x),
+                Seq((_c(192), _c(192, (1, 7), p=(0, 3)), _c(192, (7, 1), p=(3, 0)), _c(192, 3, s=2)), name="tower_1")(
+                    x
+                ),
+                max_pool(x, 2, 0),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionE(nn.Module):
     """Expanded 8x8 block; the pool branch is an avg pool (mixed_9) or a max pool (mixed_10, as in the 2015 graph)."""
+
     max_pool_branch: bool = False
 
     @nn.compact
     def __call__(self, x):
         def conv(f, k, p, name):
             return ConvBN(f, k, 1, p, name=name)
+
         a = conv(384, (1, 1), (0, 0), "tower_conv")(x)
         b = conv(384, (3, 3), (1, 1), "tower_1_conv_1")(conv(448, (1, 1), (0, 0), "tower_1_conv")(x))
         pooled = max_pool(x, 1, 1) if self.max_pool_branch else avg_pool_exclude_pad(x)
-        return jnp.concatenate([
-            conv(320, (1, 1), (0, 0), "conv")(x),
-            conv(384, (1, 3), (0, 1), "tower_mixed_conv")(a),
-            conv(384, (3, 1), (1, 0), "tower_mixed_conv_1")(a),
-            conv(384, (1, 3), (0, 1), "tower_1_mixed_conv")(b),
-            conv(384, (3, 1), (1, 0), "tower_1_mixed_conv_1")(b),
-            conv(192, (1, 1), (0, 0), "tower_2_conv")(pooled)], axis=-1)
+        return jnp.concatenate(
+            [
+                conv(320, (1, 1), (0, 0), "conv")(x),
+                conv(384, (1, 3), (0, 1), "tower_mixed_conv")(a),
+                conv(384, (3, 1), (1, 0), "tower_mixed_conv_1")(a),
+                conv(384, (1, 3), (0, 1), "tower_1_mixed_conv")(b),
+                conv(384, (3, 1), (1, 0), "tower_1_mixed_conv_1")(b),
+                conv(192, (1, 1), (0, 0), "tower_2_conv")(pooled),
+            ],
+            axis=-1,
+        )
 
 
 class InceptionV3(nn.Module):
@@ -234,15 +266,18 @@ def params_from_torch(flat: Mapping[str, np.ndarray]) -> dict:
 
 def check_params(params: Mapping) -> None:
     """Raise ValueError unless `params` has exactly InceptionV3's param paths and shapes."""
-    want = jax.eval_shape(InceptionV3().init, jax.random.key(0),
-                          jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))["params"]
-    want_flat = {"/".join(str(k.key) for k in p): v.shape
-                 for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
-    got_flat = {"/".join(str(k.key) for k in p): np.shape(v)
-                for p, v in jax.tree_util.tree_flatten_with_path(dict(params))[0]}
+    want = jax.eval_shape(InceptionV3().init, jax.random.key(0), jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))[
+        "params"
+    ]
+    want_flat = {"/".join(str(k.key) for k in p): v.shape for p, v in jax.tree_util.tree_flatten_with_path(want)[0]}
+    got_flat = {
+        "/".join(str(k.key) for k in p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(dict(params))[0]
+    }
     missing, extra = sorted(set(want_flat) - set(got_flat)), sorted(set(got_flat) - set(want_flat))
     wrong = sorted(k for k in set(want_flat) & set(got_flat) if want_flat[k] != got_flat[k])
     if missing or extra or wrong:
-        raise ValueError(f"Inception params do not fit the network: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}, wrong shape {wrong[:3]} "
-                         f"({len(missing)}/{len(extra)}/{len(wrong)}).")
+        raise ValueError(
+            f"Inception params do not fit the network: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {wrong[:3]} "
+            f"({len(missing)}/{len(extra)}/{len(wrong)})."
+        )

@@ -35,7 +35,8 @@ the ordinary gradient of the mean loss.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,12 +51,13 @@ MIN_GAP = 1e-3  # smallest gamma_max - gamma_min the learned endpoints allow
 def inverse_softplus(y: float) -> float:
     """x with softplus(x) = log(1 + e^x) = y, i.e. x = log(e^y - 1), for y > 0."""
     if y <= 0:
-        raise ValueError(f'inverse_softplus needs y > 0, got {y}')
+        raise ValueError(f"inverse_softplus needs y > 0, got {y}")
     return y + math.log(-math.expm1(-y))
 
 
 class PositiveDense(nn.Module):
     """y = x @ softplus(K) (+ b): a Dense layer whose kernel is elementwise positive."""
+
     features: int
     use_bias: bool = True
     kernel_init: Callable[..., Array] = nn.initializers.normal(1.0)
@@ -64,45 +66,47 @@ class PositiveDense(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """x: [N, F_in] -> [N, features]."""
-        raw = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+        raw = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         y = x @ jax.nn.softplus(raw)
         if self.use_bias:
-            y = y + self.param('bias', self.bias_init, (self.features,))
+            y = y + self.param("bias", self.bias_init, (self.features,))
         return y
 
 
 class MonotoneNet(nn.Module):
     """g(t) = l1(t) + l3(sigmoid(l2(l1(t)))), positive kernels: strictly increasing in t (VDM NoiseNet)."""
+
     hidden: int = 1024
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
         """t: [N] -> g: [N]."""
-        h1 = PositiveDense(1, kernel_init=nn.initializers.constant(
-            inverse_softplus(1.0)), name='l1')(t[:, None])
-        h2 = PositiveDense(self.hidden, bias_init=nn.initializers.normal(1.0),
-                           name='l2')(h1)
+        h1 = PositiveDense(1, kernel_init=nn.initializers.constant(inverse_softplus(1.0)), name="l1")(t[:, None])
+        h2 = PositiveDense(self.hidden, bias_init=nn.initializers.normal(1.0), name="l2")(h1)
         # Small positive output weights: the schedule starts close to linear.
-        h3 = PositiveDense(1, use_bias=False, kernel_init=nn.initializers.constant(
-            inverse_softplus(1.0 / self.hidden)), name='l3')(jax.nn.sigmoid(h2))
+        h3 = PositiveDense(
+            1, use_bias=False, kernel_init=nn.initializers.constant(inverse_softplus(1.0 / self.hidden)), name="l3"
+        )(jax.nn.sigmoid(h2))
         return (h1 + h3)[:, 0]
 
 
 class Endpoints(nn.Module):
     """Learned (gamma_min, gamma_max) with gamma_max = gamma_min + softplus(gap_raw) + MIN_GAP."""
+
     gamma_min_init: float = -13.3
     gamma_max_init: float = 5.0
 
     @nn.compact
     def __call__(self) -> tuple[Array, Array]:
         gap0 = self.gamma_max_init - self.gamma_min_init - MIN_GAP
-        gmin = self.param('gamma_min', nn.initializers.constant(self.gamma_min_init), ())
-        gap_raw = self.param('gap_raw', nn.initializers.constant(inverse_softplus(gap0)), ())
+        gmin = self.param("gamma_min", nn.initializers.constant(self.gamma_min_init), ())
+        gap_raw = self.param("gap_raw", nn.initializers.constant(inverse_softplus(gap0)), ())
         return gmin, gmin + (jax.nn.softplus(gap_raw) + MIN_GAP)
 
 
 class LearnedSchedule(nn.Module):
     """Learned monotone gamma(t) with exact endpoints; `lambda t: sched.apply(p, t)` is a Schedule."""
+
     gamma_min_init: float = -13.3
     gamma_max_init: float = 5.0
     learn_endpoints: bool = False
@@ -111,10 +115,10 @@ class LearnedSchedule(nn.Module):
     def setup(self) -> None:
         if not self.gamma_max_init - self.gamma_min_init > MIN_GAP:
             raise ValueError(
-                f'need gamma_max_init > gamma_min_init + {MIN_GAP}, got '
-                f'{self.gamma_min_init}, {self.gamma_max_init}')
+                f"need gamma_max_init > gamma_min_init + {MIN_GAP}, got {self.gamma_min_init}, {self.gamma_max_init}"
+            )
         if self.hidden < 1:
-            raise ValueError(f'hidden must be >= 1, got {self.hidden}')
+            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
         self.shape = MonotoneNet(self.hidden)
         if self.learn_endpoints:
             self.endpoints = Endpoints(self.gamma_min_init, self.gamma_max_init)
@@ -148,6 +152,7 @@ class LearnedLinearSchedule(nn.Module):
     Params: {'w': [], 'b': []} (the reference stores shape [1]; the names match its decay mask).
     Both take the ordinary gradient of the mean loss: only the endpoints change E[L].
     """
+
     gamma_min_init: float = -13.3
     gamma_max_init: float = 5.0
 
@@ -155,10 +160,9 @@ class LearnedLinearSchedule(nn.Module):
     def __call__(self, t: Array) -> Array:
         """t: any shape -> gamma(t), same shape, float32."""
         if not self.gamma_max_init > self.gamma_min_init:
-            raise ValueError(f'need gamma_max_init > gamma_min_init, got {self.gamma_min_init}, '
-                             f'{self.gamma_max_init}')
-        w = self.param('w', nn.initializers.constant(self.gamma_max_init - self.gamma_min_init), ())
-        b = self.param('b', nn.initializers.constant(self.gamma_min_init), ())
+            raise ValueError(f"need gamma_max_init > gamma_min_init, got {self.gamma_min_init}, {self.gamma_max_init}")
+        w = self.param("w", nn.initializers.constant(self.gamma_max_init - self.gamma_min_init), ())
+        b = self.param("b", nn.initializers.constant(self.gamma_min_init), ())
         return b + jnp.abs(w) * jnp.asarray(t, jnp.float32)
 
     def gamma_range(self) -> tuple[Array, Array]:

@@ -10,7 +10,7 @@ The noisy classifier's log p(y | z_t) comes from vdm.tasks.classifier_task.load_
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ def cfg_denoise_fn(cond_fn: CondFn, null_label: int, w: float, *, y: Array | Non
     needed). Both branches run as one batch of 2B. w = 0 is the conditional model.
     Returns fn(z, t, y), or fn(z, t) with y bound when `y` is given.
     """
+
     def guided(z: Array, t: Array, labels: Array) -> Array:
         labels = jnp.asarray(labels)
         if labels.shape[:1] != z.shape[:1]:
@@ -47,9 +48,14 @@ def cfg_denoise_fn(cond_fn: CondFn, null_label: int, w: float, *, y: Array | Non
     return lambda z, t: guided(z, t, y)
 
 
-def classifier_guided_denoise_fn(denoise_fn: Callable[[Array, Array], Array],
-                                 log_prob_fn: CondFn, y: Array, scale: float, schedule: Schedule,
-                                 parameterization: str = "eps") -> Callable[[Array, Array], Array]:
+def classifier_guided_denoise_fn(
+    denoise_fn: Callable[[Array, Array], Array],
+    log_prob_fn: CondFn,
+    y: Array,
+    scale: float,
+    schedule: Schedule,
+    parameterization: str = "eps",
+) -> Callable[[Array, Array], Array]:
     """Classifier guidance: eps - scale sigma_t grad_z sum log p(y | z_t, t) (Dhariwal & Nichol 2021).
 
     log_prob_fn(z [B, ...], t [B], y [B]) -> [B] log p(y | z_t) of a noise-aware classifier; the

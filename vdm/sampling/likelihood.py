@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -85,8 +85,9 @@ def _probes(key: Array, shape: tuple[int, ...], trace: str, num_probes: int, dty
     return jnp.broadcast_to(basis, (dims,) + shape)
 
 
-def _check_args(parameterization: str, trace: str, solver: str, num_steps: int, num_probes: int,
-                t_min: float, t_max: float) -> None:
+def _check_args(
+    parameterization: str, trace: str, solver: str, num_steps: int, num_probes: int, t_min: float, t_max: float
+) -> None:
     """Raise ValueError naming the first invalid argument of ode_nll."""
     if parameterization not in KINDS:
         raise ValueError(f"Unknown parameterization {parameterization!r}; choose one of {KINDS}.")
@@ -123,11 +124,23 @@ def _heun_step(drift_and_div, carry, step):
     return (z + 0.5 * h * (k1 + k2), logp + 0.5 * h * (d1 + d2)), None
 
 
-def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
-            parameterization: str = "eps", num_steps: int = 64, solver: str = "rk4",
-            trace: str = "hutchinson", num_probes: int = 1, dequantize: bool = False,
-            t_min: float = 0.0, t_max: float = 1.0, return_terms: bool = False,
-            encoding: str = "endpoints") -> Array | dict[str, Array]:
+def ode_nll(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    key: Array,
+    *,
+    schedule: Schedule,
+    parameterization: str = "eps",
+    num_steps: int = 64,
+    solver: str = "rk4",
+    trace: str = "hutchinson",
+    num_probes: int = 1,
+    dequantize: bool = False,
+    t_min: float = 0.0,
+    t_max: float = 1.0,
+    return_terms: bool = False,
+    encoding: str = "endpoints",
+) -> Array | dict[str, Array]:
     """-log p(x) per example in nats [B] via the probability-flow ODE (module docstring).
 
     x: [B, ...] continuous data, or 8-bit values k/127.5 - 1 with dequantize=True (then the
@@ -141,8 +154,9 @@ def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
     x = jnp.asarray(x)
     shape, dims = x.shape, math.prod(x.shape[1:])
     if trace == "exact" and dims > MAX_EXACT_DIMS:
-        raise ValueError(f"trace='exact' costs D = {dims} JVPs per evaluation; use 'hutchinson' above "
-                         f"{MAX_EXACT_DIMS} dims.")
+        raise ValueError(
+            f"trace='exact' costs D = {dims} JVPs per evaluation; use 'hutchinson' above {MAX_EXACT_DIMS} dims."
+        )
     key_u, key_v = jax.random.split(key)
     offset = jnp.zeros(shape[:1], x.dtype)
     if dequantize:
@@ -154,8 +168,9 @@ def ode_nll(denoise_fn: DenoiseFn, x: Array, key: Array, *, schedule: Schedule,
 
     def drift_and_div(z, t, g):
         def drift(zz):
-            eps = convert(denoise_fn(zz, jnp.full(shape[:1], t, jnp.float32)), zz, g,
-                          source=parameterization, target="eps")
+            eps = convert(
+                denoise_fn(zz, jnp.full(shape[:1], t, jnp.float32)), zz, g, source=parameterization, target="eps"
+            )
             _, sigma = alpha_sigma(g)
             return 0.5 * (sigma * eps - jnp.square(sigma) * zz)
 

@@ -42,7 +42,8 @@ options it changes (`options_from_config`: None means the method's default).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,15 +59,26 @@ Array = jax.Array
 DenoiseFn = Callable[[Array, Array], Any]
 
 # Options every method takes, and their defaults (grid None: the method's default grid).
-COMMON_DEFAULTS = dict(grid=None, rho=7.0, t_min=0.0, t_max=1.0, clip_x0=False, dynamic_threshold=None,
-                       final_denoise=True, return_trajectory=False, z_init=None)
+COMMON_DEFAULTS = dict(
+    grid=None,
+    rho=7.0,
+    t_min=0.0,
+    t_max=1.0,
+    clip_x0=False,
+    dynamic_threshold=None,
+    final_denoise=True,
+    return_trajectory=False,
+    z_init=None,
+)
 # (ok(opts), what is valid) for the common options; each method's own checks are in its SAMPLERS entry.
 COMMON_CHECKS = (
     (lambda o: o["grid"] in GRIDS, f"grid must be one of {GRIDS}"),
     (lambda o: 0.0 <= o["t_min"] < o["t_max"] <= 1.0, "need 0 <= t_min < t_max <= 1"),
     (lambda o: o["rho"] > 0, "rho must be > 0"),
-    (lambda o: o["dynamic_threshold"] is None or 0.0 < o["dynamic_threshold"] <= 1.0,
-     "dynamic_threshold is a percentile p in (0, 1] (or None)"),
+    (
+        lambda o: o["dynamic_threshold"] is None or 0.0 < o["dynamic_threshold"] <= 1.0,
+        "dynamic_threshold is a percentile p in (0, 1] (or None)",
+    ),
 )
 
 
@@ -74,8 +86,16 @@ COMMON_CHECKS = (
 # A step is read_prediction (x0_hat, eps_hat of the network's output) and one vdm.sampling.solvers update: the
 # contract steps are those two calls, and the runners make the same two inside their scans (_make_predict).
 
-def read_prediction(pred: Array, z: Array, gamma: Array, parameterization: str = "eps", *,
-                    clip_x0: bool = False, dynamic_threshold: float | None = None) -> tuple[Array, Array]:
+
+def read_prediction(
+    pred: Array,
+    z: Array,
+    gamma: Array,
+    parameterization: str = "eps",
+    *,
+    clip_x0: bool = False,
+    dynamic_threshold: float | None = None,
+) -> tuple[Array, Array]:
     """(x0_hat, eps_hat) from a prediction of kind `parameterization` (z = alpha x0 + sigma eps); with thresholding,
     eps_hat = (z - alpha x0_hat) / sigma follows the modified x0_hat (Saharia et al. 2022, sec. 2.3)."""
     x0, eps = to_x0_eps(pred, z, gamma, parameterization)
@@ -85,8 +105,17 @@ def read_prediction(pred: Array, z: Array, gamma: Array, parameterization: str =
     return x0, eps
 
 
-def ddim_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, *, parameterization: str = "eps",
-              eta: float = 0.0, key: Array | None = None, clip_x0: bool = False) -> Array:
+def ddim_step(
+    z_t: Array,
+    pred: Array,
+    gamma_t: Array,
+    gamma_s: Array,
+    *,
+    parameterization: str = "eps",
+    eta: float = 0.0,
+    key: Array | None = None,
+    clip_x0: bool = False,
+) -> Array:
     """DDIM update z_t -> z_s (Song et al. 2021a, eq. 12): alpha_s x0 + sqrt(sigma_s^2 - s_eta^2) eps + s_eta noise."""
     if eta != 0.0 and key is None:
         raise ValueError("ddim_step with eta > 0 needs a PRNG key.")
@@ -95,9 +124,17 @@ def ddim_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, *, parame
     return solvers.ddim_update(x0, eps, gamma_t, gamma_s, eta, noise)
 
 
-def ancestral_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, key: Array, *,
-                   parameterization: str = "eps", variance: str = "small",
-                   v_interp: Array | None = None) -> Array:
+def ancestral_step(
+    z_t: Array,
+    pred: Array,
+    gamma_t: Array,
+    gamma_s: Array,
+    key: Array,
+    *,
+    parameterization: str = "eps",
+    variance: str = "small",
+    v_interp: Array | None = None,
+) -> Array:
     """Ancestral update z_s ~ N(posterior mean of q(z_s|z_t, x0_hat), var) (Ho et al. 2020, Alg. 2; VDM eq. 29-30)."""
     x0, _ = read_prediction(pred, z_t, gamma_t, parameterization)
     noise = jax.random.normal(key, z_t.shape, z_t.dtype)
@@ -108,7 +145,7 @@ def ancestral_step(z_t: Array, pred: Array, gamma_t: Array, gamma_s: Array, key:
 
 # Options only a program can pass (arrays, return types); every other option is a config.sampling key (None: default).
 PROGRAM_ONLY_OPTIONS = ("return_trajectory", "z_init")
-_OLD_UNSET = {"grid": "", "dynamic_threshold": 0}   # how configs before None-means-default said it
+_OLD_UNSET = {"grid": "", "dynamic_threshold": 0}  # how configs before None-means-default said it
 
 
 def option_names(method: str) -> tuple[str, ...]:
@@ -138,7 +175,7 @@ def resolve_options(method: str, options: dict) -> dict:
     return opts
 
 
-def _sampler(method: str) -> "Sampler":
+def _sampler(method: str) -> Sampler:
     if method not in SAMPLERS:
         raise ValueError(f"Unknown sampling method {method!r}; choose one of {METHODS}.")
     return SAMPLERS[method]
@@ -159,8 +196,9 @@ def _make_predict(denoise_fn: DenoiseFn, parameterization: str, shape: tuple, op
             raise ValueError("denoise_fn returned a tuple; that is only valid with variance='learned'.")
         if out.shape != tuple(shape):
             raise ValueError(f"denoise_fn returned shape {out.shape}; expected the sample shape {tuple(shape)}.")
-        x0, eps = read_prediction(out, z, gamma, parameterization, clip_x0=opts["clip_x0"],
-                                  dynamic_threshold=opts["dynamic_threshold"])
+        x0, eps = read_prediction(
+            out, z, gamma, parameterization, clip_x0=opts["clip_x0"], dynamic_threshold=opts["dynamic_threshold"]
+        )
         return x0, eps, v
 
     return predict
@@ -169,6 +207,7 @@ def _make_predict(denoise_fn: DenoiseFn, parameterization: str, shape: tuple, op
 # ----------------------------------------------------------------------------- the scans (Sampler.run)
 # xs holds per-step arrays: t, t_next, g, g_next [N], key [N], last [N] (1.0 on the final step).
 
+
 def _noise(key, z, last):
     return jax.random.normal(key, z.shape, z.dtype) * (1.0 - last)
 
@@ -176,9 +215,9 @@ def _noise(key, z, last):
 def _run_ancestral(predict, z, xs, opts, schedule, trace):
     def body(z, x):
         x0, _, v = predict(z, x["t"], x["g"])
-        z = solvers.ancestral_update(z, x0, x["g"], x["g_next"], _noise(x["key"], z, x["last"]),
-                                     opts["variance"], v)
+        z = solvers.ancestral_update(z, x0, x["g"], x["g_next"], _noise(x["key"], z, x["last"]), opts["variance"], v)
         return z, (z if trace else None)
+
     return jax.lax.scan(body, z, xs)
 
 
@@ -188,6 +227,7 @@ def _run_ddim(predict, z, xs, opts, schedule, trace):
         noise = _noise(x["key"], z, x["last"]) if opts["eta"] > 0 else None
         z = solvers.ddim_update(x0, eps, x["g"], x["g_next"], opts["eta"], noise, opts["variance"], v)
         return z, (z if trace else None)
+
     return jax.lax.scan(body, z, xs)
 
 
@@ -199,6 +239,7 @@ def _run_sde(predict, z, xs, opts, schedule, trace):
         _, eps, _ = predict(z, x["t"], x["g"])
         z = solvers.sde_update(z, eps, x["g"], x["dg"], x["t"] - x["t_next"], _noise(x["key"], z, x["last"]))
         return z, (z if trace else None)
+
     return jax.lax.scan(body, z, xs)
 
 
@@ -213,6 +254,7 @@ def _run_ode(predict, z, xs, opts, schedule, trace):
 
         z = jax.lax.cond(jnp.isfinite(x["g_next"]), heun, lambda _: z_euler, None)
         return z, (z if trace else None)
+
     return jax.lax.scan(body, z, xs)
 
 
@@ -222,21 +264,22 @@ def _run_pc(predict, z, xs, opts, schedule, trace):
     def body(z, x):
         keys = jax.random.split(x["key"], steps + 1)
         _, sigma = alpha_sigma(x["g"])
-        retention = jnp.square(transition(x["g_next"], x["g"])[0])     # alpha_t^2 / alpha_s^2
-        for k in range(steps):                       # static, small: corrector moves at time t
+        retention = jnp.square(transition(x["g_next"], x["g"])[0])  # alpha_t^2 / alpha_s^2
+        for k in range(steps):  # static, small: corrector moves at time t
             _, eps, _ = predict(z, x["t"], x["g"])
             noise = jax.random.normal(keys[k], z.shape, z.dtype)
             z = solvers.langevin_update(z, -eps / sigma, noise, opts["snr"], retention)
         x0, _, _ = predict(z, x["t"], x["g"])
         z = solvers.ancestral_update(z, x0, x["g"], x["g_next"], _noise(keys[-1], z, x["last"]))
         return z, (z if trace else None)
+
     return jax.lax.scan(body, z, xs)
 
 
 def _run_dpm(predict, z, xs, opts, schedule, trace):
     order, num = int(opts["order"]), xs["t"].shape[0]
     idx = np.arange(num)
-    allowed = np.minimum(order, idx + 1)                         # warm-up: history of idx previous steps
+    allowed = np.minimum(order, idx + 1)  # warm-up: history of idx previous steps
     if opts["lower_order_final"] and num < 15:
         allowed = np.minimum(allowed, num - idx)
     xs = {**xs, "order": jnp.asarray(allowed)}
@@ -250,9 +293,8 @@ def _run_dpm(predict, z, xs, opts, schedule, trace):
         z, m1, m2, g1, g2 = carry
         x0, m0 = model(z, x["t"], x["g"])
         o = jnp.where(jnp.isfinite(x["g_next"]), x["order"], 1)  # h = inf: only the first-order step is defined
-        z_new = solvers.dpm_multistep_update(z, (m0, m1, m2), (x["g"], g1, g2), x["g_next"], o,
-                                             opts["prediction"])
-        if not use_x0:                                           # eps form cannot reach sigma = 0
+        z_new = solvers.dpm_multistep_update(z, (m0, m1, m2), (x["g"], g1, g2), x["g_next"], o, opts["prediction"])
+        if not use_x0:  # eps form cannot reach sigma = 0
             z_new = jnp.where(jnp.isfinite(x["g_next"]), z_new, x0)
         return (z_new, m0, m1, x["g"], g1), (z_new if trace else None)
 
@@ -267,11 +309,13 @@ def _run_dpm(predict, z, xs, opts, schedule, trace):
     t_mid = inverse(schedule, 0.5 * (first["g"] + first["g_next"]), opts["t_min"], opts["t_max"])
     g_mid = schedule(t_mid).astype(z.dtype)
     _, m0 = model(z, first["t"], first["g"])
-    z_mid = solvers.dpm_multistep_update(z, (m0, m0, m0), (first["g"], g0 + 1.0, g0 + 2.0), g_mid, 1,
-                                         opts["prediction"])
-    _, m_mid = model(z_mid, t_mid, g_mid)                        # forward point: same divided difference
-    z1 = solvers.dpm_multistep_update(z, (m0, m_mid, m0), (first["g"], g_mid, g0 + 2.0), first["g_next"], 2,
-                                      opts["prediction"])
+    z_mid = solvers.dpm_multistep_update(
+        z, (m0, m0, m0), (first["g"], g0 + 1.0, g0 + 2.0), g_mid, 1, opts["prediction"]
+    )
+    _, m_mid = model(z_mid, t_mid, g_mid)  # forward point: same divided difference
+    z1 = solvers.dpm_multistep_update(
+        z, (m0, m_mid, m0), (first["g"], g_mid, g0 + 2.0), first["g_next"], 2, opts["prediction"]
+    )
     carry = (z1, m0, jnp.zeros_like(z), first["g"], g0 + 1.0)
     (z, *_), traj = jax.lax.scan(body, carry, jax.tree.map(lambda a: a[1:], xs))
     return z, (jnp.concatenate([z1[None], traj]) if trace else None)
@@ -279,13 +323,15 @@ def _run_dpm(predict, z, xs, opts, schedule, trace):
 
 # ----------------------------------------------------------------------------- the table
 
+
 class Sampler(NamedTuple):
     """One sampler method: its runner, its own options (defaults and checks), default grid and steps, its NFE."""
-    run: Callable          # (predict, z_1, xs, opts, schedule, trace) -> (z_{t_min}, the z's per step or None)
-    options: dict          # its own options and their defaults (every method also takes COMMON_DEFAULTS)
-    checks: tuple          # (ok(opts), what is valid) for its own options
-    grid: str              # the time grid when the option grid is None
-    num_steps: int         # steps when sample() is given none
+
+    run: Callable  # (predict, z_1, xs, opts, schedule, trace) -> (z_{t_min}, the z's per step or None)
+    options: dict  # its own options and their defaults (every method also takes COMMON_DEFAULTS)
+    checks: tuple  # (ok(opts), what is valid) for its own options
+    grid: str  # the time grid when the option grid is None
+    num_steps: int  # steps when sample() is given none
     evaluations: Callable  # (num_steps, opts, schedule or None) -> network evaluations of the steps
 
 
@@ -297,35 +343,69 @@ def _ode_evaluations(n: int, opts: dict, schedule: Schedule | None) -> int:
 
 SAMPLERS = {
     "ancestral": Sampler(
-        _run_ancestral, dict(variance="small"),
+        _run_ancestral,
+        dict(variance="small"),
         ((lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}"),),
-        grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
+        grid="uniform_t",
+        num_steps=1000,
+        evaluations=lambda n, o, schedule: n,
+    ),
     "ddim": Sampler(
-        _run_ddim, dict(eta=0.0, variance="small"), ((lambda o: 0.0 <= o["eta"] <= 1.0, "eta must lie in [0, 1]"),
-                                                     (lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}")),
-        grid="uniform_t", num_steps=50, evaluations=lambda n, o, schedule: n),
+        _run_ddim,
+        dict(eta=0.0, variance="small"),
+        (
+            (lambda o: 0.0 <= o["eta"] <= 1.0, "eta must lie in [0, 1]"),
+            (lambda o: o["variance"] in VARIANCES, f"variance must be one of {VARIANCES}"),
+        ),
+        grid="uniform_t",
+        num_steps=50,
+        evaluations=lambda n, o, schedule: n,
+    ),
     "sde": Sampler(_run_sde, {}, (), grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
     "ode": Sampler(_run_ode, {}, (), grid="edm", num_steps=18, evaluations=_ode_evaluations),
     "pc": Sampler(
-        _run_pc, dict(snr=0.16, corrector_steps=1),
-        ((lambda o: o["snr"] > 0, "snr must be > 0"),
-         (lambda o: int(o["corrector_steps"]) == o["corrector_steps"] >= 0, "corrector_steps must be an integer >= 0")),
-        grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n * (int(o["corrector_steps"]) + 1)),
+        _run_pc,
+        dict(snr=0.16, corrector_steps=1),
+        (
+            (lambda o: o["snr"] > 0, "snr must be > 0"),
+            (
+                lambda o: int(o["corrector_steps"]) == o["corrector_steps"] >= 0,
+                "corrector_steps must be an integer >= 0",
+            ),
+        ),
+        grid="uniform_t",
+        num_steps=1000,
+        evaluations=lambda n, o, schedule: n * (int(o["corrector_steps"]) + 1),
+    ),
     "dpm_solver": Sampler(
-        _run_dpm, dict(order=2, prediction="x0", lower_order_final=True),
-        ((lambda o: o["order"] in (1, 2, 3), "order must be 1, 2 or 3"),
-         (lambda o: o["prediction"] in ("x0", "eps"), "prediction must be 'x0' (DPM-Solver++) or 'eps'")),
-        grid="uniform_logsnr", num_steps=20,   # order 3: one extra evaluation (the midpoint of its first step)
-        evaluations=lambda n, o, schedule: n + int(o["order"] == 3 and n >= 2)),
+        _run_dpm,
+        dict(order=2, prediction="x0", lower_order_final=True),
+        (
+            (lambda o: o["order"] in (1, 2, 3), "order must be 1, 2 or 3"),
+            (lambda o: o["prediction"] in ("x0", "eps"), "prediction must be 'x0' (DPM-Solver++) or 'eps'"),
+        ),
+        grid="uniform_logsnr",
+        num_steps=20,  # order 3: one extra evaluation (the midpoint of its first step)
+        evaluations=lambda n, o, schedule: n + int(o["order"] == 3 and n >= 2),
+    ),
 }
 METHODS = tuple(SAMPLERS)
 
 
 # ----------------------------------------------------------------------------- entry point
 
-def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedule: Schedule,
-           parameterization: str = "eps", method: str = "ancestral", num_steps: int | None = None,
-           **options) -> Array | tuple[Array, Array]:
+
+def sample(
+    denoise_fn: DenoiseFn,
+    shape: tuple[int, ...],
+    key: Array,
+    *,
+    schedule: Schedule,
+    parameterization: str = "eps",
+    method: str = "ancestral",
+    num_steps: int | None = None,
+    **options,
+) -> Array | tuple[Array, Array]:
     """Draw x [*shape] from the reverse diffusion with one of METHODS (see the module docstring).
 
     denoise_fn(z [*shape], t [B]) returns a prediction of kind `parameterization` (for
@@ -343,8 +423,9 @@ def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedul
         raise ValueError(f"shape must be (batch, ...) with batch >= 1, got {shape}.")
     num_steps = int(num_steps)
 
-    t, g = solvers.time_grid(schedule, num_steps, opts["grid"], t_min=opts["t_min"],
-                             t_max=opts["t_max"], rho=opts["rho"])
+    t, g = solvers.time_grid(
+        schedule, num_steps, opts["grid"], t_min=opts["t_min"], t_max=opts["t_max"], rho=opts["rho"]
+    )
     key_init, key_steps = jax.random.split(key)
     if opts["z_init"] is None:
         z = jax.random.normal(key_init, shape)
@@ -353,9 +434,14 @@ def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], key: Array, *, schedul
         if z.shape != shape:
             raise ValueError(f"z_init has shape {z.shape}; expected the sample shape {shape}.")
     g = g.astype(z.dtype)
-    xs = {"t": t[:-1], "t_next": t[1:], "g": g[:-1], "g_next": g[1:],
-          "key": jax.random.split(key_steps, num_steps),
-          "last": (jnp.arange(num_steps) == num_steps - 1).astype(z.dtype)}
+    xs = {
+        "t": t[:-1],
+        "t_next": t[1:],
+        "g": g[:-1],
+        "g_next": g[1:],
+        "key": jax.random.split(key_steps, num_steps),
+        "last": (jnp.arange(num_steps) == num_steps - 1).astype(z.dtype),
+    }
     learned = opts.get("variance") == "learned"
     predict = _make_predict(denoise_fn, parameterization, shape, opts, learned)
     z_end, traj = SAMPLERS[method].run(predict, z, xs, opts, schedule, opts["return_trajectory"])
@@ -378,9 +464,18 @@ def num_evaluations(method: str, num_steps: int, *, schedule: Schedule | None = 
     return SAMPLERS[method].evaluations(int(num_steps), opts, schedule) + int(bool(opts["final_denoise"]))
 
 
-def ddim_encode(denoise_fn: DenoiseFn, x: Array, *, schedule: Schedule, parameterization: str = "eps",
-                num_steps: int = 50, grid: str = "uniform_t", t_min: float = 0.0, t_max: float = 1.0,
-                rho: float = 7.0) -> Array:
+def ddim_encode(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    *,
+    schedule: Schedule,
+    parameterization: str = "eps",
+    num_steps: int = 50,
+    grid: str = "uniform_t",
+    t_min: float = 0.0,
+    t_max: float = 1.0,
+    rho: float = 7.0,
+) -> Array:
     """DDIM inversion x -> z_{t_max}: the eta = 0 update run forward in time from z_{t_min} = alpha_{t_min} x
     (Song et al. 2021a, sec. 4.3). Decoding with sample(method='ddim', z_init=z, final_denoise=False)
     on the same grid inverts it up to the discretisation error."""

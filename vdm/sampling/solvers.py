@@ -21,13 +21,21 @@ from vdm.core.schedules import Schedule, alpha_sigma, inverse
 Array = jax.Array
 
 GRIDS = ("uniform_t", "uniform_logsnr", "edm")
-GAMMA_FLOOR = -30.0   # stands in for gamma(t_min) = -inf where a grid must be uniform in gamma
+GAMMA_FLOOR = -30.0  # stands in for gamma(t_min) = -inf where a grid must be uniform in gamma
 
 
 # ----------------------------------------------------------------------------- grids
 
-def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform_t", *, t_min: float = 0.0,
-              t_max: float = 1.0, rho: float = 7.0) -> tuple[Array, Array]:
+
+def time_grid(
+    schedule: Schedule,
+    num_steps: int,
+    grid: str = "uniform_t",
+    *,
+    t_min: float = 0.0,
+    t_max: float = 1.0,
+    rho: float = 7.0,
+) -> tuple[Array, Array]:
     """Decreasing times t_0 = t_max > ... > t_N = t_min and their gammas, each [N + 1].
 
     'uniform_t': uniform in t. 'uniform_logsnr': uniform in gamma = -log SNR between
@@ -58,6 +66,7 @@ def time_grid(schedule: Schedule, num_steps: int, grid: str = "uniform_t", *, t_
 
 # ----------------------------------------------------------------------------- denoiser output
 
+
 def threshold_x0(x0: Array, *, clip: bool = False, percentile: float | None = None) -> Array:
     """Static clipping to [-1, 1] and/or Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3):
     s = max(1, quantile_p |x0| per example), x0 <- clip(x0, -s, s) / s."""
@@ -79,15 +88,31 @@ def eps_from_x0(z: Array, x0: Array, gamma: Array) -> Array:
 
 # ----------------------------------------------------------------------------- one-step updates
 
-def ancestral_update(z_t: Array, x0: Array, gamma_t: Array, gamma_s: Array, noise: Array,
-                     variance: str = "small", v_interp: Array | None = None) -> Array:
+
+def ancestral_update(
+    z_t: Array,
+    x0: Array,
+    gamma_t: Array,
+    gamma_s: Array,
+    noise: Array,
+    variance: str = "small",
+    v_interp: Array | None = None,
+) -> Array:
     """z_s = mean of q(z_s | z_t, x = x0_hat) + sqrt(var) noise (Ho et al. 2020, Alg. 2; VDM eq. 29-30)."""
     mean, _ = posterior(z_t, x0, gamma_s, gamma_t)
     return mean + jnp.sqrt(step_variance(gamma_t, gamma_s, variance, v_interp)) * noise
 
 
-def ddim_update(x0: Array, eps: Array, gamma_t: Array, gamma_s: Array, eta: float | Array,
-                noise: Array | None, variance: str = "small", v_interp: Array | None = None) -> Array:
+def ddim_update(
+    x0: Array,
+    eps: Array,
+    gamma_t: Array,
+    gamma_s: Array,
+    eta: float | Array,
+    noise: Array | None,
+    variance: str = "small",
+    v_interp: Array | None = None,
+) -> Array:
     """z_s = alpha_s x0 + sqrt(sigma_s^2 - s_eta^2) eps + s_eta noise, s_eta^2 = eta^2 sigma_s^2 c
     (Song et al. 2021a, eq. 12 and 16); eta = 1 has the ancestral posterior's variance.
 
@@ -133,6 +158,7 @@ def edm_heun(z_t: Array, eps_t: Array, eps_euler: Array, gamma_t: Array, gamma_s
 def langevin_update(z: Array, score: Array, noise: Array, snr: float, retention: Array) -> Array:
     """Annealed Langevin corrector (Song et al. 2021b, Alg. 5 for VP): z + e score + sqrt(2e) noise,
     e = 2 a (snr ||noise|| / ||score||)^2 with norms averaged over the batch and a = alpha_t^2/alpha_s^2."""
+
     def mean_norm(v):
         return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(v.reshape(v.shape[0], -1)), axis=1)))
 
@@ -140,8 +166,14 @@ def langevin_update(z: Array, score: Array, noise: Array, snr: float, retention:
     return z + step * score + jnp.sqrt(2.0 * step) * noise
 
 
-def dpm_multistep_update(z_t: Array, model: tuple[Array, Array, Array], gammas: tuple[Array, Array, Array],
-                         gamma_s: Array, order: Array, prediction: str = "x0") -> Array:
+def dpm_multistep_update(
+    z_t: Array,
+    model: tuple[Array, Array, Array],
+    gammas: tuple[Array, Array, Array],
+    gamma_s: Array,
+    order: Array,
+    prediction: str = "x0",
+) -> Array:
     """One step of multistep DPM-Solver++ (prediction='x0', Lu et al. 2022b) or DPM-Solver
     (prediction='eps', Lu et al. 2022a) of order 1, 2 or 3, in lambda = log(alpha/sigma) = -gamma/2.
 
@@ -159,8 +191,8 @@ def dpm_multistep_update(z_t: Array, model: tuple[Array, Array, Array], gammas: 
     m0, m1, m2 = model
     g0, g1, g2 = gammas
     h = 0.5 * (g0 - gamma_s)
-    r0 = 0.5 * (g1 - g0) / h                  # h_0 / h, h_0 = lambda_t - lambda_prev
-    r1 = 0.5 * (g2 - g1) / h                  # h_1 / h
+    r0 = 0.5 * (g1 - g0) / h  # h_0 / h, h_0 = lambda_t - lambda_prev
+    r1 = 0.5 * (g2 - g1) / h  # h_1 / h
     d1_0 = (m0 - m1) / r0
     d1_1 = (m1 - m2) / r1
     d1_3 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
@@ -172,14 +204,14 @@ def dpm_multistep_update(z_t: Array, model: tuple[Array, Array, Array], gammas: 
         psi1 = -jnp.expm1(-h)
         psi2 = 1.0 - psi1 / h
         psi3 = 0.5 - psi2 / h
-        ratio = jnp.exp(0.5 * (jax.nn.softplus(-g0) - jax.nn.softplus(-gamma_s)))   # sigma_s / sigma_t
+        ratio = jnp.exp(0.5 * (jax.nn.softplus(-g0) - jax.nn.softplus(-gamma_s)))  # sigma_s / sigma_t
         alpha_s, _ = alpha_sigma(gamma_s)
         return ratio * z_t + alpha_s * (psi1 * m0 + psi2 * d1 + psi3 * d2)
     if prediction == "eps":
         phi1 = jnp.expm1(h)
         phi2 = phi1 / h - 1.0
         phi3 = phi2 / h - 0.5
-        ratio = jnp.exp(0.5 * (jax.nn.softplus(g0) - jax.nn.softplus(gamma_s)))     # alpha_s / alpha_t
+        ratio = jnp.exp(0.5 * (jax.nn.softplus(g0) - jax.nn.softplus(gamma_s)))  # alpha_s / alpha_t
         _, sigma_s = alpha_sigma(gamma_s)
         return ratio * z_t - sigma_s * (phi1 * m0 + phi2 * d1 + phi3 * d2)
     raise ValueError(f"Unknown DPM-Solver prediction {prediction!r}; choose 'x0' (DPM-Solver++) or 'eps'.")

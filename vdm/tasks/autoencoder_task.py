@@ -1,4 +1,4 @@
-"""The autoencoder of latent diffusion (stage 1), trained by the VAE ELBO through the one loop (vdm/train.py).
+"""The autoencoder of latent diffusion (stage 1), trained by the VAE ELBO through the one loop (vdm/tasks/loop.py).
 
     python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=DIR
 
@@ -44,8 +44,9 @@ PyTree = Any
 log = logging.getLogger(__name__)
 
 
-def vae_terms(ae: Autoencoder, params: PyTree, x: Array, eps: Array, *, kl_weight: float = 1.0,
-              encoding: str = "endpoints") -> dict[str, Array]:
+def vae_terms(
+    ae: Autoencoder, params: PyTree, x: Array, eps: Array, *, kl_weight: float = 1.0, encoding: str = "endpoints"
+) -> dict[str, Array]:
     """Per-example nats {'reconstruction' -log p(x | z_0), 'kl' KL(q || N(0, I)), 'total' (the -ELBO), 'loss' (KL x beta)}.
 
     z_0 = mean + e^{log_var / 2} eps (vdm.core.latent.reparameterize), eps shaped like the latent.
@@ -60,6 +61,7 @@ def vae_terms(ae: Autoencoder, params: PyTree, x: Array, eps: Array, *, kl_weigh
 @dataclasses.dataclass(eq=False)
 class AutoencoderTask:
     """The autoencoder as a vdm.tasks.loop.Task: the (beta-)VAE ELBO per step, the test ELBO and image grids as eval."""
+
     config: ml_collections.ConfigDict
     info: pipeline.DatasetInfo
     ae: Autoencoder
@@ -83,8 +85,14 @@ class AutoencoderTask:
         eps = self.noise(k_example, batch["index"])
 
         def loss(params):
-            terms = vae_terms(self.ae, params["model"], batch["x"], eps, kl_weight=self.config.loss.kl_weight,
-                              encoding=self.info.encoding)
+            terms = vae_terms(
+                self.ae,
+                params["model"],
+                batch["x"],
+                eps,
+                kl_weight=self.config.loss.kl_weight,
+                encoding=self.info.encoding,
+            )
             means = {k: jnp.mean(v) for k, v in terms.items()}
             return means["loss"], means
 
@@ -93,8 +101,9 @@ class AutoencoderTask:
 
     def eval_step(self, params: PyTree, batch: dict, key: Array) -> dict:
         """Per-example -ELBO terms (nats) and the squared error of the decoder's mean at z_0 = mean."""
-        terms = vae_terms(self.ae, params["model"], batch["x"], self.noise(key, batch["index"]),
-                          encoding=self.info.encoding)
+        terms = vae_terms(
+            self.ae, params["model"], batch["x"], self.noise(key, batch["index"]), encoding=self.info.encoding
+        )
         image = self.reconstruct(params, batch["x"])
         terms["sq_error"] = jnp.mean(jnp.square(image - batch["x"]), axis=tuple(range(1, image.ndim)))
         return terms
@@ -116,10 +125,13 @@ class AutoencoderTask:
             self.cache["eval"] = parallel.data_parallel_eval(self.eval_step, mesh)
             self.cache["images"] = jax.jit(lambda p, x, z: (self.reconstruct(p, x), self.decode(p, z)))
         key = jax.random.fold_in(jax.random.PRNGKey(c.seed + 1), step)
-        out = over_split(self.cache["eval"], state.ema_params, c.data, c.eval.batch_size, mesh, key,
-                                  "test", c.eval.max_examples)
-        result = {**bpd_report(out, {"total": "", "reconstruction": "_recon", "kl": "_kl"}, d),
-                  "eval/mse": float(np.mean(out["sq_error"]))}
+        out = over_split(
+            self.cache["eval"], state.ema_params, c.data, c.eval.batch_size, mesh, key, "test", c.eval.max_examples
+        )
+        result = {
+            **bpd_report(out, {"total": "", "reconstruction": "_recon", "kl": "_kl"}, d),
+            "eval/mse": float(np.mean(out["sq_error"])),
+        }
         writer.write(step, result)
         if jax.process_index() == 0:
             n = c.eval.num_images
@@ -127,8 +139,9 @@ class AutoencoderTask:
             z = jax.random.normal(jax.random.fold_in(key, 1), (n,) + latent_shape(c.model, self.info.shape))
             recon, prior = (np.asarray(a) for a in self.cache["images"](parallel.to_host(state.ema_params), x, z))
             folder = os.path.join(workdir, "samples")
-            save_samples_png(os.path.join(folder, f"recon_{step:07d}.png"), np.concatenate([x, recon]),
-                             self.info.encoding)
+            save_samples_png(
+                os.path.join(folder, f"recon_{step:07d}.png"), np.concatenate([x, recon]), self.info.encoding
+            )
             save_samples_png(os.path.join(folder, f"prior_{step:07d}.png"), prior, self.info.encoding)
         return result
 
@@ -146,13 +159,17 @@ def load_autoencoder(workdir: str) -> tuple[AutoencoderTask, PyTree, int]:
     """(task, EMA params, step) of the newest intact checkpoint of an autoencoder run in `workdir`; clear errors if none."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{workdir} holds no autoencoder run (no config.json); train one first: python -m "
-                                f"vdm.main --config=configs/fashion_mnist_ae.py --workdir={workdir}")
+        raise FileNotFoundError(
+            f"{workdir} holds no autoencoder run (no config.json); train one first: python -m "
+            f"vdm.main --config=configs/fashion_mnist_ae.py --workdir={workdir}"
+        )
     with open(path, encoding="utf-8") as f:
         recorded = ml_collections.ConfigDict(json.load(f))
     if "kl_weight" not in recorded.get("loss", {}):
-        raise validation.ConfigError(f"{workdir} holds a run that is not an autoencoder's (its config.json has no "
-                                       "loss.kl_weight); config.latent.autoencoder_workdir needs a vdm.tasks.autoencoder_task run.")
+        raise validation.ConfigError(
+            f"{workdir} holds a run that is not an autoencoder's (its config.json has no "
+            "loss.kl_weight); config.latent.autoencoder_workdir needs a vdm.tasks.autoencoder_task run."
+        )
     task = build(recorded)
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None, create=False) as ckpt:
         state, step = ckpt.restore_latest(parallel.to_host(task.init_state()))

@@ -4,7 +4,7 @@
 
 Each step draws t ~ U(0, 1) per example, z_t = alpha_t x + sigma_t eps under the configured
 schedule, and minimises the cross-entropy of vdm.models.classifier.NoisyClassifier(z_t, gamma_t). It runs
-through the same loop as the diffusion model (vdm/train.py): data parallel, orbax checkpoints
+through the same loop as the diffusion model (vdm/tasks/loop.py): data parallel, orbax checkpoints
 in DIR/checkpoints with resume, metrics.jsonl and TensorBoard, DIR/config.json. `python -m
 vdm.main --mode=sample --classifier_workdir=DIR --classifier_scale=s` then adds
 s * grad log p(y | z_t) to the score (the classifier read back by load_log_prob_fn).
@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,9 @@ Array = jax.Array
 EVAL_TIMES = (0.1, 0.5, 0.9)
 
 
-def noisy_cross_entropy(logits_fn: Callable[[Array, Array], Array], schedule: Schedule, x: Array, y: Array,
-                        t: Array, eps: Array) -> tuple[Array, Array]:
+def noisy_cross_entropy(
+    logits_fn: Callable[[Array, Array], Array], schedule: Schedule, x: Array, y: Array, t: Array, eps: Array
+) -> tuple[Array, Array]:
     """Per-example (-log p(y | z_t), correct) with z_t = alpha_t x + sigma_t eps; logits_fn(z, gamma) -> [B, K]."""
     gamma = schedule(t)
     z = gaussian.q_sample(x, gaussian.expand_to(gamma, x), eps)
@@ -53,6 +55,7 @@ def noisy_cross_entropy(logits_fn: Callable[[Array, Array], Array], schedule: Sc
 @dataclasses.dataclass(eq=False)
 class ClassifierTask:
     """The noisy classifier as a vdm.tasks.loop.Task: cross-entropy on z_t, test accuracy at t in EVAL_TIMES."""
+
     config: ml_collections.ConfigDict
     info: pipeline.DatasetInfo
     model: NoisyClassifier
@@ -77,8 +80,9 @@ class ClassifierTask:
         noise = example_noise(k_example, batch["index"], x.shape[1:], x.dtype)
 
         def loss(params):
-            ce, correct = noisy_cross_entropy(self.logits_fn(params), self.schedule, batch["x"], batch["label"],
-                                              noise["t"], noise["eps"])
+            ce, correct = noisy_cross_entropy(
+                self.logits_fn(params), self.schedule, batch["x"], batch["label"], noise["t"], noise["eps"]
+            )
             return jnp.mean(ce), {"loss": jnp.mean(ce), "accuracy": jnp.mean(correct)}
 
         grads, terms = jax.grad(loss, has_aux=True)(parallel.to_varying(state.params))
@@ -93,17 +97,25 @@ class ClassifierTask:
 
 def accuracy_at(task: ClassifierTask, params: Any, mesh: Any, t: float) -> float:
     """Test accuracy of the classifier on z_t at a fixed t, over the whole test split (data parallel)."""
+
     def per_device(params, batch, key):
         key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
         x = batch["x"]
         eps = jax.random.normal(key, x.shape)
-        _, correct = noisy_cross_entropy(task.logits_fn(params), task.schedule, x, batch["label"],
-                                         jnp.full((x.shape[0],), t), eps)
+        _, correct = noisy_cross_entropy(
+            task.logits_fn(params), task.schedule, x, batch["label"], jnp.full((x.shape[0],), t), eps
+        )
         return correct
 
     c = task.config
-    hits = over_split(parallel.data_parallel_eval(per_device, mesh), params, c.data, c.eval.batch_size, mesh,
-                      jax.random.PRNGKey(c.seed + 1))
+    hits = over_split(
+        parallel.data_parallel_eval(per_device, mesh),
+        params,
+        c.data,
+        c.eval.batch_size,
+        mesh,
+        jax.random.PRNGKey(c.seed + 1),
+    )
     return float(np.mean(hits))
 
 
@@ -112,8 +124,7 @@ def build(config: ml_collections.ConfigDict) -> ClassifierTask:
     validation.validate_classifier(config, device_count=jax.device_count())
     info = pipeline.get_dataset_info(config.data)
     if info.num_classes < 2:
-        raise validation.ConfigError(f"dataset {info.name!r} has {info.num_classes} classes; a classifier "
-                                       "needs >= 2.")
+        raise validation.ConfigError(f"dataset {info.name!r} has {info.num_classes} classes; a classifier needs >= 2.")
     model, schedule = classifier_from_config(config, info.num_classes)
     return ClassifierTask(config, info, model, schedule, Optimizer.from_config(config, convert.decay_mask))
 
@@ -134,8 +145,10 @@ def load_log_prob_fn(workdir: str) -> tuple[Callable[[Array, Array, Array], Arra
     trained in workdir (EMA params; its config from workdir/config.json)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no noisy classifier in {workdir}: train one with python -m vdm.main "
-                                "--config=configs/noisy_classifier.py --workdir=...")
+        raise FileNotFoundError(
+            f"no noisy classifier in {workdir}: train one with python -m vdm.main "
+            "--config=configs/noisy_classifier.py --workdir=..."
+        )
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     info = pipeline.get_dataset_info(config.data)

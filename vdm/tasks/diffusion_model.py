@@ -14,14 +14,15 @@ Two objectives keep more than the params: improved DDPM's hybrid loss trains a v
 VDM++'s adaptive noise schedule keeps its histogram in TrainState.stats ('t_histogram',
 `update_stats` after each step). Evaluation has the plain ELBO (`eval_step`) and its
 importance-sampled form (`pilot_eval_step`, `importance_proposal`, `importance_eval_step`).
-The steps run per device (vdm/parallel.py wraps them in shard_map); the update is vdm.infra.optim's.
+The steps run per device (vdm/infra/parallel.py wraps them in shard_map); the update is vdm.infra.optim's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,19 +42,23 @@ from vdm.sampling.likelihood import ode_nll
 Array = jax.Array
 PyTree = Any
 # The weightings' hyperparameters: objectives' keyword <- config.loss key.
-T_HISTOGRAM = "t_histogram"      # TrainState.stats key of the adaptive noise schedule's histogram
-WEIGHTING_KEYS = {"sigmoid": {"bias": "sigmoid_bias"}, "min_snr": {"snr_gamma": "min_snr_gamma"},
-                  "edm": {"p_mean": "edm_p_mean", "p_std": "edm_p_std", "sigma_data": "edm_sigma_data"}}
+T_HISTOGRAM = "t_histogram"  # TrainState.stats key of the adaptive noise schedule's histogram
+WEIGHTING_KEYS = {
+    "sigmoid": {"bias": "sigmoid_bias"},
+    "min_snr": {"snr_gamma": "min_snr_gamma"},
+    "edm": {"p_mean": "edm_p_mean", "p_std": "edm_p_std", "sigma_data": "edm_sigma_data"},
+}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)   # hashed by identity: a static jit argument
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static jit argument
 class DiffusionModel:
     """The static pieces of a diffusion run (from the config and the data info): network, schedule, decoder, optimizer."""
+
     config: ml_collections.ConfigDict
     info: pipeline.DatasetInfo
     network: nn.Module
     optimizer: Optimizer
-    schedule_module: nn.Module | None       # a learned schedule ('learned', 'learned_linear'), else None
+    schedule_module: nn.Module | None  # a learned schedule ('learned', 'learned_linear'), else None
     fixed_schedule: Schedule | None
 
     @property
@@ -87,8 +92,17 @@ class DiffusionModel:
         """gamma(t) of this run: the fixed schedule, or the learned one at params['schedule']."""
         return functools.partial(self.schedule_apply, params.get("schedule"))
 
-    def apply_network(self, model_params: PyTree, z: Array, gamma: Array, y: Array | None, *,
-                      train: bool, dropout_key: Array | None = None, with_variance: bool = False) -> Array | tuple:
+    def apply_network(
+        self,
+        model_params: PyTree,
+        z: Array,
+        gamma: Array,
+        y: Array | None,
+        *,
+        train: bool,
+        dropout_key: Array | None = None,
+        with_variance: bool = False,
+    ) -> Array | tuple:
         """Network prediction [B, ...] (float32) of kind config.model.parameterization (bfloat16 inside if configured).
 
         with_variance: (prediction, v) with v the variance head's interpolation weight
@@ -100,14 +114,16 @@ class DiffusionModel:
         pred, v = split_variance(out.astype(jnp.float32), self.variance_head)
         return (pred, v) if with_variance else pred
 
-    def denoise_fn(self, params: PyTree, y: Array | None = None, *,
-                   with_variance: bool = False) -> Callable[[Array, Array], Array | tuple]:
+    def denoise_fn(
+        self, params: PyTree, y: Array | None = None, *, with_variance: bool = False
+    ) -> Callable[[Array, Array], Array | tuple]:
         """denoise_fn(z, t) for the objectives and samplers: the network at gamma(t), eval mode ((pred, v) with_variance)."""
         schedule = self.schedule(params)
 
         def fn(z: Array, t: Array) -> Array | tuple:
             gamma = jnp.broadcast_to(schedule(t), z.shape[:1])
             return self.apply_network(params["model"], z, gamma, y, train=False, with_variance=with_variance)
+
         return fn
 
     def init_params(self, key: Array) -> PyTree:
@@ -150,8 +166,13 @@ class DiffusionModel:
     def update_stats(self, stats: PyTree, terms: dict) -> PyTree:
         """The adaptive histogram after this step: EMA of W(lambda) E||eps - eps_hat||^2 per lambda bin over the global
         batch, from the step's own per-example terms 't_bin' and 't_integrand' (terms_at)."""
-        hist = t_sampling.update(stats[T_HISTOGRAM], terms["t_bin"], terms["t_integrand"],
-                                 self.config.loss.adaptive_decay, axis_name=parallel.AXIS)
+        hist = t_sampling.update(
+            stats[T_HISTOGRAM],
+            terms["t_bin"],
+            terms["t_integrand"],
+            self.config.loss.adaptive_decay,
+            axis_name=parallel.AXIS,
+        )
         return {**stats, T_HISTOGRAM: hist}
 
     # ------------------------------------------------------------------------- the objective
@@ -167,8 +188,15 @@ class DiffusionModel:
         adaptive = train and self.adaptive
         antithetic = train and loss.t_sampling in ("antithetic", "adaptive")
         x = batch["x"]
-        noise = objectives.example_noise(key, batch["index"], x.shape[1:], x.dtype, antithetic=antithetic,
-                                         batch_size=self.config.training.batch_size, extra_uniform=adaptive)
+        noise = objectives.example_noise(
+            key,
+            batch["index"],
+            x.shape[1:],
+            x.dtype,
+            antithetic=antithetic,
+            batch_size=self.config.training.batch_size,
+            extra_uniform=adaptive,
+        )
         if adaptive:
             edges, probs = self.t_distribution(stats[T_HISTOGRAM])
             drawn = t_sampling.draw(noise["t"], noise.pop("u_t"), probs, edges, self.fixed_schedule)
@@ -177,8 +205,17 @@ class DiffusionModel:
             noise["t"] = objectives.discretize_t(noise["t"], loss.num_steps)
         return noise
 
-    def terms_at(self, model_params: PyTree, gammas: tuple, batch: dict, noise: dict, *, train: bool,
-                 dropout_key: Array | None = None, schedule: Schedule | None = None) -> dict[str, Array]:
+    def terms_at(
+        self,
+        model_params: PyTree,
+        gammas: tuple,
+        batch: dict,
+        noise: dict,
+        *,
+        train: bool,
+        dropout_key: Array | None = None,
+        schedule: Schedule | None = None,
+    ) -> dict[str, Array]:
         """Per-example objectives.neg_elbo_terms_at (training: the configured objective and label dropout; else w = 1).
 
         schedule: gamma(t) of the run, needed by a discrete-time training objective (config.loss.num_steps > 0).
@@ -191,45 +228,69 @@ class DiffusionModel:
         discrete = train and c.loss.num_steps > 0
         if discrete and gamma_t is None:
             gamma_t = schedule(noise["t"])
-        net = lambda z, t: self.apply_network(model_params, z, gamma_t, y, train=train, dropout_key=dropout_key,
-                                              with_variance=discrete)
+        net = lambda z, t: self.apply_network(
+            model_params, z, gamma_t, y, train=train, dropout_key=dropout_key, with_variance=discrete
+        )
         hybrid = train and c.loss.objective == "hybrid"
         terms = objectives.neg_elbo_terms_at(
-            net, batch["x"], noise["t"], noise["eps"], noise["eps_0"], gammas, schedule=schedule,
-            parameterization=c.model.parameterization, weighting=c.loss.weighting if train else "elbo",
-            decoder=self.decoder, encoding=self.info.encoding, num_steps=c.loss.num_steps if discrete else 0,
+            net,
+            batch["x"],
+            noise["t"],
+            noise["eps"],
+            noise["eps_0"],
+            gammas,
+            schedule=schedule,
+            parameterization=c.model.parameterization,
+            weighting=c.loss.weighting if train else "elbo",
+            decoder=self.decoder,
+            encoding=self.info.encoding,
+            num_steps=c.loss.num_steps if discrete else 0,
             weighting_kwargs=self.weighting_kwargs if train else None,
             variance="learned" if self.variance_head != "none" else "small",
             hybrid_lambda=c.loss.hybrid_lambda if hybrid else None,
-            t_density=noise.get("density") if train else None)
-        if train and self.adaptive:     # what the step adds to the histogram (update_stats), from these same draws
+            t_density=noise.get("density") if train else None,
+        )
+        if train and self.adaptive:  # what the step adds to the histogram (update_stats), from these same draws
             terms["t_bin"] = noise["bin"]
             terms["t_integrand"] = t_sampling.integrand(terms["diffusion"], noise["density"], gammas[3])
         return terms
 
-    def loss_terms(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None, *,
-                   train: bool = True, stats: PyTree = None) -> dict[str, Array]:
+    def loss_terms(
+        self,
+        params: PyTree,
+        batch: dict,
+        key: Array,
+        dropout_key: Array | None = None,
+        *,
+        train: bool = True,
+        stats: PyTree = None,
+    ) -> dict[str, Array]:
         """Per-example -ELBO terms of `batch` {'x', 'label', 'index'} with noise from `key` (pure; no device axis)."""
         noise = self.noise(batch, key, train=train, stats=stats)
         schedule = self.schedule(params)
         discrete = train and self.config.loss.objective != "hybrid" and self.config.loss.num_steps
         gammas = objectives.schedule_values(schedule, noise["t"], self.config.loss.num_steps if discrete else 0)
-        return self.terms_at(params["model"], gammas, batch, noise, train=train, dropout_key=dropout_key,
-                             schedule=schedule)
+        return self.terms_at(
+            params["model"], gammas, batch, noise, train=train, dropout_key=dropout_key, schedule=schedule
+        )
 
-    def value_and_grad(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None,
-                       stats: PyTree = None) -> tuple[tuple[Array, dict], PyTree]:
+    def value_and_grad(
+        self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None, stats: PyTree = None
+    ) -> tuple[tuple[Array, dict], PyTree]:
         """((mean loss, per-example terms), grads) of the training objective: jax.value_and_grad of the batch mean,
         or for schedule 'learned' VDM's variance-minimising schedule gradient (sec. 5.2)."""
         if LEARNED_SCHEDULES.get(self.config.model.schedule) != "variance":
+
             def mean_loss(p):
                 terms = self.loss_terms(p, batch, key, dropout_key, stats=stats)
                 return jnp.mean(terms["total"]), terms
+
             return jax.value_and_grad(mean_loss, has_aux=True)(params)
         noise = self.noise(batch, key, train=True)
         terms_at = lambda mp, gammas: self.terms_at(mp, gammas, batch, noise, train=True, dropout_key=dropout_key)
-        return objectives.variance_minimizing_value_and_grad(terms_at, params["model"], self.schedule_apply,
-                                                             params["schedule"], noise["t"])
+        return objectives.variance_minimizing_value_and_grad(
+            terms_at, params["model"], self.schedule_apply, params["schedule"], noise["t"]
+        )
 
 
 def drop_labels(y: Array, u: Array, num_classes: int, rate: float) -> Array:
@@ -241,14 +302,16 @@ def drop_labels(y: Array, u: Array, num_classes: int, rate: float) -> Array:
 
 # ----------------------------------------------------------------------------- per-device steps
 
-def train_step(model: DiffusionModel, state: TrainState, batch: dict,
-               value_and_grad: Callable | None = None) -> tuple[TrainState, dict]:
+
+def train_step(
+    model: DiffusionModel, state: TrainState, batch: dict, value_and_grad: Callable | None = None
+) -> tuple[TrainState, dict]:
     """One optimizer step on this device's shard (inside shard_map): loss and grads here, averaged in Optimizer.update.
 
     value_and_grad(params, batch, key, dropout_key, stats) -> ((loss, terms), grads): the objective's,
     default model.value_and_grad (a latent model's encodes the batch first, vdm.tasks.latent_task).
     """
-    params = parallel.to_varying(state.params)          # per-device grads, averaged in the update
+    params = parallel.to_varying(state.params)  # per-device grads, averaged in the update
     key, dropout_key = step_keys(state)
     (_, terms), grads = (value_and_grad or model.value_and_grad)(params, batch, key, dropout_key, stats=state.stats)
     metrics = objectives.batch_means(terms)
@@ -275,13 +338,22 @@ def eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) ->
     noise = model.noise(batch, key, train=False)
     variance = model.eval_variance
     denoise = model.denoise_fn(params, batch["label"], with_variance=variance == "learned")
-    return objectives.neg_elbo_terms(denoise, batch["x"], objectives.discretize_t(noise["t"], num_steps), noise["eps"],
-                                     noise["eps_0"], schedule=model.schedule(params),
-                                     parameterization=model.config.model.parameterization, decoder=model.decoder,
-                                     encoding=model.info.encoding, num_steps=num_steps, variance=variance)
+    return objectives.neg_elbo_terms(
+        denoise,
+        batch["x"],
+        objectives.discretize_t(noise["t"], num_steps),
+        noise["eps"],
+        noise["eps_0"],
+        schedule=model.schedule(params),
+        parameterization=model.config.model.parameterization,
+        decoder=model.decoder,
+        encoding=model.info.encoding,
+        num_steps=num_steps,
+        variance=variance,
+    )
 
 
-IMPORTANCE_BINS = 50      # config.eval.t_sampling='importance': lambda bins of the proposal, from the pilot pass
+IMPORTANCE_BINS = 50  # config.eval.t_sampling='importance': lambda bins of the proposal, from the pilot pass
 IMPORTANCE_UNIFORM = 0.1  # ... mixed with this much uniform mass (bounded weights whatever the pilot saw)
 
 
@@ -289,7 +361,7 @@ def pilot_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Arr
     """Per-example lambda = -gamma(t) and integrand gamma'^-1 x (ELBO diffusion term) at t ~ U(0, 1): the pilot pass of
     importance-sampled evaluation (t_sampling.integrand; per unit lambda, 1/2 ||eps - eps_hat||^2)."""
     noise = model.noise(batch, key, train=False)
-    gammas = objectives.schedule_values(model.schedule(params), noise["t"])      # one pass: the terms and the integrand
+    gammas = objectives.schedule_values(model.schedule(params), noise["t"])  # one pass: the terms and the integrand
     terms = model.terms_at(params["model"], gammas, batch, noise, train=False)
     return {"lam": -gammas[2], "value": t_sampling.integrand(terms["diffusion"], jnp.ones_like(gammas[2]), gammas[3])}
 
@@ -315,9 +387,18 @@ def importance_eval_step(model: DiffusionModel, inputs: dict, batch: dict, key: 
     noise = objectives.example_noise(key, batch["index"], x.shape[1:], x.dtype, extra_uniform=True)
     edges = t_sampling.lambda_edges(schedule(jnp.zeros(())), schedule(jnp.ones(())), probs.shape[0])
     drawn = t_sampling.draw(noise["t"], noise["u_t"], probs, edges, schedule)
-    return objectives.neg_elbo_terms(model.denoise_fn(params, batch["label"]), x, drawn["t"], noise["eps"],
-                                     noise["eps_0"], schedule=schedule, parameterization=model.config.model.parameterization,
-                                     decoder=model.decoder, encoding=model.info.encoding, t_density=drawn["density"])
+    return objectives.neg_elbo_terms(
+        model.denoise_fn(params, batch["label"]),
+        x,
+        drawn["t"],
+        noise["eps"],
+        noise["eps_0"],
+        schedule=schedule,
+        parameterization=model.config.model.parameterization,
+        decoder=model.decoder,
+        encoding=model.info.encoding,
+        t_density=drawn["density"],
+    )
 
 
 def ode_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) -> dict:
@@ -329,19 +410,29 @@ def ode_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array
     e = model.config.eval
     key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
     denoise = model.denoise_fn(params, batch["label"])
-    return {"nll": ode_nll(denoise, batch["x"], key, schedule=model.schedule(params),
-                           parameterization=model.config.model.parameterization, num_steps=e.ode_steps,
-                           num_probes=e.ode_probes, dequantize=model.info.discrete, encoding=model.info.encoding)}
+    return {
+        "nll": ode_nll(
+            denoise,
+            batch["x"],
+            key,
+            schedule=model.schedule(params),
+            parameterization=model.config.model.parameterization,
+            num_steps=e.ode_steps,
+            num_probes=e.ode_probes,
+            dequantize=model.info.discrete,
+            encoding=model.info.encoding,
+        )
+    }
 
 
 # ----------------------------------------------------------------------------- set-up
+
 
 def build(config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> DiffusionModel:
     """Network, schedule and optimizer for `config` (validated) on data described by `info`."""
     m = config.model
     sched_module = get_schedule_module(m)
-    fixed = None if sched_module is not None else get_schedule(m.schedule, gamma_min=m.gamma_min,
-                                                               gamma_max=m.gamma_max)
+    fixed = None if sched_module is not None else get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
     compute = COMPUTE_DTYPES[config.training.dtype]
     optimizer = Optimizer.from_config(config, convert.decay_mask)
     return DiffusionModel(config, info, get_model(m, compute), optimizer, sched_module, fixed)

@@ -15,7 +15,8 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,12 +49,19 @@ from vdm.tasks.diffusion_model import (
 
 Array = jax.Array
 PyTree = Any
-TERMS = {"total": "", "reconstruction": "_recon", "prior": "_prior", "diffusion": "_diffusion"}   # term: eval/bpd suffix
+TERMS = {"total": "", "reconstruction": "_recon", "prior": "_prior", "diffusion": "_diffusion"}  # term: eval/bpd suffix
 log = logging.getLogger(__name__)
 
 
-def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo,
-                  mesh: Any, key: Array, split: str = "test") -> dict[str, float]:
+def evaluate_elbo(
+    eval_fn: Callable,
+    params: PyTree,
+    config: ml_collections.ConfigDict,
+    info: pipeline.DatasetInfo,
+    mesh: Any,
+    key: Array,
+    split: str = "test",
+) -> dict[str, float]:
     """-ELBO in bits/dim over the whole split: eval/bpd{,_recon,_prior,_diffusion}, eval/bpd_se, eval/num_examples.
 
     eval_fn = parallel.data_parallel_eval(per-example eval step); bpd_se is the standard error
@@ -62,8 +70,9 @@ def evaluate_elbo(eval_fn: Callable, params: PyTree, config: ml_collections.Conf
     return bpd_report(over_eval_split(eval_fn, params, config, mesh, key, split, "eval"), TERMS, info.num_dims)
 
 
-def elbo_over_split(model: DiffusionModel, mesh: Any, params: PyTree, key: Array, cache: dict,
-                    split: str = "test") -> dict[str, float]:
+def elbo_over_split(
+    model: DiffusionModel, mesh: Any, params: PyTree, key: Array, cache: dict, split: str = "test"
+) -> dict[str, float]:
     """evaluate_elbo of the model: the plain estimator (t ~ U(0, 1)), or config.eval.t_sampling='importance'.
 
     'importance': a pilot pass over the first config.eval.pilot_examples train examples (uniform t)
@@ -80,8 +89,17 @@ def elbo_over_split(model: DiffusionModel, mesh: Any, params: PyTree, key: Array
         cache["pilot"] = parallel.data_parallel_eval(functools.partial(pilot_eval_step, model), mesh)
         cache["importance"] = parallel.data_parallel_eval(functools.partial(importance_eval_step, model), mesh)
     k_pilot, k_eval = jax.random.split(key)
-    pilot = over_split(cache["pilot"], params, c.data, eval_batch_size(c.eval, jax.device_count()),
-                                mesh, k_pilot, "train", c.eval.pilot_examples, "pilot")
+    pilot = over_split(
+        cache["pilot"],
+        params,
+        c.data,
+        eval_batch_size(c.eval, jax.device_count()),
+        mesh,
+        k_pilot,
+        "train",
+        c.eval.pilot_examples,
+        "pilot",
+    )
     probs = importance_proposal(model, params, pilot)
     result = evaluate_elbo(cache["importance"], {"params": params, "probs": probs}, c, model.info, mesh, k_eval, split)
     return {**result, "eval/pilot_examples": len(pilot["lam"])}
@@ -115,11 +133,19 @@ def make_sampler(model: DiffusionModel, num: int, classifier: tuple | None = Non
             denoise = model.denoise_fn(params, labels, with_variance=options.get("variance") == "learned")
         if classifier is not None:
             log_prob_fn, y, scale = classifier
-            denoise = classifier_guided_denoise_fn(denoise, log_prob_fn, y, scale, model.schedule(params),
-                                                   c.model.parameterization)
-        return run_sampler(denoise, shape, key, schedule=model.schedule(params),
-                           parameterization=c.model.parameterization, method=c.sampling.method,
-                           num_steps=c.sampling.num_steps, **options)
+            denoise = classifier_guided_denoise_fn(
+                denoise, log_prob_fn, y, scale, model.schedule(params), c.model.parameterization
+            )
+        return run_sampler(
+            denoise,
+            shape,
+            key,
+            schedule=model.schedule(params),
+            parameterization=c.model.parameterization,
+            method=c.sampling.method,
+            num_steps=c.sampling.num_steps,
+            **options,
+        )
 
     return jax.jit(fn)
 
@@ -127,9 +153,10 @@ def make_sampler(model: DiffusionModel, num: int, classifier: tuple | None = Non
 @dataclasses.dataclass(eq=False)
 class DiffusionTask:
     """The diffusion model as a loop.Task: its steps, the ELBO and sample grid as periodic eval, layout-converting restore."""
+
     model: DiffusionModel
     cache: dict = dataclasses.field(default_factory=dict)
-    display: tuple[str, ...] = ("eval/bpd", "eval/bpd_se")       # what the loop prints of an eval
+    display: tuple[str, ...] = ("eval/bpd", "eval/bpd_se")  # what the loop prints of an eval
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -150,8 +177,9 @@ class DiffusionTask:
         config.eval.num_steps discrete) or 'ode' (evaluate_ode, the probability-flow ODE's bits/dim)."""
         if self.config.eval.method == "ode":
             if "ode" not in self.cache:
-                self.cache["ode"] = parallel.data_parallel_eval(functools.partial(ode_eval_step, self.model), mesh,
-                                                                check_vma=False)
+                self.cache["ode"] = parallel.data_parallel_eval(
+                    functools.partial(ode_eval_step, self.model), mesh, check_vma=False
+                )
             return evaluate_ode(self.cache["ode"], params, self.config, self.model.info, mesh, key)
         result = elbo_over_split(self.model, mesh, params, key, self.cache)
         return {**result, "eval/num_steps": self.config.eval.num_steps}
@@ -168,8 +196,9 @@ class DiffusionTask:
         """vdm.tasks.diffusion_model.train_step."""
         return train_step(self.model, state, batch)
 
-    def restore(self, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False
-                ) -> tuple[TrainState | None, int | None]:
+    def restore(
+        self, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False
+    ) -> tuple[TrainState | None, int | None]:
         """ckpt.restore_latest(like); a checkpoint of the other VDMUNet block layout (config.model.scan_blocks) is
         restored in its own layout and converted (vdm.models.convert.maybe_convert_params), with a warning."""
         try:
@@ -178,11 +207,18 @@ class DiffusionTask:
             saved, want = convert.block_layout(e.saved_keys), convert.block_layout(e.expected_keys)
             if not (saved and want and saved != want):
                 raise
-            restored, step = ckpt.restore_latest(convert.maybe_convert_params(like, scanned=saved == "scanned"),
-                                                 quarantine=quarantine)
-            log.warning("checkpoint step %d holds %s VDMUNet blocks but this config expects %s ones "
-                        "(config.model.scan_blocks=%s). Converted it to the %s layout.", e.step, saved, want,
-                        want == "scanned", want)
+            restored, step = ckpt.restore_latest(
+                convert.maybe_convert_params(like, scanned=saved == "scanned"), quarantine=quarantine
+            )
+            log.warning(
+                "checkpoint step %d holds %s VDMUNet blocks but this config expects %s ones "
+                "(config.model.scan_blocks=%s). Converted it to the %s layout.",
+                e.step,
+                saved,
+                want,
+                want == "scanned",
+                want,
+            )
             return convert.maybe_convert_params(restored, scanned=want == "scanned"), step
 
     def log_state(self, state: TrainState, step: int, writer: MetricWriter) -> None:
@@ -197,8 +233,9 @@ class DiffusionTask:
         return evaluate_and_sample(self.model, mesh, state, step, workdir, writer, self.cache)
 
 
-def evaluate_and_sample(model: DiffusionModel, mesh: Any, state: TrainState, step: int, workdir: str,
-                        writer: MetricWriter, cache: dict) -> dict:
+def evaluate_and_sample(
+    model: DiffusionModel, mesh: Any, state: TrainState, step: int, workdir: str, writer: MetricWriter, cache: dict
+) -> dict:
     """The periodic eval: ELBO over the test split (EMA params), a sample grid to workdir/samples/step_<step>.png.
 
     `cache` keeps the compiled eval step and sampler between calls.
@@ -218,8 +255,15 @@ def evaluate_and_sample(model: DiffusionModel, mesh: Any, state: TrainState, ste
     return result
 
 
-def evaluate_ode(eval_fn: Callable, params: PyTree, config: ml_collections.ConfigDict, info: pipeline.DatasetInfo,
-                 mesh: Any, key: Array, split: str = "test") -> dict[str, float]:
+def evaluate_ode(
+    eval_fn: Callable,
+    params: PyTree,
+    config: ml_collections.ConfigDict,
+    info: pipeline.DatasetInfo,
+    mesh: Any,
+    key: Array,
+    split: str = "test",
+) -> dict[str, float]:
     """-log p(x) in bits/dim through the probability-flow ODE (diffusion_model.ode_eval_step) over the split, config.eval.ode_*.
 
     eval_fn = parallel.data_parallel_eval(ode_eval_step): data-parallel like the ELBO. 8-bit data
@@ -228,8 +272,9 @@ def evaluate_ode(eval_fn: Callable, params: PyTree, config: ml_collections.Confi
     4 x ode_steps network evaluations per example).
     """
     out = over_eval_split(eval_fn, params, config, mesh, key, split, "ode eval")
-    result = bpd_report({"total": out["nll"]}, {"total": ""}, info.num_dims, name="ode_bpd",
-                        count="eval/ode_num_examples")
+    result = bpd_report(
+        {"total": out["nll"]}, {"total": ""}, info.num_dims, name="ode_bpd", count="eval/ode_num_examples"
+    )
     return {**result, "eval/ode_num_steps": config.eval.ode_steps}
 
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +54,18 @@ from vdm.tasks.diffusion_model import build as build_model
 
 Array = jax.Array
 PyTree = Any
-AE = "autoencoder"                # the params key of the autoencoder in a latent run's state
+AE = "autoencoder"  # the params key of the autoencoder in a latent run's state
 AE_MODEL_KEYS = ("latent_channels", "downsample", "width", "num_blocks", "decoder")
 log = logging.getLogger(__name__)
-BOUND_TERMS = {"total": "", "reconstruction": "_recon", "neg_entropy": "_neg_entropy",
-               "cross_entropy": "_cross_entropy", "latent_reconstruction": "_latent_recon",
-               "latent_prior": "_latent_prior", "latent_diffusion": "_latent_diffusion"}
+BOUND_TERMS = {
+    "total": "",
+    "reconstruction": "_recon",
+    "neg_entropy": "_neg_entropy",
+    "cross_entropy": "_cross_entropy",
+    "latent_reconstruction": "_latent_recon",
+    "latent_prior": "_latent_prior",
+    "latent_diffusion": "_latent_diffusion",
+}
 
 
 def encoder_noise(key: Array, index: Array, shape: tuple[int, ...]) -> Array:
@@ -66,8 +73,15 @@ def encoder_noise(key: Array, index: Array, shape: tuple[int, ...]) -> Array:
     return example_noise(jax.random.fold_in(key, 1), index, shape)["eps"]
 
 
-def sample_and_decode(denoise_fn: Callable, decode_fn: Callable[[Array], Array], shape: tuple[int, ...], key: Array, *,
-                      scale: float, **sampler_kwargs) -> Array:
+def sample_and_decode(
+    denoise_fn: Callable,
+    decode_fn: Callable[[Array], Array],
+    shape: tuple[int, ...],
+    key: Array,
+    *,
+    scale: float,
+    **sampler_kwargs,
+) -> Array:
     """decode_fn(u / c) for u ~ the diffusion prior (vdm.sampling.samplers.sample of denoise_fn over latents `shape`): x = dec(z_0)."""
     return decode_fn(run_sampler(denoise_fn, shape, key, **sampler_kwargs) / scale)
 
@@ -75,10 +89,11 @@ def sample_and_decode(denoise_fn: Callable, decode_fn: Callable[[Array], Array],
 @dataclasses.dataclass(eq=False)
 class LatentDiffusionTask:
     """The latent diffusion model as a loop.Task: the diffusion model on scaled latents, the three-term bound as eval."""
-    model: DiffusionModel              # on the latent data (latent_info); its optimizer keeps the autoencoder frozen
+
+    model: DiffusionModel  # on the latent data (latent_info); its optimizer keeps the autoencoder frozen
     ae: Autoencoder
     pixel_info: pipeline.DatasetInfo
-    ae_params: PyTree | None = None    # the autoencoder's EMA params, copied into the state at step 0 (training)
+    ae_params: PyTree | None = None  # the autoencoder's EMA params, copied into the state at step 0 (training)
     cache: dict = dataclasses.field(default_factory=dict)
     display: tuple[str, ...] = ("eval/bpd", "eval/bpd_se", "eval/bpd_cross_entropy")
 
@@ -128,8 +143,9 @@ class LatentDiffusionTask:
         terms = latent.bound_terms(recon, log_var, prior["total"] - self.log_det)
         return {**terms, **{f"latent_{k}": prior[k] for k in ("reconstruction", "prior", "diffusion")}}, prior
 
-    def value_and_grad(self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None,
-                       stats: PyTree = None) -> tuple[tuple[Array, dict], PyTree]:
+    def value_and_grad(
+        self, params: PyTree, batch: dict, key: Array, dropout_key: Array | None = None, stats: PyTree = None
+    ) -> tuple[tuple[Array, dict], PyTree]:
         """The step's objective: two-stage, the diffusion model's own on u (frozen encoder: zero autoencoder gradient);
         config.latent.joint, the bound with the configured weighting, through encoder, decoder and prior."""
         k_diff, k_enc = jax.random.split(key)
@@ -140,10 +156,12 @@ class LatentDiffusionTask:
             return (loss, terms), {**grads, AE: jax.tree.map(jnp.zeros_like, params[AE])}
 
         def mean_loss(p):
-            bound, prior = self.bound(p, batch, k_enc,
-                                      lambda b: self.model.loss_terms(p, b, k_diff, dropout_key, stats=stats))
-            terms = {**prior, "total": bound["total"]}    # the prior's parts (and adaptive t's draws) as logged
+            bound, prior = self.bound(
+                p, batch, k_enc, lambda b: self.model.loss_terms(p, b, k_diff, dropout_key, stats=stats)
+            )
+            terms = {**prior, "total": bound["total"]}  # the prior's parts (and adaptive t's draws) as logged
             return jnp.mean(terms["total"]), terms
+
         return jax.value_and_grad(mean_loss, has_aux=True)(params)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -179,18 +197,34 @@ class LatentDiffusionTask:
     def sampler(self, num: int, classifier: tuple | None = None) -> Callable[[PyTree, Array], Array]:
         """jit fn(params, key) -> num decoded images [num, H, W, C] (config.sampling; config.sampling.decode)."""
         if classifier is not None:
-            raise validation.ConfigError("classifier guidance (config.guidance.classifier_workdir) is not supported "
-                                         "for latent models yet; sample without it.")
+            raise validation.ConfigError(
+                "classifier guidance (config.guidance.classifier_workdir) is not supported "
+                "for latent models yet; sample without it."
+            )
         c, m = self.config, self.model
         options = make_sampler_options(c)
 
         def fn(params: PyTree, key: Array) -> Array:
-            decode = lambda z: latent.decoder_image(self.ae.apply({"params": params[AE]}, z, method="decode"),
-                                                    self.ae.decoder, c.sampling.decode, self.pixel_info.encoding)
+            decode = lambda z: latent.decoder_image(
+                self.ae.apply({"params": params[AE]}, z, method="decode"),
+                self.ae.decoder,
+                c.sampling.decode,
+                self.pixel_info.encoding,
+            )
             denoise = m.denoise_fn(params, None, with_variance=options.get("variance") == "learned")
-            return sample_and_decode(denoise, decode, (num,) + tuple(m.info.shape), key, scale=self.scale,
-                                     schedule=m.schedule(params), parameterization=c.model.parameterization,
-                                     method=c.sampling.method, num_steps=c.sampling.num_steps, **options)
+            return sample_and_decode(
+                denoise,
+                decode,
+                (num,) + tuple(m.info.shape),
+                key,
+                scale=self.scale,
+                schedule=m.schedule(params),
+                parameterization=c.model.parameterization,
+                method=c.sampling.method,
+                num_steps=c.sampling.num_steps,
+                **options,
+            )
+
         return jax.jit(fn)
 
     def evaluate(self, state: TrainState, step: int, mesh: Any, workdir: str, writer: MetricWriter) -> dict:
@@ -211,18 +245,23 @@ class LatentDiffusionTask:
 def make_sampler_options(config: ml_collections.ConfigDict) -> dict:
     """The sampler options config.sampling sets (vdm.sampling.samplers.options_from_config); guidance is not supported on latents."""
     from vdm.sampling.samplers import options_from_config
+
     s = config.sampling
     if s.guidance_weight > 0 or config.guidance.classifier_workdir:
-        raise validation.ConfigError("guidance (config.sampling.guidance_weight, config.guidance.classifier_workdir) "
-                                       "is not supported for latent models yet; sample without it.")
+        raise validation.ConfigError(
+            "guidance (config.sampling.guidance_weight, config.guidance.classifier_workdir) "
+            "is not supported for latent models yet; sample without it."
+        )
     return options_from_config(s)
 
 
 def _latent_optimizer(config: ml_collections.ConfigDict) -> Optimizer:
     """The diffusion model's optimizer, with no weight decay on the autoencoder (frozen in two-stage training)."""
+
     def mask(params: PyTree, kind: str) -> PyTree:
         rest = convert.decay_mask({k: v for k, v in params.items() if k != AE}, kind)
         return {**rest, **({AE: jax.tree.map(lambda _: False, params[AE])} if AE in params else {})}
+
     return Optimizer.from_config(config, mask)
 
 
@@ -234,8 +273,9 @@ def check(config: ml_collections.ConfigDict, mode: str = "train") -> None:
     latent_checks.validate_latent(config)
 
 
-def build(config: ml_collections.ConfigDict, ae_params: PyTree | None = None, mode: str = "train", *,
-          checked: bool = False) -> LatentDiffusionTask:
+def build(
+    config: ml_collections.ConfigDict, ae_params: PyTree | None = None, mode: str = "train", *, checked: bool = False
+) -> LatentDiffusionTask:
     """The latent diffusion Task of a config whose config.latent.scale and .autoencoder are set (recorded), validated
     for `mode` (check) unless `checked` says that was done."""
     if not checked:
@@ -246,8 +286,9 @@ def build(config: ml_collections.ConfigDict, ae_params: PyTree | None = None, mo
     info = dataclasses.replace(pixel, name=f"{pixel.name} latents", shape=shape, discrete=False)
     validation.validate_for_data(config, info)
     model = dataclasses.replace(build_model(config, info), optimizer=_latent_optimizer(config))
-    return LatentDiffusionTask(model, autoencoder_from_config(config.latent.autoencoder, pixel.shape[-1]), pixel,
-                               ae_params)
+    return LatentDiffusionTask(
+        model, autoencoder_from_config(config.latent.autoencoder, pixel.shape[-1]), pixel, ae_params
+    )
 
 
 def compute_scale(config: ml_collections.ConfigDict, ae_task: Any, ae_params: PyTree) -> float:
@@ -262,12 +303,16 @@ def compute_scale(config: ml_collections.ConfigDict, ae_task: Any, ae_params: Py
         return mean if lat.latents == "mean" else latent.reparameterize(mean, log_var, eps)
 
     batch_size = 500
-    zs = [np.asarray(latents(b["x"], b["index"] + i * batch_size))[b["mask"]]
-          for i, b in enumerate(pipeline.eval_iterator(config.data, batch_size, "train", max_examples=lat.scale_examples))]
+    zs = [
+        np.asarray(latents(b["x"], b["index"] + i * batch_size))[b["mask"]]
+        for i, b in enumerate(pipeline.eval_iterator(config.data, batch_size, "train", max_examples=lat.scale_examples))
+    ]
     std = float(np.std(np.concatenate(zs), dtype=np.float64))
     if not np.isfinite(std) or std <= 0:
-        raise FloatingPointError(f"the autoencoder's latents have std {std}: config.latent.scale cannot be computed; "
-                                 "set it by hand or retrain the autoencoder.")
+        raise FloatingPointError(
+            f"the autoencoder's latents have std {std}: config.latent.scale cannot be computed; "
+            "set it by hand or retrain the autoencoder."
+        )
     return 1.0 / std
 
 
@@ -284,8 +329,11 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_
     recorded = record.load_recorded(workdir) if loop.has_checkpoints(os.path.join(workdir, "checkpoints")) else None
     if recorded is not None and latent_checks.is_latent(recorded):
         if lat.autoencoder_workdir != recorded.latent.autoencoder_workdir:
-            log.info("resuming: the autoencoder is the one in the checkpoints (trained in %s), not %s",
-                     recorded.latent.autoencoder_workdir, lat.autoencoder_workdir)
+            log.info(
+                "resuming: the autoencoder is the one in the checkpoints (trained in %s), not %s",
+                recorded.latent.autoencoder_workdir,
+                lat.autoencoder_workdir,
+            )
         lat.autoencoder_workdir = recorded.latent.autoencoder_workdir
         lat.autoencoder = recorded.latent.autoencoder
         lat.scale = lat.scale or recorded.latent.scale
@@ -296,15 +344,20 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> tuple[ml_
     lat.autoencoder = ml_collections.ConfigDict({k: ae_task.config.model[k] for k in AE_MODEL_KEYS})
     if not lat.scale:
         lat.scale = compute_scale(config, ae_task, ae_params["model"])
-    log.info("latent diffusion on the autoencoder of %s (step %d): latents %s, scale c = %.6g", lat.autoencoder_workdir,
-             ae_step, tuple(latent_shape(ae_task.config.model, ae_task.info.shape)), lat.scale)
+    log.info(
+        "latent diffusion on the autoencoder of %s (step %d): latents %s, scale c = %.6g",
+        lat.autoencoder_workdir,
+        ae_step,
+        tuple(latent_shape(ae_task.config.model, ae_task.info.shape)),
+        lat.scale,
+    )
     config.lock()
     return config, ae_params["model"]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train the latent diffusion model of `config` in `workdir` (resuming); return the last eval (the bound's bits/dim)."""
-    check(config)                                   # before anything is read or computed
+    check(config)  # before anything is read or computed
     config, ae_params = resolve_config(config, workdir)
     task = build(config, ae_params, checked=True)
     return loop.run(task, parallel.make_mesh(), workdir)

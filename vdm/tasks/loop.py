@@ -2,10 +2,10 @@
 
 A `Task` supplies the model-specific parts (a fresh state, the batches, the per-device train step,
 the periodic evaluation, the restore of a checkpoint, what the progress bar prints); `run` drives
-it: data-parallel steps over the mesh (vdm/parallel.py), orbax checkpoints with resume
-(vdm/checkpoint.py), the run's record (vdm/record.py), metrics to metrics.jsonl and TensorBoard
-(vdm/metrics.py), the NaN policy, a progress bar, SIGINT/SIGTERM. It knows no model: the diffusion
-model's Task is vdm/diffusion_task.py, the noisy classifier's vdm/train_classifier.py, the feature
+it: data-parallel steps over the mesh (vdm/infra/parallel.py), orbax checkpoints with resume
+(vdm/infra/checkpoint.py), the run's record (vdm/config/record.py), metrics to metrics.jsonl and TensorBoard
+(vdm/infra/metrics.py), the NaN policy, a progress bar, SIGINT/SIGTERM. It knows no model: the diffusion
+model's Task is vdm/tasks/diffusion_task.py, the noisy classifier's vdm/tasks/classifier_task.py, the feature
 net's experiments/feature_net.py.
 """
 
@@ -19,7 +19,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import jax
 import ml_collections
@@ -35,17 +36,24 @@ from vdm.infra.metrics import MetricWriter
 from vdm.infra.optim import TrainState
 
 log = logging.getLogger(__name__)
-FINAL_EVAL = "final_eval.json"      # the last eval of a finished run, returned by a rerun
+FINAL_EVAL = "final_eval.json"  # the last eval of a finished run, returned by a rerun
 # What an entry point reports as one line and exit status 1: a bad config, no data or checkpoint,
 # a checkpoint of another config or none intact, a non-finite loss under nan_policy='stop'.
-USER_ERRORS = (validation.ConfigError, pipeline.DatasetNotFoundError, FileNotFoundError, FloatingPointError,
-               CheckpointMismatchError, CheckpointCorruptError)
+USER_ERRORS = (
+    validation.ConfigError,
+    pipeline.DatasetNotFoundError,
+    FileNotFoundError,
+    FloatingPointError,
+    CheckpointMismatchError,
+    CheckpointCorruptError,
+)
 
 
 class Task(Protocol):
     """What the loop needs of a model: its config, a fresh state, batches, a per-device step, a periodic evaluation."""
+
     config: ml_collections.ConfigDict
-    display: tuple[str, ...]    # the eval scalars the progress bar prints
+    display: tuple[str, ...]  # the eval scalars the progress bar prints
 
     def init_state(self) -> TrainState:
         """The step-0 state (host arrays), from config.seed."""
@@ -72,12 +80,14 @@ def train_batches(task: Task, start_step: int) -> Iterator[dict]:
     if getattr(task, "train_batches", None) is not None:
         return task.train_batches(start_step)
     c = task.config
-    return pipeline.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start_step,
-                                   **parallel.process_shard())
+    return pipeline.train_iterator(
+        c.data, c.training.batch_size, seed=c.seed, start_step=start_step, **parallel.process_shard()
+    )
 
 
-def restore(task: Task, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False
-            ) -> tuple[TrainState | None, int | None]:
+def restore(
+    task: Task, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False
+) -> tuple[TrainState | None, int | None]:
     """task.restore(...) if the Task has it, else ckpt.restore_latest(like): the newest intact checkpoint."""
     if getattr(task, "restore", None) is not None:
         return task.restore(ckpt, like, quarantine=quarantine)
@@ -120,11 +130,15 @@ class _Window:
                 f"non-finite loss or gradient at step {int(steps[np.argmax(nonfinite)])} "
                 f"(config.training.nan_policy='stop'); the update was discarded and "
                 + (f"nothing after step {saved} was saved." if saved is not None else "no checkpoint was saved yet.")
-                + " Lower the learning rate, use bfloat16 less, or set nan_policy='skip'.")
+                + " Lower the learning rate, use bfloat16 less, or set nan_policy='skip'."
+            )
         ok = nonfinite == 0
         cat = {k: np.concatenate([m[k] for _, m in host]) for k in host[0][1]}
-        scalars = {f"train/{k}": float(np.mean(v[ok])) if ok.any() else float("nan")
-                   for k, v in cat.items() if k != "nonfinite"}
+        scalars = {
+            f"train/{k}": float(np.mean(v[ok])) if ok.any() else float("nan")
+            for k, v in cat.items()
+            if k != "nonfinite"
+        }
         self.skipped_total += int(nonfinite.sum())
         scalars["train/skipped"] = int(nonfinite.sum())
         scalars["train/skipped_total"] = self.skipped_total
@@ -140,8 +154,10 @@ class Interrupted(Exception):
 
     def __init__(self, signum: int, step: int, workdir: str):
         self.signum, self.step = signum, step
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint {step} saved in "
-                         f"{workdir}/checkpoints; rerun the same command to resume.")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint {step} saved in "
+            f"{workdir}/checkpoints; rerun the same command to resume."
+        )
 
 
 class _StopNow(Exception):
@@ -158,7 +174,7 @@ class _StopOnSignal:
     def __init__(self, log_every: int):
         self.signum, self.log_every, self._old, self._in_eval = None, log_every, {}, False
 
-    def __enter__(self) -> "_StopOnSignal":
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -172,8 +188,12 @@ class _StopOnSignal:
             print("interrupted again: exiting now, without saving this step.", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
-        print(f"{signal.Signals(signum).name}: saving a checkpoint at the next step boundary (during an eval: now), "
-              "then stopping (Ctrl-C again exits at once).", file=sys.stderr, flush=True)
+        print(
+            f"{signal.Signals(signum).name}: saving a checkpoint at the next step boundary (during an eval: now), "
+            "then stopping (Ctrl-C again exits at once).",
+            file=sys.stderr,
+            flush=True,
+        )
         if self._in_eval:
             raise _StopNow()
 
@@ -194,6 +214,7 @@ class _StopOnSignal:
         if step % self.log_every:
             return False
         from jax.experimental import multihost_utils
+
         flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
         self.signum = self.signum or int(np.max(flags)) or None
         return self.signum is not None
@@ -212,10 +233,15 @@ def recorded_final_eval(workdir: str, step: int) -> dict:
 def _record_final_eval(workdir: str, step: int, result: dict) -> None:
     """Write {'step', 'result'} to workdir/final_eval.json (process 0), so a rerun of a finished run need not evaluate."""
     if jax.process_index() == 0:
-        atomic_write_text(os.path.join(workdir, FINAL_EVAL),
-                          json.dumps({"step": int(step), "result": {k: v if isinstance(v, int) else float(v)
-                                                                    for k, v in result.items()}},
-                                     indent=1, sort_keys=True) + "\n")
+        atomic_write_text(
+            os.path.join(workdir, FINAL_EVAL),
+            json.dumps(
+                {"step": int(step), "result": {k: v if isinstance(v, int) else float(v) for k, v in result.items()}},
+                indent=1,
+                sort_keys=True,
+            )
+            + "\n",
+        )
 
 
 def has_checkpoints(directory: str) -> bool:
@@ -225,8 +251,15 @@ def has_checkpoints(directory: str) -> bool:
 
 def _progress(config: ml_collections.ConfigDict, step: int, enabled: bool) -> tqdm.tqdm:
     """A tqdm bar over config.training.num_steps starting at `step` (few lines when stderr is a log file)."""
-    return tqdm.tqdm(total=config.training.num_steps, initial=step, unit="step", disable=not enabled,
-                     dynamic_ncols=True, desc="train", mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    return tqdm.tqdm(
+        total=config.training.num_steps,
+        initial=step,
+        unit="step",
+        disable=not enabled,
+        dynamic_ncols=True,
+        desc="train",
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
+    )
 
 
 def _host_batches(task: Task, step: int) -> Callable[[], dict]:
@@ -237,6 +270,7 @@ def _host_batches(task: Task, step: int) -> Callable[[], dict]:
     def take() -> dict:
         group = [next(batches) for _ in range(t.steps_per_call)]
         return {k: np.stack([b[k] for b in group]) for k in group[0]}
+
     return take
 
 
@@ -264,8 +298,16 @@ def _save(ckpt: Checkpointer, step: int, state: TrainState, config: ml_collectio
     ckpt.save(step, parallel.to_host(state), info={"config": validation.resolve(config).to_json()})
 
 
-def _evaluate(task: Task, stop: _StopOnSignal, state: TrainState, step: int, mesh: Any, workdir: str,
-              writer: MetricWriter, pbar: tqdm.tqdm) -> dict:
+def _evaluate(
+    task: Task,
+    stop: _StopOnSignal,
+    state: TrainState,
+    step: int,
+    mesh: Any,
+    workdir: str,
+    writer: MetricWriter,
+    pbar: tqdm.tqdm,
+) -> dict:
     """task.evaluate at `step` (a signal ends it at once), its figures on the bar; the bar's rate excludes it."""
     t0 = time.time()
     with stop.interruptible():
@@ -307,7 +349,7 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                 save = step % t.checkpoint_every == 0 or step == t.num_steps or interrupted
                 evaluate = (step % t.eval_every == 0 or step == t.num_steps) and not interrupted
                 if step % t.log_every == 0 or save or evaluate:
-                    scalars = window.flush(step, ckpt)      # raises under nan_policy='stop'
+                    scalars = window.flush(step, ckpt)  # raises under nan_policy='stop'
                     pbar.set_postfix(loss=f"{scalars['train/loss']:.4g}", refresh=False)
                     if getattr(task, "log_state", None) is not None:
                         task.log_state(state, step, writer)
@@ -321,7 +363,7 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
             if not last_eval:
                 last_eval = _evaluate(task, stop, state, step, mesh, workdir, writer, pbar)
             _record_final_eval(workdir, step, last_eval)
-    except _StopNow:                                        # a signal during an evaluation
+    except _StopNow:  # a signal during an evaluation
         if step not in ckpt.all_steps():
             _save(ckpt, step, state, config)
         ckpt.wait()

@@ -8,7 +8,8 @@ on the kind of model; a Task without them says so in one line.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -19,6 +20,7 @@ from vdm.tasks import autoencoder_task, classifier_task, diffusion_task, latent_
 class Entry(NamedTuple):
     """One Task's entry points: train(config, workdir) -> last eval; for_inference(config, mode) -> Task or None;
     summary(result, workdir) -> the line `python -m vdm.main` prints after training."""
+
     train: Callable[[ml_collections.ConfigDict, str], dict]
     for_inference: Callable[[ml_collections.ConfigDict, str], Any] | None
     summary: Callable[[dict, str], str]
@@ -26,15 +28,19 @@ class Entry(NamedTuple):
 
 def _bpd_summary(result: dict, w: str) -> str:
     """The diffusion models' closing lines: the test bits/dim and where the run's files are."""
-    return (f"test bits/dim {result.get('eval/bpd', float('nan')):.4f} +- {result.get('eval/bpd_se', float('nan')):.4f}"
-            f" (-ELBO, EMA params)\nsamples: {w}/samples/  metrics: {w}/metrics.jsonl (and {w}/tb/)"
-            f"  checkpoints: {w}/checkpoints/  bits/dim figure: {w}/bpd.png")
+    return (
+        f"test bits/dim {result.get('eval/bpd', float('nan')):.4f} +- {result.get('eval/bpd_se', float('nan')):.4f}"
+        f" (-ELBO, EMA params)\nsamples: {w}/samples/  metrics: {w}/metrics.jsonl (and {w}/tb/)"
+        f"  checkpoints: {w}/checkpoints/  bits/dim figure: {w}/bpd.png"
+    )
 
 
 def _autoencoder_summary(result: dict, w: str) -> str:
     """The autoencoder's closing line: its test -ELBO and the two terms."""
-    return (f"test -ELBO {result['eval/bpd']:.4f} +- {result['eval/bpd_se']:.4f} bits/dim (reconstruction "
-            f"{result['eval/bpd_recon']:.4f} + KL {result['eval/bpd_kl']:.4f}; EMA params)  images: {w}/samples/")
+    return (
+        f"test -ELBO {result['eval/bpd']:.4f} +- {result['eval/bpd_se']:.4f} bits/dim (reconstruction "
+        f"{result['eval/bpd_recon']:.4f} + KL {result['eval/bpd_kl']:.4f}; EMA params)  images: {w}/samples/"
+    )
 
 
 def _classifier_summary(result: dict, w: str) -> str:
@@ -44,8 +50,9 @@ def _classifier_summary(result: dict, w: str) -> str:
 
 TASKS: dict[str, Entry] = {
     "diffusion": Entry(diffusion_task.train_and_evaluate, diffusion_task.build, _bpd_summary),
-    "latent_diffusion": Entry(latent_task.train_and_evaluate, lambda c, mode: latent_task.build(c, mode=mode),
-                              _bpd_summary),
+    "latent_diffusion": Entry(
+        latent_task.train_and_evaluate, lambda c, mode: latent_task.build(c, mode=mode), _bpd_summary
+    ),
     "autoencoder": Entry(autoencoder_task.train_autoencoder, None, _autoencoder_summary),
     "classifier": Entry(classifier_task.train_classifier, None, _classifier_summary),
 }
@@ -65,6 +72,8 @@ def for_inference(config: ml_collections.ConfigDict, mode: str) -> Any:
     """The config's Task for --mode=eval/sample (validated for `mode`); ConfigError for a Task that has neither."""
     build = entry(config).for_inference
     if build is None:
-        raise ConfigError(f"config.task={task_of(config)!r} has no --mode={mode}: its training run evaluates it "
-                          "(metrics.jsonl); --mode=eval and --mode=sample are for 'diffusion' and 'latent_diffusion'.")
+        raise ConfigError(
+            f"config.task={task_of(config)!r} has no --mode={mode}: its training run evaluates it "
+            "(metrics.jsonl); --mode=eval and --mode=sample are for 'diffusion' and 'latent_diffusion'."
+        )
     return build(config, mode)

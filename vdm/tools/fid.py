@@ -27,8 +27,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_b", None, "use the first NUM_B images of B (default: --num)")
     flags.DEFINE_string("json", None, "also write the result as JSON to this file")
     flags.DEFINE_enum("resize", "tf1", list(RESIZE_MODES), "resize to 299x299 as")
-    flags.DEFINE_enum("encoding", None, list(encoding.ENCODINGS),
-                      "of float samples (default: the config .json beside the .npz, else endpoints)")
+    flags.DEFINE_enum(
+        "encoding",
+        None,
+        list(encoding.ENCODINGS),
+        "of float samples (default: the config .json beside the .npz, else endpoints)",
+    )
     flags.DEFINE_integer("batch_size", DEFAULT_BATCH, "images per Inception batch")
     flags.DEFINE_integer("kid_subsets", 100, "KID: number of subsets")
     flags.DEFINE_integer("kid_subset_size", 1000, "KID: images per subset")
@@ -45,17 +49,33 @@ def main(argv: list[str]) -> int:
         if len(sources) != 2:
             print("error: give 'prepare' or exactly two sources (.npz, PNG folder, NAME:SPLIT)", file=sys.stderr)
             return 2
-        r = compare(*sources, num=flags.FLAGS.num, num_b=flags.FLAGS.num_b, resize=flags.FLAGS.resize, kid_subsets=flags.FLAGS.kid_subsets,
-                    kid_subset_size=flags.FLAGS.kid_subset_size, encoding_name=flags.FLAGS.encoding,
-                    data_dir=flags.FLAGS.data_dir, batch_size=flags.FLAGS.batch_size, progress=True)
+        r = compare(
+            *sources,
+            num=flags.FLAGS.num,
+            num_b=flags.FLAGS.num_b,
+            resize=flags.FLAGS.resize,
+            kid_subsets=flags.FLAGS.kid_subsets,
+            kid_subset_size=flags.FLAGS.kid_subset_size,
+            encoding_name=flags.FLAGS.encoding,
+            data_dir=flags.FLAGS.data_dir,
+            batch_size=flags.FLAGS.batch_size,
+            progress=True,
+        )
     except (fid_weights.WeightsError, ValueError, tfds_sets.DatasetNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    print(f"FID {r['fid']:.4f}   KID {r['kid']:.6f} +- {r['kid_se']:.6f}   "
-          f"(N = {r['num_a']}, {r['num_b']}; resize {flags.FLAGS.resize})")
+    print(
+        f"FID {r['fid']:.4f}   KID {r['kid']:.6f} +- {r['kid_se']:.6f}   "
+        f"(N = {r['num_a']}, {r['num_b']}; resize {flags.FLAGS.resize})"
+    )
     if flags.FLAGS.json:
-        r = {**r, "a": sources[0], "b": sources[1], "resize": flags.FLAGS.resize,
-             "metric": "Inception-v3 2015-12-05 pool features (vdm.fid)"}
+        r = {
+            **r,
+            "a": sources[0],
+            "b": sources[1],
+            "resize": flags.FLAGS.resize,
+            "metric": "Inception-v3 2015-12-05 pool features (vdm.fid)",
+        }
         atomic_write(flags.FLAGS.json, lambda f: f.write(json.dumps(r, indent=1, sort_keys=True).encode()), binary=True)
     return 0
 

@@ -31,17 +31,24 @@ def define_flags() -> None:
     """The tool's flags (defined when it runs, so importing this module defines none)."""
     flags.DEFINE_enum("dataset", None, list(tfds_sets.IMAGE_DATASETS), "TFDS data set to prepare")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    flags.DEFINE_string("manual_dir", None, "source files; default for fashion_mnist: "
-                        f"${tfds_sets.FASHION_MNIST_DIR_ENV} or {tfds_sets.DEFAULT_FASHION_MNIST_DIR}, "
-                        "else DATA_DIR/downloads/manual")
+    flags.DEFINE_string(
+        "manual_dir",
+        None,
+        "source files; default for fashion_mnist: "
+        f"${tfds_sets.FASHION_MNIST_DIR_ENV} or {tfds_sets.DEFAULT_FASHION_MNIST_DIR}, "
+        "else DATA_DIR/downloads/manual",
+    )
     flags.mark_flag_as_required("dataset")
 
 
 def main(argv: list[str]) -> int:
     """absl entry point: `python -m vdm.tools.prepare_data --dataset=NAME [--data_dir=DIR] [--manual_dir=DIR]`."""
     if argv[1:]:
-        print(f"unexpected arguments {argv[1:]}; usage: python -m vdm.tools.prepare_data --dataset=NAME "
-              "[--data_dir=DIR] [--manual_dir=DIR]", file=sys.stderr)
+        print(
+            f"unexpected arguments {argv[1:]}; usage: python -m vdm.tools.prepare_data --dataset=NAME "
+            "[--data_dir=DIR] [--manual_dir=DIR]",
+            file=sys.stderr,
+        )
         return 2
     return prepare_command(flags.FLAGS.dataset, flags.FLAGS.data_dir, flags.FLAGS.manual_dir)
 
