@@ -3,8 +3,8 @@
 Not run by itself: configs/fashion_mnist.py (the default experiment) is this config as it is,
 configs/cifar10.py and configs/toy2d.py state only what they change. `get_config('image')` holds
 the keys of image data and the VDM UNet; `get_config('toy')` those of generated flat data and
-the MLP. The values are the default experiment's (Fashion-MNIST 28x28x1, a small VDM UNet, about
-20 minutes on 2 CPU cores).
+the MLP. The values are the default experiment's (Fashion-MNIST 28x28x1, a small VDM UNet, sized for
+2 CPU cores; its measured time is in experiments/RESULTS.md, section 9).
 
 Sampler options (config.sampling, after `class_label`): None means the method's default
 (vdm.sampling.SAMPLERS); a config or a flag names only the options it changes, e.g.
@@ -59,7 +59,7 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
     config.optimizer.ema_decay = 0.995  # EMA of the params, used for eval and sampling (short run: short memory)
 
     config.training = ml_collections.ConfigDict()
-    config.training.num_steps = 1500  # optimizer steps (about 11 minutes on 2 CPU cores)
+    config.training.num_steps = 1500  # optimizer steps
     config.training.batch_size = 32  # global batch (split over devices)
     config.training.eval_every = 1500  # full-test-set eval + samples (and at the end)
     config.training.checkpoint_every = 250  # checkpoint every this many steps (and at the end)

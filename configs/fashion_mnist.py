@@ -1,8 +1,8 @@
-"""DEFAULT experiment: Fashion-MNIST 28x28x1 with a small VDM UNet, sized for ~20 minutes on 2 shared CPU cores.
+"""DEFAULT experiment: Fashion-MNIST 28x28x1 with a small VDM UNet, sized for 2 CPU cores (experiments/RESULTS.md 9).
 
 Run (what `make train` runs, after `make data`):
     python -m vdm.main --config=configs/fashion_mnist.py --workdir=workdir/fashion_mnist
-About 11-20 minutes of training (by the machine's load), then the true ELBO in bits/dim over all 10,000 test images with the
+Training (its time: experiments/RESULTS.md, section 9), then the true ELBO in bits/dim over all 10,000 test images with the
 EMA params, and a grid of samples. A rerun in the same workdir resumes from its checkpoints.
 Its keys and values are configs/base.py's (the base holds this experiment's values, each key commented).
 Variants (the config argument, comma-separated): `:small` (a smoke test: 20 steps, 1-3.5 minutes, most of it the full-test-set eval), `:mnist`
