@@ -7,20 +7,22 @@ from vdm.core.discrete_time import discrete_diffusion_term, hybrid_diffusion_ter
 from vdm.core.encoding import bits_per_dim  # noqa: F401
 from vdm.core.objectives import (  # noqa: F401
     TERM_NAMES,
-    WEIGHTINGS,
     DenoiseFn,
     batch_means,
     discretize_t,
     elbo,
     eps_error,
     example_noise,
-    get_weighting,
     neg_elbo_terms,
     neg_elbo_terms_at,
     sample_t,
     schedule_values,
     variance_minimizing_grads,
     variance_minimizing_value_and_grad,
+)
+from vdm.core.weightings import (  # noqa: F401
+    WEIGHTINGS,
+    get_weighting,
     weight_edm,
     weight_elbo,
     weight_min_snr,

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from vdm.core import gaussian, objectives, parameterization, schedules
+from vdm.core import gaussian, parameterization, schedules, weightings
 from vdm.data.tfds_sets import IMAGE_DATASETS
 from vdm.data.toy_sets import TOY_DATASETS
 from vdm.evaluation.split_eval import eval_batch_size
@@ -129,7 +129,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         check_int("model.norm_groups", m.norm_groups, 0)
         for key in VDM_BOOLS:
             check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
-    check_choice("loss.weighting", c.loss.weighting, tuple(objectives.WEIGHTINGS))
+    check_choice("loss.weighting", c.loss.weighting, tuple(weightings.WEIGHTINGS))
     _validate_weighting(c.loss)
     _validate_objective(c)
     check_choice("model.decoder", m.decoder, gaussian.DECODERS)
