@@ -1,21 +1,45 @@
 """Shared test helpers: load experiment configs from configs/*.py, the repo root, a CLI runner.
 
-The `slow` marker is registered in pytest.ini; nothing global is set here.
+The `slow` marker is registered in pytest.ini. One thing is shared by the whole session: a JAX compilation
+cache in a fresh temporary folder (the env vars reach every xdist worker and every `python -m vdm.main` a test
+starts), so the many tiny runs that compile the same programs compile each once. A cached executable is the
+program XLA compiled, so no result changes; the folder is removed when the session ends.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """The session's compilation cache: created by the controlling process, inherited by workers and subprocesses."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(_CACHE_ENV):
+        return  # a worker (the controller set it up), or a cache the caller chose
+    config._vdm_cache_dir = tempfile.mkdtemp(prefix="vdm-test-jax-cache-")
+    os.environ[_CACHE_ENV] = config._vdm_cache_dir
+    # Cache every program, however quick to compile: the tests' programs are small and compiled many times.
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_unconfigure(config):
+    """Remove the session's compilation cache (only the one this session made)."""
+    path = getattr(config, "_vdm_cache_dir", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def load_config(name: str, arg: str | None = None):
