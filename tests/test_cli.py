@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import load_config, run_cli
 from vdm.infra.checkpoint import Checkpointer
 
 TINY = ["--config=configs/toy2d.py:small"]
@@ -79,7 +79,6 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
 
 
 def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
-    from conftest import load_config
     from vdm import sampling
     from vdm.cli import modes
 
@@ -145,9 +144,19 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     assert "python -m vdm.tools.prepare_data --dataset=fashion_mnist" in proc.stderr
 
 
-def test_eval_without_a_checkpoint_says_to_train_first(tmp_path):
-    proc = run_cli(TINY + [f"--workdir={tmp_path}", "--mode=eval"])
-    assert proc.returncode == 1 and "train first" in proc.stderr
+def test_eval_without_a_checkpoint_names_the_command_that_trains_the_run(tmp_path):
+    proc = run_cli(TINY + [f"--workdir={tmp_path}", "--mode=eval"])  # no config.json: no run at all
+    assert proc.returncode == 1
+    assert f"train one first, e.g. python -m vdm.main --config=configs/fashion_mnist.py --workdir={tmp_path}" in (
+        proc.stderr
+    )
+    from vdm.config import validation
+
+    validation.save_config(load_config("toy2d", "small"), str(tmp_path))  # a start that saved no checkpoint yet
+    proc = run_cli([f"--workdir={tmp_path}", "--mode=sample"])
+    assert proc.returncode == 1 and "--mode=train" not in proc.stderr
+    assert f"--workdir={tmp_path} holds no checkpoint yet; train that diffusion run first: " in proc.stderr
+    assert f"python -m vdm.main --workdir={tmp_path} (trains what its config.json records" in proc.stderr
 
 
 # A learning rate of 1e30 from step 0 sends the params to ~1e30 after one step, so every

@@ -22,6 +22,7 @@ from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
 from vdm.cli import modes
 from vdm.config import record, validation
 from vdm.infra.checkpoint import Checkpointer
+from vdm.infra.metrics import read_metrics
 from vdm.infra.optim import TrainState
 from vdm.tasks import latent_task
 from vdm.tasks.autoencoder_task import load_autoencoder, train_autoencoder
@@ -150,8 +151,11 @@ def test_the_latent_run_reports_the_three_term_bound_and_eval_returns_it(latent_
     np.testing.assert_allclose(
         result["eval/bpd_scale_log_det"] * 784 * np.log(2), -7 * 7 * 4 * np.log(recorded.latent.scale), rtol=1e-6
     )
-    again = modes.evaluate(record.load_recorded(latent_dir), latent_dir)  # what --mode=eval runs
+    config = record.load_recorded(latent_dir)
+    config.eval.ode_steps += 1  # an ODE-only key: other settings, so computed again (not the training's row)
+    again = modes.evaluate(config, latent_dir)  # what --mode=eval runs
     assert again["eval/bpd"] == result["eval/bpd"]  # the same draws: the same number
+    assert read_metrics(latent_dir)[-1]["eval_settings"]["ode_steps"] == config.eval.ode_steps  # it was computed
 
 
 def test_the_frozen_autoencoder_is_the_trained_one_bit_for_bit(ae_dir, latent_dir):

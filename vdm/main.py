@@ -6,7 +6,9 @@ Any config key can be overridden: --config.model.parameterization=x0 --config.tr
 Configs are locked, so a misspelt key fails at once. train resumes from DIR/checkpoints by itself,
 and refuses a config whose model or objective differs from DIR/config.json. eval and sample run the
 model DIR/config.json records; --config (optional there) only sets eval, sampling and guidance keys.
-Every user error is one line on stderr and a non-zero exit status.
+Every user error is one line on stderr and a non-zero exit status; the --workdir is checked before
+any work (a folder the mode can write), and a result computed but not written is printed first.
+--mode=eval prints one summary line (the figure, N examples, the method, the checkpoint step).
 
 Several processes (one per host) form one job with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I on each (or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID,
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -128,8 +129,6 @@ def resolve_config(mode: str, given, workdir: str, overridden: list[str]):
             )
         recorded.lock()
         return recorded
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"--workdir={workdir} does not exist; --mode={mode} needs a trained run's directory.")
     config, ignored = record.inference_config(workdir, given, overridden)
     if ignored:
         logging.getLogger("vdm.main").info(
@@ -165,6 +164,7 @@ def main(argv: list[str]) -> int:
 
     prefix = ""
     try:
+        cli_errors.check_workdir(_WORKDIR.value, _MODE.value)  # before any work: a file, missing, read-only
         given = _CONFIG.value if flags.FLAGS["config"].present else None
         overridden = list(config_flags.get_override_values(flags.FLAGS["config"])) if given is not None else []
         config = resolve_config(_MODE.value, given, _WORKDIR.value, overridden)
@@ -180,15 +180,31 @@ def main(argv: list[str]) -> int:
         except Interrupted as e:
             print(f"{prefix}{e}", file=sys.stderr)
             return 128 + e.signum
+        except cli_errors.NotSaved as e:  # computed, not (wholly) written: the result first, then what failed
+            report(_MODE.value, config, e.result, prefix)
+            print(f"{prefix}error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 1
     except USER_ERRORS as e:
         print(f"{prefix}error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)
-    if _MODE.value == "train" and (not prefix or prefix.startswith("[process 0/")):  # the summary once
+    report(_MODE.value, config, result, prefix)
+    return 0
+
+
+def report(mode: str, config, result, prefix: str) -> None:
+    """Print a mode's result (JSON on stdout) and, once per job, its summary line on stderr (train, eval)."""
+    if result is not None:
+        print(json.dumps(result, indent=1, sort_keys=True) if isinstance(result, dict) else result)
+    if prefix and not prefix.startswith("[process 0/"):  # the summary once
+        return
+    if mode == "train" and isinstance(result, dict):
         from vdm.tasks import registry
 
         print(registry.entry(config).summary(result, _WORKDIR.value), file=sys.stderr)
-    return 0
+    elif mode == "eval" and isinstance(result, dict):
+        from vdm.cli import modes
+
+        print(modes.eval_summary(config, result), file=sys.stderr)
 
 
 def entry() -> None:

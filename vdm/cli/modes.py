@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vdm.config import validation
+from vdm.config import cli_errors, record, validation
 from vdm.data import pipeline
 from vdm.infra import parallel
 from vdm.infra.checkpoint import Checkpointer
@@ -31,7 +32,7 @@ from vdm.infra.optim import TrainState
 from vdm.tasks import registry
 from vdm.tasks.classifier_task import load_log_prob_fn
 from vdm.tasks.diffusion_model import derived_key
-from vdm.tasks.loop import restore_or_init
+from vdm.tasks.loop import has_checkpoints, restore_or_init
 
 Array = jax.Array
 PyTree = Any
@@ -48,10 +49,10 @@ def restore_for_inference(
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
     task = registry.for_inference(config, mode)
+    if not has_checkpoints(ckpt_dir):
+        raise FileNotFoundError(cli_errors.untrained_hint(workdir, validation.task_of(config)))
     mesh = parallel.make_mesh()
     with Checkpointer(ckpt_dir, max_to_keep=None, create=False) as ckpt:
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt_dir}; train first (--mode=train) with this --workdir.")
         state, step = restore_or_init(task, mesh, ckpt)
     return task, mesh, state, step
 
@@ -63,36 +64,112 @@ def eval_settings(config: ml_collections.ConfigDict) -> dict:
     return {**settings, "device_count": jax.device_count()} if config.eval.method == "ode" else settings
 
 
+def _eval_changed_since(workdir: str, step: int) -> bool:
+    """Whether workdir/config_changes.jsonl records an eval.* key changed by a (re)start at `step` or later."""
+    path = os.path.join(workdir, "config_changes.jsonl")
+    if not os.path.exists(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        changes = [json.loads(line) for line in f if line.strip()]
+    return any(c["step"] >= step and any(k.startswith("eval.") for k in c["changes"]) for c in changes)
+
+
+def training_eval_settings(workdir: str, step: int) -> dict | None:
+    """The eval_settings of the training loop's own eval rows at `step` (always the ELBO, with the recorded config's
+    eval section), or None where that is not known: no record, or an eval key changed by a restart at `step` or
+    later (config_changes.jsonl), so a row at `step` may have been written before or after it."""
+    recorded = record.load_recorded(workdir)
+    if recorded is None or _eval_changed_since(workdir, step):
+        return None
+    recorded.eval.method = "elbo"  # the loop's eval is the ELBO whatever --mode=eval's method
+    return eval_settings(recorded)
+
+
 def recorded_eval(workdir: str, step: int, settings: dict) -> dict | None:
-    """The --mode=eval result already in metrics.jsonl for this checkpoint step and these settings, or None."""
+    """The result already in metrics.jsonl for this checkpoint step and these eval settings, or None: a --mode=eval
+    row tagged with them, or the training loop's eval row at `step` where its settings (training_eval_settings) match."""
+    train_settings = None if settings.get("method") != "elbo" else training_eval_settings(workdir, step)
     for r in reversed(read_metrics(workdir)):
-        if r.get("step") == step and r.get("mode") == "eval" and r.get("eval_settings") == settings:
-            return {k: v for k, v in r.items() if k.startswith("eval/")}
+        if r.get("step") != step:
+            continue
+        tagged = r.get("mode") == "eval" and r.get("eval_settings") == settings
+        trained = "mode" not in r and "eval/bpd" in r and train_settings == settings
+        if tagged or trained:
+            out = {k: v for k, v in r.items() if k.startswith("eval/") and k not in TRAINING_ONLY}
+            if trained:
+                out["eval/num_steps"] = settings["num_steps"]  # what evaluate_split adds
+            return {k: int(v) if k.endswith(("num_examples", "num_steps")) else v for k, v in out.items()}
     return None
+
+
+TRAINING_ONLY = ("eval/seconds", "eval/sample_nonfinite_frac")  # of the loop's eval rows, not --mode=eval's figures
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """--mode=eval with the newest checkpoint's EMA params: config.eval.method 'elbo' (-ELBO bits/dim, continuous
     or config.eval.num_steps discrete) or 'ode' (probability-flow ODE bits/dim); the config goes to config_eval.json.
 
-    The same checkpoint and settings evaluated before (metrics.jsonl) give the recorded result
-    (the estimate is deterministic given them); otherwise one row is appended.
+    The same checkpoint and settings evaluated before (metrics.jsonl: by --mode=eval, or by the training's own eval
+    of that step) give the recorded result (the estimate is deterministic given them); otherwise one row is
+    appended. The result holds 'step', the checkpoint's. A result that cannot be written raises NotSaved with it.
     """
     task, mesh, state, step = restore_for_inference(config, workdir, mode="eval")
     settings = eval_settings(config)
     done = recorded_eval(workdir, step, settings)
     if done is not None:
         log.info(
-            "checkpoint step %d was evaluated with these settings before: the recorded result (metrics.jsonl).", step
+            "checkpoint step %d was evaluated with these settings before: its recorded result (metrics.jsonl).", step
         )
-        return done
+        return {**done, "step": step}
     result = task.evaluate_split(mesh, state.ema_params, derived_key(config, 1, step))
-    if jax.process_index() == 0:
-        validation.save_config(config, workdir, name="config_eval")
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
-    writer.write(step, result, tags={"mode": "eval", "eval_settings": settings})
-    writer.close()
-    return result
+    written = []
+    try:
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
+        writer.write(step, result, tags={"mode": "eval", "eval_settings": settings})
+        writer.close()
+        written.append("metrics.jsonl")
+        if jax.process_index() == 0:
+            validation.save_config(config, workdir, name="config_eval")
+    except OSError as e:
+        lost = " and ".join(n for n in ("metrics.jsonl", "config_eval.json") if n not in written)
+        raise cli_errors.NotSaved(
+            {**result, "step": step},
+            f"the eval above was computed but could not be written to {workdir}/{lost} ({e.strerror or e})"
+            + ("" if written else "; it is not recorded, and a rerun computes it again")
+            + ".",
+        ) from None
+    return {**result, "step": step}
+
+
+def eval_summary(config: ml_collections.ConfigDict, result: dict) -> str:
+    """--mode=eval's one line: the figure and its SE, the method, N examples evaluated (the whole split or the first
+    config.eval.max_examples) and the checkpoint step."""
+    e = config.eval
+    if "eval/ode_bpd" in result:
+        n, figure = result["eval/ode_num_examples"], "probability-flow ODE"
+        method, bpd, se = (
+            f"ode, {result['eval/ode_num_steps']} steps",
+            result["eval/ode_bpd"],
+            result["eval/ode_bpd_se"],
+        )
+    else:
+        n, figure, bpd, se = result["eval/num_examples"], "-ELBO", result["eval/bpd"], result["eval/bpd_se"]
+        method = f"elbo, T={e.num_steps} steps" if e.num_steps else "elbo, continuous time"
+    capped = 0 < e.max_examples <= n
+    over = (
+        f"the first {n} test examples (config.eval.max_examples={e.max_examples}; 0: the whole split)"
+        if capped
+        else f"{n} test examples (the whole split)"
+    )
+    return (
+        f"checkpoint step {result.get('step', '?')}: test {figure} {_num(bpd)} +- {_num(se)} bits/dim "
+        f"({method}; EMA params) over {over}"
+    )
+
+
+def _num(v) -> str:
+    """A figure to 4 decimals, or 'nan' where metrics.jsonl holds null."""
+    return "nan" if v is None else f"{v:.4f}"
 
 
 def sample_chunk_size(num_samples: int, batch_size: int, num_classes: int = 0) -> int:
@@ -133,29 +210,35 @@ def _classifier_guidance(config: ml_collections.ConfigDict, n: int) -> Classifie
     return ClassifierGuidance(log_prob_fn, labels, g.classifier_scale, num_classes)
 
 
-def sample_name(config: ml_collections.ConfigDict, step: int) -> str:
-    """sample_step<k>_<method><steps>_w<w>_c<class>[_cls<scale>_y<label>]_<8 hex of every sampling/guidance key>.
+def num_drawn(config: ml_collections.ConfigDict) -> int:
+    """How many samples --mode=sample draws: config.sampling.num_samples, or config.fid.samples where more."""
+    return max(config.sampling.num_samples, config.fid.samples)
 
-    The hash makes runs that differ in any option (eta, grid, clipping ...) write different files.
+
+def sample_name(config: ml_collections.ConfigDict, step: int) -> str:
+    """sample_step<k>_<method><steps>_w<w>_c<class>[_cls<scale>_y<label>]_<8 hex of what decides the draws>.
+
+    The hash covers every key that changes what is drawn: each sampling and guidance key (eta, grid, clipping,
+    batch_size ...), with sampling.num_samples read as the number drawn (num_drawn: config.fid.samples counts where
+    it is larger), so runs that draw other samples write other files, and a run that draws the same set as an earlier
+    one (its name unchanged by this rule where fid.samples <= num_samples) finds it under the same name. The rest of
+    what decides the draws, the model and config.seed, is the workdir's run, and the step is in the name.
     """
     resolved = validation.resolve(config)  # an option left unset and set to its default: the same name
     s, g = resolved.sampling, resolved.guidance
     name = f"sample_step{step}_{s.method}{s.num_steps}_w{s.guidance_weight:g}_c{s.class_label}"
     if g.classifier_workdir:
         name += f"_cls{g.classifier_scale:g}_y{g.classifier_label}"
-    options = json.dumps({"sampling": json.loads(s.to_json()), "guidance": json.loads(g.to_json())}, sort_keys=True)
+    drawn = {**json.loads(s.to_json()), "num_samples": num_drawn(resolved)}
+    options = json.dumps({"sampling": drawn, "guidance": json.loads(g.to_json())}, sort_keys=True)
     return f"{name}_{hashlib.sha256(options.encode()).hexdigest()[:8]}"
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """--mode=sample: config.sampling.num_samples samples from the newest checkpoint to a PNG grid, an .npz and the config (.json).
-
-    Drawn in chunks of config.sampling.batch_size, chunk i with fold_in(key, i); classifier guidance
-    from config.guidance (a noisy classifier trained by vdm.tasks.classifier_task).
-    """
-    task, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
+def _draw(config: ml_collections.ConfigDict, task: Any, state: TrainState, step: int) -> tuple[np.ndarray, Any]:
+    """(num_drawn samples, their labels or None) from the EMA params: in chunks of config.sampling.batch_size, chunk
+    i with fold_in(key, i); classifier guidance from config.guidance."""
     s = config.sampling
-    num = max(s.num_samples, config.fid.samples)
+    num = num_drawn(config)
     guidance = _classifier_guidance(config, num)
     chunk = sample_chunk_size(num, s.batch_size, guidance.num_classes if guidance else config.model.num_classes)
     sampler = task.sampler(
@@ -169,17 +252,48 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
             for i in range(num_chunks)
         ]
     )[:num]
+    return samples, guidance.labels if guidance else task.sample_labels(num)
+
+
+def _save_npz(path: str, samples: np.ndarray, labels: Any) -> None:
+    """samples and labels (none: an empty int32 array) to PATH.npz."""
+    labels = np.asarray(labels) if labels is not None else np.zeros((0,), np.int32)
+    np.savez(path + ".npz", samples=samples, labels=labels)
+
+
+def _not_saved(path: str, samples: np.ndarray, labels: Any, error: OSError) -> cli_errors.NotSaved:
+    """NotSaved for samples drawn but not written to PATH.*: kept in the temp folder instead where it can be."""
+    fallback = os.path.join(tempfile.gettempdir(), os.path.basename(path))
+    try:
+        _save_npz(fallback, samples, labels)
+        kept = f"they are kept in {fallback}.npz instead"
+    except OSError:
+        fallback, kept = None, f"nor in {tempfile.gettempdir()}: they are lost"
+    return cli_errors.NotSaved(
+        fallback and fallback + ".npz",
+        f"{len(samples)} samples were drawn, but {path}.png/.npz could not be written ({error.strerror or error}); "
+        f"{kept} (no FID scored).",
+    )
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """--mode=sample: num_drawn(config) samples from the newest checkpoint to a PNG grid, an .npz and the config (.json).
+
+    Drawn in chunks of config.sampling.batch_size, chunk i with fold_in(key, i); classifier guidance
+    from config.guidance (a noisy classifier trained by vdm.tasks.classifier_task). Samples that cannot be written
+    raise NotSaved, after they are saved in the temp folder where that can be.
+    """
+    task, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
+    samples, labels = _draw(config, task, state, step)
     name = sample_name(config, step)
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
-        save_samples_png(path + ".png", samples, task.data_info.encoding)
-        labels = guidance.labels if guidance else task.sample_labels(num)
-        np.savez(
-            path + ".npz",
-            samples=samples,
-            labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32),
-        )
-        validation.save_config(config, os.path.dirname(path), name=name)
+        try:
+            save_samples_png(path + ".png", samples, task.data_info.encoding)
+            _save_npz(path, samples, labels)
+            validation.save_config(config, os.path.dirname(path), name=name)
+        except OSError as e:
+            raise _not_saved(path, samples, labels, e) from None
         if config.fid.samples > 0:
             score_samples(config, task.data_info, samples[: config.fid.samples], step, workdir, name)
     return path + ".png"
@@ -210,9 +324,6 @@ def score_samples(
         kid_subset_size=min(1000, len(samples)),
     )
     result = {f"sample/{k}": v for k, v in scores.items()}
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
-    writer.write(step, result, tags={"mode": "sample", "samples": name})
-    writer.close()
     log.info(
         "%s: Inception FID %.3f, KID %.5f +- %.5f (%d samples vs %d of %s:%s)",
         name,
@@ -224,4 +335,13 @@ def score_samples(
         config.data.dataset,
         e.reference,
     )
+    try:
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=False)
+        writer.write(step, result, tags={"mode": "sample", "samples": name})
+        writer.close()
+    except OSError as err:
+        raise cli_errors.NotSaved(
+            os.path.join(workdir, "samples", name + ".png"),
+            f"the FID/KID logged above could not be written to {workdir}/metrics.jsonl ({err.strerror or err}).",
+        ) from None
     return result

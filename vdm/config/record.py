@@ -228,8 +228,8 @@ def inference_config(
     recorded = load_recorded(workdir)
     if recorded is None:
         raise ConfigError(
-            f"{workdir} holds no trained run (no config.json): train first, with "
-            "python -m vdm.main --config=configs/... --workdir=DIR (--mode=train)."
+            f"{workdir} holds no trained run (no config.json): train one first, e.g. "
+            f"python -m vdm.main --config=configs/fashion_mnist.py --workdir={workdir} (or another configs/ file)."
         )
     if given is None:
         recorded.lock()

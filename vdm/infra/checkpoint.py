@@ -133,7 +133,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         if not create and not os.path.isdir(self.directory):
             raise FileNotFoundError(
-                f"no checkpoint directory {self.directory}; train first (--mode=train) with this --workdir."
+                f"no checkpoint directory {self.directory}: nothing was trained and saved there yet."
             )
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vdm.config import latent_checks, validation
+from vdm.config import cli_errors, latent_checks, validation
 from vdm.core import latent
 from vdm.core.objectives import example_noise
 from vdm.data import pipeline
@@ -37,7 +37,7 @@ from vdm.infra.metrics import MetricWriter, save_samples_png
 from vdm.infra.optim import Optimizer, TrainState, step_keys
 from vdm.models import convert
 from vdm.models.autoencoder import Autoencoder, autoencoder_from_config, latent_shape
-from vdm.tasks.loop import run
+from vdm.tasks.loop import has_checkpoints, run
 
 Array = jax.Array
 PyTree = Any
@@ -170,11 +170,14 @@ def load_autoencoder(workdir: str) -> tuple[AutoencoderTask, PyTree, int]:
             f"{workdir} holds a run that is not an autoencoder's (its config.json has no "
             "loss.kl_weight); config.latent.autoencoder_workdir needs a vdm.tasks.autoencoder_task run."
         )
+    untrained = cli_errors.untrained_hint(workdir, "autoencoder", flag="--config.latent.autoencoder_workdir")
+    if not has_checkpoints(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(untrained)
     task = build(recorded)
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None, create=False) as ckpt:
         state, step = ckpt.restore_latest(parallel.to_host(task.init_state()))
     if state is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train the autoencoder first.")
+        raise FileNotFoundError(untrained)
     return task, state.ema_params, int(step)
 
 

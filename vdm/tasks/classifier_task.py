@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vdm.config import validation
+from vdm.config import cli_errors, validation
 from vdm.core import gaussian
 from vdm.core.objectives import example_noise
 from vdm.core.schedules import Schedule
@@ -36,7 +36,7 @@ from vdm.infra.metrics import MetricWriter
 from vdm.infra.optim import Optimizer, TrainState, step_keys
 from vdm.models import convert
 from vdm.models.classifier import NoisyClassifier, classifier_from_config
-from vdm.tasks.loop import run
+from vdm.tasks.loop import has_checkpoints, run
 
 Array = jax.Array
 EVAL_TIMES = (0.1, 0.5, 0.9)
@@ -146,9 +146,12 @@ def load_log_prob_fn(workdir: str) -> tuple[Callable[[Array, Array, Array], Arra
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"no noisy classifier in {workdir}: train one with python -m vdm.main "
-            "--config=configs/noisy_classifier.py --workdir=..."
+            f"--classifier_workdir={workdir} holds no noisy classifier (no config.json): train one first with "
+            f"{cli_errors.train_command(workdir, 'classifier')} (:toy2d for toy data)."
         )
+    untrained = cli_errors.untrained_hint(workdir, "classifier", flag="--classifier_workdir")
+    if not has_checkpoints(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(untrained)
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     info = pipeline.get_dataset_info(config.data)
@@ -159,7 +162,7 @@ def load_log_prob_fn(workdir: str) -> tuple[Callable[[Array, Array, Array], Arra
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=None, create=False) as ckpt:
         state, _ = ckpt.restore_latest(parallel.to_host(optimizer.init(params, k_run)))
     if state is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train the classifier first.")
+        raise FileNotFoundError(untrained)
 
     def log_prob_fn(z: Array, t: Array, y: Array) -> Array:
         logits = model.apply({"params": state.ema_params}, z, jnp.broadcast_to(schedule(t), z.shape[:1]))
