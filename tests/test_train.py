@@ -293,3 +293,77 @@ def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g16)])
     cos = float(flat16 @ flat32 / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32)))
     assert cos > 0.99, cos  # the same descent direction, to bf16 rounding
+
+
+_SIGINT_SCRIPT = textwrap.dedent("""
+    import os, signal, threading, time
+    import jax, jax.numpy as jnp
+    from conftest import load_config
+    from vdm.infra import parallel
+    from vdm.tasks import diffusion_task, loop
+    from vdm.tasks import diffusion_model as dm
+
+    N, WORKDIR = {n}, {workdir!r}
+    c = load_config("toy2d", "small")
+    c.training.update(num_steps=100000, log_every=100000, checkpoint_every=100000, eval_every=100000)
+    model, mesh = dm.setup(c)
+    task = diffusion_task.DiffusionTask(model)
+    inner = task.train_step
+
+    def train_step(state, batch):  # a slow device step (no host callback: those make dispatch synchronous)
+        state, metrics = inner(state, batch)
+        busy = jax.lax.fori_loop(0, 60, lambda i, a: jnp.tanh(a @ a), jnp.full((192, 192), 0.01))
+        return state, {{**metrics, "busy": busy[0, 0]}}
+
+    task.train_step = train_step
+    outs, seen = [], {{}}  # every call's metrics as dispatched; what the watcher saw
+    make = parallel.data_parallel
+
+    def watched(*args, **kwargs):  # the loop's train fn, recording its outputs (it does not wait on them)
+        fn = make(*args, **kwargs)
+
+        def call(state, batch):
+            state, metrics = fn(state, batch)
+            outs.append(metrics["loss"])
+            return state, metrics
+
+        return call
+
+    def finished():  # steps whose results are ready, in order
+        return next((i for i, m in enumerate(list(outs)) if not m.is_ready()), len(outs))
+
+    def watch():  # SIGINT once step N has finished; then count the finished steps
+        while finished() < N:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+        seen["finished"] = finished()
+
+    parallel.data_parallel = watched
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        loop.run(task, mesh, WORKDIR)
+    except loop.Interrupted as e:
+        print("STOPPED", e.step, seen["finished"])
+""")
+
+
+def test_sigint_saves_within_three_steps_of_the_last_finished_step(tmp_path):
+    """SIGINT on a slow device saves a step <= F + 3, F the steps finished when it lands (counted just after): the
+    loop dispatches step k only once step k - 2 has finished (loop.MAX_IN_FLIGHT = 2), so at most F + 2 are dispatched
+    when the handler runs, and the stop is checked after at most one more dispatch. Unbounded asynchronous dispatch
+    would save tens of steps later (it runs ahead of the device until the runtime's queue fills)."""
+    n, workdir = 20, str(tmp_path / "run")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGINT_SCRIPT.format(n=n, workdir=workdir)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stopped, finished = map(int, proc.stdout.split("STOPPED")[-1].split())
+    with Checkpointer(os.path.join(workdir, "checkpoints"), create=False) as ckpt:
+        assert ckpt.all_steps() == [stopped]
+    assert n <= finished <= stopped <= finished + 3, (n, finished, stopped)
