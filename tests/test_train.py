@@ -16,6 +16,7 @@ import numpy as np
 from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
 from vdm import objectives
 from vdm.data import pipeline
+from vdm.evaluation import split_eval
 from vdm.infra import parallel
 from vdm.infra.checkpoint import Checkpointer
 from vdm.tasks import diffusion_model as dm
@@ -367,3 +368,44 @@ def test_sigint_saves_within_three_steps_of_the_last_finished_step(tmp_path):
     with Checkpointer(os.path.join(workdir, "checkpoints"), create=False) as ckpt:
         assert ckpt.all_steps() == [stopped]
     assert n <= finished <= stopped <= finished + 3, (n, finished, stopped)
+
+
+def test_chunk_rows_fits_the_budget_in_the_fewest_even_calls():
+    """Against a direct search: the fewest calls whose rows fit the budget (temporaries linear in the rows), evenly."""
+    for rows in (1, 7, 100, 1000):
+        for temp in (None, 10, 999, 10**6):
+            for budget in (1, 50, 1000, 10**7):
+                got = split_eval.chunk_rows(rows, temp, budget)
+                if temp is None or temp <= budget:
+                    assert got == rows
+                    continue
+                fits = lambda r: r * temp <= budget * rows  # noqa: E731
+                calls = next((c for c in range(1, rows + 1) if fits(-(-rows // c))), rows)
+                assert got == -(-rows // calls), (rows, temp, budget, got, calls)
+
+
+def test_eval_in_memory_sized_calls_gives_each_example_the_same_noise_and_result():
+    """A batch split into calls by a small memory budget (4 calls, the last padded) gives per-example terms equal to
+    the one-call batch: the noise-only terms (reconstruction, prior) bit for bit, the total to float32 rounding of the
+    network's output (XLA picks its matmul kernels by the batch shape: ~2e-6 of the diffusion term, which the total
+    cancels against the reconstruction). So a config's eval figure does not depend on the memory it runs in."""
+    c = _toy_config()
+    trainer, mesh = dm.setup(c)
+    params = jax.tree.map(
+        lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+        trainer.init_state(jax.random.PRNGKey(0)).params,
+    )
+    eval_fn = parallel.data_parallel_eval(lambda p, b, k: dm.eval_step(trainer, p, b, k), mesh)
+    key, batch = jax.random.PRNGKey(5), 250
+    first = next(pipeline.eval_iterator(c.data, batch))
+    inputs = parallel.shard_batch({k: v for k, v in first.items() if k != "mask"}, mesh)
+    temp = split_eval.call_temp_bytes(eval_fn, params, inputs, key)
+    assert temp and split_eval.chunk_rows(batch, temp, temp // 3) == 63  # 4 calls, 2 padded rows
+    whole = split_eval.over_split(eval_fn, params, c.data, batch, mesh, key)
+    parts = split_eval.over_split(eval_fn, params, c.data, batch, mesh, key, budget=temp // 3)
+    assert len(whole["total"]) == len(parts["total"]) == c.data.num_test
+    for name in ("reconstruction", "prior"):
+        np.testing.assert_array_equal(parts[name], whole[name])
+    scale = np.max(np.abs(whole["total"] - whole["reconstruction"]))  # the diffusion (and prior) term's size
+    np.testing.assert_allclose(parts["total"], whole["total"], rtol=0, atol=1e-5 * scale)
+    assert np.std(whole["total"]) > 1000 * np.max(np.abs(parts["total"] - whole["total"]))  # other keys: far off
