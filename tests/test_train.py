@@ -12,6 +12,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
 from vdm import objectives
@@ -409,3 +410,47 @@ def test_eval_in_memory_sized_calls_gives_each_example_the_same_noise_and_result
     scale = np.max(np.abs(whole["total"] - whole["reconstruction"]))  # the diffusion (and prior) term's size
     np.testing.assert_allclose(parts["total"], whole["total"], rtol=0, atol=1e-5 * scale)
     assert np.std(whole["total"]) > 1000 * np.max(np.abs(parts["total"] - whole["total"]))  # other keys: far off
+
+
+def test_a_png_grid_is_the_native_grid_with_each_pixel_a_scale_by_scale_block(tmp_path):
+    """save_samples_png: 36 images -> 6 x 6 cells of 28 + 2 px, every pixel 4 x 4 (the default) or 1 x 1 (scale=1)."""
+    from PIL import Image
+
+    from vdm.infra.metrics import image_grid, save_samples_png
+
+    x = np.random.default_rng(0).uniform(-1, 1, (36, 28, 28, 1))
+    native = image_grid(x)
+    assert native.shape == (6 * 30 + 2, 6 * 30 + 2, 1)
+    save_samples_png(str(tmp_path / "g1.png"), x, scale=1)
+    save_samples_png(str(tmp_path / "g4.png"), x)  # the default scale
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g1.png")), native[..., 0])
+    big = np.asarray(Image.open(tmp_path / "g4.png"))
+    np.testing.assert_array_equal(big, np.kron(native[..., 0], np.ones((4, 4), np.uint8)))
+
+
+@pytest.mark.slow
+def test_the_autoencoders_grids_are_square_and_their_pngs_4x_nearest_neighbour(tmp_path):
+    """config.eval.num_images = 32: the prior grid draws 36 (6 x 6, no empty cell), the reconstructions 32 + 32 (8 x 8);
+    each PNG is the native grid (28 px + 2 px padding a cell) with every pixel a 4 x 4 block."""
+    from PIL import Image
+
+    from vdm.infra.metrics import MetricWriter
+    from vdm.tasks import autoencoder_task
+
+    c = load_config("fashion_mnist_ae", "small")
+    c.eval.max_examples, c.eval.batch_size = 8, 8
+    task = autoencoder_task.build(c)
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(task.init_state(), mesh)
+    writer = MetricWriter(str(tmp_path), tensorboard=False)
+    task.evaluate(state, 0, mesh, str(tmp_path), writer)
+    writer.close()
+    for name, cells in (("prior", 6), ("recon", 8)):
+        png = np.asarray(Image.open(tmp_path / "samples" / f"{name}_0000000.png"))
+        side = 4 * (cells * (28 + 2) + 2)
+        assert png.shape == (side, side), (name, png.shape)
+        blocks = png.reshape(side // 4, 4, side // 4, 4)
+        assert (blocks == blocks[:, :1, :, :1]).all()  # nearest neighbour: constant 4 x 4 blocks
+        native = blocks[:, 0, :, 0]
+        assert (native[:2] == 255).all() and (native[-2:] == 255).all()  # the padding frames every row of cells
+    assert [autoencoder_task.square_count(n) for n in (1, 2, 4, 5, 32, 36, 37)] == [1, 4, 4, 9, 36, 36, 49]
