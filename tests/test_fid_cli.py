@@ -5,6 +5,7 @@ temporary data_dir (so nothing is written beside the real data set).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -51,13 +52,33 @@ def test_reference_stats_are_cached_beside_the_data_keyed_by_weights_and_resize(
         fid.reference_stats("fashion_mnist:validation", net=net, data_dir=folder)
 
 
+def test_reference_stats_of_another_subset_size_are_their_own_cache_entry(tiny_data, net):
+    """The first 8 and the first 10 examples: two files, each the statistics of its own rows; a file at one's path
+    holding the other's statistics (its recorded key names the other size) is recomputed, not returned."""
+    folder, images = tiny_data
+    s10 = fid.reference_stats("fashion_mnist:train", num=10, net=net, data_dir=folder, progress=False)
+    s8 = fid.reference_stats("fashion_mnist:train", num=8, net=net, data_dir=folder, progress=False)
+    cache = os.path.join(folder, "fashion_mnist", "vdm_fid")
+    names = {n for n in os.listdir(cache) if n.startswith("train_")}
+    assert names == {f"train_n{n}_tf1_{net.weights_sha256[:16]}.npz" for n in (8, 10)}
+    mu8, _ = fid.gaussian_stats(fid.inception_features(images["train"][:8], net=net))
+    np.testing.assert_allclose(s8["mu"], mu8, rtol=1e-6)
+    assert int(s8["num"]) == 8 and int(s10["num"]) == 10 and np.abs(s8["mu"] - s10["mu"]).max() > 1e-3
+    path8 = os.path.join(cache, f"train_n8_tf1_{net.weights_sha256[:16]}.npz")
+    shutil.copy(os.path.join(cache, f"train_n10_tf1_{net.weights_sha256[:16]}.npz"), path8)
+    again = fid.reference_stats("fashion_mnist:train", num=8, net=net, data_dir=folder, progress=False)
+    assert int(again["num"]) == 8
+    np.testing.assert_allclose(again["mu"], mu8, rtol=1e-6)
+
+
 def test_score_samples_decodes_float_samples_and_scores_them_against_the_reference(tiny_data, net):
     folder, images = tiny_data
     x = encoding.encode(images["train"][:8])  # as --mode=sample returns them, in [-1, 1]
     out = fid.score_samples(
         x, "fashion_mnist:test", num_reference=10, data_dir=folder, net=net, kid_subsets=4, kid_subset_size=4
     )
-    assert set(out) == {"fid", "kid", "kid_se", "num_samples", "num_reference"}
+    assert set(out) == {"fid", "kid", "kid_se", "kid_subsets", "kid_subset_size", "num_samples", "num_reference"}
+    assert (out["kid_subsets"], out["kid_subset_size"]) == (4, 2)  # 4 disjoint subsets of 8 samples: 2 rows each
     assert out["num_samples"] == 8 and out["num_reference"] == 10 and out["fid"] > 0
     same = fid.score_samples(
         images["train"][:8],
@@ -113,6 +134,7 @@ def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FID " in proc.stdout and "KID " in proc.stdout and "(N = 6, 6; resize tf1)" in proc.stdout
+    assert "standard error over 3 disjoint subsets of 2" in proc.stdout
     r = json.loads(out.read_text())
     assert abs(r["fid"]) < 1e-2 and r["num_a"] == 6  # the same six images: FID 0 up to rounding
     bad = subprocess.run(

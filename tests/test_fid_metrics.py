@@ -179,6 +179,41 @@ def test_kid_standard_error_matches_the_spread_over_repetitions_for_disjoint_sub
     assert 0.7 < ratio < 1.4, ratio  # 60 repetitions: the std itself is known to ~10%
 
 
+def test_kid_standard_error_is_the_spread_over_repetitions_for_few_samples():
+    """100 samples against 200 reference rows with subsets of 100 asked for (as --mode=sample asks at 100 samples):
+    the subsets are disjoint (10 of 10), so se is a real standard error: its mean over 200 independent draws agrees
+    with the standard deviation of KID over those draws (each known to ~5%, fixed seed). Overlapping subsets of all
+    100 samples would report only their Monte-Carlo error, several times smaller."""
+    rng = np.random.default_rng(11)
+    d, reps = 8, 200
+    draws = [(rng.standard_normal((100, d)) + 0.3, rng.standard_normal((200, d))) for _ in range(reps)]
+    out = np.array(
+        [fid.kid_from_features(a, b, num_subsets=100, subset_size=100, seed=i) for i, (a, b) in enumerate(draws)]
+    )
+    ratio = np.mean(out[:, 1]) / np.std(out[:, 0], ddof=1)
+    assert 0.8 < ratio < 1.25, ratio
+    assert fm.kid_subsets(100, 200, 100, 100) == (10, 10)
+
+
+def test_kid_subsets_are_disjoint_keep_the_asked_size_where_ten_fit_and_at_least_two():
+    for n_a, n_b, k, m in [
+        (50_000, 60_000, 100, 1000),
+        (10_000, 10_000, 100, 1000),
+        (100, 200, 100, 100),
+        (8, 10, 100, 8),
+        (6, 6, 3, 3),
+        (40, 40, 2, 20),
+        (4, 1000, 100, 1000),
+    ]:
+        got_k, got_m = fm.kid_subsets(n_a, n_b, k, m)
+        assert 2 <= got_k <= k and 2 <= got_m <= m and got_k * got_m <= min(n_a, n_b), (n_a, n_b, k, m)
+        assert (got_m == m) == (min(n_a, n_b) // m >= min(k, fm.KID_MIN_SUBSETS)), (n_a, n_b, k, m, got_m)
+        assert got_k == min(k, min(n_a, n_b) // got_m)
+    assert fm.kid_subsets(50_000, 60_000, 100, 1000) == (50, 1000)
+    with pytest.raises(ValueError, match=">= 4 rows each"):
+        fm.kid_subsets(3, 100, 100, 1000)
+
+
 def test_kid_rejects_bad_input():
     x = np.zeros((10, 3))
     with pytest.raises(ValueError, match="a has 3 features, b has 4"):

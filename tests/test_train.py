@@ -12,10 +12,12 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
 from vdm import objectives
 from vdm.data import pipeline
+from vdm.evaluation import split_eval
 from vdm.infra import parallel
 from vdm.infra.checkpoint import Checkpointer
 from vdm.tasks import diffusion_model as dm
@@ -293,3 +295,162 @@ def test_bfloat16_training_loss_and_grads_match_float32_with_float32_params():
     flat16 = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g16)])
     cos = float(flat16 @ flat32 / (jnp.linalg.norm(flat16) * jnp.linalg.norm(flat32)))
     assert cos > 0.99, cos  # the same descent direction, to bf16 rounding
+
+
+_SIGINT_SCRIPT = textwrap.dedent("""
+    import os, signal, threading, time
+    import jax, jax.numpy as jnp
+    from conftest import load_config
+    from vdm.infra import parallel
+    from vdm.tasks import diffusion_task, loop
+    from vdm.tasks import diffusion_model as dm
+
+    N, WORKDIR = {n}, {workdir!r}
+    c = load_config("toy2d", "small")
+    c.training.update(num_steps=100000, log_every=100000, checkpoint_every=100000, eval_every=100000)
+    model, mesh = dm.setup(c)
+    task = diffusion_task.DiffusionTask(model)
+    inner = task.train_step
+
+    def train_step(state, batch):  # a slow device step (no host callback: those make dispatch synchronous)
+        state, metrics = inner(state, batch)
+        busy = jax.lax.fori_loop(0, 60, lambda i, a: jnp.tanh(a @ a), jnp.full((192, 192), 0.01))
+        return state, {{**metrics, "busy": busy[0, 0]}}
+
+    task.train_step = train_step
+    outs, seen = [], {{}}  # every call's metrics as dispatched; what the watcher saw
+    make = parallel.data_parallel
+
+    def watched(*args, **kwargs):  # the loop's train fn, recording its outputs (it does not wait on them)
+        fn = make(*args, **kwargs)
+
+        def call(state, batch):
+            state, metrics = fn(state, batch)
+            outs.append(metrics["loss"])
+            return state, metrics
+
+        return call
+
+    def finished():  # steps whose results are ready, in order
+        return next((i for i, m in enumerate(list(outs)) if not m.is_ready()), len(outs))
+
+    def watch():  # SIGINT once step N has finished; then count the finished steps
+        while finished() < N:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+        seen["finished"] = finished()
+
+    parallel.data_parallel = watched
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        loop.run(task, mesh, WORKDIR)
+    except loop.Interrupted as e:
+        print("STOPPED", e.step, seen["finished"])
+""")
+
+
+def test_sigint_saves_within_three_steps_of_the_last_finished_step(tmp_path):
+    """SIGINT on a slow device saves a step <= F + 3, F the steps finished when it lands (counted just after): the
+    loop dispatches step k only once step k - 2 has finished (loop.MAX_IN_FLIGHT = 2), so at most F + 2 are dispatched
+    when the handler runs, and the stop is checked after at most one more dispatch. Unbounded asynchronous dispatch
+    would save tens of steps later (it runs ahead of the device until the runtime's queue fills)."""
+    n, workdir = 20, str(tmp_path / "run")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGINT_SCRIPT.format(n=n, workdir=workdir)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stopped, finished = map(int, proc.stdout.split("STOPPED")[-1].split())
+    with Checkpointer(os.path.join(workdir, "checkpoints"), create=False) as ckpt:
+        assert ckpt.all_steps() == [stopped]
+    assert n <= finished <= stopped <= finished + 3, (n, finished, stopped)
+
+
+def test_chunk_rows_fits_the_budget_in_the_fewest_even_calls():
+    """Against a direct search: the fewest calls whose rows fit the budget (temporaries linear in the rows), evenly."""
+    for rows in (1, 7, 100, 1000):
+        for temp in (None, 10, 999, 10**6):
+            for budget in (1, 50, 1000, 10**7):
+                got = split_eval.chunk_rows(rows, temp, budget)
+                if temp is None or temp <= budget:
+                    assert got == rows
+                    continue
+                fits = lambda r: r * temp <= budget * rows  # noqa: E731
+                calls = next((c for c in range(1, rows + 1) if fits(-(-rows // c))), rows)
+                assert got == -(-rows // calls), (rows, temp, budget, got, calls)
+
+
+def test_eval_in_memory_sized_calls_gives_each_example_the_same_noise_and_result():
+    """A batch split into calls by a small memory budget (4 calls, the last padded) gives per-example terms equal to
+    the one-call batch: the noise-only terms (reconstruction, prior) bit for bit, the total to float32 rounding of the
+    network's output (XLA picks its matmul kernels by the batch shape: ~2e-6 of the diffusion term, which the total
+    cancels against the reconstruction). So a config's eval figure does not depend on the memory it runs in."""
+    c = _toy_config()
+    trainer, mesh = dm.setup(c)
+    params = jax.tree.map(
+        lambda p: p + 0.2 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+        trainer.init_state(jax.random.PRNGKey(0)).params,
+    )
+    eval_fn = parallel.data_parallel_eval(lambda p, b, k: dm.eval_step(trainer, p, b, k), mesh)
+    key, batch = jax.random.PRNGKey(5), 250
+    first = next(pipeline.eval_iterator(c.data, batch))
+    inputs = parallel.shard_batch({k: v for k, v in first.items() if k != "mask"}, mesh)
+    temp = split_eval.call_temp_bytes(eval_fn, params, inputs, key)
+    assert temp and split_eval.chunk_rows(batch, temp, temp // 3) == 63  # 4 calls, 2 padded rows
+    whole = split_eval.over_split(eval_fn, params, c.data, batch, mesh, key)
+    parts = split_eval.over_split(eval_fn, params, c.data, batch, mesh, key, budget=temp // 3)
+    assert len(whole["total"]) == len(parts["total"]) == c.data.num_test
+    for name in ("reconstruction", "prior"):
+        np.testing.assert_array_equal(parts[name], whole[name])
+    scale = np.max(np.abs(whole["total"] - whole["reconstruction"]))  # the diffusion (and prior) term's size
+    np.testing.assert_allclose(parts["total"], whole["total"], rtol=0, atol=1e-5 * scale)
+    assert np.std(whole["total"]) > 1000 * np.max(np.abs(parts["total"] - whole["total"]))  # other keys: far off
+
+
+def test_a_png_grid_is_the_native_grid_with_each_pixel_a_scale_by_scale_block(tmp_path):
+    """save_samples_png: 36 images -> 6 x 6 cells of 28 + 2 px, every pixel 4 x 4 (the default) or 1 x 1 (scale=1)."""
+    from PIL import Image
+
+    from vdm.infra.metrics import image_grid, save_samples_png
+
+    x = np.random.default_rng(0).uniform(-1, 1, (36, 28, 28, 1))
+    native = image_grid(x)
+    assert native.shape == (6 * 30 + 2, 6 * 30 + 2, 1)
+    save_samples_png(str(tmp_path / "g1.png"), x, scale=1)
+    save_samples_png(str(tmp_path / "g4.png"), x)  # the default scale
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g1.png")), native[..., 0])
+    big = np.asarray(Image.open(tmp_path / "g4.png"))
+    np.testing.assert_array_equal(big, np.kron(native[..., 0], np.ones((4, 4), np.uint8)))
+
+
+@pytest.mark.slow
+def test_the_autoencoders_grids_are_square_and_their_pngs_4x_nearest_neighbour(tmp_path):
+    """config.eval.num_images = 32: the prior grid draws 36 (6 x 6, no empty cell), the reconstructions 32 + 32 (8 x 8);
+    each PNG is the native grid (28 px + 2 px padding a cell) with every pixel a 4 x 4 block."""
+    from PIL import Image
+
+    from vdm.infra.metrics import MetricWriter
+    from vdm.tasks import autoencoder_task
+
+    c = load_config("fashion_mnist_ae", "small")
+    c.eval.max_examples, c.eval.batch_size = 8, 8
+    task = autoencoder_task.build(c)
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(task.init_state(), mesh)
+    writer = MetricWriter(str(tmp_path), tensorboard=False)
+    task.evaluate(state, 0, mesh, str(tmp_path), writer)
+    writer.close()
+    for name, cells in (("prior", 6), ("recon", 8)):
+        png = np.asarray(Image.open(tmp_path / "samples" / f"{name}_0000000.png"))
+        side = 4 * (cells * (28 + 2) + 2)
+        assert png.shape == (side, side), (name, png.shape)
+        blocks = png.reshape(side // 4, 4, side // 4, 4)
+        assert (blocks == blocks[:, :1, :, :1]).all()  # nearest neighbour: constant 4 x 4 blocks
+        native = blocks[:, 0, :, 0]
+        assert (native[:2] == 255).all() and (native[-2:] == 255).all()  # the padding frames every row of cells
+    assert [autoencoder_task.square_count(n) for n in (1, 2, 4, 5, 32, 36, 37)] == [1, 4, 4, 9, 36, 36, 49]

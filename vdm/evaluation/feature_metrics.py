@@ -5,8 +5,8 @@ the two feature sets, d^2 = ||mu_1 - mu_2||^2 + tr(C_1 + C_2 - 2 (C_1 C_2)^{1/2}
 1982). Biased at small N: it grows as N shrinks even for one distribution.
 
 KID (Bińkowski et al. 2018, "Demystifying MMD GANs"): the unbiased estimate of MMD^2 with the cubic
-polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets; its expectation is 0 for
-two samples of one distribution at any N.
+polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over disjoint random subsets, whose spread gives
+its standard error; its expectation is 0 for two samples of one distribution at any N.
 
 With Inception pool features (vdm.evaluation.fid) these are the literature's FID and KID; applied to other
 features (experiments/feature_net.py) they are only comparable with each other.
@@ -103,17 +103,39 @@ def _check_features(name: str, f: np.ndarray) -> np.ndarray:
     return f
 
 
+KID_MIN_SUBSETS = 10  # disjoint subsets KID keeps, at least, for its standard error (fewer rows each if need be)
+
+
+def kid_subsets(n_a: int, n_b: int, num_subsets: int = 100, subset_size: int = 1000) -> tuple[int, int]:
+    """(k, m) of KID over sets of n_a and n_b rows: k disjoint subsets of m rows of each set (k m <= min(n_a, n_b)).
+
+    m = subset_size where at least min(num_subsets, KID_MIN_SUBSETS) such subsets fit, else the most rows that let
+    that many fit (at least 2); k = as many of num_subsets as fit. ValueError if fewer than two subsets of two fit.
+    """
+    n, want = min(int(n_a), int(n_b)), min(int(num_subsets), KID_MIN_SUBSETS)
+    m = min(int(subset_size), n)
+    if n // m < want:
+        m = max(n // want, 2)
+    k = min(int(num_subsets), n // m)
+    if k < 2:
+        raise ValueError(
+            f"KID needs two disjoint subsets of >= 2 rows of each set for its standard error: >= 4 rows each, "
+            f"got {n_a} and {n_b}."
+        )
+    return k, m
+
+
 def kid_from_features(
     a: np.ndarray, b: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """KID (Bińkowski et al. 2018): (mean, standard error) of mmd2_unbiased over random subsets of a and b.
+    """KID (Bińkowski et al. 2018): (mean, standard error) of mmd2_unbiased over disjoint random subsets of a and b.
 
-    a [N, F], b [M, F]. Each of `num_subsets` subsets takes m = min(subset_size, N, M) rows of a and
-    m of b (numpy Generator seeded by `seed`): consecutive blocks of one permutation where k m <= N
-    (resp. M), so the subsets are disjoint, else m rows drawn afresh per subset. se = std(ddof=1) /
-    sqrt(k): with disjoint subsets of both sets, the sampling standard error of the mean; otherwise
-    only the Monte-Carlo error of the subset average (smaller). Conventional: 100 subsets of 1000.
-    The mean is unbiased: 0 in expectation for two samples of one distribution, at any N.
+    a [N, F], b [M, F]. The subsets (kid_subsets: k of m rows, m = subset_size where at least
+    min(num_subsets, KID_MIN_SUBSETS) fit, else fewer rows) are consecutive blocks of one permutation of
+    each set (numpy Generator seeded by `seed`), so the k estimates are independent and
+    se = std(ddof=1) / sqrt(k) is the sampling standard error of their mean, a KID estimate that is
+    unbiased: 0 in expectation for two samples of one distribution, at any N. Conventional: 100 subsets
+    of 1000 (N, M >= 100,000; with fewer, as many disjoint subsets of 1000 as fit, at least 10).
     """
     a, b = _check_features("a", a), _check_features("b", b)
     if a.shape[1] != b.shape[1]:
@@ -122,15 +144,8 @@ def kid_from_features(
         raise ValueError(
             f"kid_from_features needs num_subsets >= 2 and subset_size >= 2, got {num_subsets} and {subset_size}."
         )
-    k, m = int(num_subsets), min(int(subset_size), len(a), len(b))
+    k, m = kid_subsets(len(a), len(b), num_subsets, subset_size)
     rng = np.random.default_rng(seed)
-    ia, ib = _subsets(rng, len(a), k, m), _subsets(rng, len(b), k, m)
+    ia, ib = rng.permutation(len(a))[: k * m].reshape(k, m), rng.permutation(len(b))[: k * m].reshape(k, m)
     vals = np.array([mmd2_unbiased(a[i], b[j]) for i, j in zip(ia, ib)])
     return float(vals.mean()), float(vals.std(ddof=1) / np.sqrt(k))
-
-
-def _subsets(rng: np.random.Generator, n: int, k: int, m: int) -> list[np.ndarray]:
-    """k index sets of size m from range(n): disjoint blocks of one permutation if k m <= n, else drawn per set."""
-    if k * m <= n:
-        return list(rng.permutation(n)[: k * m].reshape(k, m))
-    return [rng.choice(n, m, replace=False) for _ in range(k)]

@@ -87,7 +87,8 @@ class MetricWriter:
 def image_grid(
     images: np.ndarray, *, num_cols: int | None = None, pad: int = 2, encoding: str = "endpoints"
 ) -> np.ndarray:
-    """Tile images [N, H, W, C] (C = 1 or 3, in [-1, 1]) into one uint8 [rows*(H+pad)+pad, ..., C] grid."""
+    """Tile images [N, H, W, C] (C = 1 or 3, in [-1, 1]) into one uint8 [rows*(H+pad)+pad, ..., C] grid, row by row;
+    num_cols=None: ceil(sqrt(N)) columns (a square grid when N is a square, else near-square)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"image_grid needs images [N, H, W, C] with C in (1, 3), got {images.shape}.")
@@ -119,11 +120,13 @@ def scatter_image(points: np.ndarray, *, size: int = 256, extent: float | None =
     return img
 
 
-def save_samples_png(path: str, samples: np.ndarray, encoding: str = "endpoints") -> None:
-    """Write samples as a PNG: a grid for images [N, H, W, C], a scatter of the first two coordinates for flat [N, D>=2]."""
+def save_samples_png(path: str, samples: np.ndarray, encoding: str = "endpoints", *, scale: int = 4) -> None:
+    """Write samples as a PNG: a grid for images [N, H, W, C] (image_grid, each pixel scale x scale by nearest
+    neighbour, for viewing), a scatter of the first two coordinates for flat [N, D>=2] (256 x 256, not scaled)."""
     samples = np.asarray(samples)
     if samples.ndim == 4:
         pixels = image_grid(samples, encoding=encoding)
+        pixels = np.repeat(np.repeat(pixels, int(scale), axis=0), int(scale), axis=1)
     elif samples.ndim == 2 and samples.shape[1] >= 2:
         pixels = scatter_image(samples[:, :2])
     else:

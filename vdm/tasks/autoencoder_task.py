@@ -8,7 +8,8 @@ Each step encodes x to q(z_0 | x) = N(mean, diag e^log_var), draws z_0 by repara
 2017). The eval reports, over the test split with the EMA params, the VAE's -ELBO in bits/dim
 (eval/bpd with eval/bpd_recon + eval/bpd_kl, and its standard error) and the reconstruction's
 mean squared error, and writes DIR/samples/recon_<step>.png (originals above reconstructions) and
-prior_<step>.png (decoded z_0 ~ N(0, I)). Checkpoints with resume, metrics.jsonl, TensorBoard and
+prior_<step>.png (decoded z_0 ~ N(0, I): config.eval.num_images rounded up to a square number, a full
+square grid), each pixel 4 x 4 for viewing. Checkpoints with resume, metrics.jsonl, TensorBoard and
 DIR/config.json as for every model. A latent diffusion model reads the newest checkpoint's EMA
 params (`load_autoencoder`).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -42,6 +44,11 @@ from vdm.tasks.loop import has_checkpoints, run
 Array = jax.Array
 PyTree = Any
 log = logging.getLogger(__name__)
+
+
+def square_count(n: int) -> int:
+    """The least square number >= n (n >= 1): as many prior samples as fill a square grid of at least n."""
+    return (math.isqrt(n - 1) + 1) ** 2
 
 
 def vae_terms(
@@ -136,7 +143,9 @@ class AutoencoderTask:
         if jax.process_index() == 0:
             n = c.eval.num_images
             x = next(pipeline.eval_iterator(c.data, n, split="test"))["x"][:n]
-            z = jax.random.normal(jax.random.fold_in(key, 1), (n,) + latent_shape(c.model, self.info.shape))
+            z = jax.random.normal(
+                jax.random.fold_in(key, 1), (square_count(n),) + latent_shape(c.model, self.info.shape)
+            )
             recon, prior = (np.asarray(a) for a in self.cache["images"](parallel.to_host(state.ema_params), x, z))
             folder = os.path.join(workdir, "samples")
             save_samples_png(

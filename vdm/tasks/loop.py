@@ -11,6 +11,7 @@ net's experiments/feature_net.py.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -37,6 +38,9 @@ from vdm.infra.optim import TrainState
 
 log = logging.getLogger(__name__)
 FINAL_EVAL = "final_eval.json"  # the last eval of a finished run, returned by a rerun
+# Train calls dispatched and not yet finished, at most: call k is dispatched once call k - 2 has finished, so the
+# device always has the next call queued (throughput) and a signal is acted on within a few steps of the one running.
+MAX_IN_FLIGHT = 2
 # What an entry point reports as one line and exit status 1: a bad config, no data or checkpoint,
 # a checkpoint of another config or none intact, a non-finite loss under nan_policy='stop'.
 USER_ERRORS = (
@@ -250,7 +254,8 @@ def has_checkpoints(directory: str) -> bool:
 
 
 def _progress(config: ml_collections.ConfigDict, step: int, enabled: bool) -> tqdm.tqdm:
-    """A tqdm bar over config.training.num_steps starting at `step` (few lines when stderr is a log file)."""
+    """A tqdm bar of finished steps over config.training.num_steps starting at `step` (few lines when stderr is a log
+    file)."""
     return tqdm.tqdm(
         total=config.training.num_steps,
         initial=step,
@@ -260,6 +265,14 @@ def _progress(config: ml_collections.ConfigDict, step: int, enabled: bool) -> tq
         desc="train",
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
+
+
+def _retire(pending: collections.deque, pbar: tqdm.tqdm, steps_per_call: int, keep: int = 0) -> None:
+    """Wait for the oldest dispatched calls (their metrics) until `keep` are left in flight; the bar counts each one
+    that finished."""
+    while len(pending) > keep:
+        jax.block_until_ready(pending.popleft())
+        pbar.update(steps_per_call)
 
 
 def _host_batches(task: Task, step: int) -> Callable[[], dict]:
@@ -308,13 +321,13 @@ def _evaluate(
     writer: MetricWriter,
     pbar: tqdm.tqdm,
 ) -> dict:
-    """task.evaluate at `step` (a signal ends it at once), its figures on the bar; the bar's rate excludes it."""
-    t0 = time.time()
+    """task.evaluate at `step` (a signal ends it at once), its figures printed under the bar; the bar's rate excludes
+    it (tqdm's unpause restarts its clock)."""
     with stop.interruptible():
         result = task.evaluate(state, step, mesh, workdir, writer)
     if not pbar.disable:
-        pbar.start_t += time.time() - t0
-    pbar.write(f"step {step}: " + ", ".join(f"{k}={result[k]:.4f}" for k in task.display if k in result))
+        pbar.unpause()
+    tqdm.tqdm.write(f"step {step}: " + ", ".join(f"{k}={result[k]:.4f}" for k in task.display if k in result))
     return result
 
 
@@ -324,7 +337,8 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
     Writes workdir/config.json, metrics.jsonl, tb/ and checkpoints/ (and what task.evaluate writes).
     A resumed run must keep every key that defines the model (record.check_resume). SIGINT
     or SIGTERM saves a checkpoint at the next step boundary (during an evaluation: at once, at the
-    evaluated step) and raises `Interrupted`.
+    evaluated step) and raises `Interrupted`: at most MAX_IN_FLIGHT + 1 calls past the last finished
+    one, since the host waits for call k - MAX_IN_FLIGHT before it dispatches call k. The bar counts finished steps.
     """
     config, t = task.config, task.config.training
     is_main = jax.process_index() == 0
@@ -337,6 +351,7 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
     writer = MetricWriter(workdir, enabled=is_main)
     train_fn = parallel.data_parallel(task.train_step, mesh, steps_per_call=t.steps_per_call)
     window, last_eval, pbar = _Window(config, writer), {}, _progress(config, step, is_main)
+    pending = collections.deque()  # the metrics of the calls in flight, oldest first
     try:
         with _StopOnSignal(t.log_every) as stop:
             next_batch = _host_batches(task, step)
@@ -344,12 +359,14 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                 state, metrics = train_fn(state, parallel.shard_batch(next_batch(), mesh, leading_axes=1))
                 window.add(step, metrics)
                 step += t.steps_per_call
-                pbar.update(t.steps_per_call)
+                pending.append(metrics)
+                _retire(pending, pbar, t.steps_per_call, keep=MAX_IN_FLIGHT - 1)
                 interrupted = stop.should_stop(step)
                 save = step % t.checkpoint_every == 0 or step == t.num_steps or interrupted
                 evaluate = (step % t.eval_every == 0 or step == t.num_steps) and not interrupted
                 if step % t.log_every == 0 or save or evaluate:
                     scalars = window.flush(step, ckpt)  # raises under nan_policy='stop'
+                    _retire(pending, pbar, t.steps_per_call)  # (all finished: the flush fetched them)
                     pbar.set_postfix(loss=f"{scalars['train/loss']:.4g}", refresh=False)
                     if getattr(task, "log_state", None) is not None:
                         task.log_state(state, step, writer)
@@ -358,8 +375,11 @@ def run(task: Task, mesh: Any, workdir: str) -> dict:
                 if interrupted:
                     ckpt.wait()
                     raise Interrupted(stop.signum, step, workdir)
+                if step >= t.num_steps:
+                    pbar.close()  # the bar's last line, once, before the final eval prints under it
                 if evaluate:
                     last_eval = _evaluate(task, stop, state, step, mesh, workdir, writer, pbar)
+            pbar.close()
             if not last_eval:
                 last_eval = _evaluate(task, stop, state, step, mesh, workdir, writer, pbar)
             _record_final_eval(workdir, step, last_eval)

@@ -34,8 +34,8 @@ def define_flags() -> None:
         "of float samples (default: the config .json beside the .npz, else endpoints)",
     )
     flags.DEFINE_integer("batch_size", DEFAULT_BATCH, "images per Inception batch")
-    flags.DEFINE_integer("kid_subsets", 100, "KID: number of subsets")
-    flags.DEFINE_integer("kid_subset_size", 1000, "KID: images per subset")
+    flags.DEFINE_integer("kid_subsets", 100, "KID: number of disjoint subsets (as many as fit, at least 10)")
+    flags.DEFINE_integer("kid_subset_size", 1000, "KID: images per subset (fewer where 10 subsets would not fit)")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
 
 
@@ -65,7 +65,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(
-        f"FID {r['fid']:.4f}   KID {r['kid']:.6f} +- {r['kid_se']:.6f}   "
+        f"FID {r['fid']:.4f}   KID {r['kid']:.6f} +- {r['kid_se']:.6f} (standard error over "
+        f"{r['kid_subsets']} disjoint subsets of {r['kid_subset_size']})   "
         f"(N = {r['num_a']}, {r['num_b']}; resize {flags.FLAGS.resize})"
     )
     if flags.FLAGS.json:
