@@ -20,7 +20,11 @@ def _records(workdir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("parameterization", ["eps", "x0", "score", "v"])
+# eps end to end in `make test`; the other three read the same network output another way (tests/test_parameterization.py,
+# test_likelihood.py check that in closed form), so their whole runs are in `make test-all`.
+@pytest.mark.parametrize(
+    "parameterization", ["eps", *(pytest.param(k, marks=pytest.mark.slow) for k in ("x0", "score", "v"))]
+)
 def test_train_end_to_end_with_each_parameterization(tmp_path, parameterization):
     wd = str(tmp_path)
     proc = run_cli(TINY + [f"--workdir={wd}", f"--config.model.parameterization={parameterization}"])

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,11 +19,24 @@ from conftest import REPO_ROOT
 from vdm import fid
 from vdm.core import encoding
 from vdm.data import tfds_sets
+from vdm.infra import parallel
 
 
 @pytest.fixture(scope="module")
 def net():
-    return fid.load_inception()
+    """A cheap stand-in for the FID network with load_inception's interface: 2048 features, a fixed random projection
+    of 8x8-pooled pixels. The cache, the decoding and the scoring below do not depend on which network makes the
+    features (tests/test_fid_network.py checks the real one; the CLI tests below run it)."""
+    mesh = parallel.make_mesh(jax.local_devices())
+    proj = jax.random.normal(jax.random.key(0), (8 * 8 * 3, 2048)) / 14.0
+
+    def per_device(p, images, _key):
+        x = jax.image.resize(images.astype(jnp.float32) / 255.0, (images.shape[0], 8, 8, images.shape[-1]), "linear")
+        x = jnp.broadcast_to(x, (*x.shape[:3], 3)).reshape(x.shape[0], -1)
+        return jnp.tanh(x @ p)
+
+    fn = parallel.data_parallel_eval(per_device, mesh)
+    return fid.Inception(fn, parallel.replicate(proj, mesh), mesh, "tf1", "5a" * 32)
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_eval_with_the_readme_line_uses_the_recorded_parameterization(v_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _json_out(proc)["eval/bpd"] == pytest.approx(final["eval/bpd"], rel=1e-12, abs=0)
     evals = [r for r in map(json.loads, open(os.path.join(v_run, "metrics.jsonl"))) if r.get("mode") == "eval"]
-    assert len(evals) == 1  # the same checkpoint and settings again: the recorded row, not a duplicate
+    assert evals == []  # the training's final eval has this checkpoint and these settings: its row, no new one
 
 
 def test_a_model_key_override_at_eval_is_refused_naming_key_and_values(v_run):
@@ -290,13 +290,17 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
     old["latent"] = {"autoencoder_workdir": "", "scale": 0.0}  # a pixel run's unused latent section
     (tmp_path / "config.json").write_text(json.dumps(old))
     recorded = record.load_recorded(str(tmp_path))
-    assert record.config_diff(recorded, config) == {}
+    # What the run used: the one difference is an inference default changed since (FID's reference subset, 0: the
+    # whole split, then), which eval and sample may change.
+    assert record.config_diff(recorded, config) == {"fid.reference_examples": (0, config.fid.reference_examples)}
+    assert "fid" in record.INFERENCE_SECTIONS
     assert recorded.model.decoder == decoder
     assert recorded.loss.t_sampling == "antithetic" and "antithetic" not in recorded.loss
     old["loss"]["antithetic"] = False
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert record.config_diff(record.load_recorded(str(tmp_path)), config) == {
-        "loss.t_sampling": ("uniform", "antithetic")
+        "loss.t_sampling": ("uniform", "antithetic"),
+        "fid.reference_examples": (0, config.fid.reference_examples),
     }
 
 

@@ -325,11 +325,13 @@ def score_samples(
     )
     result = {f"sample/{k}": v for k, v in scores.items()}
     log.info(
-        "%s: Inception FID %.3f, KID %.5f +- %.5f (%d samples vs %d of %s:%s)",
+        "%s: Inception FID %.3f, KID %.5f +- %.5f (SE over %d disjoint subsets of %d; %d samples vs %d of %s:%s)",
         name,
         scores["fid"],
         scores["kid"],
         scores["kid_se"],
+        scores["kid_subsets"],
+        scores["kid_subset_size"],
         scores["num_samples"],
         scores["num_reference"],
         config.data.dataset,
