@@ -64,6 +64,13 @@ def run_cli(args: list[str], *, env: dict | None = None, timeout: float = 300) -
     )
 
 
+def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -c CODE ARGS` from the repo root with env (default: this process's); the completed process."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 @pytest.fixture
 def repo_root() -> str:
     """Absolute path of the repository root."""

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, load_config, run_cli
+from conftest import REPO_ROOT, load_config, run_cli, run_python
 from vdm.config import cli_errors
 
 TINY = ["--config=configs/toy2d.py:small"]
@@ -258,7 +258,7 @@ def test_the_readme_python_example_runs_on_a_trained_run(trained, tmp_path):
     code = readme[start : readme.index("```", start)]
     assert 'workdir = "workdir/quick"' in code
     code = code.replace('workdir = "workdir/quick"', f"workdir = {_copy(trained, tmp_path)!r}")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
     assert figures["samples"] == "(16, 2)"

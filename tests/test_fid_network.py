@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 from vdm import fid
 from vdm.models import inception
 
@@ -104,8 +104,6 @@ def test_preprocess_scales_to_the_networks_range_and_rejects_bad_images():
 
 def test_features_are_the_same_sharded_over_several_devices(ref, tmp_path):
     """2 fake CPU devices: batches split over the mesh (3 images padded to 4) give the TorchScript features."""
-    import subprocess
-    import sys
 
     script = (
         "import sys, numpy as np, jax; from vdm import fid; assert jax.local_device_count() == 2; "
@@ -113,13 +111,6 @@ def test_features_are_the_same_sharded_over_several_devices(ref, tmp_path):
     )
     out = tmp_path / "f.npy"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", script, FIXTURE, str(out)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python(script, FIXTURE, str(out), env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_close(np.load(out), ref["feat_fmnist28"][:3])

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, load_config, run_cli, sigkill_past_checkpoint
+from conftest import REPO_ROOT, load_config, run_cli, run_python, sigkill_past_checkpoint
 from vdm import objectives
 from vdm.data import pipeline
 from vdm.evaluation import split_eval
@@ -356,14 +356,7 @@ def test_sigint_saves_within_three_steps_of_the_last_finished_step(tmp_path):
     would save tens of steps later (it runs ahead of the device until the runtime's queue fills)."""
     n, workdir = 20, str(tmp_path / "run")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), REPO_ROOT])}
-    proc = subprocess.run(
-        [sys.executable, "-c", _SIGINT_SCRIPT.format(n=n, workdir=workdir)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_python(_SIGINT_SCRIPT.format(n=n, workdir=workdir), env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stopped, finished = map(int, proc.stdout.split("STOPPED")[-1].split())
     with Checkpointer(os.path.join(workdir, "checkpoints"), create=False) as ckpt:

@@ -66,11 +66,7 @@ def eval_settings(config: ml_collections.ConfigDict) -> dict:
 
 def _eval_changed_since(workdir: str, step: int) -> bool:
     """Whether workdir/config_changes.jsonl records an eval.* key changed by a (re)start at `step` or later."""
-    path = os.path.join(workdir, "config_changes.jsonl")
-    if not os.path.exists(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        changes = [json.loads(line) for line in f if line.strip()]
+    changes = record.read_changes(workdir)
     return any(c["step"] >= step and any(k.startswith("eval.") for k in c["changes"]) for c in changes)
 
 

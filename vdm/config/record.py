@@ -206,6 +206,15 @@ def record_changes(workdir: str, step: int, changes: dict[str, tuple]) -> None:
         f.write(line + "\n")
 
 
+def read_changes(workdir: str) -> list[dict]:
+    """The records record_changes appended to workdir/config_changes.jsonl, oldest first ([] where there are none)."""
+    path = os.path.join(workdir, "config_changes.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _set(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
     *path, leaf = key.split(".")
     node = config
