@@ -2,9 +2,9 @@
 
 Not run by itself: configs/fashion_mnist.py (the default experiment) is this config as it is,
 configs/cifar10.py and configs/toy2d.py state only what they change. `get_config('image')` holds
-the keys of image data and the VDM UNet; `get_config('toy')` those of generated flat data and
-the MLP. The values are the default experiment's (Fashion-MNIST 28x28x1, a small VDM UNet, sized for
-2 CPU cores; its measured time is in experiments/RESULTS.md, section 9).
+the keys of image data and the two UNets; `get_config('toy')` those of generated flat data and
+the MLP. The values are the default experiment's (Fashion-MNIST 28x28x1, a small multi-resolution UNet trained with L_simple, sized for
+2 CPU cores; its measured time, bits/dim and FID are in experiments/RESULTS.md, section 9).
 
 Sampler options (config.sampling, after `class_label`): None means the method's default
 (vdm.sampling.SAMPLERS); a config or a flag names only the options it changes, e.g.
@@ -22,7 +22,7 @@ KINDS = ("image", "toy")
 
 
 def get_config(kind: str = "image") -> ml_collections.ConfigDict:
-    """Every key of a diffusion experiment; kind 'image' (TFDS images, VDM UNet) or 'toy' (generated flat data, MLP)."""
+    """Every key of a diffusion experiment; kind 'image' (TFDS images, the UNets) or 'toy' (generated flat data, MLP)."""
     if kind not in KINDS:
         raise ValueError(f"unknown base config kind {kind!r}; choose one of {KINDS}.")
     config = ml_collections.ConfigDict()
@@ -33,7 +33,8 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
 
     config.loss = ml_collections.ConfigDict()
     config.loss.objective = "weighted"  # 'weighted': the weighting's loss; 'hybrid': + hybrid_lambda L_vlb, learned variance (improved DDPM)
-    config.loss.weighting = "elbo"  # elbo, simple, snr, min_snr, sigmoid, edm (hybrid: its mean part)
+    # Images: L_simple, for samples (eval still reports the test ELBO); flat toy data: the ELBO
+    config.loss.weighting = "simple" if kind == "image" else "elbo"  # elbo, simple, snr, min_snr, sigmoid, edm (hybrid: its mean part)
     config.loss.num_steps = 0  # training time steps: 0 continuous; T > 0 the T-step model, t on i/T (hybrid needs it)
     config.loss.hybrid_lambda = 0.001  # 'hybrid': L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1)
     config.loss.t_sampling = "antithetic"  # t per example: uniform, antithetic (VDM, low-discrepancy), adaptive (VDM++)
@@ -115,11 +116,16 @@ def _data(kind: str) -> ml_collections.ConfigDict:
 def _model(kind: str) -> ml_collections.ConfigDict:
     """config.model: the network, the schedule, the parameterisation and the decoder."""
     model = ml_collections.ConfigDict()
-    model.name = "vdm_unet" if kind == "image" else "mlp"  # vdm_unet: VDM's UNet (no downsampling); mlp: flat [B, D]
-    model.width = 16  # channels of every ResNet block (mlp: hidden width)
-    model.num_layers = 2  # ResNet blocks on the way down, up: num_layers + 1 (mlp: residual blocks)
+    # adm_unet: a multi-resolution UNet (ADM, Dhariwal & Nichol 2021); vdm_unet: VDM's UNet (one resolution, the
+    # paper's, configs/cifar10.py); mlp: flat [B, D]
+    model.name = "adm_unet" if kind == "image" else "mlp"  # adm_unet, vdm_unet (images) or mlp (flat data)
+    model.width = 16  # channels of every ResNet block (adm_unet: at the first resolution; mlp: hidden width)
+    model.num_layers = 2  # vdm_unet: ResNet blocks on the way down, up: num_layers + 1 (mlp: residual blocks)
     if kind == "image":
         model.num_heads = 1  # heads of the middle self-attention
+        model.channel_mult = (1, 2, 4)  # adm_unet: width multiplier of each resolution (28 -> 14 -> 7 here)
+        model.num_res_blocks = 1  # adm_unet: ResNet blocks per resolution on the way down (up: one more)
+        model.attention_resolutions = (7,)  # adm_unet: self-attention after the blocks at these sizes (and the middle)
     model.dropout = 0.0  # dropout inside the blocks (none: far from overfitting in this budget)
     model.fourier_features = True  # sin/cos(2^n 2pi z) inputs resolve the 8-bit grid (VDM)
     model.fourier_min = 6  # lowest Fourier exponent n

@@ -29,6 +29,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # (2/256) follow. Either grid gives exact discrete likelihoods; this one matches the reference.
     config.data.encoding = "bin_centres"  # 8-bit k -> (k + 0.5)/128 - 1 (reference)
 
+    config.model.name = "vdm_unet"  # VDM's UNet: no downsampling (paper)
+    config.loss.weighting = "elbo"  # the continuous-time ELBO (paper)
     config.model.width = 128  # channels of every ResNet block (paper: 128)
     config.model.num_layers = 32  # ResNet blocks on the way down (paper: 32)
     config.model.dropout = 0.1  # dropout in the ResNet blocks (paper: 0.1)

@@ -1,15 +1,20 @@
-"""DEFAULT experiment: Fashion-MNIST 28x28x1 with a small VDM UNet, sized for 2 CPU cores (experiments/RESULTS.md 9).
+"""DEFAULT experiment: Fashion-MNIST 28x28x1, a small multi-resolution UNet trained with L_simple, sized for 2 CPU cores.
 
 Run (what `make train` runs, after `make data`):
     python -m vdm.main --config=configs/fashion_mnist.py --workdir=workdir/fashion_mnist
-Training (its time: experiments/RESULTS.md, section 9), then the true ELBO in bits/dim over all 10,000 test images with the
-EMA params, and a grid of samples. A rerun in the same workdir resumes from its checkpoints.
+Training (the ADM-style UNet at width 16, 28 -> 14 -> 7 with self-attention at 7x7, batch 32, 1500 steps, eps-MSE
+weighting), then the true ELBO in bits/dim over all 10,000 test images with the EMA params, and a grid of samples.
+Its time, bits/dim and Inception FID: experiments/RESULTS.md, section 9. A rerun in the same workdir resumes.
 Its keys and values are configs/base.py's (the base holds this experiment's values, each key commented).
-Variants (the config argument, comma-separated): `:small` (a smoke test: 20 steps, 1-3.5 minutes, most of it the full-test-set eval), `:mnist`
-(the same settings on MNIST digits; prepare once with `python -m vdm.tools.prepare_data --dataset=mnist`),
-`:mnist,small`, `:hybrid` (improved DDPM: a learned reverse variance trained by L_simple + 0.001 L_vlb on the
+Variants (the config argument, comma-separated): `:small` (a smoke test: 20 steps, 1-3.5 minutes, most of it the
+full-test-set eval), `:classes` (class-conditional, label dropout 0.1 for classifier-free guidance; its grid has one
+class per row), `:mnist` (the same settings on MNIST digits; prepare once with
+`python -m vdm.tools.prepare_data --dataset=mnist`), `:mnist,small`, `:vdm` (the earlier default: the VDM UNet at
+width 16 with no downsampling, trained on the ELBO; the setting of RESULTS.md sections 2, 6 and 7),
+`:hybrid` (improved DDPM on that VDM UNet: a learned reverse variance trained by L_simple + 0.001 L_vlb on the
 cosine schedule with T = 1000 steps; evaluated as the 1000-step ELBO, sampled ancestrally with the learned variance),
-`:latent` (latent diffusion: the prior over the latents of configs/fashion_mnist_ae.py's autoencoder, trained first with
+`:latent` (latent diffusion, a VDM UNet on the ELBO: the prior over the latents of configs/fashion_mnist_ae.py's
+autoencoder, trained first with
 `python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae`; its eval is
 the three-term bound in bits per pixel dimension, vdm.tasks.latent_task).
 """
@@ -19,7 +24,7 @@ import ml_collections
 from vdm.infra.fileio import load_sibling  # configs/base.py and configs/common.py, by their paths next to this file
 
 common = load_sibling(__file__, "common")
-VARIANTS = ("small", "mnist", "hybrid", "latent")
+VARIANTS = ("small", "classes", "mnist", "vdm", "hybrid", "latent")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -27,6 +32,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     variants = common.parse_variants(arg, VARIANTS, "fashion_mnist")
     base = load_sibling(__file__, "base")
     config = base.get_config("image")
+    if variants & {"vdm", "hybrid", "latent"}:  # the VDM UNet (one resolution) on the ELBO
+        config.model.name = "vdm_unet"
+        config.loss.weighting = "elbo"
+    if "classes" in variants:  # class-conditional: y in the noise embedding, dropped to the null class 10% of the time
+        config.model.num_classes = 10
+        config.model.label_dropout = 0.1
+        config.sampling.num_samples = 100  # a 10 x 10 grid: one class per row
     if "mnist" in variants:
         config.data.dataset = "mnist"  # MNIST digits, prepared once with `python -m vdm.tools.prepare_data`
     if "hybrid" in variants:  # Nichol & Dhariwal 2021: learned Sigma, L_hybrid, cosine schedule

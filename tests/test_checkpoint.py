@@ -218,7 +218,7 @@ def test_a_run_resumes_across_block_layouts_with_the_same_function(tmp_path):
     from vdm.tasks.loop import restore_or_init
 
     def build(scan):
-        c = load_config("fashion_mnist", "small")
+        c = load_config("fashion_mnist", "vdm,small")  # the VDM UNet, whose blocks scan
         c.model.update(num_layers=2, scan_blocks=scan)
         return dm.build(c, pipeline.get_dataset_info(c.data)), parallel.make_mesh()
 

@@ -154,7 +154,7 @@ def test_a_bad_choice_names_the_field_and_the_valid_choices(field, bad, valid):
             {"loss.num_steps": 100, "loss.weighting": "sigmoid"},
             "trains the T-step discrete ELBO: it needs config.loss.weighting='elbo'",
         ),
-        ({"loss.num_steps": 100, "model.schedule": "learned"}, "is for continuous time"),
+        ({"loss.num_steps": 100, "loss.weighting": "elbo", "model.schedule": "learned"}, "is for continuous time"),
         ({"loss.t_sampling": "adaptive", "model.schedule": "learned_linear"}, "a learned schedule plays the same"),
         ({"loss.t_sampling": "adaptive", "loss.adaptive_uniform": 0.0}, "config.loss.adaptive_uniform=0.0 must be > 0"),
         ({"loss.t_sampling": "stratified"}, "choose one of 'uniform', 'antithetic', 'adaptive'"),

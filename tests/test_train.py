@@ -421,6 +421,29 @@ def test_a_png_grid_is_the_native_grid_with_each_pixel_a_scale_by_scale_block(tm
     np.testing.assert_array_equal(big, np.kron(native[..., 0], np.ones((4, 4), np.uint8)))
 
 
+def test_a_conditional_grid_puts_one_class_in_each_row(tmp_path):
+    """save_samples_png(labels=arange(N) % K): row r of the grid holds exactly the samples of class r, in drawing order;
+    unequal counts per class fall back to a near-square grid, sorted by class."""
+    from PIL import Image
+
+    from vdm.infra.metrics import class_rows, image_grid, save_samples_png
+
+    k, per = 10, 4
+    labels = np.arange(k * per) % k
+    x = labels[:, None, None, None] * np.ones((1, 3, 3, 1)) / k * 2 - 1 + np.arange(k * per)[:, None, None, None] * 1e-3
+    save_samples_png(str(tmp_path / "c.png"), x, scale=1, labels=labels)
+    grid = np.asarray(Image.open(tmp_path / "c.png"))
+    assert grid.shape == (k * 5 + 2, per * 5 + 2)  # K rows of `per` cells, 3 px + 2 px padding each
+    for r in range(k):
+        for q in range(per):
+            cell = grid[2 + 5 * r : 5 + 5 * r, 2 + 5 * q : 5 + 5 * q]
+            np.testing.assert_array_equal(cell, image_grid(x[[r + k * q]], pad=0)[..., 0])  # class r, its q-th draw
+    ordered, cols = class_rows(x[:-1], labels[:-1])  # class 9 drawn 3 times, the others 4
+    assert cols is None and np.array_equal(ordered[:4], x[[0, 10, 20, 30]])
+    with pytest.raises(ValueError, match="one label per sample"):
+        class_rows(x, labels[:-1])
+
+
 @pytest.mark.slow
 def test_the_autoencoders_grids_are_square_and_their_pngs_4x_nearest_neighbour(tmp_path):
     """config.eval.num_images = 32: the prior grid draws 36 (6 x 6, no empty cell), the reconstructions 32 + 32 (8 x 8);

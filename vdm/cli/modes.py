@@ -285,7 +285,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
         try:
-            save_samples_png(path + ".png", samples, task.data_info.encoding)
+            save_samples_png(path + ".png", samples, task.data_info.encoding, labels=labels)
             _save_npz(path, samples, labels)
             validation.save_config(config, os.path.dirname(path), name=name)
         except OSError as e:

@@ -78,7 +78,16 @@ def load_recorded(workdir: str) -> ml_collections.ConfigDict | None:
 
 
 # Keys added after runs were recorded without them, with the value that reproduces what such a run
-# did (a function of the recorded config): a recorded run stays resumable and evaluable as it was.
+# did (a function of the recorded config; NOT_ITS_KEY: the key is not one of that run's): a recorded run stays
+# resumable and evaluable as it was.
+NOT_ITS_KEY = object()
+
+
+def _image_model(value: Any) -> Any:
+    """A key of the image models' config section only (configs/base.py `_model('image')`): `value` for image data."""
+    return lambda c: value if c["data"]["dataset"] in IMAGE_DATASETS else NOT_ITS_KEY
+
+
 ADDED_KEYS = {
     "model.decoder": lambda c: (
         "categorical" if c["data"]["dataset"] in IMAGE_DATASETS + ("grid8bit2d",) else "gaussian"
@@ -107,6 +116,10 @@ ADDED_KEYS = {
     "latent.scale": lambda c: 0.0,
     "latent.scale_examples": lambda c: 2000,
     "latent.joint": lambda c: False,
+    # adm_unet's keys, unused by the vdm_unet every run recorded before them trained
+    "model.channel_mult": _image_model([1, 2, 4]),
+    "model.num_res_blocks": _image_model(1),
+    "model.attention_resolutions": _image_model([7]),
     "latent.autoencoder": lambda c: {
         "latent_channels": 4,
         "downsample": 4,
@@ -142,7 +155,8 @@ def upgrade(recorded: dict) -> dict:
     for key, value in ADDED_KEYS.items():
         section, name = key.split(".")
         if section != "latent" or recorded["task"] == "latent_diffusion":
-            recorded.setdefault(section, {}).setdefault(name, value(recorded))
+            if name not in recorded.get(section, {}) and (filled := value(recorded)) is not NOT_ITS_KEY:
+                recorded.setdefault(section, {})[name] = filled
     return recorded
 
 

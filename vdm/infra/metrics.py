@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Any
 from collections.abc import Mapping
 
 import numpy as np
@@ -120,12 +121,29 @@ def scatter_image(points: np.ndarray, *, size: int = 256, extent: float | None =
     return img
 
 
-def save_samples_png(path: str, samples: np.ndarray, encoding: str = "endpoints", *, scale: int = 4) -> None:
+def class_rows(samples: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Samples reordered by class label (stable), and the grid's column count that puts one class in each row: the
+    count per class when every class drawn has the same count, else None (a near-square grid, classes in order)."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != len(samples):
+        raise ValueError(f"class_rows needs one label per sample, got {labels.shape[0]} labels for {len(samples)}.")
+    order = np.argsort(labels, kind="stable")
+    counts = np.unique(labels, return_counts=True)[1]
+    return np.asarray(samples)[order], int(counts[0]) if len(set(counts.tolist())) == 1 else None
+
+
+def save_samples_png(
+    path: str, samples: np.ndarray, encoding: str = "endpoints", *, scale: int = 4, labels: Any = None
+) -> None:
     """Write samples as a PNG: a grid for images [N, H, W, C] (image_grid, each pixel scale x scale by nearest
-    neighbour, for viewing), a scatter of the first two coordinates for flat [N, D>=2] (256 x 256, not scaled)."""
+    neighbour, for viewing; with labels, one class per row: class_rows), a scatter of the first two coordinates
+    for flat [N, D>=2] (256 x 256, not scaled)."""
     samples = np.asarray(samples)
     if samples.ndim == 4:
-        pixels = image_grid(samples, encoding=encoding)
+        cols = None
+        if labels is not None:
+            samples, cols = class_rows(samples, labels)
+        pixels = image_grid(samples, num_cols=cols, encoding=encoding)
         pixels = np.repeat(np.repeat(pixels, int(scale), axis=0), int(scale), axis=1)
     elif samples.ndim == 2 and samples.shape[1] >= 2:
         pixels = scatter_image(samples[:, :2])

@@ -250,7 +250,10 @@ def evaluate_and_sample(
     result["eval/sample_nonfinite_frac"] = float(np.mean(~np.isfinite(samples)))
     writer.write(step, result)
     if jax.process_index() == 0:
-        save_samples_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples, model.info.encoding)
+        labels = sample_labels(config, len(samples))  # a conditional model's grid: one class per row
+        save_samples_png(
+            os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples, model.info.encoding, labels=labels
+        )
         plot_bpd(workdir, num_dims=model.info.num_dims)
     return result
 
