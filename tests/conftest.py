@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,38 @@ def pytest_unconfigure(config):
     path = getattr(config, "_vdm_cache_dir", None)
     if path:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished (waited-for) children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+_CPU_ENV = "VDM_TEST_CPU"  # opt-in: VDM_TEST_CPU=path writes each test's CPU seconds (setup + call + teardown) there
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With $VDM_TEST_CPU set: the CPU seconds (this process + its subprocesses) each test took, fixtures included
+    (a shared fixture's cost lands on the first test that uses it). Wall time on a shared machine says little."""
+    if not os.environ.get(_CPU_ENV):
+        yield
+        return
+    start = _cpu_seconds()
+    yield
+    item.config._vdm_cpu = getattr(item.config, "_vdm_cpu", []) + [(_cpu_seconds() - start, item.nodeid)]
+
+
+def pytest_sessionfinish(session):
+    """Write the CPU table of $VDM_TEST_CPU (one per xdist worker: path.gwN), largest first, with the total."""
+    rows, path = getattr(session.config, "_vdm_cpu", None), os.environ.get(_CPU_ENV)
+    if not (rows and path):
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    with open(f"{path}.{worker}" if worker else path, "w") as f:
+        f.write(f"{sum(s for s, _ in rows):9.1f}  TOTAL ({len(rows)} tests)\n")
+        f.writelines(f"{s:9.1f}  {nodeid}\n" for s, nodeid in sorted(rows, reverse=True))
 
 
 def load_config(name: str, arg: str | None = None):
