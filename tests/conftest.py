@@ -8,6 +8,7 @@ program XLA compiled, so no result changes; the folder is removed when the sessi
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import resource
@@ -102,6 +103,36 @@ def run_python(code: str, *args: str, env: dict | None = None, timeout: float = 
     return subprocess.run(
         [sys.executable, "-c", code, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+TOY_SMALL = ["--config=configs/toy2d.py:small"]
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory) -> str:
+    """`python -m vdm.main --config=configs/toy2d.py:small` trained once for the whole session (4 steps, its final eval
+    at step 4, the default eps / ELBO run): the folder of the first xdist worker to ask, made under a file lock in the
+    workers' shared temporary root, so one training serves every test that only needs "a trained run". Shared: copy it
+    (copy_run) before writing into it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # .../pytest-N/popen-gwK: pytest-N, this session's, the same for every worker
+    wd, done = root / "toy_run", root / "toy_run.done"
+    with open(root / "toy_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(wd, ignore_errors=True)  # a training that failed part-way
+            proc = run_cli(TOY_SMALL + [f"--workdir={wd}"])
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done.touch()
+    return str(wd)
+
+
+def copy_run(run: str, tmp_path) -> str:
+    """A copy of a shared trained run (toy_run) at tmp_path/run, the test's to write into."""
+    wd = os.path.join(str(tmp_path), "run")
+    shutil.copytree(run, wd)
+    return wd
 
 
 @pytest.fixture
