@@ -138,6 +138,7 @@ def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
             str(tmp_path / "a.npz"),
             "fashion_mnist:train",
             "--num_b=6",
+            "--batch_size=8",  # 6 images padded to 8: tests/test_fid_network.py's 8-image program (compiled once)
             f"--data_dir={folder}",
             "--kid_subsets=3",
             "--kid_subset_size=3",
