@@ -3,7 +3,9 @@
 The `slow` marker is registered in pytest.ini. One thing is shared by the whole session: a JAX compilation
 cache in a fresh temporary folder (the env vars reach every xdist worker and every `python -m vdm.main` a test
 starts), so the many tiny runs that compile the same programs compile each once. A cached executable is the
-program XLA compiled, so no result changes; the folder is removed when the session ends.
+program XLA compiled, so no result changes; the folder is removed when the session ends. A tiny trained toy run is
+shared too (the `toy_run` fixture: trained once per session, copied by the tests that write into it), and
+VDM_TEST_CPU=path writes each test's CPU seconds to path (the way to compare the suite's cost on a shared machine).
 """
 
 from __future__ import annotations
