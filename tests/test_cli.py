@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_config, run_cli
+from conftest import copy_run, load_config, run_cli
 from vdm.infra.checkpoint import Checkpointer
 
 TINY = ["--config=configs/toy2d.py:small"]
@@ -51,9 +51,8 @@ def test_train_end_to_end_with_each_parameterization(tmp_path, parameterization)
         assert ckpt.all_steps() == [2, 4]
 
 
-def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
-    wd = str(tmp_path)
-    assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
+def test_eval_and_sample_modes_use_the_latest_checkpoint(toy_run, tmp_path):
+    wd = copy_run(toy_run, tmp_path)  # TINY trained (conftest's session run)
     proc = run_cli(TINY + [f"--workdir={wd}", "--mode=eval", "--config.eval.num_steps=10"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{") :])
@@ -82,12 +81,11 @@ def test_eval_and_sample_modes_use_the_latest_checkpoint(tmp_path):
     assert ode["eval/ode_num_examples"] == 256 and np.isfinite(ode["eval/ode_bpd"])
 
 
-def test_sample_mode_runs_every_method_on_a_trained_checkpoint(tmp_path):
+def test_sample_mode_runs_every_method_on_a_trained_checkpoint(toy_run, tmp_path):
     from vdm import sampling
     from vdm.cli import modes
 
-    wd = str(tmp_path)
-    assert run_cli(TINY + [f"--workdir={wd}"]).returncode == 0
+    wd = copy_run(toy_run, tmp_path)  # TINY trained (conftest's session run)
     for method in sampling.METHODS:
         config = load_config("toy2d", "small")
         config.sampling.method, config.sampling.num_steps, config.sampling.num_samples = method, 4, 16

@@ -20,12 +20,10 @@ PYTHON_BLOCK = "```python\n"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> str:
-    """A configs/toy2d.py:small run trained to step 4 (final eval at step 4), shared: copy it before writing."""
-    wd = str(tmp_path_factory.mktemp("trained") / "run")
-    proc = run_cli(TINY + [f"--workdir={wd}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return wd
+def trained(toy_run) -> str:
+    """A configs/toy2d.py:small run trained to step 4 (final eval at step 4; conftest's session run), shared: copy it
+    before writing."""
+    return toy_run
 
 
 def _copy(trained: str, tmp_path) -> str:

@@ -24,11 +24,12 @@ from vdm.infra import parallel
 
 @pytest.fixture(scope="module")
 def net():
-    """A cheap stand-in for the FID network with load_inception's interface: 2048 features, a fixed random projection
-    of 8x8-pooled pixels. The cache, the decoding and the scoring below do not depend on which network makes the
-    features (tests/test_fid_network.py checks the real one; the CLI tests below run it)."""
+    """A cheap stand-in for the FID network with load_inception's interface: a fixed random projection of 8x8-pooled
+    pixels to 64 features (not 2048: the Frechet distance's 2048 x 2048 eigen-decompositions would take most of this
+    file's CPU). The cache, the decoding and the scoring below do not depend on which network makes the features nor
+    on how many (tests/test_fid_network.py checks the real one; the CLI tests below run it)."""
     mesh = parallel.make_mesh(jax.local_devices())
-    proj = jax.random.normal(jax.random.key(0), (8 * 8 * 3, 2048)) / 14.0
+    proj = jax.random.normal(jax.random.key(0), (8 * 8 * 3, 64)) / 14.0
 
     def per_device(p, images, _key):
         x = jax.image.resize(images.astype(jnp.float32) / 255.0, (images.shape[0], 8, 8, images.shape[-1]), "linear")
@@ -137,6 +138,7 @@ def test_cli_prints_fid_and_kid_between_two_sources(tiny_data, tmp_path):
             str(tmp_path / "a.npz"),
             "fashion_mnist:train",
             "--num_b=6",
+            "--batch_size=8",  # 6 images padded to 8: tests/test_fid_network.py's 8-image program (compiled once)
             f"--data_dir={folder}",
             "--kid_subsets=3",
             "--kid_subset_size=3",

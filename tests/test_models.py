@@ -448,13 +448,14 @@ def test_bfloat16_models_compute_in_bf16_keep_f32_params_and_match_f32(name):
     z = jnp.round(jax.random.uniform(jax.random.key(0), SHAPES[name], minval=-1, maxval=1) * 127.5) / 127.5
     gamma = jnp.linspace(-12.0, 3.0, z.shape[0])
     y = jnp.arange(z.shape[0]) % NUM_CLASSES
-    params = bf16.init(jax.random.key(1), z, gamma, y)["params"]
-    params_f32 = f32.init(jax.random.key(1), z, gamma, y)["params"]
+    key = jax.random.key(1, impl="unsafe_rbg")  # quick to compile (as in build); the values are perturbed below
+    params = jax.jit(bf16.init)(key, z, gamma, y)["params"]
+    params_f32 = jax.eval_shape(f32.init, key, z, gamma, y)["params"]  # the float32 model's tree (nothing compiled)
     assert jax.tree.structure(params) == jax.tree.structure(params_f32)
     assert {str(p.dtype) for p in jax.tree.leaves(params)} == {"float32"}  # params stay float32
     params = perturb(params, 0, scale=0.1)
-    out32 = f32.apply({"params": params}, z, gamma, y)
-    out16 = bf16.apply({"params": params}, z, gamma, y)
+    out32 = jax.jit(f32.apply)({"params": params}, z, gamma, y)  # one compiled program each, not op by op
+    out16 = jax.jit(bf16.apply)({"params": params}, z, gamma, y)
     assert out16.dtype == jnp.float32 and out16.shape == z.shape
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
     assert 0 < rel < 0.05, rel  # bf16 has an 8-bit mantissa: ~0.4% per op, a few % end to end

@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 
-from conftest import load_config, run_cli
+from conftest import copy_run, load_config, run_cli
 from vdm.data import toy_sets
 from vdm.tasks import classifier_task
 
 
-def test_noisy_classifier_trains_and_guides_sampling_toward_the_class(tmp_path):
+def test_noisy_classifier_trains_and_guides_sampling_toward_the_class(toy_run, tmp_path):
     config = load_config("noisy_classifier", "toy2d")
     config.training.num_steps = 300
     cls_dir = str(tmp_path / "classifier")
@@ -21,8 +21,7 @@ def test_noisy_classifier_trains_and_guides_sampling_toward_the_class(tmp_path):
     assert acc["classifier/test_acc_t0.1"] > 0.9, acc
     assert acc["classifier/test_acc_t0.9"] < acc["classifier/test_acc_t0.1"] - 0.3, acc
 
-    wd = str(tmp_path / "model")
-    assert run_cli(["--config=configs/toy2d.py:small", f"--workdir={wd}"]).returncode == 0
+    wd = copy_run(toy_run, tmp_path)  # configs/toy2d.py:small trained (conftest's session run)
     means = np.asarray(toy_sets.mixture2d_params()[0])
 
     def fraction_in_class(scale):
