@@ -38,7 +38,8 @@ def optimal_in(kind, schedule, s=SCALES):
         total = a2 * jnp.asarray(s, jnp.float32) ** 2 + s2
         x0 = jnp.sqrt(a2) * s**2 * z / total
         eps = jnp.sqrt(s2) * z / total
-        return {"eps": eps, "x0": x0, "score": -z / total, "v": jnp.sqrt(a2) * eps - jnp.sqrt(s2) * x0}[kind]
+        v = jnp.sqrt(a2) * eps - jnp.sqrt(s2) * x0
+        return {"eps": eps, "x0": x0, "score": -z / total, "v": v, "flow": eps - x0}[kind]
 
     return fn
 

@@ -95,6 +95,11 @@ ADDED_KEYS = {
     "loss.objective": lambda c: "weighted",
     "loss.num_steps": lambda c: 0,
     "loss.hybrid_lambda": lambda c: 0.001,
+    "loss.hybrid_units": lambda c: "nats",  # lambda applied to L_vlb in nats before issue 25 (now 'bits')
+    "loss.logit_normal_mean": lambda c: 0.0,
+    "loss.logit_normal_std": lambda c: 1.0,
+    "model.input_scaling": lambda c: "none",
+    "model.schedule_shift": lambda c: 1.0,
     "loss.adaptive_bins": lambda c: 100,
     "loss.adaptive_decay": lambda c: 0.99,
     "loss.adaptive_uniform": lambda c: 0.1,

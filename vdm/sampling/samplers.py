@@ -32,7 +32,8 @@ default grid and steps, network evaluations):
               order 3 starts with a second-order midpoint step (one extra evaluation) so its
               global order stays 3; lower_order_final lowers the order of the last steps when
               num_steps < 15 (Lu et al. 2022b).
-Common options: grid ('uniform_t' | 'uniform_logsnr' | 'edm', with rho), t_min, t_max,
+Common options: grid ('uniform_t' | 'uniform_logsnr' | 'edm', with rho | 'uniform_ot': uniform in the OT path's
+time, where ddim is Euler and ode Heun-in-EDM-variables on the flow ODE), t_min, t_max,
 clip_x0, dynamic_threshold (percentile p), final_denoise, return_trajectory (then returns
 (x, traj) with traj [N + 1, *shape] the z's on the grid, z_1 first), z_init (the starting
 latent at t_max instead of a N(0, I) draw, e.g. from `ddim_encode`). Options are static

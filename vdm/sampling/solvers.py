@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core.gaussian import posterior, step_variance
-from vdm.core.schedules import Schedule, alpha_sigma, inverse
+from vdm.core.schedules import Schedule, alpha_sigma, inverse, ot_time
 
 Array = jax.Array
 
-GRIDS = ("uniform_t", "uniform_logsnr", "edm")
+GRIDS = ("uniform_t", "uniform_logsnr", "edm", "uniform_ot")
 GAMMA_FLOOR = -30.0  # stands in for gamma(t_min) = -inf where a grid must be uniform in gamma
 
 
@@ -42,7 +42,9 @@ def time_grid(
     gamma(t_max) and gamma(t_min) (floored at GAMMA_FLOOR if gamma(t_min) = -inf).
     'edm': sigma_edm = exp(gamma/2) on Karras et al. (2022, eq. 5)'s grid
     sigma_i = (s_max^(1/rho) + i/N (s_min^(1/rho) - s_max^(1/rho)))^rho, with the schedule's
-    endpoint noise levels (s_min = 0 is allowed). Non-uniform grids are mapped back to t by
+    endpoint noise levels (s_min = 0 is allowed). 'uniform_ot': uniform in the OT path's time
+    tau = sigmoid(gamma/2) (vdm.core.schedules.ot_time), on which DDIM (eta = 0) is Euler's method on the flow ODE
+    dz_OT/dtau = eps_hat - x0_hat, z_OT = z / (alpha + sigma). Non-uniform grids are mapped back to t by
     bisection, and the gammas returned are schedule(t) at those times. Endpoints are exact.
     """
     if grid not in GRIDS:
@@ -56,6 +58,10 @@ def time_grid(
         if grid == "uniform_logsnr":
             g_lo = jnp.where(jnp.isfinite(g_lo), g_lo, GAMMA_FLOOR)
             g = g_hi + (g_lo - g_hi) * frac
+        elif grid == "uniform_ot":
+            tau_hi, tau_lo = ot_time(g_hi), ot_time(g_lo)
+            tau = tau_hi + (tau_lo - tau_hi) * frac
+            g = 2.0 * (jnp.log(tau) - jnp.log1p(-tau))
         else:
             s_hi, s_lo = jnp.exp(0.5 * g_hi) ** (1.0 / rho), jnp.exp(0.5 * g_lo) ** (1.0 / rho)
             g = 2.0 * rho * jnp.log(s_hi + (s_lo - s_hi) * frac)
