@@ -189,6 +189,7 @@ def _sampling() -> ml_collections.ConfigDict:
     s.final_denoise = unset(bool)  # end with x0_hat(z_tmin), else z_tmin / alpha_tmin (default on)
     s.variance = unset(str)  # ancestral, ddim (eta > 0): 'small' (posterior; default), 'large' (beta), 'learned' (head)
     s.eta = unset(float)  # ddim: 0 deterministic (default), 1 the ancestral variance
+    s.space = unset(str)  # ode: Heun in 'edm' variables (default) or 'ot' (on the flow ODE dz_OT/dt = u)
     s.snr = unset(float)  # pc: Langevin signal-to-noise ratio (default 0.16, score_sde)
     s.corrector_steps = unset(int)  # pc: corrector moves per step (default 1)
     s.order = unset(int)  # dpm_solver: order 1, 2 (default) or 3

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core.gaussian import posterior, step_variance
-from vdm.core.schedules import Schedule, alpha_sigma, inverse, ot_time
+from vdm.core.schedules import Schedule, alpha_sigma, inverse, ot_scale, ot_time
 
 Array = jax.Array
 
@@ -159,6 +159,26 @@ def edm_heun(z_t: Array, eps_t: Array, eps_euler: Array, gamma_t: Array, gamma_s
     """Heun's correction (Karras et al. 2022, Alg. 1, line 8): x_s = x_t + (s_s - s_t)(eps_t + eps_euler)/2,
     eps_euler read at the Euler proposal z_s' = edm_euler(z_t, eps_t, ...)."""
     return edm_euler(z_t, 0.5 * (eps_t + eps_euler), gamma_t, gamma_s)
+
+
+ODE_SPACES = ("edm", "ot")  # the variables of the 'ode' method's Heun step
+
+
+def ot_heun(z_t: Array, u_t: Array, u_euler: Array, gamma_t: Array, gamma_s: Array) -> Array:
+    """Heun's step on the flow ODE dz_OT/dtau = u_hat (u = eps_hat - x0_hat, z_OT = z / (alpha + sigma), tau =
+    sigmoid(gamma/2)): z_OT,s = z_OT,t + (tau_s - tau_t)(u_t + u_euler)/2, u_euler read at the Euler (= DDIM) proposal."""
+    z_ot = z_t / ot_scale(gamma_t) + (ot_time(gamma_s) - ot_time(gamma_t)) * 0.5 * (u_t + u_euler)
+    return z_ot * ot_scale(gamma_s)
+
+
+def heun_update(space: str, z_t: Array, pred_t: tuple, pred_euler: tuple, gamma_t: Array, gamma_s: Array) -> Array:
+    """Heun's correction in `space` (ODE_SPACES) given (x0_hat, eps_hat) at z_t and at the Euler proposal: 'edm'
+    `edm_heun` (Karras et al. 2022, Alg. 1), 'ot' `ot_heun` (the flow ODE; the two agree only to second order)."""
+    if space == "edm":
+        return edm_heun(z_t, pred_t[1], pred_euler[1], gamma_t, gamma_s)
+    if space == "ot":
+        return ot_heun(z_t, pred_t[1] - pred_t[0], pred_euler[1] - pred_euler[0], gamma_t, gamma_s)
+    raise ValueError(f"Unknown ODE space {space!r}; choose one of {ODE_SPACES}.")
 
 
 def langevin_update(z: Array, score: Array, noise: Array, snr: float, retention: Array) -> Array:
