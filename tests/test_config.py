@@ -121,7 +121,7 @@ def test_cifar10_has_the_vdm_paper_settings():
     "field,bad,valid",
     [
         ("model.parameterization", "epsilon", "'eps', 'x0', 'score', 'v'"),
-        ("model.schedule", "sigmoid", "'linear_logsnr', 'cosine', 'ddpm_linear', 'learned'"),
+        ("model.schedule", "sigmoid", "'linear_logsnr', 'cosine', 'ddpm_linear', 'ot', 'learned'"),
         ("loss.weighting", "l2", "'elbo'"),
         ("model.name", "resnet", "'vdm_unet', 'adm_unet', 'mlp'"),
         ("data.dataset", "imagenet", "'fashion_mnist'"),

@@ -95,7 +95,9 @@ ADDED_KEYS = {
     "loss.objective": lambda c: "weighted",
     "loss.num_steps": lambda c: 0,
     "loss.hybrid_lambda": lambda c: 0.001,
-    "loss.hybrid_units": lambda c: "nats",  # lambda applied to L_vlb in nats before issue 25 (now 'bits')
+    "loss.hybrid_units": lambda c: (  # a hybrid run before issue 25 applied lambda to L_vlb in nats; others: unused
+        "nats" if c["loss"].get("objective") == "hybrid" else "bits"
+    ),
     "loss.logit_normal_mean": lambda c: 0.0,
     "loss.logit_normal_std": lambda c: 1.0,
     "model.input_scaling": lambda c: "none",
