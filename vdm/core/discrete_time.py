@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vdm.core import gaussian
 from vdm.core.parameterization import convert
@@ -74,9 +75,12 @@ def _step_prediction(
     denoise_fn: DenoiseFn, x: Array, eps: Array, t: Array, schedule: Schedule, parameterization: str, num_steps: int
 ) -> tuple[Array, Array, Array, Array | None]:
     """(gamma_s, gamma_t [B, 1, ...], eps_hat, v) of the step ending at t = i/T (on the grid i/T, i = 1..T): one network pass."""
-    i = jnp.round(t * num_steps)
-    gamma_t = gaussian.expand_to(schedule(i / num_steps), x)
-    gamma_s = gaussian.expand_to(schedule((i - 1.0) / num_steps), x)
+    # The grid's times as float64 i/T rounded once (a constant): i/T computed under jit may be 1 ulp off (XLA turns
+    # x / T into x * (1/T)), which at the last steps of a schedule exact on the grid (gamma up ~7 a step) is 4e-4 in gamma.
+    grid = jnp.asarray(np.arange(num_steps + 1) / num_steps, jnp.float32)
+    i = jnp.round(t * num_steps).astype(jnp.int32)
+    gamma_t = gaussian.expand_to(schedule(grid[i]), x)
+    gamma_s = gaussian.expand_to(schedule(grid[i - 1]), x)
     z_t = gaussian.q_sample(x, gamma_t, eps)
     pred, v = network_output(denoise_fn, z_t, t, x)
     return gamma_s, gamma_t, convert(pred, z_t, gamma_t, source=parameterization, target="eps"), v
