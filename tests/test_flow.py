@@ -63,18 +63,21 @@ def test_schedule_shift_is_sd3s_time_shift_on_ot_and_simple_diffusions_shifted_c
         S.shifted(S.ot(), 0.0)
 
 
-@pytest.mark.parametrize("draw", ["uniform", "logit_normal"])
-def test_literal_fm_loss_on_the_ot_path_equals_our_weighted_loss_on_the_same_draws(draw):
-    """E_t ||(eps - x) - u_hat(z_OT, t)||^2 written out, against neg_elbo_terms' diffusion term with schedule 'ot',
-    parameterization 'flow', weighting 'flow' and the net fed scale_input(z, gamma, 'ot')."""
+@pytest.mark.parametrize("draw,shift", [("uniform", 1.0), ("logit_normal", 1.0), ("logit_normal", 3.0)])
+def test_literal_fm_loss_on_the_ot_path_equals_our_weighted_loss_on_the_same_draws(draw, shift):
+    """E_t ||(eps - x) - u_hat(z_OT, t)||^2 written out (SD3's: t_n logit-normal, t = s t_n / (1 + (s - 1) t_n)),
+    against neg_elbo_terms' diffusion term at t_n with schedule 'ot' shifted by s, parameterization 'flow',
+    weighting 'flow' and the net fed scale_input(z, gamma, 'ot') and the OT time sigmoid(gamma / 2)."""
     key = jax.random.PRNGKey(0)
     x = jax.random.uniform(key, (512, 6), minval=-1, maxval=1)
     eps = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
     u = jax.random.uniform(jax.random.fold_in(key, 2), (512,), minval=1e-3, maxval=0.99)  # f ~ 1/(1-t)^2: float32
-    t = u if draw == "uniform" else t_sampling.logit_normal_t(u, 0.0, 1.0)
+    t_n = u if draw == "uniform" else t_sampling.logit_normal_t(u, 0.0, 1.0)
+    t = shift * t_n / (1 + (shift - 1) * t_n)  # Esser et al. 2024, eq. 23
     literal = jnp.sum(jnp.square((eps - x) - _velocity_net((1 - t)[:, None] * x + t[:, None] * eps, t)), axis=1)
-    sched = S.ot(-30.0, 30.0)
-    net = lambda z, t: _velocity_net(scale_input(z, sched(t)[:, None], "ot"), t)
+    sched = S.shifted(S.ot(-30.0, 30.0), shift)
+    net = lambda z, t: _velocity_net(scale_input(z, sched(t)[:, None], "ot"), S.ot_time(sched(t)))
+    t = t_n  # our draws are the schedule's own t
     ours = O.neg_elbo_terms(
         net, x, t, eps, jnp.zeros_like(x), schedule=sched, parameterization="flow", weighting="flow", decoder="gaussian"
     )["diffusion"]
@@ -92,6 +95,31 @@ def test_flow_weighting_is_e_to_the_minus_lambda_over_2_on_ot_and_the_cosine_row
     g, dg = S.dgamma_dt(S.cosine(1e-6, -30.0, 30.0), t)
     np.testing.assert_allclose(O.weight_eps_cosine(g, dg), 1.0, rtol=1e-4)
     np.testing.assert_allclose(O.weight_v_cosine(g, dg), 1 + np.exp(g), rtol=1e-4)
+
+
+def test_the_docs_implied_weightings_and_sd3s_w_are_these_closed_forms():
+    """docs/objectives.md: w = 2 f / gamma' for f-defined losses under linear log-SNR, cosine (s -> 0) and ot, and SD3's
+    w = pi(t) e^{-lambda/2} = 2 N(lambda; -2m, 4s^2) (1 + e^{-lambda/2})^2 (here from our f, gamma' and pi)."""
+    t = jnp.linspace(0.02, 0.98, 49)
+    sech = lambda a: 1 / np.cosh(a)
+    schedules = {"linear_logsnr": S.linear_logsnr(), "cosine": S.cosine(1e-6, -30.0, 30.0), "ot": S.ot(-30.0, 30.0)}
+    docs = {  # (simple, flow) per schedule, as functions of lambda
+        "linear_logsnr": (lambda lam: 2 / 18.3 + 0 * lam, lambda lam: 2 * (1 + np.exp(-lam / 2)) ** 2 / 18.3),
+        "cosine": (lambda lam: sech(lam / 2) / np.pi, lambda lam: (1 + np.exp(-lam / 2)) ** 2 * sech(lam / 2) / np.pi),
+        "ot": (lambda lam: sech(lam / 4) ** 2 / 4, lambda lam: np.exp(-lam / 2)),
+    }
+    for name, sched in schedules.items():
+        g, dg = S.dgamma_dt(sched, t)
+        lam = -np.asarray(g, np.float64)
+        for weight, doc in zip((O.weight_simple, O.weight_flow), docs[name]):
+            np.testing.assert_allclose(2 * weight(g, dg) / dg, doc(lam), rtol=1e-4, err_msg=name)
+    g, dg = S.dgamma_dt(S.ot(-30.0, 30.0), t)
+    lam = -np.asarray(g, np.float64)
+    m, s = 0.3, 0.8
+    w = 2 * O.weight_flow(g, dg) * t_sampling.logit_normal_density(t, m, s) / dg
+    np.testing.assert_allclose(w, np.asarray(t_sampling.logit_normal_density(t, m, s)) * np.exp(-lam / 2), rtol=1e-4)
+    normal = stats.norm.pdf(lam, -2 * m, 2 * s)
+    np.testing.assert_allclose(w, 2 * normal * (1 + np.exp(-lam / 2)) ** 2, rtol=1e-4)
 
 
 def _velocity_mmse(g, s=SCALES):
