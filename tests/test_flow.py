@@ -58,7 +58,8 @@ def test_schedule_shift_is_sd3s_time_shift_on_ot_and_simple_diffusions_shifted_c
     cosine = S.shifted(S.cosine(1e-6, -30.0, 30.0), d / 64)  # s -> 0: their cosine
     np.testing.assert_allclose(cosine(t), -lam, atol=1e-4)
     np.testing.assert_allclose(S.get_schedule("ot", -20.0, 20.0, shift=shift)(t), S.ot()(t_m), atol=3e-5)
-    assert S.shifted(S.ot(), 1.0) is not None and S.get_schedule("cosine", shift=1.0)(0.5) == S.cosine()(0.5)
+    ot = S.ot()
+    assert S.shifted(ot, 1.0) is ot and S.get_schedule("cosine", shift=1.0)(0.5) == S.cosine()(0.5)
     with pytest.raises(ValueError, match="> 0"):
         S.shifted(S.ot(), 0.0)
 
