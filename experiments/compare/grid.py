@@ -8,7 +8,9 @@ Grids (equal steps and seeds in every cell):
                    <p>-hybrid-cosine-learnedvar (L_hybrid, the keys of configs/fashion_mnist.py:hybrid) and
                    <p>-simple-cosine-fixedvar (L_simple, no variance head, continuous time);
   t_sampling       weighting {elbo, sigmoid, edm} x loss.t_sampling {antithetic, adaptive} on the config's
-                   schedule and parameterisation.
+                   schedule and parameterisation;
+  flow             FLOW_CELLS (rectified flow on the ot schedule: flow-flow-ot-rf, eps-flow-ot, flow-flow-ot-sd3)
+                   and weightings {eps_cosine, v_cosine} on the config's schedule and parameterisation.
 A cell is named <parameterization>-<weighting>-<schedule>[-<variant>]-s<seed>: no variant is the
 config's own keys (and its loss.t_sampling); a variant names what the cell sets besides (VARIANTS).
 Cells shared by several grids run once.
