@@ -7,9 +7,10 @@ openai/improved-diffusion's `improved_diffusion` folder, both outside this repos
     git -C <improved-diffusion checkout> archive HEAD improved_diffusion | tar -x -C /work/scratch-torch/src
     /work/scratch-torch/bin/python scripts/make_hybrid_fixture.py --improved_diffusion=/work/scratch-torch/src
 
-It builds their GaussianDiffusion exactly as their recipe does (cosine betas, T = 1000, EPSILON mean,
-LEARNED_RANGE variance, RESCALED_MSE loss: `script_util.create_gaussian_diffusion(learn_sigma=True,
-noise_schedule='cosine', use_kl=False, rescale_learned_sigmas=True)`), feeds `training_losses` a stand-in
+It builds their GaussianDiffusion as their L_hybrid recipe does (cosine betas, T = 1000, EPSILON mean,
+LEARNED_RANGE variance, RESCALED_MSE loss: what `script_util.create_gaussian_diffusion(learn_sigma=True,
+noise_schedule='cosine', rescale_learned_sigmas=True)` builds, less its SpacedDiffusion wrapper, which with no
+respacing keeps every step), feeds `training_losses` a stand-in
 model that returns fixed outputs (eps_hat and the variance head's raw r in [-1, 1]), and saves the inputs
 (NHWC, as vdm lays images out) with their per-example 'loss', 'mse' and 'vb', as their code computes them
 (float32) and in float64 ('loss64', 'mse64', 'vb64': the same code with float64 schedule values and inputs). Their t index k is vdm's step
