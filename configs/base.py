@@ -30,14 +30,23 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
     config.seed = 0  # seeds params, train keys and the order of the data
     config.data = _data(kind)
     config.model = _model(kind)
+    config.model.input_scaling = "none"  # the net's input: z, or 'ot': z / (alpha + sigma), the OT path's z
+    config.model.schedule_shift = 1.0  # gamma(t) + 2 log(shift): resolution shift (simple diffusion, SD3)
+    #   (model.parameterization also takes 'flow' = eps - x, model.schedule 'ot': docs/objectives.md)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.objective = "weighted"  # 'weighted': the weighting's loss; 'hybrid': + hybrid_lambda L_vlb, learned variance (improved DDPM)
-    # Images: L_simple, for samples (eval still reports the test ELBO); flat toy data: the ELBO
-    config.loss.weighting = "simple" if kind == "image" else "elbo"  # elbo, simple, snr, min_snr, sigmoid, edm (hybrid: its mean part)
+    # elbo, simple, snr, min_snr, sigmoid, edm, flow, eps_cosine, v_cosine (hybrid: its mean part). Images: L_simple,
+    # for samples (eval still reports the test ELBO); flat toy data: the ELBO
+    weighting = "simple" if kind == "image" else "elbo"
+    config.loss.weighting = weighting  # (see above)
     config.loss.num_steps = 0  # training time steps: 0 continuous; T > 0 the T-step model, t on i/T (hybrid needs it)
     config.loss.hybrid_lambda = 0.001  # 'hybrid': L_simple + lambda L_vlb (Nichol & Dhariwal 2021, sec. 3.1)
-    config.loss.t_sampling = "antithetic"  # t per example: uniform, antithetic (VDM, low-discrepancy), adaptive (VDM++)
+    config.loss.hybrid_units = "bits"  # ... L_vlb in bits, as improved-diffusion ('nats': runs before the fix)
+    config.loss.t_sampling = "antithetic"  # t per example: uniform, antithetic (VDM), adaptive (VDM++),
+    #   logit_normal (SD3: t = sigmoid(N(m, s^2)), antithetic draws through its inverse CDF; changes the objective)
+    config.loss.logit_normal_mean = 0.0  # 'logit_normal': m (Esser et al. 2024, sec. 3.1)
+    config.loss.logit_normal_std = 1.0  # ... s
     config.loss.adaptive_bins = 100  # 'adaptive': histogram bins of lambda = log SNR over [-gamma_max, -gamma_min]
     config.loss.adaptive_decay = 0.99  # ... its moving average per step
     config.loss.adaptive_uniform = 0.1  # ... mixed with this much uniform mass, so p(lambda) > 0 everywhere
@@ -178,7 +187,7 @@ def _sampling() -> ml_collections.ConfigDict:
     s.class_label = -1  # class to sample; -1: cycle through the classes
     s.decode = "mean"  # latent models: a sample's image is the decoder's mean, or 'argmax' its most likely 8-bit value
     unset = config_dict.placeholder  # a typed None: the method's default unless a config or flag sets it
-    s.grid = unset(str)  # time grid: uniform_t, uniform_logsnr, edm (default: the method's)
+    s.grid = unset(str)  # time grid: uniform_t, uniform_logsnr, edm, uniform_ot (OT path's t; default: the method's)
     s.rho = unset(float)  # grid='edm': the rho of Karras et al. 2022 (default 7)
     s.t_min = unset(float)  # the grid runs from t_max down to t_min (default 0)
     s.t_max = unset(float)  # ... from t_max (default 1: pure noise)
@@ -187,6 +196,7 @@ def _sampling() -> ml_collections.ConfigDict:
     s.final_denoise = unset(bool)  # end with x0_hat(z_tmin), else z_tmin / alpha_tmin (default on)
     s.variance = unset(str)  # ancestral, ddim (eta > 0): 'small' (posterior; default), 'large' (beta), 'learned' (head)
     s.eta = unset(float)  # ddim: 0 deterministic (default), 1 the ancestral variance
+    s.space = unset(str)  # ode: Heun in 'edm' variables (default) or 'ot' (on the flow ODE dz_OT/dt = u)
     s.snr = unset(float)  # pc: Langevin signal-to-noise ratio (default 0.16, score_sde)
     s.corrector_steps = unset(int)  # pc: corrector moves per step (default 1)
     s.order = unset(int)  # dpm_solver: order 1, 2 (default) or 3

@@ -13,6 +13,9 @@ class per row), `:mnist` (the same settings on MNIST digits; prepare once with
 width 16 with no downsampling, trained on the ELBO; the setting of RESULTS.md sections 2, 6 and 7),
 `:hybrid` (improved DDPM on that VDM UNet: a learned reverse variance trained by L_simple + 0.001 L_vlb on the
 cosine schedule with T = 1000 steps; evaluated as the 1000-step ELBO, sampled ancestrally with the learned variance),
+`:flow` (rectified flow as SD3 trains it, Esser et al. 2024: the straight path z = (1 - t) x + t eps as the schedule
+'ot', a velocity network (eps - x) that sees z_OT, the flow-matching loss ||(eps - x) - u_hat||^2 at logit-normal t;
+evaluated, like every run, as the true ELBO in bits/dim; sampled by Euler on the flow ODE: DDIM on the grid uniform in t),
 `:latent` (latent diffusion, a VDM UNet on the ELBO: the prior over the latents of configs/fashion_mnist_ae.py's
 autoencoder, trained first with
 `python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae`; its eval is
@@ -24,7 +27,7 @@ import ml_collections
 from vdm.infra.fileio import load_sibling  # configs/base.py and configs/common.py, by their paths next to this file
 
 common = load_sibling(__file__, "common")
-VARIANTS = ("small", "classes", "mnist", "vdm", "hybrid", "latent")
+VARIANTS = ("small", "classes", "mnist", "vdm", "hybrid", "latent", "flow")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -52,6 +55,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.loss.num_steps = 1000
         config.eval.num_steps = 1000  # the 1000-step ELBO, with the learned variance
         config.sampling.variance = "learned"
+    if "flow" in variants:  # rectified flow / flow matching on the OT path, SD3's recipe (docs/objectives.md)
+        config.model.schedule = "ot"  # gamma = 2 log(t / (1 - t)), clipped to [gamma_min, gamma_max]
+        config.model.gamma_max = 10.0  # t up to sigmoid(5) = 0.993 (prior KL ~1e-5 bits/dim); gamma_min stays -13.3
+        config.model.parameterization = "flow"  # the net predicts the velocity eps - x
+        config.model.input_scaling = "ot"  # ... of z_OT = z / (alpha + sigma): a rectified-flow model as it is
+        config.loss.weighting = "flow"  # ||(eps - x) - u_hat||^2 at the sampled t
+        config.loss.t_sampling = "logit_normal"  # SD3: t = sigmoid(N(0, 1)) (loss.logit_normal_mean/std)
+        config.sampling.method = "ddim"  # eta = 0: Euler's method on the flow ODE ...
+        config.sampling.grid = "uniform_ot"  # ... with steps uniform in t
     if "latent" in variants:  # the diffusion model as the prior over an autoencoder's latents
         config.task = "latent_diffusion"
         config.latent = base.latent_section()  # the latent section: only latent configs have one

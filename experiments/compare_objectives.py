@@ -17,12 +17,17 @@ Grids (equal steps and seeds in every cell):
                    its eval.num_steps=1000 is replaced by the stages' own) and <p>-simple-cosine-fixedvar (fixed
                    variance: variance_head none, objective weighted, weighting simple, loss.num_steps 0);
   t_sampling       weighting {elbo, sigmoid, edm} x loss.t_sampling {antithetic, adaptive} on the config's
-                   schedule and parameterisation.
+                   schedule and parameterisation;
+  flow             flow matching (issue 25): flow-flow-ot-rf (rectified flow: velocity net on z_OT,
+                   model.input_scaling=ot), eps-flow-ot (the same objective read as eps), flow-flow-ot-sd3
+                   (SD3's logit-normal t), and weightings eps_cosine, v_cosine (Kingma & Gao's Table 1 rows)
+                   on the config's schedule and parameterisation; the ot cells use the config's gamma range.
 A cell is named <parameterization>-<weighting>-<schedule>[-<variant>]-s<seed> and lives in
 RESULTS/NAME/cells/<cell>. Without a variant the cell takes every other key from the config (its
 loss.t_sampling included: antithetic by default); the variant names what else it sets: learnedvar,
 fixedvar (the variance grid; 'hybrid' sits in the weighting slot of the L_hybrid cell, whose mean part
-is weighted 'simple'), or a loss.t_sampling other than the config's (adaptive, antithetic, uniform).
+is weighted 'simple'), rf, sd3 (the flow grid), or a loss.t_sampling other than the config's (adaptive,
+antithetic, uniform).
 So on the default config the t_sampling grid's antithetic cells are the param_weighting grid's
 <p>-elbo/sigmoid/edm-<schedule>-s<seed>, and the adaptive ones <p>-<w>-<schedule>-adaptive-s<seed>.
 Cells shared by several grids run once.

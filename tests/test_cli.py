@@ -189,3 +189,54 @@ def test_nan_policy_skip_discards_updates_and_counts_them(tmp_path):
     assert train[-1]["train/skipped_total"] == 3
     with Checkpointer(os.path.join(wd, "checkpoints")) as ckpt:
         assert ckpt.all_steps() == [2, 4]
+
+
+@pytest.mark.slow  # ~3.5 min on 2 CPU cores (most of it the full-test-set eval); the toy run below is in `make test`
+def test_flow_config_trains_evaluates_and_samples(tmp_path):
+    """configs/fashion_mnist.py:flow,small (rectified flow: OT path, velocity net on z_OT, logit-normal t) end to end:
+    it trains on the FM loss, is evaluated as the true ELBO in bits/dim, and samples with Euler on the flow ODE."""
+    wd = str(tmp_path)
+    flow = ["--config=configs/fashion_mnist.py:flow,small", f"--workdir={wd}"]
+    proc = run_cli(flow)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.load(open(os.path.join(wd, "config.json")))
+    assert (config["model"]["schedule"], config["model"]["parameterization"], config["model"]["input_scaling"]) == (
+        "ot",
+        "flow",
+        "ot",
+    )
+    assert (config["loss"]["weighting"], config["loss"]["t_sampling"]) == ("flow", "logit_normal")
+    records = _records(wd)
+    assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
+    evals = [r for r in records if "eval/bpd" in r]
+    assert evals and 0 < evals[-1]["eval/bpd"] < 50  # the true ELBO in bits/dim, whatever the training loss
+    proc = run_cli(flow + ["--mode=eval", "--max_examples=200"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.isfinite(json.loads(proc.stdout[proc.stdout.index("{") :])["eval/bpd"])
+    proc = run_cli(flow + ["--mode=sample", "--config.sampling.num_steps=4", "--config.sampling.num_samples=4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    png = proc.stdout.strip().splitlines()[-1]
+    assert "ddim4" in png
+    samples = np.load(png[:-4] + ".npz")["samples"]
+    assert samples.shape[0] == 4 and np.all(np.isfinite(samples))
+
+
+def test_flow_keys_train_and_sample_on_toy_data(tmp_path):
+    """The :flow recipe's keys on toy2d:small: schedule ot, velocity net on z_OT, FM loss at logit-normal t, Euler."""
+    wd = str(tmp_path)
+    keys = {
+        "model.schedule": "ot",
+        "model.gamma_max": 10.0,
+        "model.parameterization": "flow",
+        "model.input_scaling": "ot",
+        "loss.weighting": "flow",
+        "loss.t_sampling": "logit_normal",
+    }
+    proc = run_cli(TINY + [f"--workdir={wd}"] + [f"--config.{k}={v}" for k, v in keys.items()])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [r for r in _records(wd) if "eval/bpd" in r]
+    assert evals and np.isfinite(evals[-1]["eval/bpd"])
+    sample = ["--mode=sample", "--config.sampling.method=ode", "--config.sampling.space=ot"]
+    proc = run_cli(TINY + [f"--workdir={wd}", *sample, "--config.sampling.grid=uniform_ot"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.all(np.isfinite(np.load(proc.stdout.strip().splitlines()[-1][:-4] + ".npz")["samples"]))

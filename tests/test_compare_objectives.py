@@ -678,3 +678,33 @@ def test_new_grids_run_end_to_end_with_finite_new_columns(base_grid):
         "## Test bpd at equal training steps",
     ):
         assert text in md
+
+
+def test_flow_grid_cells_and_their_dry_run(tmp_path):
+    """The flow grid (issue 25): rectified flow, the same objective read as eps, SD3's logit-normal t, and the two
+    Kingma & Gao weightings on the config's schedule; the param_weighting grid keeps its 24 cells."""
+    cells = grid.enumerate_cells(["flow"], seeds=[0], base_schedule="linear_logsnr")
+    assert [c.name for c in cells] == [
+        "flow-flow-ot-rf-s0",
+        "eps-flow-ot-s0",
+        "flow-flow-ot-sd3-s0",
+        "eps-eps_cosine-linear_logsnr-s0",
+        "eps-v_cosine-linear_logsnr-s0",
+    ]
+    assert cells[0].overrides()[-1] == "--config.model.input_scaling=ot"
+    assert cells[2].overrides()[-2:] == ["--config.model.input_scaling=ot", "--config.loss.t_sampling=logit_normal"]
+    assert len(grid.enumerate_cells(["param_weighting", "flow"], seeds=[0], base_schedule="linear_logsnr")) == 29
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.compare_objectives", "--config=configs/toy2d.py:small", "--name=dry"]
+        + [f"--results_root={tmp_path}", "--grid=flow", "--steps=4", "--fd_samples=16", "--dry_run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"# 5 cells -> {tmp_path}/dry/cells/<cell>")
+    train = [line for line in lines if line.startswith("[flow-flow-ot-sd3-s0] train:")]
+    assert len(train) == 1 and "--config.loss.t_sampling=logit_normal" in train[0]
+    assert not os.path.exists(tmp_path / "dry")

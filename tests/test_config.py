@@ -121,7 +121,7 @@ def test_cifar10_has_the_vdm_paper_settings():
     "field,bad,valid",
     [
         ("model.parameterization", "epsilon", "'eps', 'x0', 'score', 'v'"),
-        ("model.schedule", "sigmoid", "'linear_logsnr', 'cosine', 'ddpm_linear', 'learned'"),
+        ("model.schedule", "sigmoid", "'linear_logsnr', 'cosine', 'ddpm_linear', 'ot', 'learned'"),
         ("loss.weighting", "l2", "'elbo'"),
         ("model.name", "resnet", "'vdm_unet', 'adm_unet', 'mlp'"),
         ("data.dataset", "imagenet", "'fashion_mnist'"),
@@ -129,6 +129,11 @@ def test_cifar10_has_the_vdm_paper_settings():
         ("training.nan_policy", "ignore", "'stop', 'skip'"),
         ("sampling.method", "euler", "'ancestral'"),
         ("optimizer.decay", "linear", "'cosine', 'constant'"),
+        ("model.parameterization", "velocity", "'v', 'flow'"),
+        ("model.input_scaling", "edm", "'none', 'ot'"),
+        ("loss.hybrid_units", "bpd", "'bits', 'nats'"),
+        ("loss.weighting", "rectified", "'flow', 'eps_cosine', 'v_cosine'"),
+        ("loss.t_sampling", "lognormal", "'adaptive', 'logit_normal'"),
     ],
 )
 def test_a_bad_choice_names_the_field_and_the_valid_choices(field, bad, valid):
@@ -162,6 +167,15 @@ def test_a_bad_choice_names_the_field_and_the_valid_choices(field, bad, valid):
         ({"eval.variance": "learned"}, "needs a model with a variance head"),
         ({"eval.t_sampling": "importance", "eval.num_steps": 10}, "is for the continuous-time ELBO"),
         ({"sampling.method": "ddim", "sampling.variance": "learned"}, "needs a model with a variance head"),
+        (
+            {"loss.t_sampling": "logit_normal", "loss.num_steps": 100, "loss.weighting": "elbo"},
+            "draws continuous t: it needs",
+        ),
+        ({"loss.t_sampling": "logit_normal", "loss.logit_normal_std": 0.0}, "logit_normal_std=0.0 must be > 0"),
+        ({"model.schedule": "learned", "model.schedule_shift": 2.0}, "shifts a fixed schedule"),
+        ({"model.schedule_shift": -1.0}, "config.model.schedule_shift=-1.0 must be > 0"),
+        ({"sampling.method": "ode", "sampling.space": "vp"}, "space must be one of ('edm', 'ot')"),
+        ({"sampling.grid": "uniform_tau"}, "'uniform_ot'"),
     ],
 )
 def test_the_objective_rules_name_what_to_set(changes, needle):
@@ -186,6 +200,23 @@ def test_the_hybrid_variant_is_improved_ddpm():
     assert c.loss.num_steps == 1000 and c.loss.hybrid_lambda == 0.001 and c.sampling.variance == "learned"
     assert validation.resolve(c).eval.variance == "learned"
     assert validation.resolve(load_config("fashion_mnist")).eval.variance == "small"
+    assert (
+        c.loss.hybrid_units == "bits"
+    )  # lambda on L_vlb in bits, as improved-diffusion (tests/test_hybrid_reference.py)
+
+
+def test_the_flow_variant_is_sd3s_rectified_flow():
+    c = load_config("fashion_mnist", "flow")
+    m, loss, s = c.model, c.loss, c.sampling
+    assert (m.schedule, m.parameterization, m.input_scaling, m.schedule_shift) == ("ot", "flow", "ot", 1.0)
+    assert (loss.weighting, loss.t_sampling, loss.logit_normal_mean, loss.logit_normal_std) == (
+        "flow",
+        "logit_normal",
+        0.0,
+        1.0,
+    )
+    assert (s.method, s.grid, c.eval.num_steps) == ("ddim", "uniform_ot", 0)
+    validation.validate(c)
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,8 @@ def optimal_in(kind, schedule, s=SCALES):
         total = a2 * jnp.asarray(s, jnp.float32) ** 2 + s2
         x0 = jnp.sqrt(a2) * s**2 * z / total
         eps = jnp.sqrt(s2) * z / total
-        return {"eps": eps, "x0": x0, "score": -z / total, "v": jnp.sqrt(a2) * eps - jnp.sqrt(s2) * x0}[kind]
+        v = jnp.sqrt(a2) * eps - jnp.sqrt(s2) * x0
+        return {"eps": eps, "x0": x0, "score": -z / total, "v": v, "flow": eps - x0}[kind]
 
     return fn
 
@@ -207,6 +208,8 @@ def _expected_weighted(weighting, schedule_np, dschedule_np, s=SCALES, bias=-2.0
         x_mmse = np.sum(s**2 * s2 / (a2 * s**2 + s2))  # E||x - x_hat||^2
         snr = np.exp(-g)
         lam = -g
+        a, sg = np.sqrt(a2), np.sqrt(s2)
+        u_mmse = np.sum(1 + s**2 - (sg - a * s**2) ** 2 / (a2 * s**2 + s2))  # E||(eps - x) - E[eps - x | z]||^2
         return {
             "elbo": 0.5 * dg * e_mmse,  # VDM eq. 17
             "simple": e_mmse,  # Ho et al. 2020
@@ -222,6 +225,9 @@ def _expected_weighted(weighting, schedule_np, dschedule_np, s=SCALES, bias=-2.0
             * (np.exp(g) + 0.25)
             / (0.25 * np.exp(g))
             * x_mmse,
+            "flow": u_mmse,  # flow matching's velocity MSE at uniform t (Lipman et al. 2023)
+            "eps_cosine": 0.5 * dg / (np.pi * np.cosh(lam / 2)) * e_mmse,  # w = sech(lambda/2) / pi
+            "v_cosine": 0.5 * dg * 2 / np.pi * np.exp(-lam / 2) * e_mmse,  # w = (2/pi) e^{-lambda/2}
         }[weighting]
 
     return integrate.quad(integrand, 0.0, 1.0, limit=500, points=[0.5])[0]

@@ -1,11 +1,12 @@
-"""eps, x0, score and v: conversions against the analytic optimal denoiser of Gaussian data."""
+"""eps, x0, score, v and flow: conversions against the analytic optimal denoiser of Gaussian data."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.parameterization import KINDS, convert
+from vdm import schedules
+from vdm.parameterization import KINDS, convert, scale_input
 
 
 def _gaussian_optimal_predictions(z, gamma, s):
@@ -18,6 +19,7 @@ def _gaussian_optimal_predictions(z, gamma, s):
         "eps": jnp.sqrt(s2) * z / total,  # E[eps | z]
         "score": -z / total,  # d/dz log N(z; 0, total)
         "v": (jnp.sqrt(a2 * s2) - jnp.sqrt(a2 * s2) * s**2) * z / total,  # E[alpha eps - sigma x | z]
+        "flow": (jnp.sqrt(s2) - jnp.sqrt(a2) * s**2) * z / total,  # E[eps - x | z] = Cov(eps - x, z) z / Var(z)
     }
 
 
@@ -55,3 +57,23 @@ def test_convert_jits_float32_and_rejects_unknown_kinds():
     assert out.dtype == jnp.float32
     with pytest.raises(ValueError, match="choose one of"):
         convert(z, z, gamma, source="epsilon", target="x0")
+
+
+def test_flow_is_the_ot_velocity_and_the_ot_input_is_the_ot_paths_z():
+    """DESIGN.md's contract at the VP point z = alpha x + sigma eps: flow = eps - x reads back as eps and x exactly, and
+    the 'ot' input z / (alpha + sigma) is (1 - t) x + t eps at the OT path's t = sigmoid(gamma / 2)."""
+    key = jax.random.PRNGKey(5)
+    x, eps = jax.random.normal(key, (2, 256, 3))
+    gamma = jax.random.uniform(jax.random.PRNGKey(6), (256, 1), minval=-8.0, maxval=8.0)
+    alpha, sigma = schedules.alpha_sigma(gamma)
+    z = alpha * x + sigma * eps
+    np.testing.assert_allclose(convert(eps - x, z, gamma, source="flow", target="eps"), eps, atol=2e-5)
+    np.testing.assert_allclose(convert(eps - x, z, gamma, source="flow", target="x0"), x, atol=2e-5)
+    for kind, truth in (("eps", eps), ("x0", x), ("v", alpha * eps - sigma * x)):
+        np.testing.assert_allclose(convert(truth, z, gamma, source=kind, target="flow"), eps - x, atol=5e-4)
+    t = 1.0 / (1.0 + jnp.exp(-0.5 * gamma))
+    np.testing.assert_allclose(scale_input(z, gamma, "ot"), (1 - t) * x + t * eps, atol=1e-5)
+    np.testing.assert_allclose(schedules.ot_time(gamma), t, rtol=1e-6)
+    assert scale_input(z, gamma, "none") is z
+    with pytest.raises(ValueError, match="choose one of"):
+        scale_input(z, gamma, "edm")

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO_ROOT, load_config, run_cli
 from vdm.config import record
+from vdm.config.validation import ConfigError
 from vdm.infra.checkpoint import Checkpointer
 
 TINY = ["--config=configs/toy2d.py:small"]
@@ -324,3 +325,23 @@ def test_unset_sampler_options_against_their_recorded_resolved_values_are_no_cha
         "sampling.method": ("ancestral", "ddim"),
         "sampling.eta": (None, 0.0),
     }
+
+
+def test_a_hybrid_run_recorded_before_the_units_fix_reads_as_lambda_on_nats(tmp_path):
+    """loss.hybrid_units came with issue 25's fix (lambda on L_vlb in bits, improved DDPM's): an older hybrid record
+    reads as 'nats', what it trained, so resuming it under the new default is a change to the objective, named;
+    a non-hybrid record reads as the default (the key does not touch its loss)."""
+    config = load_config("fashion_mnist", "hybrid,small")
+    old = json.loads(config.to_json())
+    del old["loss"]["hybrid_units"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    recorded = record.load_recorded(str(tmp_path))
+    assert recorded.loss.hybrid_units == "nats"
+    with pytest.raises(ConfigError, match="loss.hybrid_units"):
+        record.check_resume(config, str(tmp_path))
+    config.loss.hybrid_units = "nats"
+    assert "loss.hybrid_units" not in record.config_diff(recorded, config)
+    plain = json.loads(load_config("fashion_mnist", "small").to_json())
+    del plain["loss"]["hybrid_units"]
+    (tmp_path / "config.json").write_text(json.dumps(plain))
+    assert record.load_recorded(str(tmp_path)).loss.hybrid_units == "bits"

@@ -339,6 +339,8 @@ SLOW = pytest.mark.slow
         pytest.param("dpm_solver", {"prediction": "eps"}, marks=SLOW),
         ("ddim", {"grid": "uniform_logsnr"}),
         ("ddim", {"grid": "edm"}),
+        ("ddim", {"grid": "uniform_ot"}),
+        ("ode", {"space": "ot", "grid": "uniform_ot"}),
     ],
 )
 def test_schedules_with_gamma0_minus_infinity(method, opts):

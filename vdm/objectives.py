@@ -25,8 +25,11 @@ from vdm.core.weightings import (  # noqa: F401
     get_weighting,
     weight_edm,
     weight_elbo,
+    weight_eps_cosine,
+    weight_flow,
     weight_min_snr,
     weight_sigmoid,
     weight_simple,
     weight_snr,
+    weight_v_cosine,
 )

@@ -3,4 +3,13 @@
 A documented facade of the core contract (DESIGN.md); code inside vdm/ imports `vdm.core.parameterization`.
 """
 
-from vdm.core.parameterization import KINDS, VARIANCE_HEADS, convert, split_variance, to_x0_eps, variance_weight  # noqa: F401
+from vdm.core.parameterization import (  # noqa: F401
+    INPUT_SCALINGS,
+    KINDS,
+    VARIANCE_HEADS,
+    convert,
+    scale_input,
+    split_variance,
+    to_x0_eps,
+    variance_weight,
+)

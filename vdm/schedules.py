@@ -17,5 +17,9 @@ from vdm.core.schedules import (  # noqa: F401
     get_schedule,
     inverse,
     linear_logsnr,
+    ot,
+    ot_scale,
+    ot_time,
+    shifted,
     snr,
 )

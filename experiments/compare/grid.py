@@ -8,7 +8,9 @@ Grids (equal steps and seeds in every cell):
                    <p>-hybrid-cosine-learnedvar (L_hybrid, the keys of configs/fashion_mnist.py:hybrid) and
                    <p>-simple-cosine-fixedvar (L_simple, no variance head, continuous time);
   t_sampling       weighting {elbo, sigmoid, edm} x loss.t_sampling {antithetic, adaptive} on the config's
-                   schedule and parameterisation.
+                   schedule and parameterisation;
+  flow             FLOW_CELLS (rectified flow on the ot schedule: flow-flow-ot-rf, eps-flow-ot, flow-flow-ot-sd3)
+                   and weightings {eps_cosine, v_cosine} on the config's schedule and parameterisation.
 A cell is named <parameterization>-<weighting>-<schedule>[-<variant>]-s<seed>: no variant is the
 config's own keys (and its loss.t_sampling); a variant names what the cell sets besides (VARIANTS).
 Cells shared by several grids run once.
@@ -23,7 +25,15 @@ import os
 
 import ml_collections
 
-GRIDS = ("param_weighting", "schedule", "variance", "t_sampling")
+GRIDS = ("param_weighting", "schedule", "variance", "t_sampling", "flow")
+# The param_weighting grid's axes: the four readings and six weightings it has always compared (the ones added
+# since, 'flow' and eps_cosine, v_cosine, flow, are the flow grid's cells, so this grid keeps its 24 cells).
+PARAM_WEIGHTING_KINDS = ("eps", "x0", "score", "v")
+PARAM_WEIGHTING_WEIGHTINGS = ("elbo", "simple", "snr", "min_snr", "sigmoid", "edm")
+# flow: rectified flow on the OT path (Liu et al. 2023; Lipman et al. 2023), the same objective read as eps, SD3's
+# logit-normal t (Esser et al. 2024), and Kingma & Gao's Table 1 rows eps-MSE and v-MSE under cosine as w(lambda).
+FLOW_CELLS = (("flow", "flow", "ot", "rf"), ("eps", "flow", "ot", ""), ("flow", "flow", "ot", "sd3"))
+FLOW_BASE_WEIGHTINGS = ("eps_cosine", "v_cosine")  # on the config's schedule and parameterisation
 GRID_SCHEDULES = ("linear_logsnr", "cosine", "learned")
 T_SAMPLING_WEIGHTINGS = ("elbo", "sigmoid", "edm")
 T_SAMPLINGS = ("antithetic", "adaptive")
@@ -46,6 +56,8 @@ VARIANTS: dict[str, tuple[dict, tuple[str, ...]]] = {
         ("small", "large"),
     ),
     **{t: ({"loss.t_sampling": t}, ()) for t in ("uniform", *T_SAMPLINGS)},
+    "rf": ({"model.input_scaling": "ot"}, ()),  # the velocity net sees z_OT: a rectified-flow model as it is
+    "sd3": ({"model.input_scaling": "ot", "loss.t_sampling": "logit_normal"}, ()),
 }
 # Keys each cell sets itself; a user override of one of them would silently break the grid.
 # (config.sampling.num_samples may be overridden: it sizes the training-time grids; the sample stage's own
@@ -62,10 +74,12 @@ CONTROLLED_KEYS = (
 
 
 def grid_axes() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(parameterisations, weightings) of the grid: vdm's own choice sets, so they cannot drift."""
+    """(parameterisations, weightings) of the param_weighting grid, checked to be in vdm's own choice sets."""
     from vdm import objectives, parameterization  # jax is imported, but no device is touched
 
-    return tuple(parameterization.KINDS), tuple(objectives.WEIGHTINGS)
+    assert set(PARAM_WEIGHTING_KINDS) <= set(parameterization.KINDS)
+    assert set(PARAM_WEIGHTING_WEIGHTINGS) <= set(objectives.WEIGHTINGS)
+    return PARAM_WEIGHTING_KINDS, PARAM_WEIGHTING_WEIGHTINGS
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -140,6 +154,8 @@ def _grid_combos(
             (base_parameterization, "hybrid", VARIANCE_SCHEDULE, "learnedvar"),
             (base_parameterization, "simple", VARIANCE_SCHEDULE, "fixedvar"),
         ]
+    if grid == "flow":
+        return list(FLOW_CELLS) + [(base_parameterization, w, base_schedule, "") for w in FLOW_BASE_WEIGHTINGS]
     # t_sampling: the config's own loss.t_sampling is the unnamed cell, shared with the other grids
     return [
         (base_parameterization, w, base_schedule, "" if t == base_t_sampling else t)
@@ -164,7 +180,8 @@ def enumerate_cells(
     param_weighting: every parameterisation x weighting on `base_schedule`; schedule: every
     GRID_SCHEDULES entry with `schedule_weighting` and `schedule_parameterization`; variance: the
     learnedvar and fixedvar cells; t_sampling: T_SAMPLING_WEIGHTINGS x T_SAMPLINGS (the config's
-    `base_t_sampling` unnamed) on `base_schedule` with `base_parameterization`.
+    `base_t_sampling` unnamed) on `base_schedule` with `base_parameterization`; flow: FLOW_CELLS and the
+    FLOW_BASE_WEIGHTINGS on `base_schedule` with `base_parameterization`.
     """
     _check_choices(grids, seeds, schedule_weighting, schedule_parameterization)
     params, weightings = grid_axes()

@@ -104,6 +104,13 @@ ADDED_KEYS = {
     "loss.objective": lambda c: "weighted",
     "loss.num_steps": lambda c: 0,
     "loss.hybrid_lambda": lambda c: 0.001,
+    "loss.hybrid_units": lambda c: (  # a hybrid run before issue 25 applied lambda to L_vlb in nats; others: unused
+        "nats" if c["loss"].get("objective") == "hybrid" else "bits"
+    ),
+    "loss.logit_normal_mean": lambda c: 0.0,
+    "loss.logit_normal_std": lambda c: 1.0,
+    "model.input_scaling": lambda c: "none",
+    "model.schedule_shift": lambda c: 1.0,
     "loss.adaptive_bins": lambda c: 100,
     "loss.adaptive_decay": lambda c: 0.99,
     "loss.adaptive_uniform": lambda c: 0.1,

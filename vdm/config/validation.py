@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from vdm.core import gaussian, parameterization, schedules, weightings
+from vdm.core import discrete_time, gaussian, parameterization, schedules, weightings
 from vdm.data.tfds_sets import IMAGE_DATASETS
 from vdm.data.toy_sets import TOY_DATASETS
 from vdm.evaluation.split_eval import eval_batch_size
@@ -96,6 +96,13 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
     check_choice("model.name", m.name, MODEL_NAMES)
     check_choice("model.parameterization", m.parameterization, parameterization.KINDS)
     check_choice("model.schedule", m.schedule, tuple(schedules.SCHEDULES) + tuple(LEARNED_SCHEDULES))
+    check_choice("model.input_scaling", m.input_scaling, parameterization.INPUT_SCALINGS)
+    check_float("model.schedule_shift", m.schedule_shift, 0.0, lo_open=True)
+    check(
+        m.schedule_shift == 1.0 or m.schedule in schedules.SCHEDULES,
+        f"config.model.schedule_shift={m.schedule_shift} shifts a fixed schedule: config.model.schedule must be one of "
+        f"{tuple(schedules.SCHEDULES)} (got {m.schedule!r}), or schedule_shift 1.0.",
+    )
     _gamma_range(m)
     check_float("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
     check_float("model.label_dropout", m.label_dropout, 0.0, 1.0, hi_open=True)
@@ -142,10 +149,12 @@ def _validate_weighting(loss: ml_collections.ConfigDict) -> None:
     check_float("loss.edm_p_mean", loss.edm_p_mean)
     check_float("loss.edm_p_std", loss.edm_p_std, 0.0, lo_open=True)
     check_float("loss.edm_sigma_data", loss.edm_sigma_data, 0.0, lo_open=True)
+    check_float("loss.logit_normal_mean", loss.logit_normal_mean)
+    check_float("loss.logit_normal_std", loss.logit_normal_std, 0.0, lo_open=True)
 
 
 LOSS_OBJECTIVES = ("weighted", "hybrid")  # config.loss.objective
-T_SAMPLINGS = ("uniform", "antithetic", "adaptive")  # config.loss.t_sampling
+T_SAMPLINGS = ("uniform", "antithetic", "adaptive", "logit_normal")  # config.loss.t_sampling
 EVAL_T_SAMPLINGS = ("uniform", "importance")  # config.eval.t_sampling
 
 
@@ -158,6 +167,7 @@ def _validate_objective(c: ml_collections.ConfigDict) -> None:
     check_choice("loss.objective", loss.objective, LOSS_OBJECTIVES)
     check_int("loss.num_steps", loss.num_steps, 0)
     check_float("loss.hybrid_lambda", loss.hybrid_lambda, 0.0)
+    check_choice("loss.hybrid_units", loss.hybrid_units, discrete_time.HYBRID_UNITS)
     check_choice("loss.t_sampling", loss.t_sampling, T_SAMPLINGS)
     hybrid, discrete = loss.objective == "hybrid", loss.num_steps > 0
     check(
@@ -180,6 +190,10 @@ def _validate_objective(c: ml_collections.ConfigDict) -> None:
         not discrete or LEARNED_SCHEDULES.get(m.schedule) != "variance",
         "config.model.schedule='learned' (VDM's variance-minimising gradient) is for continuous time: "
         "use config.loss.num_steps=0 or another schedule.",
+    )
+    check(
+        loss.t_sampling != "logit_normal" or not discrete,
+        "config.loss.t_sampling='logit_normal' (SD3) draws continuous t: it needs config.loss.num_steps=0.",
     )
     if loss.t_sampling == "adaptive":
         check_int("loss.adaptive_bins", loss.adaptive_bins, 2)

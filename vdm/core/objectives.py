@@ -180,6 +180,7 @@ def _hybrid_terms(
     schedule: Schedule,
     num_steps: int,
     hybrid_lambda: float,
+    hybrid_units: str = "bits",
     weight_fn: Callable[..., Array] = weight_simple,
     parameterization: str = "eps",
     decoder: str = "discrete",
@@ -187,12 +188,15 @@ def _hybrid_terms(
 ) -> dict[str, Array]:
     """Improved DDPM: diffusion = L_simple + lambda L_vlb at t = i/T, also 'vlb' (Nichol & Dhariwal 2021, sec. 3.1).
 
-    L_simple weighted by weight_fn at gammas of continuous time; L_vlb with the learned variance, hybrid_diffusion_term.
+    L_simple weighted by weight_fn at gammas of continuous time; L_vlb with the learned variance, hybrid_diffusion_term
+    (lambda applied to L_vlb in `hybrid_units`, 'bits' as improved-diffusion's code).
     """
     rec, prior = _endpoint_terms(x, eps_0, gammas, decoder, encoding)
     w = weight_fn(gammas[2], gammas[3])
     step = {"schedule": schedule, "parameterization": parameterization, "num_steps": int(num_steps)}
-    diff, vlb = hybrid_diffusion_term(denoise_fn, x, eps, t, w, hybrid_lambda=float(hybrid_lambda), **step)
+    diff, vlb = hybrid_diffusion_term(
+        denoise_fn, x, eps, t, w, hybrid_lambda=float(hybrid_lambda), hybrid_units=hybrid_units, **step
+    )
     return _terms(rec, prior, diff, vlb=vlb)
 
 
@@ -213,12 +217,14 @@ def neg_elbo_terms(
     variance: str = "small",
     hybrid_lambda: float | None = None,
     t_density: Array | None = None,
+    hybrid_units: str = "bits",
 ) -> dict[str, Array]:
     """Per-example nats 'reconstruction', 'prior', 'diffusion' (weighted by w), 'total' (VDM eq. 11).
 
     One of three objectives: `_continuous_terms` (num_steps=0; w of `weighting`, WEIGHTINGS, with weighting_kwargs;
     t_density), `_discrete_terms` (num_steps = T > 0, w = 1; `variance`) or, given hybrid_lambda and T, `_hybrid_terms`
-    (also 'vlb'). x, eps, eps_0 [B, ...], t [B]; denoise_fn(z, t) -> a `parameterization` prediction, or (it, v).
+    (also 'vlb'; lambda on L_vlb in `hybrid_units`, 'bits': improved DDPM's L_hybrid). x, eps, eps_0 [B, ...], t [B];
+    denoise_fn(z, t) -> a `parameterization` prediction, or (it, v).
     schedule may be a bound learned schedule: jax.grad of the mean total is the training gradient.
     """
     gammas = schedule_values(schedule, t, 0 if hybrid_lambda is not None else num_steps)
@@ -239,6 +245,7 @@ def neg_elbo_terms(
         variance=variance,
         hybrid_lambda=hybrid_lambda,
         t_density=t_density,
+        hybrid_units=hybrid_units,
     )
 
 
@@ -270,6 +277,7 @@ def neg_elbo_terms_at(
     variance: str = "small",
     hybrid_lambda: float | None = None,
     t_density: Array | None = None,
+    hybrid_units: str = "bits",
 ) -> dict[str, Array]:
     """`neg_elbo_terms` given the schedule's values `gammas` = schedule_values(schedule, t): to differentiate at them.
 
@@ -293,7 +301,12 @@ def neg_elbo_terms_at(
     args = (denoise_fn, x, t, eps, eps_0, gammas)
     common = {"parameterization": parameterization, "decoder": decoder, "encoding": encoding}
     if hybrid_lambda is not None:
-        step = {"schedule": schedule, "num_steps": num_steps, "hybrid_lambda": hybrid_lambda}
+        step = {
+            "schedule": schedule,
+            "num_steps": num_steps,
+            "hybrid_lambda": hybrid_lambda,
+            "hybrid_units": hybrid_units,
+        }
         return _hybrid_terms(*args, weight_fn=weight_fn, **step, **common)
     if num_steps:
         return _discrete_terms(*args, schedule=schedule, num_steps=num_steps, variance=variance, **common)

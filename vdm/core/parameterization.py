@@ -1,10 +1,14 @@
-"""The four readings of one denoiser: eps, x0, score and v.
+"""The five readings of one denoiser: eps, x0, score, v and flow.
 
 With z = alpha x + sigma eps (alpha^2 + sigma^2 = 1):
     x0    = (z - sigma eps) / alpha
     score = grad log q(z) = -eps / sigma          (Tweedie: E[x|z] = (z + sigma^2 score) / alpha)
     v     = alpha eps - sigma x                   (Salimans & Ho 2022)
-and back from v: x = alpha z - sigma v, eps = sigma z + alpha v.
+    flow  = eps - x                               (the velocity of the OT path (1 - t) x + t eps; Lipman et al. 2023)
+and back from v: x = alpha z - sigma v, eps = sigma z + alpha v; from flow (z + alpha flow = (alpha + sigma) eps):
+    eps = (z + alpha flow) / (alpha + sigma),  x = (z - sigma flow) / (alpha + sigma).
+The network's input may be scaled (INPUT_SCALINGS): 'ot' feeds it z / (alpha + sigma) = z_OT, so a velocity model
+of the OT path, u(z_OT, t), is the same function here.
 """
 
 from __future__ import annotations
@@ -14,12 +18,23 @@ import jax
 from vdm.core.schedules import alpha_sigma
 
 Array = jax.Array
-KINDS = ("eps", "x0", "score", "v")
+KINDS = ("eps", "x0", "score", "v", "flow")
+INPUT_SCALINGS = ("none", "ot")  # what the network sees: z itself, or z / (alpha + sigma), the OT path's z
 
 
 def _check(kind: str, role: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"Unknown {role} parameterization {kind!r}; choose one of {KINDS}.")
+
+
+def scale_input(z: Array, gamma: Array, scaling: str) -> Array:
+    """The network's input: z ('none') or z / (alpha + sigma) ('ot': z_OT = (1 - t) x + t eps at t = sigmoid(gamma/2))."""
+    if scaling == "none":
+        return z
+    if scaling == "ot":
+        alpha, sigma = alpha_sigma(gamma)
+        return z / (alpha + sigma)
+    raise ValueError(f"Unknown input scaling {scaling!r}; choose one of {INPUT_SCALINGS}.")
 
 
 def to_x0_eps(pred: Array, z: Array, gamma: Array, kind: str) -> tuple[Array, Array]:
@@ -33,11 +48,13 @@ def to_x0_eps(pred: Array, z: Array, gamma: Array, kind: str) -> tuple[Array, Ar
     if kind == "score":
         eps = -sigma * pred
         return (z - sigma * eps) / alpha, eps
+    if kind == "flow":  # DESIGN.md's contract: z + alpha flow = (alpha + sigma) eps, z - sigma flow = (alpha + sigma) x
+        return (z - sigma * pred) / (alpha + sigma), (z + alpha * pred) / (alpha + sigma)
     return alpha * z - sigma * pred, sigma * z + alpha * pred  # v
 
 
 def convert(pred: Array, z: Array, gamma: Array, *, source: str, target: str) -> Array:
-    """Re-express a denoiser prediction of kind `source` as kind `target` ('eps', 'x0', 'score', 'v') at (z, gamma)."""
+    """Re-express a denoiser prediction of kind `source` as kind `target` ('eps', 'x0', 'score', 'v', 'flow') at (z, gamma)."""
     _check(source, "source")
     _check(target, "target")
     if source == target:
@@ -55,6 +72,8 @@ def convert(pred: Array, z: Array, gamma: Array, *, source: str, target: str) ->
         return x0
     if target == "score":
         return -eps / sigma
+    if target == "flow":
+        return eps - x0
     return alpha * eps - sigma * x0  # v
 
 

@@ -122,13 +122,59 @@ def ddpm_linear(beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int
     return from_betas(np.linspace(beta_start, beta_end, num_steps, dtype=np.float64))
 
 
-SCHEDULES = {"linear_logsnr": linear_logsnr, "cosine": cosine, "ddpm_linear": ddpm_linear}
+def ot(gamma_min: float = -20.0, gamma_max: float = 20.0) -> Schedule:
+    """The straight (OT) path z = (1 - t) x + t eps as a VP schedule: gamma(t) = 2 log(t / (1 - t)) (Lipman et al. 2023).
+
+    Its log-SNR is lambda = 2 log((1 - t)/t) (SNR = (1 - t)^2 / t^2), so z_OT(t) = (alpha + sigma)^-1 z_VP at the
+    same lambda, with alpha + sigma = 1/sqrt((1 - t)^2 + t^2) (`ot_scale`). Clipped to [gamma_min, gamma_max] like
+    cosine: t is clamped to [sigmoid(gamma_min/2), sigmoid(gamma_max/2)] first, so gamma' is finite (0 outside).
+    """
+    if not gamma_max > gamma_min:
+        raise ValueError(f"ot needs gamma_max > gamma_min, got {gamma_min=}, {gamma_max=}.")
+    t_lo, t_hi = 1.0 / (1.0 + math.exp(-0.5 * gamma_min)), 1.0 / (1.0 + math.exp(-0.5 * gamma_max))
+
+    def schedule(t: Array) -> Array:
+        t = jnp.clip(jnp.asarray(t, jnp.float32), t_lo, t_hi)
+        return 2.0 * (jnp.log(t) - jnp.log1p(-t))
+
+    return schedule
 
 
-def get_schedule(name: str, gamma_min: float | None = None, gamma_max: float | None = None) -> Schedule:
-    """Fixed schedule by name, one of SCHEDULES; the learned ones ('learned', 'learned_linear') live in vdm.models.schedule.
+def ot_scale(gamma: Array) -> Array:
+    """alpha + sigma: z_OT = z_VP / (alpha + sigma) and OT time t = sigma / (alpha + sigma) = sigmoid(gamma / 2)."""
+    alpha, sigma = alpha_sigma(gamma)
+    return alpha + sigma
 
-    gamma_min/gamma_max set linear_logsnr's endpoints and cosine's clip; ddpm_linear's endpoints
+
+def ot_time(gamma: Array) -> Array:
+    """The OT path's time at log-SNR -gamma: t = sigmoid(gamma / 2), the inverse of `ot` (unclipped)."""
+    return jax.nn.sigmoid(0.5 * jnp.asarray(gamma))
+
+
+def shifted(schedule: Schedule, shift: float) -> Schedule:
+    """gamma(t) + 2 log(shift): the resolution shift of a schedule, log-SNR lowered by 2 log(shift).
+
+    Simple diffusion (Hoogeboom et al. 2023, eq. 4): lambda + 2 log(base/d), i.e. shift = d / base for resolution d.
+    On the OT path it is SD3's shift t_m = s t / (1 + (s - 1) t) (Esser et al. 2024, eq. 23, s = sqrt(m/n)).
+    shift = 1 is the schedule itself; the endpoints move with it.
+    """
+    if not shift > 0:
+        raise ValueError(f"a schedule shift must be > 0, got {shift=}.")
+    if shift == 1.0:
+        return schedule
+    offset = 2.0 * math.log(shift)
+    return lambda t: schedule(t) + offset
+
+
+SCHEDULES = {"linear_logsnr": linear_logsnr, "cosine": cosine, "ddpm_linear": ddpm_linear, "ot": ot}
+
+
+def get_schedule(
+    name: str, gamma_min: float | None = None, gamma_max: float | None = None, shift: float = 1.0
+) -> Schedule:
+    """Fixed schedule by name, one of SCHEDULES, shifted by `shift` (`shifted`); the learned ones live in vdm.models.schedule.
+
+    gamma_min/gamma_max set linear_logsnr's endpoints and cosine's and ot's clip; ddpm_linear's endpoints
     are fixed by its betas, so they are not used there.
     """
     if name not in SCHEDULES:
@@ -137,9 +183,9 @@ def get_schedule(name: str, gamma_min: float | None = None, gamma_max: float | N
             "(or 'learned' / 'learned_linear', built by the trainer from vdm.models.schedule)."
         )
     if name == "ddpm_linear":
-        return ddpm_linear()
+        return shifted(ddpm_linear(), shift)
     bounds = {k: v for k, v in (("gamma_min", gamma_min), ("gamma_max", gamma_max)) if v is not None}
-    return SCHEDULES[name](**bounds)
+    return shifted(SCHEDULES[name](**bounds), shift)
 
 
 def inverse(schedule: Schedule, gamma: Array, t_lo: float = 0.0, t_hi: float = 1.0, num_iters: int = 48) -> Array:

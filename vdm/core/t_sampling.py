@@ -20,18 +20,39 @@ The mixing. p_k = (1 - m) h_k / sum(h) + m / K: a uniform share m keeps every p_
 importance weights stay bounded and the estimator stays unbiased whatever the histogram holds (it only
 changes the variance). Draws (`draw`) are by inverse CDF from two uniforms, so a stratified u_bin gives
 stratified bins. Everything here is a pure jnp function; the histogram is a dict of float32 arrays.
+
+SD3's logit-normal t (`logit_normal_t`, `logit_normal_density`) is not an importance density: drawn without the
+weight 1/q, it changes the objective to w(lambda) = 2 f pi(t) / gamma'(t) (Esser et al. 2024, sec. 3.1).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import ndtri
 
 from vdm.core import schedules
 
 Array = jax.Array
 _TINY = 1e-30  # floor of the histogram's h (float32 normal range) and of its counts
 _MIN_DGAMMA = 1e-6  # floor of gamma'(t) where the schedule is flat (cosine's clipped ends)
+
+
+def logit_normal_t(u: Array, mean: float = 0.0, std: float = 1.0) -> Array:
+    """t = sigmoid(mean + std Phi^-1(u)) for u in [0, 1): logit-normal t by inverse CDF (SD3, Esser et al. 2024, eq. 19).
+
+    A stratified u (VDM's antithetic draws) gives stratified t. On the OT schedule lambda = -2 logit(t), so the draw
+    is lambda ~ N(-2 mean, (2 std)^2).
+    """
+    z = ndtri(jnp.asarray(u, jnp.float32))
+    return jax.nn.sigmoid(mean + std * z)
+
+
+def logit_normal_density(t: Array, mean: float = 0.0, std: float = 1.0) -> Array:
+    """pi(t) = N(logit t; mean, std^2) / (t (1 - t)), the density of `logit_normal_t` (Esser et al. 2024, eq. 19)."""
+    t = jnp.asarray(t, jnp.float32)
+    logit = jnp.log(t) - jnp.log1p(-t)
+    return jnp.exp(-0.5 * jnp.square((logit - mean) / std)) / (std * jnp.sqrt(2.0 * jnp.pi) * t * (1.0 - t))
 
 
 def lambda_edges(gamma_0: Array, gamma_1: Array, num_bins: int) -> Array:

@@ -2,9 +2,14 @@
 
 Each returns the factor f that multiplies ||eps - eps_hat||^2 at the sampled t, so the per-example loss is
 f * ||eps - eps_hat||^2. In Kingma & Gao's terms f = 1/2 w(lambda) gamma'(t): the schedule-free weightings (elbo,
-sigmoid, edm) give w(lambda) directly; the losses defined by sampling t uniformly under a schedule (simple, snr,
-min_snr) have w = 2 f / gamma'(t), i.e. they carry the schedule's density p(lambda). Stating f directly keeps them
-defined where gamma' = 0.
+sigmoid, edm, eps_cosine, v_cosine) give w(lambda) directly; the losses defined by sampling t uniformly under a
+schedule (simple, snr, min_snr, flow) have w = 2 f / gamma'(t), i.e. they carry the schedule's density p(lambda).
+Stating f directly keeps them defined where gamma' = 0. docs/objectives.md tabulates the w(lambda) each implies.
+
+'flow' is the flow-matching loss ||(eps - x) - u_hat||^2 = f ||eps - eps_hat||^2: eps - eps_hat = alpha (u - u_hat) /
+(alpha + sigma) (vdm.core.parameterization), so f = ((alpha + sigma)/alpha)^2 = (1 + e^{gamma/2})^2. On the OT
+schedule (gamma = 2 log(t/(1-t)), gamma' = 2/(t(1-t))) with uniform t: w = 2 f / gamma' = (1/(1-t))^2 t (1-t)
+= t/(1-t) = e^{-lambda/2} (Kingma & Gao 2023, Table 1, FM-OT).
 """
 
 from __future__ import annotations
@@ -51,6 +56,32 @@ def weight_edm(gamma: Array, dgamma: Array, p_mean: float = -1.2, p_std: float =
     return 0.5 * dgamma * density * (jnp.exp(gamma) + sigma_data**2) / sigma_data**2
 
 
+def weight_flow(gamma: Array, dgamma: Array) -> Array:
+    """f = (1 + e^{gamma/2})^2: flow matching's ||(eps - x) - u_hat||^2 at the sampled t (Lipman et al. 2023, eq. 23).
+
+    On the OT schedule with uniform t, w(lambda) = e^{-lambda/2} (Kingma & Gao 2023, Table 1); with logit-normal t,
+    SD3's rectified flow (Esser et al. 2024, sec. 3.1), w = pi(t) e^{-lambda/2}.
+    """
+    return jnp.square(1.0 + jnp.exp(0.5 * gamma))
+
+
+def weight_eps_cosine(gamma: Array, dgamma: Array) -> Array:
+    """w(lambda) = sech(lambda/2) / pi: improved DDPM's eps-MSE under the cosine schedule (Kingma & Gao 2023, Table 1).
+
+    For cosine with s -> 0, gamma'(t) = 2 pi cosh(lambda/2), so f = w gamma'/2 = 1: L_simple at uniform t.
+    """
+    return 0.5 * dgamma / (math.pi * jnp.cosh(0.5 * gamma))
+
+
+def weight_v_cosine(gamma: Array, dgamma: Array) -> Array:
+    """w(lambda) = (2/pi) e^{-lambda/2}: v-MSE under the cosine schedule (Salimans & Ho 2022; Kingma & Gao 2023, Table 1).
+
+    ||v - v_hat||^2 = (1 + e^gamma) ||eps - eps_hat||^2, and (1 + e^{-lambda}) sech(lambda/2) / pi = (2/pi) e^{-lambda/2}:
+    for cosine with s -> 0, f = w gamma'/2 = 1 + e^gamma. FM-OT's w = e^{-lambda/2} is this up to the factor 2/pi.
+    """
+    return 0.5 * dgamma * (2.0 / math.pi) * jnp.exp(0.5 * gamma)
+
+
 WEIGHTINGS: dict[str, Callable[..., Array]] = {
     "elbo": weight_elbo,
     "simple": weight_simple,
@@ -58,6 +89,9 @@ WEIGHTINGS: dict[str, Callable[..., Array]] = {
     "min_snr": weight_min_snr,
     "sigmoid": weight_sigmoid,
     "edm": weight_edm,
+    "flow": weight_flow,
+    "eps_cosine": weight_eps_cosine,
+    "v_cosine": weight_v_cosine,
 }
 
 

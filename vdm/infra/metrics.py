@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image

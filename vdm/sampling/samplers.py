@@ -1,9 +1,8 @@
 """Samplers of the variance-preserving diffusion: ancestral, DDIM, SDE, ODE (Heun), PC, DPM-Solver.
 
-`sample` draws z_1 ~ N(0, I) and integrates from t_max = 1 down to t_min = 0 (the schedule's
-endpoints) on a grid of `num_steps` intervals, as ONE lax.scan over the steps (the step
-updates live in vdm.sampling.solvers, the guidance wrappers in vdm.sampling.guidance). It is pure and traceable:
-wrap it in jax.jit (with the network parameters as an argument) to compile the whole sampler.
+`sample` draws z_1 ~ N(0, I) and integrates from t_max = 1 down to t_min = 0 on a grid of `num_steps` intervals,
+as ONE lax.scan over the steps (updates in vdm.sampling.solvers, guidance in vdm.sampling.guidance); pure and
+traceable: jax.jit it (network parameters as an argument) to compile the whole sampler.
 
 The final denoising step: after the last step reaches z_{t_min}, `final_denoise=True` (default)
 returns x0_hat(z_{t_min}, t_min), one extra network evaluation; `final_denoise=False` returns
@@ -12,18 +11,17 @@ noise on their last step (Ho et al. 2020, Alg. 2).
 
 Methods and their options (one record per method in SAMPLERS: runner, option defaults and checks,
 default grid and steps, network evaluations):
-  ancestral   z_s ~ q(z_s | z_t, x0_hat); variance 'small' (beta_tilde), 'large' (beta, the
-              forward variance 1 - alpha_t^2/alpha_s^2) or 'learned' (denoise_fn returns
-              (pred, v_interp), log-variance interpolated between the two, improved-DDPM).
+  ancestral   z_s ~ q(z_s | z_t, x0_hat); variance 'small' (beta_tilde), 'large' (beta = 1 - alpha_t^2/alpha_s^2)
+              or 'learned' (denoise_fn returns (pred, v_interp): log-variance between the two, improved-DDPM).
   ddim        deterministic for eta = 0; eta = 1 has the ancestral posterior variance; variance
               'large' or 'learned' puts eta^2 times that variance in its place (capped at sigma_s^2).
   sde         Euler-Maruyama on the reverse VP SDE. Forward: dz = -beta z/2 dt + sqrt(beta) dw
               with alpha_t^2 = exp(-int_0^t beta), so beta = -d log alpha^2/dt = d softplus(gamma)/dt
               = gamma'(t) sigmoid(gamma) = gamma'(t) sigma_t^2 (gamma' by jax.jvp of the schedule).
               Reverse: dz = [-beta z/2 - beta score] dt + sqrt(beta) dw_bar, score = -eps_hat/sigma.
-  ode         probability-flow ODE, Heun's method in EDM variables x = z/alpha,
-              sigma_edm = exp(gamma/2): dx/dsigma_edm = eps_hat (Karras et al. 2022, Alg. 1);
-              its Euler step is exactly DDIM (eta = 0). A step to sigma_edm = 0 is Euler only.
+  ode         probability-flow ODE, Heun's method in EDM variables x = z/alpha, dx/dsigma_edm = eps_hat
+              (space 'edm', Karras et al. 2022, Alg. 1) or on the flow ODE dz_OT/dtau = eps_hat - x0_hat (space
+              'ot'); its Euler step is exactly DDIM (eta = 0) in both. A step to gamma = -inf is Euler only.
   pc          per step: `corrector_steps` annealed Langevin moves at t (signal-to-noise `snr`,
               score_sde's step size), then an ancestral predictor step to s (Song et al. 2021b, Alg. 2-5).
   dpm_solver  multistep DPM-Solver++ (prediction='x0') or DPM-Solver (prediction='eps') of
@@ -32,11 +30,11 @@ default grid and steps, network evaluations):
               order 3 starts with a second-order midpoint step (one extra evaluation) so its
               global order stays 3; lower_order_final lowers the order of the last steps when
               num_steps < 15 (Lu et al. 2022b).
-Common options: grid ('uniform_t' | 'uniform_logsnr' | 'edm', with rho), t_min, t_max,
-clip_x0, dynamic_threshold (percentile p), final_denoise, return_trajectory (then returns
-(x, traj) with traj [N + 1, *shape] the z's on the grid, z_1 first), z_init (the starting
-latent at t_max instead of a N(0, I) draw, e.g. from `ddim_encode`). Options are static
-Python values. `num_evaluations` gives the network evaluations of a call. A config names only the
+Common options: grid ('uniform_t' | 'uniform_logsnr' | 'edm', with rho | 'uniform_ot': uniform in the OT path's
+time, where ddim is Euler on the flow ODE), t_min, t_max, clip_x0, dynamic_threshold (percentile p),
+final_denoise, return_trajectory (then returns (x, traj) with traj [N + 1, *shape] the z's on the grid, z_1
+first), z_init (the starting latent at t_max instead of a N(0, I) draw, e.g. from `ddim_encode`). Options are
+static Python values. `num_evaluations` gives the network evaluations of a call. A config names only the
 options it changes (`options_from_config`: None means the method's default).
 """
 
@@ -245,12 +243,12 @@ def _run_sde(predict, z, xs, opts, schedule, trace):
 
 def _run_ode(predict, z, xs, opts, schedule, trace):
     def body(z, x):
-        _, eps, _ = predict(z, x["t"], x["g"])
-        z_euler = solvers.edm_euler(z, eps, x["g"], x["g_next"])
+        x0, eps, _ = predict(z, x["t"], x["g"])
+        z_euler = solvers.edm_euler(z, eps, x["g"], x["g_next"])  # = DDIM: Euler in EDM's and the OT path's variables
 
         def heun(_):
-            _, eps_next, _ = predict(z_euler, x["t_next"], x["g_next"])
-            return solvers.edm_heun(z, eps, eps_next, x["g"], x["g_next"])
+            x0_next, eps_next, _ = predict(z_euler, x["t_next"], x["g_next"])
+            return solvers.heun_update(opts["space"], z, (x0, eps), (x0_next, eps_next), x["g"], x["g_next"])
 
         z = jax.lax.cond(jnp.isfinite(x["g_next"]), heun, lambda _: z_euler, None)
         return z, (z if trace else None)
@@ -362,7 +360,14 @@ SAMPLERS = {
         evaluations=lambda n, o, schedule: n,
     ),
     "sde": Sampler(_run_sde, {}, (), grid="uniform_t", num_steps=1000, evaluations=lambda n, o, schedule: n),
-    "ode": Sampler(_run_ode, {}, (), grid="edm", num_steps=18, evaluations=_ode_evaluations),
+    "ode": Sampler(
+        _run_ode,
+        dict(space="edm"),
+        ((lambda o: o["space"] in solvers.ODE_SPACES, f"space must be one of {solvers.ODE_SPACES}"),),
+        grid="edm",
+        num_steps=18,
+        evaluations=_ode_evaluations,
+    ),
     "pc": Sampler(
         _run_pc,
         dict(snr=0.16, corrector_steps=1),

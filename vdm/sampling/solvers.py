@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core.gaussian import posterior, step_variance
-from vdm.core.schedules import Schedule, alpha_sigma, inverse
+from vdm.core.schedules import Schedule, alpha_sigma, inverse, ot_scale, ot_time
 
 Array = jax.Array
 
-GRIDS = ("uniform_t", "uniform_logsnr", "edm")
+GRIDS = ("uniform_t", "uniform_logsnr", "edm", "uniform_ot")
 GAMMA_FLOOR = -30.0  # stands in for gamma(t_min) = -inf where a grid must be uniform in gamma
 
 
@@ -42,7 +42,9 @@ def time_grid(
     gamma(t_max) and gamma(t_min) (floored at GAMMA_FLOOR if gamma(t_min) = -inf).
     'edm': sigma_edm = exp(gamma/2) on Karras et al. (2022, eq. 5)'s grid
     sigma_i = (s_max^(1/rho) + i/N (s_min^(1/rho) - s_max^(1/rho)))^rho, with the schedule's
-    endpoint noise levels (s_min = 0 is allowed). Non-uniform grids are mapped back to t by
+    endpoint noise levels (s_min = 0 is allowed). 'uniform_ot': uniform in the OT path's time
+    tau = sigmoid(gamma/2) (vdm.core.schedules.ot_time), on which DDIM (eta = 0) is Euler's method on the flow ODE
+    dz_OT/dtau = eps_hat - x0_hat, z_OT = z / (alpha + sigma). Non-uniform grids are mapped back to t by
     bisection, and the gammas returned are schedule(t) at those times. Endpoints are exact.
     """
     if grid not in GRIDS:
@@ -56,6 +58,10 @@ def time_grid(
         if grid == "uniform_logsnr":
             g_lo = jnp.where(jnp.isfinite(g_lo), g_lo, GAMMA_FLOOR)
             g = g_hi + (g_lo - g_hi) * frac
+        elif grid == "uniform_ot":
+            tau_hi, tau_lo = ot_time(g_hi), ot_time(g_lo)
+            tau = tau_hi + (tau_lo - tau_hi) * frac
+            g = 2.0 * (jnp.log(tau) - jnp.log1p(-tau))
         else:
             s_hi, s_lo = jnp.exp(0.5 * g_hi) ** (1.0 / rho), jnp.exp(0.5 * g_lo) ** (1.0 / rho)
             g = 2.0 * rho * jnp.log(s_hi + (s_lo - s_hi) * frac)
@@ -153,6 +159,26 @@ def edm_heun(z_t: Array, eps_t: Array, eps_euler: Array, gamma_t: Array, gamma_s
     """Heun's correction (Karras et al. 2022, Alg. 1, line 8): x_s = x_t + (s_s - s_t)(eps_t + eps_euler)/2,
     eps_euler read at the Euler proposal z_s' = edm_euler(z_t, eps_t, ...)."""
     return edm_euler(z_t, 0.5 * (eps_t + eps_euler), gamma_t, gamma_s)
+
+
+ODE_SPACES = ("edm", "ot")  # the variables of the 'ode' method's Heun step
+
+
+def ot_heun(z_t: Array, u_t: Array, u_euler: Array, gamma_t: Array, gamma_s: Array) -> Array:
+    """Heun's step on the flow ODE dz_OT/dtau = u_hat (u = eps_hat - x0_hat, z_OT = z / (alpha + sigma), tau =
+    sigmoid(gamma/2)): z_OT,s = z_OT,t + (tau_s - tau_t)(u_t + u_euler)/2, u_euler read at the Euler (= DDIM) proposal."""
+    z_ot = z_t / ot_scale(gamma_t) + (ot_time(gamma_s) - ot_time(gamma_t)) * 0.5 * (u_t + u_euler)
+    return z_ot * ot_scale(gamma_s)
+
+
+def heun_update(space: str, z_t: Array, pred_t: tuple, pred_euler: tuple, gamma_t: Array, gamma_s: Array) -> Array:
+    """Heun's correction in `space` (ODE_SPACES) given (x0_hat, eps_hat) at z_t and at the Euler proposal: 'edm'
+    `edm_heun` (Karras et al. 2022, Alg. 1), 'ot' `ot_heun` (the flow ODE; the two agree only to second order)."""
+    if space == "edm":
+        return edm_heun(z_t, pred_t[1], pred_euler[1], gamma_t, gamma_s)
+    if space == "ot":
+        return ot_heun(z_t, pred_t[1] - pred_t[0], pred_euler[1] - pred_euler[0], gamma_t, gamma_s)
+    raise ValueError(f"Unknown ODE space {space!r}; choose one of {ODE_SPACES}.")
 
 
 def langevin_update(z: Array, score: Array, noise: Array, snr: float, retention: Array) -> Array:

@@ -31,7 +31,8 @@ import ml_collections
 
 from vdm.config import validation
 from vdm.core import objectives, t_sampling
-from vdm.core.parameterization import split_variance
+from vdm.core.gaussian import expand_to
+from vdm.core.parameterization import scale_input, split_variance
 from vdm.core.schedules import Schedule, get_schedule
 from vdm.data import pipeline
 from vdm.infra import parallel
@@ -103,13 +104,16 @@ class DiffusionModel:
         dropout_key: Array | None = None,
         with_variance: bool = False,
     ) -> Array | tuple:
-        """Network prediction [B, ...] (float32) of kind config.model.parameterization (bfloat16 inside if configured).
+        """Network prediction [B, ...] (float32) of kind config.model.parameterization (bfloat16 inside if configured),
+        of the input z scaled by config.model.input_scaling ('ot': z / (alpha + sigma)).
 
         with_variance: (prediction, v) with v the variance head's interpolation weight
         (parameterization.split_variance; None without a head).
         """
         rngs = {"dropout": dropout_key} if dropout_key is not None else {}
         y = y if self.config.model.num_classes > 0 else None
+        if self.config.model.input_scaling != "none":  # 'ot': the net sees z_OT = z / (alpha + sigma)
+            z = scale_input(z, expand_to(gamma, z), self.config.model.input_scaling)
         out = self.network.apply({"params": model_params}, z, gamma, y=y, train=train, rngs=rngs)
         pred, v = split_variance(out.astype(jnp.float32), self.variance_head)
         return (pred, v) if with_variance else pred
@@ -182,11 +186,12 @@ class DiffusionModel:
         i/T for config.loss.num_steps = T > 0).
 
         'adaptive': t drawn from the histogram in stats (t_sampling.draw, stratified over the global
-        batch), with its density q(t) ('density', dividing the loss) and lambda bin ('bin').
+        batch), with its density q(t) ('density', dividing the loss) and lambda bin ('bin'). 'logit_normal': SD3's
+        t = sigmoid(m + s Phi^-1(u)) of the antithetic u (t_sampling.logit_normal_t; no density: the objective is SD3's).
         """
         loss = self.config.loss
         adaptive = train and self.adaptive
-        antithetic = train and loss.t_sampling in ("antithetic", "adaptive")
+        antithetic = train and loss.t_sampling in ("antithetic", "adaptive", "logit_normal")
         x = batch["x"]
         noise = objectives.example_noise(
             key,
@@ -197,6 +202,8 @@ class DiffusionModel:
             batch_size=self.config.training.batch_size,
             extra_uniform=adaptive,
         )
+        if train and loss.t_sampling == "logit_normal":  # SD3: the stratified uniforms through the inverse CDF
+            noise["t"] = t_sampling.logit_normal_t(noise["t"], loss.logit_normal_mean, loss.logit_normal_std)
         if adaptive:
             edges, probs = self.t_distribution(stats[T_HISTOGRAM])
             drawn = t_sampling.draw(noise["t"], noise.pop("u_t"), probs, edges, self.fixed_schedule)
@@ -249,6 +256,7 @@ class DiffusionModel:
             variance="learned" if self.variance_head != "none" else "small",
             hybrid_lambda=c.loss.hybrid_lambda if hybrid else None,
             t_density=noise.get("density") if train else None,
+            hybrid_units=c.loss.hybrid_units if hybrid else "bits",
         )
         if train and self.adaptive:  # what the step adds to the histogram (update_stats), from these same draws
             terms["t_bin"] = noise["bin"]
@@ -432,7 +440,9 @@ def build(config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> Diff
     """Network, schedule and optimizer for `config` (validated) on data described by `info`."""
     m = config.model
     sched_module = get_schedule_module(m)
-    fixed = None if sched_module is not None else get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max)
+    fixed = None
+    if sched_module is None:
+        fixed = get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max, shift=m.schedule_shift)
     compute = COMPUTE_DTYPES[config.training.dtype]
     optimizer = Optimizer.from_config(config, convert.decay_mask)
     return DiffusionModel(config, info, get_model(m, compute), optimizer, sched_module, fixed)
