@@ -118,6 +118,7 @@ ADDED_KEYS = {
     "eval.t_sampling": lambda c: "uniform",
     "eval.pilot_examples": lambda c: 500,
     "sampling.decode": lambda c: "mean",
+    "sampling.space": lambda c: "edm" if c["sampling"].get("method") == "ode" else None,  # Heun's ODE before 'ot
     "latent.autoencoder_workdir": lambda c: "",
     "latent.latents": lambda c: "sample",
     "latent.scale": lambda c: 0.0,
