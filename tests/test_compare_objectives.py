@@ -323,12 +323,15 @@ def test_eval_interval_spaces_at_most_num_evals_in_whole_calls():
         grid.eval_interval(10, 2, 4)
 
 
+def _compare(args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m experiments.compare_objectives ARGS` from the repo root (text output)."""
+    cmd = [sys.executable, "-m", "experiments.compare_objectives", *args]
+    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_dry_run_as_a_module_prints_every_stage_of_an_image_grid(tmp_path):
-    proc = subprocess.run(
+    proc = _compare(
         [
-            sys.executable,
-            "-m",
-            "experiments.compare_objectives",
             "--config=configs/fashion_mnist.py",
             "--name=dry",
             f"--results_root={tmp_path}",
@@ -336,11 +339,7 @@ def test_dry_run_as_a_module_prints_every_stage_of_an_image_grid(tmp_path):
             "--steps=10",
             "--eval_steps=10",
             "--dry_run",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -528,11 +527,8 @@ def test_every_new_cell_and_stage_config_validates_and_a_bad_one_is_refused():
 
 
 def test_dry_run_prints_every_stage_of_the_new_grids(tmp_path):
-    proc = subprocess.run(
+    proc = _compare(
         [
-            sys.executable,
-            "-m",
-            "experiments.compare_objectives",
             "--config=configs/toy2d.py:small",
             "--name=dry",
             f"--results_root={tmp_path}",
@@ -543,11 +539,7 @@ def test_dry_run_prints_every_stage_of_the_new_grids(tmp_path):
             "--ancestral_steps=3",
             "--fd_samples=16",
             "--dry_run",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -694,13 +686,9 @@ def test_flow_grid_cells_and_their_dry_run(tmp_path):
     assert cells[0].overrides()[-1] == "--config.model.input_scaling=ot"
     assert cells[2].overrides()[-2:] == ["--config.model.input_scaling=ot", "--config.loss.t_sampling=logit_normal"]
     assert len(grid.enumerate_cells(["param_weighting", "flow"], seeds=[0], base_schedule="linear_logsnr")) == 29
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.compare_objectives", "--config=configs/toy2d.py:small", "--name=dry"]
-        + [f"--results_root={tmp_path}", "--grid=flow", "--steps=4", "--fd_samples=16", "--dry_run"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = _compare(
+        ["--config=configs/toy2d.py:small", "--name=dry", f"--results_root={tmp_path}", "--grid=flow"]
+        + ["--steps=4", "--fd_samples=16", "--dry_run"]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
