@@ -416,3 +416,16 @@ def test_bad_sampler_options_fail_in_one_line_naming_the_valid_values():
         with pytest.raises(validation.ConfigError) as err:
             validation.validate(config)
         assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_an_adm_unet_whose_levels_do_not_fit_the_image_is_a_one_line_config_error():
+    """28x28 images halve twice (channel_mult of 3 levels) but not three times: the data check names the rule."""
+    from types import SimpleNamespace
+
+    config = load_config("fashion_mnist")
+    info = SimpleNamespace(name="fashion_mnist", shape=(28, 28, 1), discrete=True, num_classes=10)
+    validation.validate_for_data(config, info)  # (1, 2, 4): 28 -> 14 -> 7
+    config.model.channel_mult = (1, 2, 4, 8)
+    with pytest.raises(validation.ConfigError, match="divisible by 2\\^\\(levels-1\\) = 8") as err:
+        validation.validate_for_data(config, info)
+    assert "\n" not in str(err.value) and "adm_unet" in str(err.value)

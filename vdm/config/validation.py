@@ -415,6 +415,13 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
         len(info.shape) == want,
         f"config.model.name={m.name!r} needs data of rank {want}, but {info.name!r} has shape {tuple(info.shape)}.",
     )
+    if m.name == "adm_unet" and config.get("task", "diffusion") == "diffusion":  # its levels must fit the image
+        from vdm.models.unet_adm import validate_adm  # here: flax is heavy, config checks are not
+
+        try:
+            validate_adm(m.channel_mult, m.num_res_blocks, m.attention_resolutions, *info.shape[:2])
+        except ValueError as e:
+            raise ConfigError(f"config.model (adm_unet) does not fit {info.name!r}: {e}") from None
     discrete = m.decoder != "gaussian"
     check(
         discrete == bool(info.discrete),
