@@ -41,6 +41,29 @@ FREQUENCY_DIM = 256  # DiT's frequency_embedding_size: the sinusoid's width befo
 LN_EPS = 1e-6  # DiT's LayerNorm epsilon (no learned affine where adaLN modulates)
 
 
+def validate_dit(
+    width: int,
+    num_layers: int,
+    num_heads: int,
+    patch_size: int,
+    mlp_ratio: float,
+    time_input: str,
+    image_size: tuple[int, int] | None = None,
+) -> None:
+    """Raise ValueError naming the key of an invalid DiT architecture (or one whose patches do not tile image_size)."""
+    layers.check_positive(width=width, num_layers=num_layers, num_heads=num_heads, patch_size=patch_size)
+    if width % 4 or width % num_heads:
+        raise ValueError(
+            f"width={width} must be divisible by 4 (the 2-D sin-cos positions) and by num_heads={num_heads}"
+        )
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio={mlp_ratio!r} must be a number > 0")
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"time_input={time_input!r} is not valid; choose one of {', '.join(TIME_INPUTS)}")
+    if image_size is not None and (image_size[0] % patch_size or image_size[1] % patch_size):
+        raise ValueError(f"patch_size={patch_size} must divide the image size {image_size[0]}x{image_size[1]}")
+
+
 def sincos_2d(dim: int, rows: int, cols: int) -> np.ndarray:
     """Fixed 2-D positional embedding [rows * cols, dim] of MAE / DiT (He et al. 2022), tokens row-major.
 
@@ -208,18 +231,18 @@ class DiT(nn.Module):
     ) -> Array:
         """z [B, H, W, C], gamma [B] (or scalar), y [B] int or None; with text_conditioning the encoder's
         context [B, L, Dc], context_mask [B, L] bool (None: all valid) and pooled [B, Dp] -> [B, H, W, C or 2C]."""
-        layers.check_positive(width=self.width, num_layers=self.num_layers, patch_size=self.patch_size)
-        layers.check_dropout(self.dropout)
         gamma = layers.check_inputs(z, gamma, 4, y)
+        b, hgt, wid, channels = z.shape
+        validate_dit(
+            self.width, self.num_layers, self.num_heads, self.patch_size, self.mlp_ratio, self.time_input, (hgt, wid)
+        )
+        layers.check_dropout(self.dropout)
         if self.text_conditioning != (context is not None) or self.text_conditioning != (pooled is not None):
             raise ValueError(
                 "text conditioning needs both `context` and `pooled`, and only a DiT with text_conditioning=True "
                 f"takes them (text_conditioning={self.text_conditioning})"
             )
-        b, hgt, wid, channels = z.shape
         p = self.patch_size
-        if hgt % p or wid % p:
-            raise ValueError(f"image size {hgt}x{wid} must be divisible by patch_size={p}")
         h = layers.with_fourier(z, self.fourier_features, self.fourier_min, self.fourier_max)
         h = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="x_embedder")(h)
         h = h.reshape(b, -1, self.width) + jnp.asarray(sincos_2d(self.width, hgt // p, wid // p), self.dtype)
