@@ -21,8 +21,8 @@ autoencoder, trained first with
 `python -m vdm.main --config=configs/fashion_mnist_ae.py --workdir=workdir/fashion_mnist_ae`; its eval is
 the three-term bound in bits per pixel dimension, vdm.tasks.latent_task),
 `:dit` (the denoiser a diffusion transformer, DiT (Peebles & Xie 2023), in place of the UNet, all else the default's:
-width 128, 6 adaLN-Zero blocks of 4 heads on 4x4 patches (7x7 = 49 tokens), a train step about as long as the
-UNet's on CPU (experiments/results/dit_benchmark.md), learning rate 1e-3; it composes with the others, e.g.
+width 128, 6 adaLN-Zero blocks of 4 heads on 4x4 patches (7x7 = 49 tokens), a train step of the UNet's order on
+CPU (experiments/results/dit_benchmark.md), learning rate 1e-3 (not tuned); it composes with the others, e.g.
 `:dit,classes`, `:dit,hybrid` (DiT's own recipe: a learned variance), `:dit,small`). Any config takes the
 transformer with `--config.model.name=dit` and the keys patch_size, mlp_ratio, time_input (docs/configs.md).
 """
@@ -76,7 +76,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.model.decoder = "gaussian"  # the diffusion level models continuous latents; the autoencoder decodes x
         config.model.fourier_features = False  # those resolve the 8-bit grid of pixels, not latents
         config.model.width = 32  # 7x7x4 latents: 16x fewer positions than pixels, so a wider net at a like cost
-    if "dit" in variants:  # the transformer denoiser (vdm.models.dit), sized to the default UNet's step time on CPU
+    if "dit" in variants:  # the transformer denoiser (vdm.models.dit), sized near the default UNet's step time on CPU
         config.model.name = "dit"
         config.model.width = 128  # hidden size
         config.model.num_layers = 6  # blocks
