@@ -110,6 +110,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, source: Array | None = None, mask: Array | None = None) -> Array:
+        """softmax(q k^T / sqrt(d_head)) v per head, then 'proj': x [B, N, D] -> [B, N, D]."""
         b, n, d = x.shape
         if self.num_heads < 1 or d % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must be >= 1 and divide the width {d}")
