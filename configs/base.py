@@ -126,12 +126,12 @@ def _model(kind: str) -> ml_collections.ConfigDict:
     """config.model: the network, the schedule, the parameterisation and the decoder."""
     model = ml_collections.ConfigDict()
     # adm_unet: a multi-resolution UNet (ADM, Dhariwal & Nichol 2021); vdm_unet: VDM's UNet (one resolution, the
-    # paper's, configs/cifar10.py); mlp: flat [B, D]
-    model.name = "adm_unet" if kind == "image" else "mlp"  # adm_unet, vdm_unet (images) or mlp (flat data)
-    model.width = 16  # channels of every ResNet block (adm_unet: at the first resolution; mlp: hidden width)
-    model.num_layers = 2  # vdm_unet: ResNet blocks on the way down, up: num_layers + 1 (mlp: residual blocks)
+    # paper's, configs/cifar10.py); dit: a diffusion transformer (DiT, Peebles & Xie 2023); mlp: flat [B, D]
+    model.name = "adm_unet" if kind == "image" else "mlp"  # adm_unet, vdm_unet, dit (images) or mlp (flat data)
+    model.width = 16  # ResNet blocks' channels (adm_unet: at the first resolution; dit: hidden size; mlp: hidden width)
+    model.num_layers = 2  # vdm_unet: ResNet blocks on the way down, up: num_layers + 1 (dit: its blocks; mlp: residual)
     if kind == "image":
-        model.num_heads = 1  # heads of the middle self-attention
+        model.num_heads = 1  # heads of the middle self-attention (dit: of every block's; they divide the width)
         model.channel_mult = (1, 2, 4)  # adm_unet: width multiplier of each resolution (28 -> 14 -> 7 here)
         model.num_res_blocks = 1  # adm_unet: ResNet blocks per resolution on the way down (up: one more)
         model.attention_resolutions = (7,)  # adm_unet: self-attention after the blocks at these sizes (and the middle)
@@ -147,6 +147,11 @@ def _model(kind: str) -> ml_collections.ConfigDict:
         model.cond_proj_zero_init = False  # zero-init that projection (reference: zeros)
         model.scan_blocks = False  # run the down/up ResNet blocks under nn.scan: compile time flat in depth
         model.remat = False  # recompute each ResNet block's activations in the backward pass (saves memory)
+        #   (scan_blocks and remat: dit's blocks likewise)
+        model.patch_size = 2  # dit: p x p patches are its tokens (p divides the image size; 28x28 / 2: 196 tokens)
+        model.mlp_ratio = 4.0  # dit: each block's MLP hidden width / width
+        model.time_input = "gamma"  # dit: its timestep sinusoid of 1000 (gamma - gamma_min)/(gamma_max - gamma_min) as
+        #   the UNets' ('gamma'), or of the DDPM timestep k in [0, 1000) whose gamma it is ('ddpm_timestep': DiT's own)
     model.num_classes = 0  # 0: unconditional; else the data's class count (class-conditional)
     model.label_dropout = 0.0  # P(label -> null class) in training (classifier-free guidance)
     model.gamma_min = -13.3  # gamma(0) = -log SNR at t=0 (VDM; mlp: also the net's input rescaling)

@@ -10,19 +10,24 @@ network equals google-research/vdm's ScoreUNet as a function (tests/test_paper_m
 Below: what differs from configs/base.py (every key and its meaning); the paper values the base
 shares (Adam b1/b2/eps, weight decay 0.01, warmup 100, gamma range, Fourier exponents 6..7, one
 attention head, the continuous-time ELBO with antithetic t) are noted here, not repeated.
-Variants: `configs/cifar10.py:learned` (VDM's learned schedule with learned endpoints),
-`configs/cifar10.py:small` (a tiny network and a few steps, to check the pipeline on a laptop).
+Variants (comma-separated): `configs/cifar10.py:learned` (VDM's learned schedule with learned endpoints),
+`configs/cifar10.py:small` (a tiny network and a few steps, to check the pipeline on a laptop),
+`configs/cifar10.py:dit` (the denoiser DiT-S/2 (Peebles & Xie 2023): width 384, 12 blocks of 6 heads on 2x2
+patches, 256 tokens, blocks under nn.scan, no dropout, trained on the paper's objective and optimizer as above;
+`:dit,small` shrinks it).
 """
 
 import ml_collections
 
-from vdm.infra.fileio import load_sibling  # configs/base.py, by its path next to this file
+from vdm.infra.fileio import load_sibling  # configs/base.py and configs/common.py, by their paths next to this file
+
+common = load_sibling(__file__, "common")
+VARIANTS = ("learned", "small", "dit")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Config for CIFAR-10; arg in ('', 'learned', 'small')."""
-    if arg not in ("", "learned", "small"):
-        raise ValueError(f"unknown cifar10 variant {arg!r}; choose '', 'learned' or 'small'.")
+    """Config for CIFAR-10; arg: comma-separated variants from VARIANTS, or ''."""
+    variants = common.parse_variants(arg, VARIANTS, "cifar10")
     config = load_sibling(__file__, "base").get_config("image")
     config.data.dataset = "cifar10"  # TFDS name
     # Bin centres, as google-research/vdm encodes (x + 0.5)/256*2 - 1: the decoder grid and bin width
@@ -61,14 +66,23 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.sampling.num_steps = 1000  # sampler steps
     config.sampling.num_samples = 64  # images per grid / .npz
 
-    if arg == "learned":
+    if "learned" in variants:
         config.model.schedule = "learned"
         config.model.learn_endpoints = True
-    if arg == "small":
+    if "dit" in variants:  # DiT-S/2 (Peebles & Xie 2023, table 1) as the denoiser
+        config.model.name = "dit"
+        config.model.width = 384  # hidden size
+        config.model.num_layers = 12  # blocks
+        config.model.num_heads = 6  # heads
+        config.model.patch_size = 2  # 32x32 -> 16x16 tokens
+        config.model.dropout = 0.0  # DiT trains without dropout
+    if "small" in variants:
         config.model.width = 16
         config.model.num_layers = 2
         config.model.norm_groups = 0  # 32 groups need >= 64 channels (2 per group); adaptive at width 16
         config.model.dropout = 0.0
+        if "dit" in variants:
+            config.model.num_heads = 2  # heads of 8 channels at width 16
         config.optimizer.warmup_steps = 5
         config.training.num_steps = 20
         config.training.batch_size = 16

@@ -385,8 +385,8 @@ def run(
     return rows
 
 
-def write_table(rows: list[tuple[str, str]], header: str, path: str) -> None:
-    """Print the rows and write them as a markdown table to `path`."""
+def write_table(rows: list[tuple[str, str]], header: str, path: str, script: str = "experiments/benchmark.py") -> None:
+    """Print the rows and write them as a markdown table to `path`, measured by `python SCRIPT <this run's flags>`."""
     if not rows:
         return
     width = max(len(r[0]) for r in rows)
@@ -397,7 +397,7 @@ def write_table(rows: list[tuple[str, str]], header: str, path: str) -> None:
     with open(path, "w") as f:
         f.write("# Speed\n\n" + header + "\n\n| measurement | result |\n|---|---|\n")
         f.writelines(f"| {name} | {value} |\n" for name, value in rows)
-        f.write("\nMeasured by `python experiments/benchmark.py " + " ".join(sys.argv[1:]) + "`.\n")
+        f.write(f"\nMeasured by `python {script} " + " ".join(sys.argv[1:]) + "`.\n")
     print(f"wrote {os.path.relpath(path, ROOT)}")
 
 

@@ -128,6 +128,10 @@ ADDED_KEYS = {
     "model.channel_mult": _image_model([1, 2, 4]),
     "model.num_res_blocks": _image_model(1),
     "model.attention_resolutions": _image_model([7]),
+    # dit's keys, unused by the UNets every run recorded before them trained
+    "model.patch_size": _image_model(2),
+    "model.mlp_ratio": _image_model(4.0),
+    "model.time_input": _image_model("gamma"),
     "latent.autoencoder": lambda c: {
         "latent_channels": 4,
         "downsample": 4,

@@ -121,7 +121,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         f"config.model.name={m.name!r} does not fit config.data.dataset={c.data.dataset!r}: "
         "use 'mlp' for the flat toy data sets "
         + repr(TOY_DATASETS)
-        + " and 'vdm_unet' or 'adm_unet' for the image data sets "
+        + " and 'vdm_unet', 'adm_unet' or 'dit' for the image data sets "
         + repr(IMAGE_DATASETS)
         + ".",
     )
@@ -136,10 +136,27 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         check_int("model.norm_groups", m.norm_groups, 0)
         for key in VDM_BOOLS:
             check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
+    if m.name == "dit":
+        _validate_dit(m)
     check_choice("loss.weighting", c.loss.weighting, tuple(weightings.WEIGHTINGS))
     _validate_weighting(c.loss)
     _validate_objective(c)
     check_choice("model.decoder", m.decoder, gaussian.DECODERS)
+
+
+def _validate_dit(m: ml_collections.ConfigDict, image_size: tuple[int, int] | None = None) -> None:
+    """dit's keys (vdm.models.DIT_KEYS), by vdm.models.dit.validate_dit (and its patches against an image size)."""
+    from vdm.models import DIT_KEYS  # here: flax is heavy, config checks are not
+    from vdm.models.dit import validate_dit
+
+    missing = [k for k in DIT_KEYS if k not in m]
+    check(not missing, f"config.model.name='dit' needs the keys {missing} in config.model (see configs/base.py).")
+    for key in ("scan_blocks", "remat"):
+        check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
+    try:
+        validate_dit(m.width, m.num_layers, m.num_heads, m.patch_size, m.mlp_ratio, m.time_input, image_size)
+    except ValueError as e:
+        raise ConfigError(f"config.model (dit): {e}.") from None
 
 
 def _validate_weighting(loss: ml_collections.ConfigDict) -> None:
@@ -422,6 +439,8 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
             validate_adm(m.channel_mult, m.num_res_blocks, m.attention_resolutions, *info.shape[:2])
         except ValueError as e:
             raise ConfigError(f"config.model (adm_unet) does not fit {info.name!r}: {e}") from None
+    if m.name == "dit" and config.get("task", "diffusion") == "diffusion":  # whole patches tile the image
+        _validate_dit(m, tuple(info.shape[:2]))
     discrete = m.decoder != "gaussian"
     check(
         discrete == bool(info.discrete),

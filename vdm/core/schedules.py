@@ -7,6 +7,7 @@ data at t=0 and noise at t=1. Variance preserving:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -120,6 +121,42 @@ def from_betas(betas) -> Schedule:
 def ddpm_linear(beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> Schedule:
     """DDPM's linear betas, beta_i = linspace(beta_start, beta_end, T), exact on the grid i/T (Ho et al. 2020)."""
     return from_betas(np.linspace(beta_start, beta_end, num_steps, dtype=np.float64))
+
+
+@functools.lru_cache(maxsize=8)
+def ddpm_timestep_gammas(beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000) -> np.ndarray:
+    """gamma_k = log((1 - abar_k) / abar_k), abar_k = prod_{j<=k} (1 - beta_j), at DDPM's 0-based timesteps k < T.
+
+    The codes of Ho et al. 2020 / improved DDPM / DiT index their T steps k = 0..T-1 with alphas_cumprod[k] =
+    abar_k: their k is the grid point t = (k + 1)/T here (`ddpm_linear` is exact there). float64, read-only.
+    """
+    betas = np.linspace(beta_start, beta_end, num_steps, dtype=np.float64)
+    log_abar = np.cumsum(np.log1p(-betas))
+    table = np.log(-np.expm1(log_abar)) - log_abar  # log(1 - abar) - log(abar)
+    table.setflags(write=False)
+    return table
+
+
+def gamma_of_ddpm_timestep(k: Array, table: np.ndarray | None = None) -> Array:
+    """gamma at a (fractional) DDPM timestep k: gamma_k of `ddpm_timestep_gammas`, linear in k between the integers.
+
+    Extended linearly beyond both ends (the first and last segments), so it is strictly increasing on all k; on
+    [-1, T - 1] it equals ddpm_linear()((k + 1) / T). `table`: the gamma_k (default: DDPM's linear betas, T = 1000).
+    """
+    table = ddpm_timestep_gammas() if table is None else table
+    values = jnp.asarray(table, jnp.float32)
+    k = jnp.asarray(k, jnp.float32)
+    i = jnp.clip(jnp.floor(k), 0, table.size - 2).astype(jnp.int32)
+    return values[i] + (k - i) * (values[i + 1] - values[i])
+
+
+def ddpm_timestep_of_gamma(gamma: Array, table: np.ndarray | None = None) -> Array:
+    """The inverse of `gamma_of_ddpm_timestep`: the fractional DDPM timestep k whose gamma is `gamma` (exact at gamma_k)."""
+    table = ddpm_timestep_gammas() if table is None else table
+    values = jnp.asarray(table, jnp.float32)
+    gamma = jnp.asarray(gamma, jnp.float32)
+    i = jnp.clip(jnp.searchsorted(values, gamma, side="right") - 1, 0, table.size - 2).astype(jnp.int32)
+    return i + (gamma - values[i]) / (values[i + 1] - values[i])
 
 
 def ot(gamma_min: float = -20.0, gamma_max: float = 20.0) -> Schedule:

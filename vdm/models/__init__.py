@@ -3,7 +3,7 @@ autoencoder, Inception-v3; parameter-layout conversion (convert). Each module is
 
 Every denoiser is called as
     model.apply(variables, z, gamma, y=None, train=False, rngs={'dropout': key})
-with z [B, H, W, C] (UNets) or [B, D] (mlp), gamma [B] and y [B] int32 or None,
+with z [B, H, W, C] (UNets, DiT) or [B, D] (mlp), gamma [B] and y [B] int32 or None,
 and returns a raw prediction shaped like z; the caller reads it as
 config.model.parameterization. With config.model.variance_head (not 'none') the output has
 twice the channels: the prediction, then the reverse variance's raw interpolation weight
@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vdm.models.dit import DiT
 from vdm.models.mlp import MLPDenoiser
 from vdm.models.schedule import LearnedLinearSchedule, LearnedSchedule
 from vdm.models.unet_adm import ADMUNet
@@ -48,7 +49,7 @@ def _kwargs(cfg: Any, keys: tuple[str, ...]) -> dict[str, Any]:
     for k in ("channel_mult", "attention_resolutions"):
         if k in out:
             out[k] = tuple(int(v) for v in out[k])
-    for k in ("dropout", "gamma_min", "gamma_max"):
+    for k in ("dropout", "gamma_min", "gamma_max") + (("mlp_ratio",) if "mlp_ratio" in out else ()):
         out[k] = float(out[k])
     out["fourier_features"] = bool(out["fourier_features"])
     out["variance_head"] = cfg.get("variance_head", "none") != "none"  # C more outputs (vdm.core.parameterization)
@@ -61,6 +62,8 @@ def _kwargs(cfg: Any, keys: tuple[str, ...]) -> dict[str, Any]:
 # vdm.config.validation checks them.
 VDM_BOOLS = ("residual_output", "cond_proj_bias", "cond_proj_zero_init", "scan_blocks", "remat")
 _VDM_KEYS = ("num_layers", "num_heads", "embedding_freqs", "norm_groups") + VDM_BOOLS
+# DiT's keys (configs/base.py): width is its hidden size, num_layers its depth; scan_blocks and remat as vdm_unet's.
+DIT_KEYS = ("num_layers", "num_heads", "patch_size", "mlp_ratio", "time_input", "scan_blocks", "remat")
 
 
 _BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
@@ -68,6 +71,7 @@ _BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
     "adm_unet": lambda c: ADMUNet(
         **_kwargs(c, _COMMON + ("channel_mult", "num_res_blocks", "attention_resolutions", "num_heads"))
     ),
+    "dit": lambda c: DiT(**_kwargs(c, _COMMON + DIT_KEYS)),
     "mlp": lambda c: MLPDenoiser(**_kwargs(c, _COMMON + ("num_layers",))),
 }
 MODEL_NAMES = tuple(_BUILDERS)
@@ -93,7 +97,7 @@ def get_schedule_module(model_config: Any) -> nn.Module | None:
 
 
 def get_model(model_config: Any, dtype: Any = None) -> nn.Module:
-    """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet' or 'mlp'); dtype: its compute dtype.
+    """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet', 'dit' or 'mlp'); dtype: its compute dtype.
 
     dtype (e.g. jnp.bfloat16) sets the activations' and matmuls' dtype; parameters stay
     float32 and the output is float32. None: float32 throughout.

@@ -1,8 +1,9 @@
-"""Parameter layouts of VDMUNet: unrolled <-> scanned, google-research/vdm -> ours, and the weight-decay masks.
+"""Parameter layouts of VDMUNet and DiT: unrolled <-> scanned, google-research/vdm -> ours, the weight-decay masks.
 
-Unrolled (scan_blocks=False): blocks 'down_0'..'down_{L-1}', 'up_0'..'up_L', each a ResnetBlock tree.
-Scanned (scan_blocks=True): 'down': {'block': tree with every leaf stacked [L, ...]} and
-'up': {'block': ... [L + 1, ...]}; everything else is shared. Both compute the same function.
+Unrolled (scan_blocks=False): blocks 'down_0'..'down_{L-1}', 'up_0'..'up_L', each a ResnetBlock tree (VDMUNet),
+'blocks_0'..'blocks_{L-1}' (DiT). Scanned (scan_blocks=True): 'down': {'block': tree with every leaf stacked
+[L, ...]} and 'up': {'block': ... [L + 1, ...]}, 'blocks': {'block': ...}; everything else is shared. Both
+compute the same function.
 
 The converters walk any container (dicts, lists, tuples, namedtuples such as optax states,
 dataclasses such as a TrainState) and rewrite every dict that holds blocks, so they apply to
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
-_UNROLLED = re.compile(r"^(down|up)_(\d+)$")
+STACKED = ("down", "up", "blocks")  # the scanned kinds: KIND: {'block': ...} <-> KIND_0, KIND_1, ..
+_UNROLLED = re.compile(r"^(down|up|blocks)_(\d+)$")
 
 
 def _walk(tree: PyTree, fn: Callable[[dict], dict]) -> PyTree:
@@ -63,7 +65,7 @@ def _stack(xs: tuple) -> Any:
 
 
 def _unstack_dict(d: dict) -> dict:
-    kinds = [k for k in ("down", "up") if isinstance(d.get(k), Mapping) and set(d[k]) == {"block"}]
+    kinds = [k for k in STACKED if isinstance(d.get(k), Mapping) and set(d[k]) == {"block"}]
     if not kinds:
         return d
     out = {k: v for k, v in d.items() if k not in kinds}
@@ -78,39 +80,39 @@ def _unstack_dict(d: dict) -> dict:
 
 
 def stack_blocks(params: PyTree) -> PyTree:
-    """Unrolled -> scanned layout: down_i / up_i trees become 'down'/'up': {'block': leaves stacked [L, ...]}."""
+    """Unrolled -> scanned layout: down_i / up_i / blocks_i trees become 'down'/'up'/'blocks': {'block': [L, ...]}."""
     return _walk(params, _stack_dict)
 
 
 def unstack_blocks(params: PyTree) -> PyTree:
-    """Scanned -> unrolled layout: 'down'/'up': {'block': [L, ...]} become down_0.. / up_0.. trees."""
+    """Scanned -> unrolled layout: 'down'/'up'/'blocks': {'block': [L, ...]} become down_0.. / up_0.. / blocks_0.. trees."""
     return _walk(params, _unstack_dict)
 
 
 def is_scanned(params: PyTree) -> bool | None:
-    """True if `params` holds scanned blocks, False if unrolled ones, None if no VDMUNet blocks."""
+    """True if `params` holds scanned blocks, False if unrolled ones, None if no VDMUNet or DiT blocks."""
     seen = set()
 
     def look(d: dict) -> dict:
         if any(_UNROLLED.match(k) for k in d):
             seen.add(False)
-        if any(isinstance(d.get(k), Mapping) and set(d[k]) == {"block"} for k in ("down", "up")):
+        if any(isinstance(d.get(k), Mapping) and set(d[k]) == {"block"} for k in STACKED):
             seen.add(True)
         return d
 
     _walk(params, look)
     if len(seen) > 1:
-        raise ValueError("params hold both scanned and unrolled VDMUNet blocks")
+        raise ValueError("params hold both scanned and unrolled blocks")
     return seen.pop() if seen else None
 
 
 def block_layout(keys: Any) -> str | None:
-    """'unrolled' (down_0.. / up_0.. entries), 'scanned' ('down'/'up' -> 'block') or None, from a checkpoint's flat
+    """'unrolled' (down_0.. / up_0.. / blocks_0.. entries), 'scanned' ('down'/'up'/'blocks' -> 'block') or None, from a checkpoint's flat
     entry names (vdm.infra.checkpoint.CheckpointMismatchError.saved_keys / expected_keys)."""
     keys = list(keys)
-    if any("['down_0']" in k or "['up_0']" in k for k in keys):
+    if any(f"['{kind}_0']" in k for k in keys for kind in STACKED):
         return "unrolled"
-    if any("['down']['block']" in k or "['up']['block']" in k for k in keys):
+    if any(f"['{kind}']['block']" in k for k in keys for kind in STACKED):
         return "scanned"
     return None
 
@@ -215,7 +217,7 @@ def decay_mask(params: PyTree, kind: str) -> PyTree:
             return True
         if kind == "non_bias":
             return names[-1] != "bias"
-        stacked = any(a in ("down", "up") and b == "block" for a, b in zip(names, names[1:]))
+        stacked = any(a in STACKED and b == "block" for a, b in zip(names, names[1:]))
         return names[0] == "model" and p.ndim - int(stacked) >= 2
 
     return jax.tree_util.tree_map_with_path(leaf, params)

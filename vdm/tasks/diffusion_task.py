@@ -4,7 +4,7 @@
 'index'} (index: each row's place in the global batch, which the per-example noise is drawn by),
 `diffusion_model.train_step`, the periodic evaluation (the true ELBO over the test split in
 bits/dim with its standard error, and a sample grid, with the EMA params) and the restore of a
-checkpoint written in the other VDMUNet block layout. `train_and_evaluate` is what
+checkpoint written in the other VDMUNet or DiT block layout. `train_and_evaluate` is what
 `python -m vdm.main` runs.
 """
 
@@ -199,7 +199,7 @@ class DiffusionTask:
     def restore(
         self, ckpt: Checkpointer, like: TrainState, *, quarantine: bool = False
     ) -> tuple[TrainState | None, int | None]:
-        """ckpt.restore_latest(like); a checkpoint of the other VDMUNet block layout (config.model.scan_blocks) is
+        """ckpt.restore_latest(like); a checkpoint of the other VDMUNet or DiT block layout (config.model.scan_blocks) is
         restored in its own layout and converted (vdm.models.convert.maybe_convert_params), with a warning."""
         try:
             return ckpt.restore_latest(like, quarantine=quarantine)
