@@ -44,9 +44,11 @@ class EncoderFolderError(ValueError):
 class Tokenizer(Protocol):
     """What TextEncoder needs of a tokenizer (HFTokenizer, vocab.WordVocabulary)."""
 
-    def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+    def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """prompts [B] -> (ids int32 [B, L], mask bool [B, L])."""
 
-    def fingerprint(self) -> str: ...
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the ids."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
