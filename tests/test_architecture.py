@@ -1,7 +1,7 @@
 """The package's shape, checked: packages in layers that import only downward, no cycles, no facade inside, sizes.
 
-Layers, lowest first (ARCHITECTURE.md): core (pure math) -> infra -> data -> models -> sampling -> evaluation
--> config -> tasks -> cli (with vdm.tools and vdm.main). A module may import modules of its own package or of lower layers,
+Layers, lowest first (ARCHITECTURE.md): core (pure math) -> infra -> data -> models (with vdm.text) -> sampling
+-> evaluation -> config -> tasks -> cli (with vdm.tools and vdm.main). A module may import modules of its own package or of lower layers,
 never higher (lazy imports inside functions count too), and no modules import each other around a circle,
 within a package as across (ARCHITECTURE.md). Code inside vdm/ imports each name from its home module:
 never from one of the public facades (vdm.schedules, vdm.diffusion, ...: the core contract's paths), and never
@@ -24,7 +24,7 @@ LAYERS = [
     ("core", ["core"]),
     ("infra", ["infra"]),
     ("data", ["data"]),
-    ("models", ["models"]),
+    ("models", ["models", "text"]),
     ("sampling", ["sampling"]),
     ("evaluation", ["evaluation"]),
     ("config", ["config"]),
@@ -41,6 +41,7 @@ FACADES = {
     "vdm.sampling": "vdm.sampling.samplers",
     "vdm.likelihood": "vdm.sampling.likelihood",
     "vdm.fid": "vdm.evaluation.fid",
+    "vdm.text": "vdm.text.encoder",
 }
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 
@@ -247,6 +248,7 @@ CONTRACT = {
     "vdm.sampling": ["sample", "ddim_step", "ancestral_step"],
     "vdm.likelihood": ["ode_nll"],
     "vdm.fid": ["inception_features", "fid_from_features", "kid_from_features"],
+    "vdm.text": ["load_text_encoder", "TextEncoder"],
 }
 
 

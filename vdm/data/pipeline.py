@@ -7,7 +7,10 @@
     train_iterator(..., process_index=jax.process_index(), process_count=jax.process_count())
 
 Batches are dicts of numpy arrays: 'x' float32 [B, *info.shape] (8-bit values k
-as config.data.encoding says: k/127.5 - 1 or (k + 0.5)/128 - 1, vdm.core.encoding), 'label' int32 [B]; eval batches add 'mask' bool [B]. The train
+as config.data.encoding says: k/127.5 - 1 or (k + 0.5)/128 - 1, vdm.core.encoding), 'label' int32 [B],
+'index' int32 [B] (each row's place in the global batch), 'example' int32 [B] (each row's example in its split:
+what `load_captions` and cached caption embeddings are looked up by), and the data set's per-example extras
+(`load_extras`; 'shapes': 'attributes' int32 [B, 2, 5]); eval batches add 'mask' bool [B]. The train
 batch at step k is a pure function of (seed, k): epoch e is the permutation
 np.random.default_rng((seed, e)).permutation(N) and the stream of examples is
 the concatenation of epochs, so `start_step` resumes exactly. Device sharding is
@@ -28,11 +31,12 @@ import ml_collections
 import numpy as np
 
 from vdm.core.encoding import ENCODINGS, encode
-from vdm.data import tfds_sets, toy_sets
+from vdm.data import captions, shapes, tfds_sets, toy_sets
 from vdm.data.tfds_sets import DatasetNotFoundError  # noqa: F401  (public re-export)
 from vdm.data.toy_sets import gaussian_nll, gaussian_scales  # noqa: F401  (public re-exports)
 
-DATASETS = tfds_sets.IMAGE_DATASETS + toy_sets.TOY_DATASETS
+DATASETS = tfds_sets.IMAGE_DATASETS + toy_sets.TOY_DATASETS + (shapes.NAME,)
+CAPTIONED_DATASETS = ("fashion_mnist", shapes.NAME)  # the sets `load_captions` writes captions for
 
 _FLIP_STREAM = 1  # seeds flips with (seed, step, 1): never equal to an epoch's 2-tuple (seed, e)
 
@@ -48,10 +52,10 @@ def default_config() -> ml_collections.ConfigDict:
             "dataset": "fashion_mnist",  # one of DATASETS
             "data_dir": None,  # TFDS data_dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
             "random_flip": False,  # random horizontal flips of training images (images only)
-            "num_train": 10_000,  # toy sets: train split size
-            "num_test": 2_000,  # toy sets: test split size
+            "num_train": 10_000,  # toy sets and 'shapes': train split size
+            "num_test": 2_000,  # toy sets and 'shapes': test split size
             "dim": 2,  # 'gaussian': number of dimensions
-            "data_seed": 0,  # toy sets: seed of the generated data
+            "data_seed": 0,  # toy sets and 'shapes': seed of the generated data
             "encoding": "endpoints",  # 8-bit k -> k/127.5 - 1 ('endpoints') or (k + 0.5)/128 - 1 ('bin_centres')
         }
     )
@@ -115,6 +119,10 @@ def parse_config(data_config: Mapping | ml_collections.ConfigDict) -> _Spec:
         raise ValueError(f"config.data.random_flip must be a bool, got {random_flip!r}.")
     if random_flip and name in toy_sets.TOY_DATASETS:
         raise ValueError(f"config.data.random_flip applies to images only; {name!r} is a toy set.")
+    if random_flip and name == shapes.NAME:
+        raise ValueError(
+            f"config.data.random_flip would swap left and right in the captions of {name!r}; leave it off."
+        )
     data_dir = _get(data_config, "data_dir")
     encoding = _get(data_config, "encoding")
     if encoding not in ENCODINGS:
@@ -140,6 +148,9 @@ def get_dataset_info(data_config: Mapping | ml_collections.ConfigDict) -> Datase
             spec.name, s["shape"], s["num_train"], s["num_test"], s["num_classes"], True, encoding=spec.encoding
         )
     common = dict(name=spec.name, num_train=spec.num_train, num_test=spec.num_test)
+    if spec.name == shapes.NAME:
+        shape = (shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3)
+        return DatasetInfo(shape=shape, num_classes=shapes.NUM_CLASSES, discrete=True, encoding=spec.encoding, **common)
     if spec.name == "mixture2d":
         return DatasetInfo(shape=(2,), num_classes=toy_sets.MIXTURE_MODES, discrete=False, **common)
     if spec.name == "grid8bit2d":
@@ -158,6 +169,14 @@ def _toy_split(name: str, num: int, seed: int, split: str, dim: int, encoding: s
     return x, y
 
 
+@functools.lru_cache(maxsize=4)
+def _shapes_split(num: int, seed: int, split: str) -> tuple[np.ndarray, ...]:
+    arrays = shapes.generate(num, seed, split)
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
 def load_arrays(data_config: Mapping | ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Whole split in memory, read-only: (x [N, *shape] uint8 for images / float32 for toys, label int32 [N])."""
     spec = parse_config(data_config)
@@ -166,7 +185,31 @@ def load_arrays(data_config: Mapping | ml_collections.ConfigDict, split: str) ->
     if spec.name in tfds_sets.IMAGE_DATASETS:
         return tfds_sets.load_split(spec.name, spec.data_dir, split)
     num = spec.num_train if split == "train" else spec.num_test
+    if spec.name == shapes.NAME:
+        return _shapes_split(num, spec.data_seed, split)[:2]
     return _toy_split(spec.name, num, spec.data_seed, split, spec.dim, spec.encoding)
+
+
+def load_extras(data_config: Mapping | ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
+    """The data set's per-example arrays beside x and label, each [N, ...], read-only: 'shapes' gives
+    {'attributes': int32 [N, 2, 5]} (vdm.data.shapes.OBJECT_FIELDS per object, -1 when absent); others {}."""
+    spec = parse_config(data_config)
+    if spec.name != shapes.NAME:
+        return {}
+    load_arrays(data_config, split)  # checks the split
+    num = spec.num_train if split == "train" else spec.num_test
+    return {"attributes": _shapes_split(num, spec.data_seed, split)[2]}
+
+
+def load_captions(data_config: Mapping | ml_collections.ConfigDict, split: str) -> list[str]:
+    """The caption of every example of the split, in example order (a batch's 'example' indexes it):
+    'shapes' from each image's attributes, 'fashion_mnist' from its class name (captions.fashion_mnist_caption)."""
+    spec = parse_config(data_config)
+    if spec.name not in CAPTIONED_DATASETS:
+        raise ValueError(f"{spec.name!r} has no captions; captioned data sets: {', '.join(CAPTIONED_DATASETS)}.")
+    if spec.name == shapes.NAME:
+        return [shapes.caption(o) for o in load_extras(data_config, split)["attributes"]]
+    return captions.fashion_mnist_captions(load_arrays(data_config, split)[1])
 
 
 def _to_float(x: np.ndarray, encoding: str) -> np.ndarray:
@@ -199,7 +242,7 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite batches {'x': float32 [B, *shape], 'label': int32 [B], 'index': int32 [B]}; batch k depends only on (seed, k).
+    """Infinite batches {'x': float32 [B, *shape], 'label', 'index', 'example': int32 [B], extras}; batch k depends only on (seed, k).
 
     batch_size is the global batch B; with process_count > 1 each batch holds only this
     process's rows of it, block `process_index` of B / process_count consecutive rows; 'index' is
@@ -211,6 +254,7 @@ def train_iterator(
     start_step = _check_int("start_step", start_step, 0)
     rows = _process_rows(batch_size, process_index, process_count)
     x_all, labels = load_arrays(data_config, "train")  # loaded now, so a missing data set fails at once
+    extras = load_extras(data_config, "train")
     num = len(labels)
 
     index = np.arange(batch_size, dtype=np.int32)[rows]  # each row's place in the global batch
@@ -233,7 +277,13 @@ def train_iterator(
             if spec.random_flip:
                 flip = np.random.default_rng((seed, step, _FLIP_STREAM)).random(batch_size)[rows] < 0.5
                 x[flip] = x[flip, :, ::-1]  # [B, H, W, C]: reverse W
-            yield {"x": x, "label": labels[idx].astype(np.int32), "index": index}
+            yield {
+                "x": x,
+                "label": labels[idx].astype(np.int32),
+                "index": index,
+                "example": idx.astype(np.int32),
+                **{k: v[idx] for k, v in extras.items()},
+            }
             step += 1
 
     return batches()
@@ -259,6 +309,7 @@ def eval_iterator(
     max_examples = _check_int("max_examples", max_examples, 0)
     rows = _process_rows(batch_size, process_index, process_count)
     x_all, labels = load_arrays(data_config, split)
+    extras = load_extras(data_config, split)
     num = min(len(labels), max_examples) if max_examples else len(labels)
 
     index = np.arange(batch_size, dtype=np.int32)[rows]  # each row's place in the global batch
@@ -273,6 +324,8 @@ def eval_iterator(
                 "label": labels[idx].astype(np.int32),
                 "mask": mask,
                 "index": index,
+                "example": idx.astype(np.int32),
+                **{k: v[idx] for k, v in extras.items()},
             }
 
     return batches()
