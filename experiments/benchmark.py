@@ -185,22 +185,26 @@ def depth_cell(size: dict, num_layers: int, scan: bool, repeats: int, iters: int
 
 def depth_rows(size: dict, repeats: int, iters: int) -> list[tuple[str, str]]:
     """One row per (layers, layout): compile seconds and ms/step, each cell in its own process."""
+    return child_depth_rows(os.path.abspath(__file__), "depth", "", size, (2, 8, 32), repeats, iters, timeout=1800)
+
+
+def child_depth_rows(
+    script: str, name: str, extra: str, size: dict, depths, repeats: int, iters: int, *, timeout: int
+) -> list[tuple[str, str]]:
+    """Rows of `script --child [size, layers, scan, repeats, iters]` (a fresh process per cell, nothing cached)."""
     rows = []
-    for num_layers in (2, 8, 32):
+    for num_layers in depths:
         for scan in (False, True):
             arg = json.dumps([size, num_layers, scan, repeats, iters])
             proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child", arg],
-                capture_output=True,
-                text=True,
-                timeout=1800,
+                [sys.executable, script, "--child", arg], capture_output=True, text=True, timeout=timeout
             )
             if proc.returncode != 0:
-                raise RuntimeError(f"depth cell {num_layers} {scan} failed:\n{proc.stderr[-3000:]}")
+                raise RuntimeError(f"{name} cell {num_layers} {scan} failed:\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(
                 (
-                    f"depth: w{size['width']} L{num_layers} batch {size['batch']} 32x32x3, "
+                    f"{name}: w{size['width']} L{num_layers}{extra} batch {size['batch']} 32x32x3, "
                     f"{'nn.scan' if scan else 'unrolled'} blocks",
                     f"compile {r['compile_s']:.1f} s, {r['step_s'] * 1e3:.1f} ms/step "
                     f"({size['batch'] / r['step_s']:.1f} images/s)",
@@ -301,7 +305,7 @@ def default_rows(repeats: int, iters: int) -> tuple[list[tuple[str, str]], float
     rate = c.training.batch_size / sec
     rows = [
         (
-            f"default config (fashion_mnist: vdm_unet w{c.model.width} L{c.model.num_layers}, batch "
+            f"default config (fashion_mnist: {c.model.name} w{c.model.width}, batch "
             f"{c.training.batch_size}) train step",
             f"{rate:.1f} images/s ({sec * 1e3:.1f} ms/step)",
         )

@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 
 import jax
@@ -51,28 +49,8 @@ def depth_cell(size: dict, num_layers: int, scan: bool, repeats: int, iters: int
 
 def depth_rows(size: dict, repeats: int, iters: int) -> list[tuple[str, str]]:
     """One row per (blocks, layout): compile seconds and ms/step, each cell in its own process."""
-    rows = []
-    for num_layers in DEPTHS:
-        for scan in (False, True):
-            arg = json.dumps([size, num_layers, scan, repeats, iters])
-            proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child", arg],
-                capture_output=True,
-                text=True,
-                timeout=3600,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"dit depth cell {num_layers} {scan} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(
-                (
-                    f"dit_depth: w{size['width']} L{num_layers} p2 batch {size['batch']} 32x32x3, "
-                    f"{'nn.scan' if scan else 'unrolled'} blocks",
-                    f"compile {r['compile_s']:.1f} s, {r['step_s'] * 1e3:.1f} ms/step "
-                    f"({size['batch'] / r['step_s']:.1f} images/s)",
-                )
-            )
-    return rows
+    script = os.path.abspath(__file__)
+    return benchmark.child_depth_rows(script, "dit_depth", " p2", size, DEPTHS, repeats, iters, timeout=3600)
 
 
 def fashion_mnist_rows(repeats: int, iters: int) -> list[tuple[str, str]]:
