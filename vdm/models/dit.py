@@ -259,17 +259,9 @@ class DiT(nn.Module):
         c = TimestepEmbedder(
             self.width, self.time_input, self.gamma_min, self.gamma_max, self.dtype, name="t_embedder"
         )(gamma)
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
-        if self.num_classes > 0:
-            y = jnp.full(gamma.shape, self.num_classes, jnp.int32) if y is None else y
-            if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
-                raise ValueError(f"y must be integer labels, got dtype {jnp.asarray(y).dtype}")
+        y = layers.class_labels(y, self.num_classes, gamma.shape)
+        if y is not None:
             c = c + nn.Embed(self.num_classes + 1, self.width, dtype=self.dtype, name="y_embedder")(y)
-        elif y is not None:
-            raise ValueError(
-                "got labels y but the model has num_classes=0 (unconditional); pass y=None or set num_classes > 0"
-            )
         if pooled is not None:
             c = c + nn.Dense(self.width, dtype=self.dtype, name="pooled_proj")(pooled)
         return c

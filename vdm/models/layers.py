@@ -136,19 +136,26 @@ class NoiseEmbedding(nn.Module):
         emb = timestep_embedding(t_in, self.width, freqs=self.embedding_freqs)
         emb = nn.Dense(self.out_dim, dtype=self.dtype, name="dense0")(emb)
         emb = nn.Dense(self.out_dim, dtype=self.dtype, name="dense1")(nn.swish(emb))
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
-        if self.num_classes > 0:
-            if y is None:
-                y = jnp.full(gamma.shape, self.num_classes, dtype=jnp.int32)
-            if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
-                raise ValueError(f"y must be integer labels, got dtype {jnp.asarray(y).dtype}")
+        y = class_labels(y, self.num_classes, gamma.shape)
+        if y is not None:
             emb = emb + nn.Embed(self.num_classes + 1, self.out_dim, dtype=self.dtype, name="label_embedding")(y)
-        elif y is not None:
+        return emb
+
+
+def class_labels(y: Array | None, num_classes: int, shape: tuple[int, ...]) -> Array | None:
+    """Integer labels of a conditional net (None: the null class `num_classes`, for guidance); None if unconditional."""
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    if num_classes == 0:
+        if y is not None:
             raise ValueError(
                 "got labels y but the model has num_classes=0 (unconditional); pass y=None or set num_classes > 0"
             )
-        return emb
+        return None
+    y = jnp.full(shape, num_classes, dtype=jnp.int32) if y is None else y
+    if not jnp.issubdtype(jnp.asarray(y).dtype, jnp.integer):
+        raise ValueError(f"y must be integer labels, got dtype {jnp.asarray(y).dtype}")
+    return y
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
