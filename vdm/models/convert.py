@@ -1,8 +1,9 @@
-"""Parameter layouts of VDMUNet and DiT: unrolled <-> scanned, google-research/vdm -> ours, the weight-decay masks.
+"""Parameter layouts of VDMUNet, DiT, U-ViT: unrolled <-> scanned, google-research/vdm -> ours, weight-decay masks.
 
 Unrolled (scan_blocks=False): blocks 'down_0'..'down_{L-1}', 'up_0'..'up_L', each a ResnetBlock tree (VDMUNet),
-'blocks_0'..'blocks_{L-1}' (DiT). Scanned (scan_blocks=True): 'down': {'block': tree with every leaf stacked
-[L, ...]} and 'up': {'block': ... [L + 1, ...]}, 'blocks': {'block': ...}; everything else is shared. Both
+'blocks_0'..'blocks_{L-1}' (DiT), 'in_blocks_0'..'in_blocks_{k-1}' and 'out_blocks_0'.. (U-ViT). Scanned
+(scan_blocks=True): 'down': {'block': tree with every leaf stacked [L, ...]} and 'up': {'block': ... [L + 1, ...]},
+'blocks': {'block': ...}, 'in_blocks' / 'out_blocks': {'block': ... [k, ...]}; everything else is shared. Both
 compute the same function.
 
 The converters walk any container (dicts, lists, tuples, namedtuples such as optax states,
@@ -22,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
-STACKED = ("down", "up", "blocks")  # the scanned kinds: KIND: {'block': ...} <-> KIND_0, KIND_1, ..
-_UNROLLED = re.compile(r"^(down|up|blocks)_(\d+)$")
+STACKED = ("down", "up", "blocks", "in_blocks", "out_blocks")  # the scanned kinds: KIND: {'block': ...} <-> KIND_0, ..
+_UNROLLED = re.compile(r"^(down|up|blocks|in_blocks|out_blocks)_(\d+)$")
 
 
 def _walk(tree: PyTree, fn: Callable[[dict], dict]) -> PyTree:
@@ -80,17 +81,17 @@ def _unstack_dict(d: dict) -> dict:
 
 
 def stack_blocks(params: PyTree) -> PyTree:
-    """Unrolled -> scanned layout: down_i / up_i / blocks_i trees become 'down'/'up'/'blocks': {'block': [L, ...]}."""
+    """Unrolled -> scanned layout: KIND_i trees (KIND in STACKED) become KIND: {'block': [L, ...]}, stacked."""
     return _walk(params, _stack_dict)
 
 
 def unstack_blocks(params: PyTree) -> PyTree:
-    """Scanned -> unrolled layout: 'down'/'up'/'blocks': {'block': [L, ...]} become down_0.. / up_0.. / blocks_0.. trees."""
+    """Scanned -> unrolled layout: KIND: {'block': [L, ...]} (KIND in STACKED) become KIND_0.. KIND_{L-1} trees."""
     return _walk(params, _unstack_dict)
 
 
 def is_scanned(params: PyTree) -> bool | None:
-    """True if `params` holds scanned blocks, False if unrolled ones, None if no VDMUNet or DiT blocks."""
+    """True if `params` holds scanned blocks, False if unrolled ones, None if no VDMUNet, DiT or U-ViT blocks."""
     seen = set()
 
     def look(d: dict) -> dict:
