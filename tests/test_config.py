@@ -129,7 +129,7 @@ def test_cifar10_has_the_vdm_paper_settings():
         ("model.parameterization", "epsilon", "'eps', 'x0', 'score', 'v'"),
         ("model.schedule", "sigmoid", "'linear_logsnr', 'cosine', 'ddpm_linear', 'ot', 'learned'"),
         ("loss.weighting", "l2", "'elbo'"),
-        ("model.name", "resnet", "'vdm_unet', 'adm_unet', 'dit', 'mlp'"),
+        ("model.name", "resnet", "'vdm_unet', 'adm_unet', 'dit', 'uvit', 'mlp'"),
         ("data.dataset", "imagenet", "'fashion_mnist'"),
         ("training.dtype", "float16", "'float32', 'bfloat16'"),
         ("training.nan_policy", "ignore", "'stop', 'skip'"),

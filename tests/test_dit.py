@@ -229,5 +229,8 @@ def test_model_name_switches_the_backbone_and_a_bad_one_is_one_line_listing_dit(
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    assert "config.model.name='resnet' is not valid; choose one of 'vdm_unet', 'adm_unet', 'dit', 'mlp'" in lines[0]
+    assert (
+        "config.model.name='resnet' is not valid; choose one of 'vdm_unet', 'adm_unet', 'dit', 'uvit', 'mlp'"
+        in lines[0]
+    )
     assert not os.listdir(tmp_path)

@@ -17,7 +17,13 @@ from vdm.models.classifier import NoisyClassifier
 from vdm.models.schedule import LearnedSchedule
 
 NUM_CLASSES = 3
-SHAPES = {"vdm_unet": (2, 8, 8, 3), "adm_unet": (2, 16, 16, 3), "dit": (2, 8, 8, 3), "mlp": (4, 2)}
+SHAPES = {
+    "vdm_unet": (2, 8, 8, 3),
+    "adm_unet": (2, 16, 16, 3),
+    "dit": (2, 8, 8, 3),
+    "uvit": (2, 8, 8, 3),
+    "mlp": (4, 2),
+}
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -220,9 +226,9 @@ def test_group_count_divides_channels():
 def test_get_model_rejects_unknown_name_and_missing_keys():
     with pytest.raises(ValueError) as err:
         get_model(model_config("resnet"))
-    for valid in ("vdm_unet", "adm_unet", "dit", "mlp"):
+    for valid in ("vdm_unet", "adm_unet", "dit", "uvit", "mlp"):
         assert valid in str(err.value)
-    assert set(MODEL_NAMES) == {"vdm_unet", "adm_unet", "dit", "mlp"}
+    assert set(MODEL_NAMES) == {"vdm_unet", "adm_unet", "dit", "uvit", "mlp"}
     cfg = model_config("adm_unet")
     del cfg["channel_mult"]
     with pytest.raises(ValueError, match="channel_mult"):
@@ -497,7 +503,8 @@ def test_loop_friendly_conv_has_lax_convolution_value_and_gradient(kernel, paddi
 
 
 @pytest.mark.parametrize(
-    "name,residual", [("vdm_unet", False), ("vdm_unet", True), ("adm_unet", False), ("dit", False), ("mlp", False)]
+    "name,residual",
+    [("vdm_unet", False), ("vdm_unet", True), ("adm_unet", False), ("dit", False), ("uvit", False), ("mlp", False)],
 )
 def test_variance_head_adds_c_channels_read_as_v_one_half_at_init(name, residual):
     """model.variance_head: twice the channels; fresh, the prediction is as without a head and v = 1/2."""

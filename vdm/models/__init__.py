@@ -3,7 +3,7 @@ autoencoder, Inception-v3; parameter-layout conversion (convert). Each module is
 
 Every denoiser is called as
     model.apply(variables, z, gamma, y=None, train=False, rngs={'dropout': key})
-with z [B, H, W, C] (UNets, DiT) or [B, D] (mlp), gamma [B] and y [B] int32 or None,
+with z [B, H, W, C] (UNets, DiT, U-ViT) or [B, D] (mlp), gamma [B] and y [B] int32 or None,
 and returns a raw prediction shaped like z; the caller reads it as
 config.model.parameterization. With config.model.variance_head (not 'none') the output has
 twice the channels: the prediction, then the reverse variance's raw interpolation weight
@@ -23,6 +23,7 @@ from vdm.models.mlp import MLPDenoiser
 from vdm.models.schedule import LearnedLinearSchedule, LearnedSchedule
 from vdm.models.unet_adm import ADMUNet
 from vdm.models.unet_vdm import VDMUNet
+from vdm.models.uvit import UViT
 
 _COMMON = (
     "width",
@@ -64,6 +65,8 @@ VDM_BOOLS = ("residual_output", "cond_proj_bias", "cond_proj_zero_init", "scan_b
 _VDM_KEYS = ("num_layers", "num_heads", "embedding_freqs", "norm_groups") + VDM_BOOLS
 # DiT's keys (configs/base.py): width is its hidden size, num_layers its depth; scan_blocks and remat as vdm_unet's.
 DIT_KEYS = ("num_layers", "num_heads", "patch_size", "mlp_ratio", "time_input", "scan_blocks", "remat")
+# uvit (U-ViT, Bao et al. 2023) reads the same keys: num_layers its total depth (odd: num_layers // 2 in blocks, a mid
+# block, num_layers // 2 out blocks), checked by vdm.models.uvit.validate_uvit.
 
 
 _BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
@@ -72,6 +75,7 @@ _BUILDERS: dict[str, Callable[[Any], nn.Module]] = {
         **_kwargs(c, _COMMON + ("channel_mult", "num_res_blocks", "attention_resolutions", "num_heads"))
     ),
     "dit": lambda c: DiT(**_kwargs(c, _COMMON + DIT_KEYS)),
+    "uvit": lambda c: UViT(**_kwargs(c, _COMMON + DIT_KEYS)),
     "mlp": lambda c: MLPDenoiser(**_kwargs(c, _COMMON + ("num_layers",))),
 }
 MODEL_NAMES = tuple(_BUILDERS)
@@ -97,7 +101,7 @@ def get_schedule_module(model_config: Any) -> nn.Module | None:
 
 
 def get_model(model_config: Any, dtype: Any = None) -> nn.Module:
-    """Build the denoiser named model_config.name ('vdm_unet', 'adm_unet', 'dit' or 'mlp'); dtype: its compute dtype.
+    """Build the denoiser named model_config.name (one of MODEL_NAMES); dtype: its compute dtype.
 
     dtype (e.g. jnp.bfloat16) sets the activations' and matmuls' dtype; parameters stay
     float32 and the output is float32. None: float32 throughout.
