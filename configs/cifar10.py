@@ -48,6 +48,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.cond_proj_zero_init = True  # that projection starts at zero (reference: kernel_init zeros)
     config.model.scan_blocks = True  # down/up blocks under nn.scan: compile time flat in depth (same function)
     config.model.schedule = "learned_linear"  # gamma = b + |w| t, b, w learned (reference: gamma_type learnable_scalar)
+    config.eval.t_sampling = "uniform"  # t ~ U(0, 1) per example, the reference's estimator (its loss at eval)
 
     config.optimizer.learning_rate = 2e-4  # peak learning rate (paper: 2e-4)
     config.optimizer.decay_mask = "non_bias"  # decay every param not named 'bias' (reference: path[-1] != "bias", norm scales and schedule w, b included)

@@ -38,7 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()  # the classifier and the noise levels it is trained on
     config.model.width = 64 if toy else 32  # channels / hidden units
     config.model.num_layers = 2  # ResNet blocks (images) or residual MLP blocks (flat data)
-    config.model.schedule = "linear_logsnr"  # must match the diffusion model's
+    config.model.schedule = "linear_logsnr" if toy else "cosine"  # must match the diffusion model's
     config.model.gamma_min = -10.0 if toy else -13.3  # as configs/toy2d.py / fashion_mnist.py
     config.model.gamma_max = 6.0 if toy else 5.0  # gamma(1): the diffusion model's too
 

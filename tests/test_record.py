@@ -291,9 +291,13 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
     old["latent"] = {"autoencoder_workdir": "", "scale": 0.0}  # a pixel run's unused latent section
     (tmp_path / "config.json").write_text(json.dumps(old))
     recorded = record.load_recorded(str(tmp_path))
-    # What the run used: the one difference is an inference default changed since (FID's reference subset, 0: the
-    # whole split, then), which eval and sample may change.
-    assert record.config_diff(recorded, config) == {"fid.reference_examples": (0, config.fid.reference_examples)}
+    # What the run used: the differences are inference defaults changed since (FID's reference subset, 0: the
+    # whole split, then; the images' importance-sampled ELBO, uniform t then), which eval and sample may change.
+    changed = {"fid.reference_examples": (0, config.fid.reference_examples)}
+    if config.eval.t_sampling != "uniform":
+        changed["eval.t_sampling"] = ("uniform", config.eval.t_sampling)
+    assert record.config_diff(recorded, config) == changed
+    assert "eval" in record.INFERENCE_SECTIONS
     assert "fid" in record.INFERENCE_SECTIONS
     assert recorded.model.decoder == decoder
     assert recorded.loss.t_sampling == "antithetic" and "antithetic" not in recorded.loss
@@ -301,7 +305,7 @@ def test_a_run_recorded_before_a_key_existed_reads_as_what_it_ran(tmp_path, conf
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert record.config_diff(record.load_recorded(str(tmp_path)), config) == {
         "loss.t_sampling": ("uniform", "antithetic"),
-        "fid.reference_examples": (0, config.fid.reference_examples),
+        **changed,
     }
 
 
