@@ -28,33 +28,41 @@ between rows are meaningful on a shared machine):
 --size gpu is the paper's size (width 128, batch 128); --size cpu shrinks width and batch (32, 8)
 so it runs on 2 cores. Prints a table; writes experiments/results/benchmark.md (benchmark_gpu.md
 on a GPU) when all sections run, else benchmark[_gpu]_<sections>.md, so a partial run never
-overwrites the full table.
+overwrites the full table. The timing harness (the synthetic batch, the compiled full and bare steps,
+median timings, the per-process depth cells, the table) is experiments/bench_steps.py, shared with
+experiments/dit_benchmark.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments import bench_reference
+from experiments.bench_steps import (
+    ROOT,
+    bare_inputs,
+    bare_step,
+    child_depth_rows,
+    compiled_step,
+    full_step,
+    load_config,
+    median_seconds,
+    setup,
+    write_table,
+)
 from vdm.data import pipeline
 from vdm.infra import parallel
-from vdm.tasks import diffusion_model as dm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}  # dense, SXM datasheets
 PEAK_TF32 = {"H100": 494e12, "H200": 494e12, "A100": 156e12, "B200": 1100e12}  # float32 matmuls run as TF32
 REFERENCE_IMAGES_PER_S = 886.0  # google-research/vdm's model code, paper size, float32, one H200
@@ -62,14 +70,6 @@ SIZES = {"gpu": {"width": 128, "batch": 128}, "cpu": {"width": 32, "batch": 8}}
 ALL_SECTIONS = ("default", "depth", "paper", "pipeline", "fid")
 REFERENCE_SECTIONS = ("reference",)  # only when asked for: it needs --reference_dir
 REFERENCE_LAYERS = {128: 32, 32: 8}  # num_layers of the reference comparison by width
-
-
-def load_config(name: str, arg: str = ""):
-    """configs/<name>.py get_config(arg)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def paper_config(size: dict, *, num_layers: int = 32, scan: bool = True, dtype: str = "float32"):
@@ -81,96 +81,6 @@ def paper_config(size: dict, *, num_layers: int = 32, scan: bool = True, dtype: 
     c.training.batch_size = size["batch"]
     c.training.dtype = dtype
     return c
-
-
-def median_seconds(fns, states, batches, *, repeats: int, iters: int) -> list[float]:
-    """Median seconds per call of each fn(state, batch) -> (state, out), timed in alternation after one warm call."""
-    states = list(states)
-    for i, fn in enumerate(fns):
-        states[i], out = fn(states[i], batches[i])
-        jax.block_until_ready(out)
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                states[i], out = fn(states[i], batches[i])
-            jax.block_until_ready(out)
-            times[i].append((time.perf_counter() - t0) / iters)
-    return [statistics.median(t) for t in times]
-
-
-def setup(config, shape, num_classes=10):
-    """(model, mesh, state, sharded synthetic batch [1, B, *shape]) for `config` on data of `shape`."""
-    info = pipeline.DatasetInfo(
-        "synthetic", tuple(shape), 50_000, 10_000, num_classes, True, encoding=config.data.encoding
-    )
-    trainer, mesh = dm.build(config, info), parallel.make_mesh()
-    state = parallel.replicate(parallel.to_host(trainer.init_state(jax.random.PRNGKey(0))), mesh)
-    rng = np.random.default_rng(0)
-    b = config.training.batch_size
-    x = (rng.integers(0, 256, (1, b, *shape)) / 127.5 - 1).astype(np.float32)
-    batch = parallel.shard_batch(
-        {
-            "x": x,
-            "label": rng.integers(0, num_classes, (1, b)).astype(np.int32),
-            "index": np.arange(b, dtype=np.int32)[None],
-        },
-        mesh,
-        leading_axes=1,
-    )
-    return trainer, mesh, state, batch
-
-
-def full_step(trainer, mesh):
-    """The diffusion model's jitted, sharded, donating train step (what the loop runs)."""
-    return parallel.data_parallel(lambda s, b: dm.train_step(trainer, s, b), mesh)
-
-
-def compiled_step(config, shape=(32, 32, 3)) -> tuple:
-    """(compiled step, state, batch, compile seconds, FLOPs per step) of the full train step of `config`."""
-    trainer, mesh, state, batch = setup(config, shape)
-    t0 = time.perf_counter()
-    compiled = full_step(trainer, mesh).lower(state, batch).compile()
-    seconds = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return compiled, state, batch, seconds, float((cost or {}).get("flops", float("nan")))
-
-
-def bare_step(trainer):
-    """Network forward + backward + optimizer update only: mean ||net(z, gamma) - eps||^2, same optimizer."""
-
-    def step(carry, batch):
-        params, opt_state = carry
-        x, eps, gamma = batch["x"][0], batch["eps"], batch["gamma"]
-
-        def loss(p):
-            z = (
-                jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None, None] * x
-                + jnp.sqrt(jax.nn.sigmoid(gamma))[:, None, None, None] * eps
-            )
-            pred = trainer.apply_network(
-                p["model"], z, gamma, batch["label"][0], train=True, dropout_key=jax.random.PRNGKey(0)
-            )
-            return jnp.mean(jnp.square(pred - eps))
-
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = trainer.optimizer.tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    return jax.jit(step, donate_argnums=0)
-
-
-def bare_inputs(batch, config):
-    """The bare step's batch: x, labels, and fixed eps [B, ...] and gamma [B]."""
-    x = batch["x"]
-    return {
-        "x": x,
-        "label": batch["label"],
-        "eps": jax.random.normal(jax.random.PRNGKey(1), x.shape[1:]),
-        "gamma": jnp.linspace(config.model.gamma_min, config.model.gamma_max, config.training.batch_size),
-    }
 
 
 # ----------------------------------------------------------------------------- sections
@@ -186,31 +96,6 @@ def depth_cell(size: dict, num_layers: int, scan: bool, repeats: int, iters: int
 def depth_rows(size: dict, repeats: int, iters: int) -> list[tuple[str, str]]:
     """One row per (layers, layout): compile seconds and ms/step, each cell in its own process."""
     return child_depth_rows(os.path.abspath(__file__), "depth", "", size, (2, 8, 32), repeats, iters, timeout=1800)
-
-
-def child_depth_rows(
-    script: str, name: str, extra: str, size: dict, depths, repeats: int, iters: int, *, timeout: int
-) -> list[tuple[str, str]]:
-    """Rows of `script --child [size, layers, scan, repeats, iters]` (a fresh process per cell, nothing cached)."""
-    rows = []
-    for num_layers in depths:
-        for scan in (False, True):
-            arg = json.dumps([size, num_layers, scan, repeats, iters])
-            proc = subprocess.run(
-                [sys.executable, script, "--child", arg], capture_output=True, text=True, timeout=timeout
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"{name} cell {num_layers} {scan} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(
-                (
-                    f"{name}: w{size['width']} L{num_layers}{extra} batch {size['batch']} 32x32x3, "
-                    f"{'nn.scan' if scan else 'unrolled'} blocks",
-                    f"compile {r['compile_s']:.1f} s, {r['step_s'] * 1e3:.1f} ms/step "
-                    f"({size['batch'] / r['step_s']:.1f} images/s)",
-                )
-            )
-    return rows
 
 
 def paper_rows(size: dict, repeats: int, iters: int) -> tuple[list[tuple[str, str]], float]:
@@ -387,22 +272,6 @@ def run(
             rows += bench_reference.reference_rows(ref_size, reference_dir, repeats, iters)
         report(rows)
     return rows
-
-
-def write_table(rows: list[tuple[str, str]], header: str, path: str, script: str = "experiments/benchmark.py") -> None:
-    """Print the rows and write them as a markdown table to `path`, measured by `python SCRIPT <this run's flags>`."""
-    if not rows:
-        return
-    width = max(len(r[0]) for r in rows)
-    print(header)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("# Speed\n\n" + header + "\n\n| measurement | result |\n|---|---|\n")
-        f.writelines(f"| {name} | {value} |\n" for name, value in rows)
-        f.write(f"\nMeasured by `python {script} " + " ".join(sys.argv[1:]) + "`.\n")
-    print(f"wrote {os.path.relpath(path, ROOT)}")
 
 
 def main() -> None:

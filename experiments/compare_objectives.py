@@ -76,7 +76,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.compare import grid, report, runner
+from experiments.compare import cell_rows, grid, report, runner
 
 
 def _options(F: flags.FlagValues, passed_overrides: list[str]) -> tuple[list[grid.Cell], runner.Options]:
@@ -187,7 +187,7 @@ def _write_report(
 
 def _report_only(F: flags.FlagValues, cells: list[grid.Cell], opts: runner.Options, result_dir: str) -> int:
     """--report_only: rebuild the report from the cell folders whose training finished."""
-    rows = runner.report_rows(cells, opts, result_dir)
+    rows = cell_rows.report_rows(cells, opts, result_dir)
     if not rows:
         raise FileNotFoundError(f"--report_only: no finished training under {result_dir}/cells for these cells.")
     _write_report(

@@ -24,9 +24,9 @@ import time
 
 import jax
 
-from experiments import benchmark
+from experiments import bench_steps
 
-ROOT = benchmark.ROOT
+ROOT = bench_steps.ROOT
 SIZES = {"gpu": {"width": 384, "heads": 6, "batch": 128}, "cpu": {"width": 64, "heads": 4, "batch": 8}}
 DEPTHS = (2, 8, 28)  # blocks: DiT-S/B's 12 lies between; 28 is DiT-XL's depth
 ALL_SECTIONS = ("dit_depth", "fashion_mnist")
@@ -34,7 +34,7 @@ ALL_SECTIONS = ("dit_depth", "fashion_mnist")
 
 def dit_config(size: dict, num_layers: int, scan: bool):
     """configs/cifar10.py:dit at `size` (width, heads, batch) with num_layers blocks, scanned or unrolled."""
-    c = benchmark.load_config("cifar10", "dit")
+    c = bench_steps.load_config("cifar10", "dit")
     c.model.update(width=size["width"], num_heads=size["heads"], num_layers=num_layers, scan_blocks=scan)
     c.training.batch_size = size["batch"]
     return c
@@ -42,23 +42,23 @@ def dit_config(size: dict, num_layers: int, scan: bool):
 
 def depth_cell(size: dict, num_layers: int, scan: bool, repeats: int, iters: int) -> dict:
     """Compile seconds and step seconds of DiT with num_layers blocks (run in a fresh process)."""
-    compiled, state, batch, seconds, _ = benchmark.compiled_step(dit_config(size, num_layers, scan))
-    (step,) = benchmark.median_seconds([compiled], [state], [batch], repeats=repeats, iters=iters)
+    compiled, state, batch, seconds, _ = bench_steps.compiled_step(dit_config(size, num_layers, scan))
+    (step,) = bench_steps.median_seconds([compiled], [state], [batch], repeats=repeats, iters=iters)
     return {"compile_s": seconds, "step_s": step}
 
 
 def depth_rows(size: dict, repeats: int, iters: int) -> list[tuple[str, str]]:
     """One row per (blocks, layout): compile seconds and ms/step, each cell in its own process."""
     script = os.path.abspath(__file__)
-    return benchmark.child_depth_rows(script, "dit_depth", " p2", size, DEPTHS, repeats, iters, timeout=3600)
+    return bench_steps.child_depth_rows(script, "dit_depth", " p2", size, DEPTHS, repeats, iters, timeout=3600)
 
 
 def fashion_mnist_rows(repeats: int, iters: int) -> list[tuple[str, str]]:
     """The default config's train step (the ADM UNet) and :dit's, timed in alternation on 28x28x1, batch 32."""
     steps, states, batches, rows = [], [], [], []
     for arg in ("", "dit"):
-        c = benchmark.load_config("fashion_mnist", arg)
-        compiled, state, batch, seconds, _ = benchmark.compiled_step(c, shape=(28, 28, 1))
+        c = bench_steps.load_config("fashion_mnist", arg)
+        compiled, state, batch, seconds, _ = bench_steps.compiled_step(c, shape=(28, 28, 1))
         steps.append(compiled)
         states.append(state)
         batches.append(batch)
@@ -68,7 +68,7 @@ def fashion_mnist_rows(repeats: int, iters: int) -> list[tuple[str, str]]:
         rows.append(
             (f"fashion_mnist{':' + arg if arg else ''} ({net}, batch {c.training.batch_size})", seconds, params)
         )
-    times = benchmark.median_seconds(steps, states, batches, repeats=repeats, iters=iters)
+    times = bench_steps.median_seconds(steps, states, batches, repeats=repeats, iters=iters)
     return [
         (f"{name} train step", f"{sec * 1e3:.1f} ms/step, compile {compile_s:.1f} s, {params / 1e6:.2f} M parameters")
         for (name, compile_s, params), sec in zip(rows, times)
@@ -107,7 +107,7 @@ def main() -> None:
             f"{os.cpu_count()} CPUs, {platform.machine()}; median of {args.repeats} x {args.iters} steps; "
             f"{time.strftime('%Y-%m-%d')}; load average {os.getloadavg()[0]:.1f}"
         )
-        benchmark.write_table(rows, header, path, script="experiments/dit_benchmark.py")
+        bench_steps.write_table(rows, header, path, script="experiments/dit_benchmark.py")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from experiments.compare import grid, report, runner
+from experiments.compare import figures, grid, report, runner
 from vdm.infra.metrics import read_metrics
 
 
@@ -151,7 +151,7 @@ def test_report_tables_and_heatmap_average_seeds(tmp_path):
         }
     )
     rows[0].update(fid=12.345, kid=0.0042, kid_se=0.0003)  # Inception FID / KID of an image cell
-    params, weights, m = report.heatmap_matrix(rows, "bpd")
+    params, weights, m = figures.heatmap_matrix(rows, "bpd")
     assert params == ["eps", "v"] and weights == ["elbo", "snr"]
     assert m[0, 0] == 3.5 and m[1, 1] == 2.5 and math.isnan(m[0, 1]) and math.isnan(m[1, 0])  # failed cell: NaN
     path = str(tmp_path / "r.csv")
@@ -622,7 +622,7 @@ def test_report_tolerates_histogram_rows_and_orders_variance_tables(tmp_path):
     assert report.eval_steps_of(["bpd_T5", "bpd_T5_se", "bpd_T5_small", "bpd_T5_small_se"]) == [5]
     rows = _rows([("eps", "elbo", 0, 3.0, 1.0), ("eps", "elbo", 0, 9.0, 1.0)])
     rows[1]["variant"] = "adaptive"  # not averaged into the eps-elbo square
-    assert report.heatmap_matrix(rows, "bpd")[2][0, 0] == 3.0
+    assert figures.heatmap_matrix(rows, "bpd")[2][0, 0] == 3.0
 
 
 @pytest.mark.slow  # two more cells through the CLI (~30 s); the commands and configs are checked above

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from vdm.core.objectives import variance_minimizing_grads
+from vdm.core.schedule_gradient import variance_minimizing_grads
 from vdm.models import MODEL_NAMES, get_model, layers
 from vdm.models.classifier import NoisyClassifier
 from vdm.models.schedule import LearnedSchedule

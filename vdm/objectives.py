@@ -17,9 +17,8 @@ from vdm.core.objectives import (  # noqa: F401
     neg_elbo_terms_at,
     sample_t,
     schedule_values,
-    variance_minimizing_grads,
-    variance_minimizing_value_and_grad,
 )
+from vdm.core.schedule_gradient import variance_minimizing_grads, variance_minimizing_value_and_grad  # noqa: F401
 from vdm.core.weightings import (  # noqa: F401
     WEIGHTINGS,
     get_weighting,

@@ -56,6 +56,7 @@ from IPython.display import Markdown, display
 
 REPO = pathlib.Path.cwd().resolve().parents[1]      # the notebook runs in experiments/notebooks/
 from experiments.compare import report as compare_report   # experiments/compare/report.py
+from experiments.compare import figures as compare_figures # experiments/compare/figures.py
 
 TINY = os.environ.get("VDM_NB_TINY", "0") == "1"
 plt.rcParams["figure.dpi"] = 60                     # keeps the stored notebook small
@@ -102,9 +103,9 @@ cell's standard error suggests; short runs still differ by little, so read small
         r"""
 base = max({r["schedule"] for r in ok}, key=lambda s: sum(r["schedule"] == s for r in ok))   # the grid's schedule
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-compare_report.plot_heatmap(rows, "bpd", base, ax=axes[0])
+compare_figures.plot_heatmap(rows, "bpd", base, ax=axes[0])
 if any(r["fd"] is not None for r in ok):
-    compare_report.plot_heatmap(rows, "fd", base, ax=axes[1])
+    compare_figures.plot_heatmap(rows, "fd", base, ax=axes[1])
 else:
     axes[1].axis("off")
 plt.tight_layout()
@@ -125,7 +126,7 @@ With few steps the bound is much looser (VDM, Kingma et al. 2021, sec. 4.1).
         "code",
         r"""
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-compare_report.plot_curves(curves, ax=axes[0])
+compare_figures.plot_curves(curves, ax=axes[0])
 for r in ok:
     ts = [t for t in eval_steps if r.get(f"bpd_T{t}") is not None]
     line, = axes[1].semilogx(ts, [r[f"bpd_T{t}"] for t in ts], marker="o", label=r["cell"])
@@ -141,7 +142,7 @@ plt.show()
 schedules_run = {r["schedule"] for r in ok}
 if len(schedules_run) > 1:
     pairs = {(r["parameterization"], r["weighting"]) for r in ok if r["schedule"] != base}
-    compare_report.plot_schedules([r for r in ok if (r["parameterization"], r["weighting"]) in pairs])
+    compare_figures.plot_schedules([r for r in ok if (r["parameterization"], r["weighting"]) in pairs])
     plt.title("schedule grid")
     plt.tight_layout()
     plt.show()
@@ -158,7 +159,7 @@ else:
     (
         "code",
         r"""
-fig = compare_report.sample_montage(str(RESULTS_DIR), ok, panel_inches=1.5)
+fig = compare_figures.sample_montage(str(RESULTS_DIR), ok, panel_inches=1.5)
 if fig is not None:
     plt.show()
 """,

@@ -8,7 +8,7 @@ objective needs from the model: the network conditioned on gamma(t), the schedul
 learned), the decoder, the per-example noise (`objectives.example_noise` of the step key and the
 example's global index, so the loss is a pure function of the batch and runs outside shard_map),
 and classifier-free label dropout. The gradient is jax.value_and_grad of the batch mean; a
-schedule learned the VDM way ('learned') takes objectives.variance_minimizing_value_and_grad.
+schedule learned the VDM way ('learned') takes schedule_gradient.variance_minimizing_value_and_grad.
 Two objectives keep more than the params: improved DDPM's hybrid loss trains a variance head
 (config.model.variance_head, read by parameterization.split_variance) in discrete time, and
 VDM++'s adaptive noise schedule keeps its histogram in TrainState.stats ('t_histogram',
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vdm.config import validation
-from vdm.core import objectives, t_sampling
+from vdm.core import objectives, schedule_gradient, t_sampling
 from vdm.core.gaussian import expand_to
 from vdm.core.parameterization import scale_input, split_variance
 from vdm.core.schedules import Schedule, get_schedule
@@ -296,7 +296,7 @@ class DiffusionModel:
             return jax.value_and_grad(mean_loss, has_aux=True)(params)
         noise = self.noise(batch, key, train=True)
         terms_at = lambda mp, gammas: self.terms_at(mp, gammas, batch, noise, train=True, dropout_key=dropout_key)
-        return objectives.variance_minimizing_value_and_grad(
+        return schedule_gradient.variance_minimizing_value_and_grad(
             terms_at, params["model"], self.schedule_apply, params["schedule"], noise["t"]
         )
 
