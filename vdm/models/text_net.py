@@ -48,7 +48,7 @@ class TextConditionedNet(nn.Module):
     """denoiser(z, gamma, y, train, context=sequence, context_mask=mask, pooled=pooled) of the caption `text`."""
 
     denoiser: nn.Module  # an adm_unet or dit with text_conditioning=True
-    encoder: nn.Module | None = None  # the ScratchTextEncoder trained jointly; None: `text` holds cached embeddings
+    text_encoder: nn.Module | None = None  # the ScratchTextEncoder trained jointly; None: `text` holds cached embeddings
 
     @nn.compact
     def __call__(
@@ -57,8 +57,8 @@ class TextConditionedNet(nn.Module):
         """z [B, ...], gamma [B], y [B] or None, text (module docstring) -> the denoiser's prediction."""
         if text is None:
             raise ValueError("a text-conditioned network needs `text` (its captions: {'ids', 'mask'} or embeddings)")
-        if self.encoder is not None:
-            sequence, mask, pooled = self.encoder(jnp.asarray(text["ids"]), jnp.asarray(text["mask"], bool))
+        if self.text_encoder is not None:
+            sequence, mask, pooled = self.text_encoder(jnp.asarray(text["ids"]), jnp.asarray(text["mask"], bool))
         else:
             sequence, mask, pooled = text["sequence"], jnp.asarray(text["mask"], bool), text["pooled"]
         return self.denoiser(z, gamma, y, train, context=sequence, context_mask=mask, pooled=pooled)
