@@ -48,7 +48,9 @@ class TextConditionedNet(nn.Module):
     """denoiser(z, gamma, y, train, context=sequence, context_mask=mask, pooled=pooled) of the caption `text`."""
 
     denoiser: nn.Module  # an adm_unet or dit with text_conditioning=True
-    text_encoder: nn.Module | None = None  # the ScratchTextEncoder trained jointly; None: `text` holds cached embeddings
+    text_encoder: nn.Module | None = (
+        None  # the ScratchTextEncoder trained jointly; None: `text` holds cached embeddings
+    )
 
     @nn.compact
     def __call__(

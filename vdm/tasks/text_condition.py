@@ -2,7 +2,7 @@
 and prompts for sampling, with one-line errors for bad ones.
 
 `TextConditioning.build` reads the data set's captions (`pipeline.load_captions`) of both splits once. Encoder
-'scratch' (GLIDE): the word vocabulary of the train captions and every caption's word ids, padded to
+'scratch' (GLIDE): the word vocabulary of the captions (both splits) and every caption's word ids, padded to
 config.text.max_length; the encoder runs inside the network, its params trained with the denoiser's. Encoder 't5'
 (Imagen): the frozen T5 of config.text.t5_folder, whose embeddings of the distinct captions are computed once and
 cached beside the data (`vdm.text.caption_embeddings`), so that training and evaluation only index them; prompts
@@ -38,7 +38,7 @@ class TextConditioning:
     encoder: str  # config.text.encoder: 'scratch' or 't5'
     max_length: int  # config.text.max_length: the longest prompt, in tokens (words for 'scratch')
     tables: dict  # split -> {'ids', 'mask'} [N, L] ('scratch') or {'sequence', 'mask', 'pooled', 'rows'} ('t5')
-    vocab: WordVocabulary | None  # 'scratch': the train captions' words
+    vocab: WordVocabulary | None  # 'scratch': the captions' words
     frozen: TextEncoder | None  # 't5': the encoder, for prompts
     test_captions: tuple[str, ...]
 
@@ -53,7 +53,8 @@ class TextConditioning:
                 raise ConfigError(
                     f"config.text.max_length={t.max_length} is shorter than the longest caption ({longest} words)."
                 )
-            vocab = WordVocabulary.from_captions(captions["train"])  # the test split recombines the same words
+            # both splits' words: the test split recombines the train words, but a tiny train split may miss one
+            vocab = WordVocabulary.from_captions(captions["train"] + captions["test"])
             tables = {}
             for split in SPLITS:
                 ids, mask = vocab.tokenize(captions[split], length=t.max_length)
