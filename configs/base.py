@@ -96,6 +96,7 @@ def get_config(kind: str = "image") -> ml_collections.ConfigDict:
     config.eval.max_examples = 0  # evaluate only the first N test examples, both methods (0: the whole split)
 
     config.sampling = _sampling()
+    config.text = _text()
 
     config.fid = ml_collections.ConfigDict()  # Inception FID/KID of the samples --mode=sample draws (docs/fid.md)
     config.fid.samples = 0  # score this many samples (0: none; images only)
@@ -138,6 +139,8 @@ def _model(kind: str) -> ml_collections.ConfigDict:
         model.channel_mult = (1, 2, 4)  # adm_unet: width multiplier of each resolution (28 -> 14 -> 7 here)
         model.num_res_blocks = 1  # adm_unet: ResNet blocks per resolution on the way down (up: one more)
         model.attention_resolutions = (7,)  # adm_unet: self-attention after the blocks at these sizes (and the middle)
+        model.cross_attention_resolutions = config_dict.placeholder(tuple)  # adm_unet with text (config.text): cross-
+        #   attention to the caption's tokens at these sizes (and the middle, if the lowest); None: attention_resolutions
     model.dropout = 0.0  # dropout inside the blocks (none: far from overfitting in this budget)
     model.fourier_features = True  # sin/cos(2^n 2pi z) inputs resolve the 8-bit grid (VDM)
     model.fourier_min = 6  # lowest Fourier exponent n
@@ -187,6 +190,20 @@ def latent_section() -> ml_collections.ConfigDict:
     return lat
 
 
+def _text() -> ml_collections.ConfigDict:
+    """config.text: conditioning on the data set's captions (text to image, docs/text.md); encoder 'none': off."""
+    text = ml_collections.ConfigDict()
+    text.encoder = "none"  # 'none' (no text), 'scratch' (a word-level transformer trained with the denoiser, GLIDE),
+    #   't5' (a frozen T5 of text.t5_folder, Imagen; its caption embeddings computed once and cached beside the data)
+    text.t5_folder = ""  # 't5': a HuggingFace T5 checkpoint folder (config.json, model.safetensors, tokenizer.json)
+    text.max_length = 32  # the longest caption or prompt, in tokens (words for 'scratch'); longer prompts are refused
+    text.width = 64  # 'scratch': the encoder's width
+    text.depth = 2  # 'scratch': its transformer blocks
+    text.num_heads = 4  # 'scratch': its attention heads (they divide the width)
+    text.caption_dropout = 0.1  # P(caption -> the null condition, no tokens) in training: classifier-free guidance
+    return text
+
+
 def _sampling() -> ml_collections.ConfigDict:
     """config.sampling: the sampler, its steps and batch; each option below is None: the method's default."""
     s = ml_collections.ConfigDict()
@@ -194,7 +211,9 @@ def _sampling() -> ml_collections.ConfigDict:
     s.num_steps = 100  # sampler steps
     s.num_samples = 36  # images per grid / .npz
     s.batch_size = 100  # samples per sampler call (bounds memory: ~5 MB a sample for the 28x28 UNet); 0: all at once
-    s.guidance_weight = 0.0  # classifier-free guidance w (conditional models)
+    s.guidance_weight = 0.0  # classifier-free guidance w (conditional models: classes or captions)
+    s.prompt = config_dict.placeholder(str)  # text models: the prompt of every sample (None: test captions)
+    s.prompts_file = config_dict.placeholder(str)  # text models: a file of prompts, one per line, one per grid row
     s.class_label = -1  # class to sample; -1: cycle through the classes
     s.decode = "mean"  # latent models: a sample's image is the decoder's mean, or 'argmax' its most likely 8-bit value
     unset = config_dict.placeholder  # a typed None: the method's default unless a config or flag sets it

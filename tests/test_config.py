@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from vdm.config import validation
+from vdm.config import classifier_checks, validation
 
 VARIANTS = [
     ("fashion_mnist", ""),
@@ -31,6 +31,9 @@ VARIANTS = [
     ("toy2d", "grid"),
     ("toy2d", "gaussian"),
     ("toy2d", "small"),
+    ("shapes", ""),
+    ("shapes", "small"),
+    ("shapes", "t5"),
 ]
 REQUIRED = [
     "data.dataset",
@@ -84,10 +87,10 @@ def test_fashion_mnist_variants_compose_and_unknown_ones_are_named():
 
 @pytest.mark.parametrize("arg", ["", "toy2d"])
 def test_noisy_classifier_configs_validate(arg):
-    validation.validate_classifier(load_config("noisy_classifier", arg), device_count=1)
+    classifier_checks.validate_classifier(load_config("noisy_classifier", arg), device_count=1)
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "toy2d", "noisy_classifier"])
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10", "toy2d", "noisy_classifier", "shapes"])
 def test_config_files_document_every_key_and_the_command_that_runs_them(name):
     path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
     source = open(path).read()
@@ -274,7 +277,7 @@ def test_a_config_missing_a_key_is_named_not_a_traceback():
     old_classifier = load_config("noisy_classifier").to_dict()
     del old_classifier["optimizer"]  # the msgpack-era classifier config.json had none
     with pytest.raises(validation.ConfigError, match="no key 'optimizer'"):
-        validation.validate_classifier(ml_collections.ConfigDict(old_classifier))
+        classifier_checks.validate_classifier(ml_collections.ConfigDict(old_classifier))
 
 
 # ----------------------------------------------------------------------------- the base config and sampler options

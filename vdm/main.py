@@ -198,9 +198,11 @@ def report(mode: str, config, result, prefix: str) -> None:
     if prefix and not prefix.startswith("[process 0/"):  # the summary once
         return
     if mode == "train" and isinstance(result, dict):
+        from vdm.config.text_checks import conditioning_note
         from vdm.tasks import registry
 
-        print(registry.entry(config).summary(result, _WORKDIR.value), file=sys.stderr)
+        first, *rest = registry.entry(config).summary(result, _WORKDIR.value).split("\n")
+        print("\n".join([first + conditioning_note(config), *rest]), file=sys.stderr)
     elif mode == "eval" and isinstance(result, dict):
         from vdm.cli import modes
 

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from vdm.config import cli_errors, record, validation
+from vdm.config.text_checks import conditioning_note
 from vdm.data import pipeline
 from vdm.infra import parallel
 from vdm.infra.checkpoint import Checkpointer
@@ -159,7 +160,7 @@ def eval_summary(config: ml_collections.ConfigDict, result: dict) -> str:
     )
     return (
         f"checkpoint step {result.get('step', '?')}: test {figure} {_num(bpd)} +- {_num(se)} bits/dim "
-        f"({method}; EMA params) over {over}"
+        f"({method}; EMA params) over {over}{conditioning_note(config)}"
     )
 
 
@@ -226,6 +227,9 @@ def sample_name(config: ml_collections.ConfigDict, step: int) -> str:
     if g.classifier_workdir:
         name += f"_cls{g.classifier_scale:g}_y{g.classifier_label}"
     drawn = {**json.loads(s.to_json()), "num_samples": num_drawn(resolved)}
+    for key in ("prompt", "prompts_file"):  # text models' keys: an unset one leaves the other runs' names as they were
+        if drawn.get(key) is None:
+            drawn.pop(key, None)
     options = json.dumps({"sampling": drawn, "guidance": json.loads(g.to_json())}, sort_keys=True)
     return f"{name}_{hashlib.sha256(options.encode()).hexdigest()[:8]}"
 
@@ -236,7 +240,8 @@ def _draw(config: ml_collections.ConfigDict, task: Any, state: TrainState, step:
     s = config.sampling
     num = num_drawn(config)
     guidance = _classifier_guidance(config, num)
-    chunk = sample_chunk_size(num, s.batch_size, guidance.num_classes if guidance else config.model.num_classes)
+    cycle = guidance.num_classes if guidance else getattr(task, "sample_cycle", config.model.num_classes)
+    chunk = sample_chunk_size(num, s.batch_size, cycle)
     sampler = task.sampler(
         chunk, classifier=(guidance.log_prob_fn, guidance.labels[:chunk], guidance.scale) if guidance else None
     )

@@ -23,7 +23,7 @@ from vdm.data.tfds_sets import IMAGE_DATASETS
 # bookkeeping: how long to run, how often to evaluate/log/save (num_steps also sets the cosine
 # learning-rate horizon from then on). Every other key defines the model or the objective.
 INFERENCE_SECTIONS = ("eval", "sampling", "fid", "guidance")
-MACHINE_KEYS = ("data.data_dir",)
+MACHINE_KEYS = ("data.data_dir", "text.t5_folder")
 RESUMABLE_KEYS = (
     MACHINE_KEYS
     + tuple(
@@ -132,6 +132,17 @@ ADDED_KEYS = {
     "model.patch_size": _image_model(2),
     "model.mlp_ratio": _image_model(4.0),
     "model.time_input": _image_model("gamma"),
+    # text conditioning (docs/text.md): off in every run recorded before it
+    "text.encoder": lambda c: "none",
+    "text.t5_folder": lambda c: "",
+    "text.max_length": lambda c: 32,
+    "text.width": lambda c: 64,
+    "text.depth": lambda c: 2,
+    "text.num_heads": lambda c: 4,
+    "text.caption_dropout": lambda c: 0.1,  # unused without text
+    "sampling.prompt": lambda c: None,
+    "sampling.prompts_file": lambda c: None,
+    "model.cross_attention_resolutions": _image_model(None),
     "latent.autoencoder": lambda c: {
         "latent_channels": 4,
         "downsample": 4,

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from vdm.core import discrete_time, gaussian, parameterization, schedules, weightings
+from vdm.data.shapes import NAME as SHAPES
 from vdm.data.tfds_sets import IMAGE_DATASETS
 from vdm.data.toy_sets import TOY_DATASETS
 from vdm.evaluation.split_eval import eval_batch_size
@@ -103,7 +104,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         f"config.model.schedule_shift={m.schedule_shift} shifts a fixed schedule: config.model.schedule must be one of "
         f"{tuple(schedules.SCHEDULES)} (got {m.schedule!r}), or schedule_shift 1.0.",
     )
-    _gamma_range(m)
+    gamma_range(m)
     check_float("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
     check_float("model.label_dropout", m.label_dropout, 0.0, 1.0, hi_open=True)
     check_int("model.num_classes", m.num_classes, 0)
@@ -115,7 +116,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         not m.learn_endpoints or m.schedule == "learned",
         "config.model.learn_endpoints=True needs config.model.schedule='learned'.",
     )
-    is_image = c.data.dataset in IMAGE_DATASETS
+    is_image = c.data.dataset in IMAGE_DATASETS + (SHAPES,)
     check(
         is_image != (m.name == "mlp"),
         f"config.model.name={m.name!r} does not fit config.data.dataset={c.data.dataset!r}: "
@@ -329,8 +330,9 @@ def _validate_sampling(c: ml_collections.ConfigDict) -> None:
         f"class) or a class in [0, {m.num_classes}).",
     )
     check(
-        s.guidance_weight == 0.0 or m.num_classes > 0,
-        "config.sampling.guidance_weight > 0 needs a class-conditional model (config.model.num_classes > 0).",
+        s.guidance_weight == 0.0 or m.num_classes > 0 or text_encoder(c) != "none",
+        "config.sampling.guidance_weight > 0 needs a conditional model (config.model.num_classes > 0 or "
+        "config.text.encoder 'scratch' or 't5').",
     )
 
 
@@ -367,7 +369,8 @@ def names_missing_keys(validator: Callable[..., None]) -> Callable[..., None]:
     return wrapped
 
 
-def _gamma_range(m: ml_collections.ConfigDict) -> None:
+def gamma_range(m: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError unless config.model.gamma_max > gamma_min."""
     check(
         m.gamma_max > m.gamma_min,
         f"config.model.gamma_max={m.gamma_max} must exceed config.model.gamma_min={m.gamma_min}.",
@@ -385,7 +388,7 @@ def divisible_by_devices(name: str, batch_size: int, device_count: int | None) -
 
 def validate_seed_and_data(c: ml_collections.ConfigDict) -> None:
     check_int("seed", c.seed, 0)
-    check_choice("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS)
+    check_choice("data.dataset", c.data.dataset, IMAGE_DATASETS + TOY_DATASETS + (SHAPES,))
     validate_data(c.data)
 
 
@@ -409,21 +412,6 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     _validate_sampling(c)
 
 
-@names_missing_keys
-def validate_classifier(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
-    """Raise ConfigError naming the first invalid or missing field of a noisy-classifier config (configs/noisy_classifier.py)."""
-    c = config
-    validate_seed_and_data(c)
-    check_int("model.width", c.model.width, 1)
-    check_int("model.num_layers", c.model.num_layers, 1)
-    check_choice("model.schedule", c.model.schedule, tuple(schedules.SCHEDULES))
-    _gamma_range(c.model)
-    validate_optimizer(c.optimizer)
-    validate_training(c.training, device_count)
-    check_int("eval.batch_size", c.eval.batch_size, 1)
-    divisible_by_devices("eval.batch_size", c.eval.batch_size, device_count)
-
-
 def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
     """Checks that need the data set: model kind vs data rank, number of classes."""
     m = config.model
@@ -436,7 +424,12 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
         from vdm.models.unet_adm import validate_adm  # here: flax is heavy, config checks are not
 
         try:
-            validate_adm(m.channel_mult, m.num_res_blocks, m.attention_resolutions, *info.shape[:2])
+            cross = (
+                (m.get("cross_attention_resolutions") or m.attention_resolutions)
+                if text_encoder(config) != "none"
+                else ()
+            )
+            validate_adm(m.channel_mult, m.num_res_blocks, m.attention_resolutions, *info.shape[:2], cross)
         except ValueError as e:
             raise ConfigError(f"config.model (adm_unet) does not fit {info.name!r}: {e}") from None
     if m.name == "dit" and config.get("task", "diffusion") == "diffusion":  # whole patches tile the image
@@ -457,6 +450,11 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
         f"config.model.num_classes={m.num_classes} must be 0 (unconditional) or the data set's "
         f"number of classes, {info.num_classes}.",
     )
+
+
+def text_encoder(config: ml_collections.ConfigDict) -> str:
+    """config.text.encoder: 'none' (no text conditioning; also a config without a text section), 'scratch' or 't5'."""
+    return config.text.encoder if "text" in config else "none"
 
 
 def eval_variance(config: ml_collections.ConfigDict) -> str:

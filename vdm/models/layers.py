@@ -319,6 +319,53 @@ class AttnBlock(nn.Module):
         return x + SelfAttention(self.num_heads, self.dtype, name="attn")(h)
 
 
+class CrossAttention(nn.Module):
+    """Residual attention of the H x W positions of x to a token sequence, keys masked (Imagen; Saharia et al. 2022):
+
+        x + W_o softmax(q k^T / sqrt(d_head) over the valid tokens) v,  q = W_q GN(x), k = W_k c, v = W_v c,
+
+    c [B, L, Dc] the text encoder's sequence, mask [B, L] bool (True: a token). W_o is zero-initialised, so a fresh
+    block is the identity; a padded token gets weight exactly 0 (its features cannot change the output), and a row
+    with no valid token (the empty prompt, classifier-free guidance's null) adds exactly 0.
+    """
+
+    num_heads: int = 1
+    dtype: Any = jnp.float32
+    norm_groups: int = 0  # GroupNorm groups; 0: adaptive (num_groups_for)
+
+    @nn.compact
+    def __call__(self, x: Array, context: Array, mask: Array | None = None) -> Array:
+        """x: [B, H, W, C], context: [B, L, Dc], mask: [B, L] bool or None (all valid) -> [B, H, W, C]."""
+        b, hgt, wid, c = x.shape
+        if self.num_heads < 1 or c % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be >= 1 and divide the channel count {c}")
+        if context.ndim != 3 or context.shape[0] != b:
+            raise ValueError(f"context must be [B={b}, L, Dc], got shape {context.shape}")
+        mask = jnp.ones(context.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
+        head = c // self.num_heads
+        dense = functools.partial(nn.DenseGeneral, features=(self.num_heads, head), dtype=self.dtype)
+        h = group_norm(c, "norm", self.dtype, self.norm_groups)(x).reshape(b, hgt * wid, c)
+        q = dense(name="query")(h) / jnp.sqrt(head).astype(self.dtype)  # [B, N, heads, d]
+        k = dense(name="key")(context.astype(self.dtype))  # [B, L, heads, d]
+        v = dense(name="value")(context.astype(self.dtype))
+        logits = jnp.einsum("bnhd,blhd->bhnl", q, k).astype(jnp.float32)
+        valid = mask[:, None, None, :]
+        weights = jax.nn.softmax(jnp.where(valid, logits, -1e30), axis=-1) * valid  # exactly 0 on padding
+        out = jnp.einsum("bhnl,blhd->bnhd", weights.astype(self.dtype), v)
+        out = nn.DenseGeneral(c, axis=(-2, -1), kernel_init=nn.initializers.zeros, dtype=self.dtype, name="out")(out)
+        out = out * jnp.any(mask, axis=1).astype(out.dtype)[:, None, None]  # no token: no change
+        return x + out.reshape(b, hgt, wid, c)
+
+
+def check_text(enabled: bool, context: Array | None, pooled: Array | None, net: str) -> None:
+    """Raise ValueError unless `context` and `pooled` are both given exactly when the net is text-conditioned."""
+    if enabled != (context is not None) or enabled != (pooled is not None):
+        raise ValueError(
+            f"text conditioning needs both `context` and `pooled`, and only a {net} with text_conditioning=True "
+            f"takes them (text_conditioning={enabled})"
+        )
+
+
 class Downsample(nn.Module):
     """Strided 3x3 conv halving H and W (DDPM)."""
 
@@ -380,6 +427,8 @@ __all__: Sequence[str] = (
     "NoiseEmbedding",
     "ResnetBlock",
     "AttnBlock",
+    "CrossAttention",
+    "check_text",
     "Downsample",
     "Upsample",
     "output_head",

@@ -10,7 +10,9 @@ The noisy classifier's log p(y | z_t) comes from vdm.tasks.classifier_task.load_
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,23 +25,29 @@ Array = jax.Array
 CondFn = Callable[[Array, Array, Array], Array]
 
 
-def cfg_denoise_fn(cond_fn: CondFn, null_label: int, w: float, *, y: Array | None = None) -> Callable:
-    """Classifier-free guidance: (1 + w) pred(z, t, y) - w pred(z, t, null_label) (Ho & Salimans 2022).
+def cfg_denoise_fn(cond_fn: CondFn, null_label: Any, w: float, *, y: Any = None) -> Callable:
+    """Classifier-free guidance: (1 + w) pred(z, t, y) - w pred(z, t, null) (Ho & Salimans 2022).
 
-    cond_fn(z [B, ...], t [B], y [B]) -> prediction of any kind ('eps', 'x0', 'score', 'v'); the
+    cond_fn(z [B, ...], t [B], y) -> prediction of any kind ('eps', 'x0', 'score', 'v'); the
     guided output has the same kind. The combination is done in eps space: every conversion is
     affine in the prediction at fixed (z, gamma) and the weights (1 + w) and -w sum to 1, so
     combining in the model's own parameterisation gives exactly the eps-space result (no schedule
     needed). Both branches run as one batch of 2B. w = 0 is the conditional model.
+    null_label: the null class (an int; y then int labels [B]), or the null condition itself, a pytree shaped
+    like y with leading axis B (e.g. captions with no tokens, vdm.models.text_net.null_text).
     Returns fn(z, t, y), or fn(z, t) with y bound when `y` is given.
     """
 
-    def guided(z: Array, t: Array, labels: Array) -> Array:
-        labels = jnp.asarray(labels)
-        if labels.shape[:1] != z.shape[:1]:
-            raise ValueError(f"labels must have shape [B] = ({z.shape[0]},), got {labels.shape}.")
-        null = jnp.full_like(labels, null_label)
-        both = cond_fn(jnp.concatenate([z, z]), jnp.concatenate([t, t]), jnp.concatenate([labels, null]))
+    def guided(z: Array, t: Array, labels: Any) -> Array:
+        if isinstance(null_label, numbers.Integral):
+            labels = jnp.asarray(labels)
+            if labels.shape[:1] != z.shape[:1]:
+                raise ValueError(f"labels must have shape [B] = ({z.shape[0]},), got {labels.shape}.")
+            null = jnp.full_like(labels, null_label)
+        else:
+            null = null_label
+        pair = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), labels, null)
+        both = cond_fn(jnp.concatenate([z, z]), jnp.concatenate([t, t]), pair)
         cond, uncond = jnp.split(both, 2)
         return (1.0 + w) * cond - w * uncond
 

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vdm.config import cli_errors, validation
+from vdm.config import classifier_checks, cli_errors, validation
 from vdm.core import gaussian
 from vdm.core.objectives import example_noise
 from vdm.core.schedules import Schedule
@@ -120,8 +120,8 @@ def accuracy_at(task: ClassifierTask, params: Any, mesh: Any, t: float) -> float
 
 
 def build(config: ml_collections.ConfigDict) -> ClassifierTask:
-    """Validate a noisy-classifier config (validation.validate_classifier) and build its task; the data must have classes."""
-    validation.validate_classifier(config, device_count=jax.device_count())
+    """Validate a noisy-classifier config (classifier_checks.validate_classifier) and build its task; the data must have classes."""
+    classifier_checks.validate_classifier(config, device_count=jax.device_count())
     info = pipeline.get_dataset_info(config.data)
     if info.num_classes < 2:
         raise validation.ConfigError(f"dataset {info.name!r} has {info.num_classes} classes; a classifier needs >= 2.")

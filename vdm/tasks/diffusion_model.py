@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vdm.config import validation
+from vdm.config import text_checks, validation
 from vdm.core import objectives, schedule_gradient, t_sampling
 from vdm.core.gaussian import expand_to
 from vdm.core.parameterization import scale_input, split_variance
@@ -38,7 +38,9 @@ from vdm.data import pipeline
 from vdm.infra import parallel
 from vdm.infra.optim import Optimizer, TrainState, step_keys
 from vdm.models import COMPUTE_DTYPES, LEARNED_SCHEDULES, convert, get_model, get_schedule_module
+from vdm.models.text_net import drop_text, text_network
 from vdm.sampling.likelihood import ode_nll
+from vdm.tasks.text_condition import TextConditioning
 
 Array = jax.Array
 PyTree = Any
@@ -61,6 +63,13 @@ class DiffusionModel:
     optimizer: Optimizer
     schedule_module: nn.Module | None  # a learned schedule ('learned', 'learned_linear'), else None
     fixed_schedule: Schedule | None
+    text: TextConditioning | None = None  # the captions of a text-conditioned run (config.text), else None
+
+    def condition(self, batch: dict, split: str) -> Array | dict:
+        """What the network is conditioned on: batch['label'], or with text {'label', 'text': the batch's captions}."""
+        if self.text is None:
+            return batch["label"]
+        return {"label": batch["label"], "text": self.text.batch_text(batch, split)}
 
     @property
     def decoder(self) -> str:
@@ -111,10 +120,13 @@ class DiffusionModel:
         (parameterization.split_variance; None without a head).
         """
         rngs = {"dropout": dropout_key} if dropout_key is not None else {}
+        text = {}
+        if isinstance(y, dict):  # a text-conditioned run: {'label', 'text'} (condition)
+            y, text = y["label"], {"text": y["text"]}
         y = y if self.config.model.num_classes > 0 else None
         if self.config.model.input_scaling != "none":  # 'ot': the net sees z_OT = z / (alpha + sigma)
             z = scale_input(z, expand_to(gamma, z), self.config.model.input_scaling)
-        out = self.network.apply({"params": model_params}, z, gamma, y=y, train=train, rngs=rngs)
+        out = self.network.apply({"params": model_params}, z, gamma, y=y, train=train, rngs=rngs, **text)
         pred, v = split_variance(out.astype(jnp.float32), self.variance_head)
         return (pred, v) if with_variance else pred
 
@@ -135,7 +147,10 @@ class DiffusionModel:
         k_model, k_sched = jax.random.split(key)
         z = jnp.zeros((1,) + tuple(self.info.shape), jnp.float32)
         y = jnp.zeros((1,), jnp.int32) if self.config.model.num_classes > 0 else None
-        params = {"model": self.network.init({"params": k_model}, z, jnp.zeros((1,)), y=y, train=False)["params"]}
+        text = {} if self.text is None else {"text": self.text.example_text(1)}
+        params = {
+            "model": self.network.init({"params": k_model}, z, jnp.zeros((1,)), y=y, train=False, **text)["params"]
+        }
         if self.schedule_module is not None:
             params["schedule"] = self.schedule_module.init(k_sched, jnp.zeros((1,)))["params"]
         return params
@@ -231,6 +246,9 @@ class DiffusionModel:
         y = batch["label"]
         if train:
             y = drop_labels(y, noise["u"], c.model.num_classes, c.model.label_dropout)
+        if self.text is not None:  # the captions (test split in evaluation), dropped to the null one as the labels
+            text = self.text.batch_text(batch, "train" if train else "test")
+            y = {"label": y, "text": drop_text(text, noise["u"] < c.text.caption_dropout) if train else text}
         gamma_t = gammas[2]
         discrete = train and c.loss.num_steps > 0
         if discrete and gamma_t is None:
@@ -345,7 +363,7 @@ def eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array) ->
         return model.loss_terms(params, batch, key, train=False)
     noise = model.noise(batch, key, train=False)
     variance = model.eval_variance
-    denoise = model.denoise_fn(params, batch["label"], with_variance=variance == "learned")
+    denoise = model.denoise_fn(params, model.condition(batch, "test"), with_variance=variance == "learned")
     return objectives.neg_elbo_terms(
         denoise,
         batch["x"],
@@ -396,7 +414,7 @@ def importance_eval_step(model: DiffusionModel, inputs: dict, batch: dict, key: 
     edges = t_sampling.lambda_edges(schedule(jnp.zeros(())), schedule(jnp.ones(())), probs.shape[0])
     drawn = t_sampling.draw(noise["t"], noise["u_t"], probs, edges, schedule)
     return objectives.neg_elbo_terms(
-        model.denoise_fn(params, batch["label"]),
+        model.denoise_fn(params, model.condition(batch, "test")),
         x,
         drawn["t"],
         noise["eps"],
@@ -417,7 +435,7 @@ def ode_eval_step(model: DiffusionModel, params: PyTree, batch: dict, key: Array
     """
     e = model.config.eval
     key = jax.random.fold_in(key, jax.lax.axis_index(parallel.AXIS))
-    denoise = model.denoise_fn(params, batch["label"])
+    denoise = model.denoise_fn(params, model.condition(batch, "test"))
     return {
         "nll": ode_nll(
             denoise,
@@ -445,13 +463,18 @@ def build(config: ml_collections.ConfigDict, info: pipeline.DatasetInfo) -> Diff
         fixed = get_schedule(m.schedule, gamma_min=m.gamma_min, gamma_max=m.gamma_max, shift=m.schedule_shift)
     compute = COMPUTE_DTYPES[config.training.dtype]
     optimizer = Optimizer.from_config(config, convert.decay_mask)
-    return DiffusionModel(config, info, get_model(m, compute), optimizer, sched_module, fixed)
+    network, text = get_model(m, compute), None
+    if validation.text_encoder(config) != "none":  # the captions condition the denoiser (vdm.models.text_net)
+        text = TextConditioning.build(config)
+        network = text_network(network, m, config.text, text.vocab_size)
+    return DiffusionModel(config, info, network, optimizer, sched_module, fixed, text)
 
 
 def setup(config: ml_collections.ConfigDict, mode: str = "train") -> tuple[DiffusionModel, Any]:
     """Join the multi-host job if any, validate `config` for `mode` (the one place), and build (model, mesh)."""
     parallel.initialize_distributed()
     validation.validate(config, device_count=jax.device_count(), mode=mode)
+    text_checks.validate_text(config)
     info = pipeline.get_dataset_info(config.data)
     validation.validate_for_data(config, info)
     return build(config, info), parallel.make_mesh()

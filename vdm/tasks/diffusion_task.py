@@ -30,6 +30,7 @@ from vdm.infra.checkpoint import Checkpointer, CheckpointMismatchError
 from vdm.infra.metrics import MetricWriter, plot_bpd, save_samples_png
 from vdm.infra.optim import TrainState
 from vdm.models import convert
+from vdm.models.text_net import null_text
 from vdm.sampling.guidance import cfg_denoise_fn, classifier_guided_denoise_fn
 from vdm.sampling.samplers import options_from_config
 from vdm.sampling.samplers import sample as run_sampler
@@ -46,6 +47,7 @@ from vdm.tasks.diffusion_model import (
     setup,
     train_step,
 )
+from vdm.tasks.text_condition import read_prompts
 
 Array = jax.Array
 PyTree = Any
@@ -115,22 +117,49 @@ def sample_labels(config: ml_collections.ConfigDict, num: int) -> Array | None:
     return jnp.arange(num, dtype=jnp.int32) % num_classes
 
 
+def sample_prompts(model: DiffusionModel, num: int) -> tuple[list[str], np.ndarray] | None:
+    """A text model's sampling prompts (config.sampling.prompt / prompts_file, else test captions) and each sample's
+    prompt index [num] (arange(num) % P: prompt p fills row p of the grid); None without text."""
+    if model.text is None:
+        return None
+    prompts = read_prompts(model.config.sampling, model.text.test_captions, num)
+    return prompts, np.arange(num, dtype=np.int32) % len(prompts)
+
+
+def grid_labels(model: DiffusionModel, num: int) -> Array | None:
+    """The rows of a sample grid: each sample's class (sample_labels) or, for a text model, its prompt index."""
+    prompted = sample_prompts(model, num)
+    return sample_labels(model.config, num) if prompted is None else prompted[1]
+
+
+def sample_condition(model: DiffusionModel, num: int) -> tuple[Any, Any]:
+    """(what `num` samples are conditioned on, the null condition of guidance): (class labels or None, the null
+    class), or for a text model ({'label': None, 'text': the prompts' text}, the same with no tokens)."""
+    prompted = sample_prompts(model, num)
+    if prompted is None:
+        return sample_labels(model.config, num), model.config.model.num_classes
+    prompts, rows = prompted
+    text = {k: jnp.asarray(v[rows]) for k, v in model.text.encode_prompts(prompts).items()}
+    return {"label": None, "text": text}, {"label": None, "text": null_text(text)}
+
+
 def make_sampler(model: DiffusionModel, num: int, classifier: tuple | None = None) -> Callable[[PyTree, Array], Array]:
-    """jit fn(params, key) -> num samples [num, *shape] with config.sampling (method, steps, options, guidance, class).
+    """jit fn(params, key) -> num samples [num, *shape] with config.sampling (method, steps, options, guidance, class
+    or prompts).
 
     classifier: optional (log_prob_fn(z, t, y), labels [num], scale) for classifier guidance.
     """
     c = model.config
-    labels = sample_labels(c, num)
+    condition, null = sample_condition(model, num)
     shape = (num,) + tuple(model.info.shape)
     options = options_from_config(c.sampling)
 
     def fn(params: PyTree, key: Array) -> Array:
-        if labels is not None and c.sampling.guidance_weight > 0:
+        if condition is not None and c.sampling.guidance_weight > 0:
             cond = lambda z, t, y: model.denoise_fn(params, y)(z, t)
-            denoise = cfg_denoise_fn(cond, c.model.num_classes, c.sampling.guidance_weight, y=labels)
+            denoise = cfg_denoise_fn(cond, null, c.sampling.guidance_weight, y=condition)
         else:
-            denoise = model.denoise_fn(params, labels, with_variance=options.get("variance") == "learned")
+            denoise = model.denoise_fn(params, condition, with_variance=options.get("variance") == "learned")
         if classifier is not None:
             log_prob_fn, y, scale = classifier
             denoise = classifier_guided_denoise_fn(
@@ -185,8 +214,14 @@ class DiffusionTask:
         return {**result, "eval/num_steps": self.config.eval.num_steps}
 
     def sample_labels(self, num: int) -> Array | None:
-        """The class labels of `num` samples (config.sampling.class_label), None if unconditional."""
-        return sample_labels(self.config, num)
+        """The class labels of `num` samples (config.sampling.class_label), or their prompt indices; None if neither."""
+        return grid_labels(self.model, num)
+
+    @property
+    def sample_cycle(self) -> int:
+        """The period of the samples' conditions (chunks keep it): the class count, or the number of prompts."""
+        prompted = sample_prompts(self.model, 1)
+        return self.config.model.num_classes if prompted is None else len(prompted[0])
 
     def sampler(self, num: int, classifier: tuple | None = None) -> Callable[[PyTree, Array], Array]:
         """jit fn(params, key) -> num samples (make_sampler; classifier: (log_prob_fn, labels [num], scale))."""
@@ -250,7 +285,7 @@ def evaluate_and_sample(
     result["eval/sample_nonfinite_frac"] = float(np.mean(~np.isfinite(samples)))
     writer.write(step, result)
     if jax.process_index() == 0:
-        labels = sample_labels(config, len(samples))  # a conditional model's grid: one class per row
+        labels = grid_labels(model, len(samples))  # a conditional model's grid: one class (or prompt) per row
         save_samples_png(
             os.path.join(workdir, "samples", f"step_{step:07d}.png"), samples, model.info.encoding, labels=labels
         )
