@@ -45,6 +45,7 @@ from vdm.tasks.loop import has_checkpoints, run
 Array = jax.Array
 TASK = "attribute_classifier"
 REPORT = "prompt_accuracy.json"  # the last evaluation's reports, {'test': ..., 'train': ..., 'step': k}
+RECOLOUR_STREAM = 2  # seeds a step's recolouring with (seed, step, 2, process): never an epoch's (seed, e)
 SPLITS = ("test", "train")  # what evaluate measures: every test prompt is held out, every train prompt seen
 
 
@@ -69,6 +70,21 @@ def predicted_cells(logits: dict[str, Array]) -> dict[str, Array]:
     return {head: jnp.argmax(v, -1).astype(jnp.int32) for head, v in logits.items()}
 
 
+def recoloured_scenes(objects: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(objects, uint8 images [N, 32, 32, 3]): the scenes objects [N, K, 5] with each object's colour redrawn uniformly
+    from shapes.COLOURS (so every (shape, colour) pair, held-out ones too, appears) and its centre jittered anew within
+    its cell (shapes.JITTER of its size), rendered by shapes.render."""
+    objects = np.array(objects, np.int32)
+    present = objects[..., 0] >= 0
+    objects[..., 1] = np.where(present, rng.integers(len(shapes.COLOURS), size=present.shape), -1)
+    reach = np.asarray(shapes.JITTER)[np.maximum(objects[..., 2], 0)][..., None]  # [N, K, 1]
+    jitter = np.floor(rng.random(present.shape + (2,)) * (2 * reach + 1)) - reach
+    cell_centres = np.asarray(shapes.CELL_CENTRES, np.float32)
+    centres = np.stack([cell_centres[objects[..., 3]], cell_centres[objects[..., 4]]], axis=-1) + jitter
+    centres = np.where(present[..., None], centres, np.nan).astype(np.float32)
+    return objects, shapes.render(objects, centres)
+
+
 def to_objects(cells: dict[str, np.ndarray]) -> np.ndarray:
     """Predicted objects int32 [N, 9, 5] of predicted_cells (prompt_accuracy.cells_to_objects)."""
     return pa.cells_to_objects(cells["present"], cells["shape"], cells["colour"], cells["size"])
@@ -91,14 +107,19 @@ class AttributeTask:
         return self.optimizer.init(params, k_run)
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
-        """The data's train batches (pipeline.train_iterator) with per-cell targets 'cell_<head>' int32 [B, 9]."""
+        """The data's train batches (pipeline.train_iterator) with per-cell targets 'cell_<head>' int32 [B, 9]; with
+        config.scenes.recolour, each batch's scenes recoloured (recoloured_scenes, seeded by the seed and the step)."""
         c = self.config
-        batches = pipeline.train_iterator(
-            c.data, c.training.batch_size, seed=c.seed, start_step=start_step, **parallel.process_shard()
-        )
-        for batch in batches:
-            cells = pa.objects_to_cells(batch["attributes"])
-            yield {"x": batch["x"], "index": batch["index"], **{f"cell_{k}": v for k, v in cells.items()}}
+        shard = parallel.process_shard()
+        batches = pipeline.train_iterator(c.data, c.training.batch_size, seed=c.seed, start_step=start_step, **shard)
+        for step, batch in enumerate(batches, start_step):
+            objects, x = batch["attributes"], batch["x"]
+            if c.scenes.recolour:
+                rng = np.random.default_rng((c.seed, step, RECOLOUR_STREAM, shard["process_index"]))
+                objects, images = recoloured_scenes(objects, rng)
+                x = encoding.encode(images, c.data.encoding)
+            cells = pa.objects_to_cells(objects)
+            yield {"x": x, "index": batch["index"], **{f"cell_{k}": v for k, v in cells.items()}}
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One step of the batch mean of cell_losses."""
@@ -164,6 +185,7 @@ def validate_attribute_config(config: ml_collections.ConfigDict, *, device_count
     for key in ("width", "num_levels", "hidden"):
         check_int(f"model.{key}", c.model[key], 1)
     check(2**c.model.num_levels <= shapes.IMAGE_SIZE, f"config.model.num_levels={c.model.num_levels} is too deep.")
+    check(isinstance(c.scenes.recolour, bool), f"config.scenes.recolour={c.scenes.recolour!r} must be a bool.")
     validation.validate_optimizer(c.optimizer)
     validation.validate_training(c.training, device_count)
     check_int("eval.batch_size", c.eval.batch_size, 1)
