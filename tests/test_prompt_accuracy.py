@@ -11,14 +11,16 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config
+from vdm.config import validation
 from vdm.core import encoding
 from vdm.data import shapes
 from vdm.evaluation import prompt_accuracy as pa
-from vdm.tasks import attribute_task
+from vdm.tasks import attribute_task, registry
 
 # The slow test's 500-step run: what it must beat (measured, with margin: experiments/RESULTS.md section 11).
 SHORT_RUN_SHAPE, SHORT_RUN_COLOUR, SHORT_RUN_OVERALL = 0.8, 0.9, 0.5
@@ -237,3 +239,17 @@ def test_a_short_training_reads_rendered_scenes_and_the_tool_agrees_with_the_loo
     for attribute in pa.ATTRIBUTES:
         assert tool["held_out"][attribute]["n"] == loop["held_out"][attribute]["n"]
         assert abs(tool["held_out"][attribute]["accuracy"] - loop["held_out"][attribute]["accuracy"]) <= 2 / 500
+
+
+@pytest.mark.parametrize("arg", ["", "small"])
+def test_the_config_validates_and_names_its_task(arg):
+    config = load_config("shapes_attributes", arg)
+    attribute_task.validate_attribute_config(config, device_count=1)
+    assert registry.entry(config).train is attribute_task.train_attribute_classifier
+    config.data.dataset = "fashion_mnist"
+    with pytest.raises(validation.ConfigError, match="'shapes'"):
+        attribute_task.validate_attribute_config(config, device_count=1)
+    config = load_config("shapes_attributes", arg)
+    config.scenes = ml_collections.ConfigDict({"recolour": "yes"})  # as a hand-edited config.json could say
+    with pytest.raises(validation.ConfigError, match="recolour"):
+        attribute_task.validate_attribute_config(config, device_count=1)
