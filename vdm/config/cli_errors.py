@@ -81,6 +81,7 @@ TRAIN_CONFIGS = {
     "latent_diffusion": "configs/fashion_mnist.py:latent",
     "autoencoder": "configs/fashion_mnist_ae.py",
     "classifier": "configs/noisy_classifier.py",
+    "attribute_classifier": "configs/shapes_attributes.py",
 }
 
 

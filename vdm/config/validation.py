@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 
 # config.task: which model a config trains (vdm.tasks.registry holds each one's Task).
-TASKS = ("diffusion", "latent_diffusion", "autoencoder", "classifier")
+TASKS = ("diffusion", "latent_diffusion", "autoencoder", "classifier", "attribute_classifier")
 
 
 def task_of(config: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from vdm.config.validation import ConfigError, task_of
-from vdm.tasks import autoencoder_task, classifier_task, diffusion_task, latent_task
+from vdm.tasks import attribute_task, autoencoder_task, classifier_task, diffusion_task, latent_task
 
 
 class Entry(NamedTuple):
@@ -48,6 +48,23 @@ def _classifier_summary(result: dict, w: str) -> str:
     return "test accuracy " + ", ".join(f"{k.rsplit('_', 1)[-1]}: {v:.4f}" for k, v in sorted(result.items()))
 
 
+def _attribute_summary(result: dict, w: str) -> str:
+    """The attribute classifier's closing line: its prompt accuracy (overall) on real images, held-out and seen."""
+    figures = [
+        (
+            f"{split} ({group})",
+            result.get(f"attributes/{split}/{group}/overall"),
+            result.get(f"attributes/{split}/{group}/overall_se"),
+        )
+        for split, group in (("test", "held_out"), ("train", "seen"))
+    ]
+    return (
+        "prompt accuracy of real images (overall, the ceiling): "
+        + ", ".join(f"{name} {v:.4f} +- {se:.4f}" for name, v, se in figures if v is not None)
+        + f"  report: {w}/{attribute_task.REPORT}"
+    )
+
+
 TASKS: dict[str, Entry] = {
     "diffusion": Entry(diffusion_task.train_and_evaluate, diffusion_task.build, _bpd_summary),
     "latent_diffusion": Entry(
@@ -55,6 +72,7 @@ TASKS: dict[str, Entry] = {
     ),
     "autoencoder": Entry(autoencoder_task.train_autoencoder, None, _autoencoder_summary),
     "classifier": Entry(classifier_task.train_classifier, None, _classifier_summary),
+    "attribute_classifier": Entry(attribute_task.train_attribute_classifier, None, _attribute_summary),
 }
 
 
