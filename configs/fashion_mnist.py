@@ -25,8 +25,9 @@ the three-term bound in bits per pixel dimension, vdm.tasks.latent_task),
 `:dit` (the denoiser a diffusion transformer, DiT (Peebles & Xie 2023), in place of the UNet, all else the default's:
 width 128, 6 adaLN-Zero blocks of 4 heads on 4x4 patches (7x7 = 49 tokens), a train step of the UNet's order on
 CPU (experiments/results/dit_benchmark.md), learning rate 1e-3 (not tuned); it composes with the others, e.g.
-`:dit,classes`, `:dit,hybrid` (DiT's own recipe: a learned variance), `:dit,small`). Any config takes the
-transformer with `--config.model.name=dit` and the keys patch_size, mlp_ratio, time_input (docs/configs.md).
+`:dit,classes`, `:dit,hybrid` (DiT's own recipe: a learned variance), `:dit,small`), `:uvit` (U-ViT, Bao et al. 2023, at the DiT's width, heads and patches: time and class as
+tokens, 3 in blocks, a mid block, 3 out blocks with long skips). Any config takes a transformer with
+`--config.model.name=dit` (or uvit) and the keys patch_size, mlp_ratio, time_input (docs/configs.md).
 """
 
 import ml_collections
@@ -34,7 +35,7 @@ import ml_collections
 from vdm.infra.fileio import load_sibling  # configs/base.py and configs/common.py, by their paths next to this file
 
 common = load_sibling(__file__, "common")
-VARIANTS = ("small", "classes", "mnist", "vdm", "hybrid", "latent", "flow", "dit")
+VARIANTS = ("small", "classes", "mnist", "vdm", "hybrid", "latent", "flow", "dit", "uvit")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -82,13 +83,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.model.decoder = "gaussian"  # the diffusion level models continuous latents; the autoencoder decodes x
         config.model.fourier_features = False  # those resolve the 8-bit grid of pixels, not latents
         config.model.width = 32  # 7x7x4 latents: 16x fewer positions than pixels, so a wider net at a like cost
-    if "dit" in variants:  # the transformer denoiser (vdm.models.dit), sized near the default UNet's step time on CPU
+    if variants & {"dit", "uvit"}:  # the transformer denoiser (vdm.models.dit), sized near the UNet's step time on CPU
         config.model.name = "dit"
         config.model.width = 128  # hidden size
         config.model.num_layers = 6  # blocks
         config.model.num_heads = 4  # heads of each block's self-attention (head size 32)
         config.model.patch_size = 1 if "latent" in variants else 4  # 28x28 -> 7x7 tokens (7x7 latents: 1x1 patches)
         config.optimizer.learning_rate = 1e-3  # transformers take a smaller step than the small UNet's 2e-3
+    if "uvit" in variants:  # U-ViT (vdm.models.uvit, Bao et al. 2023): every input a token, long skips; DiT's size
+        config.model.name = "uvit"
+        config.model.num_layers = 7  # 3 in blocks, a mid block, 3 out blocks (odd: U-ViT's depth)
     if "small" in variants:  # configs/common.py's smoke test (20 steps), a narrow net, few samples
         net = {"model.width": 8, "model.num_layers": 1, "model.fourier_features": False}
         common.small(config, {**net, "eval.batch_size": 1000, "sampling.num_steps": 10, "sampling.num_samples": 16})

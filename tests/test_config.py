@@ -22,6 +22,8 @@ VARIANTS = [
     ("fashion_mnist", "dit,small"),
     ("fashion_mnist", "dit,classes"),
     ("fashion_mnist", "dit,hybrid"),
+    ("fashion_mnist", "uvit"),
+    ("fashion_mnist", "uvit,small"),
     ("cifar10", ""),
     ("cifar10", "learned"),
     ("cifar10", "small"),

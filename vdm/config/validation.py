@@ -122,7 +122,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         f"config.model.name={m.name!r} does not fit config.data.dataset={c.data.dataset!r}: "
         "use 'mlp' for the flat toy data sets "
         + repr(TOY_DATASETS)
-        + " and 'vdm_unet', 'adm_unet' or 'dit' for the image data sets "
+        + " and 'vdm_unet', 'adm_unet', 'dit' or 'uvit' for the image data sets "
         + repr(IMAGE_DATASETS)
         + ".",
     )
@@ -137,7 +137,7 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
         check_int("model.norm_groups", m.norm_groups, 0)
         for key in VDM_BOOLS:
             check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
-    if m.name == "dit":
+    if m.name in ("dit", "uvit"):
         _validate_dit(m)
     check_choice("loss.weighting", c.loss.weighting, tuple(weightings.WEIGHTINGS))
     _validate_weighting(c.loss)
@@ -146,18 +146,20 @@ def _validate_model(c: ml_collections.ConfigDict) -> None:
 
 
 def _validate_dit(m: ml_collections.ConfigDict, image_size: tuple[int, int] | None = None) -> None:
-    """dit's keys (vdm.models.DIT_KEYS), by vdm.models.dit.validate_dit (and its patches against an image size)."""
+    """dit's / uvit's keys (vdm.models.DIT_KEYS) by validate_dit / validate_uvit (and the patches against an image)."""
     from vdm.models import DIT_KEYS  # here: flax is heavy, config checks are not
     from vdm.models.dit import validate_dit
+    from vdm.models.uvit import validate_uvit
 
     missing = [k for k in DIT_KEYS if k not in m]
-    check(not missing, f"config.model.name='dit' needs the keys {missing} in config.model (see configs/base.py).")
+    check(not missing, f"config.model.name={m.name!r} needs the keys {missing} in config.model (see configs/base.py).")
     for key in ("scan_blocks", "remat"):
         check(isinstance(m[key], bool), f"config.model.{key}={m[key]!r} must be True or False.")
     try:
-        validate_dit(m.width, m.num_layers, m.num_heads, m.patch_size, m.mlp_ratio, m.time_input, image_size)
+        validate = validate_uvit if m.name == "uvit" else validate_dit
+        validate(m.width, m.num_layers, m.num_heads, m.patch_size, m.mlp_ratio, m.time_input, image_size)
     except ValueError as e:
-        raise ConfigError(f"config.model (dit): {e}.") from None
+        raise ConfigError(f"config.model ({m.name}): {e}.") from None
 
 
 def _validate_weighting(loss: ml_collections.ConfigDict) -> None:
@@ -432,7 +434,7 @@ def validate_for_data(config: ml_collections.ConfigDict, info: Any) -> None:
             validate_adm(m.channel_mult, m.num_res_blocks, m.attention_resolutions, *info.shape[:2], cross)
         except ValueError as e:
             raise ConfigError(f"config.model (adm_unet) does not fit {info.name!r}: {e}") from None
-    if m.name == "dit" and config.get("task", "diffusion") == "diffusion":  # whole patches tile the image
+    if m.name in ("dit", "uvit") and config.get("task", "diffusion") == "diffusion":  # whole patches tile the image
         _validate_dit(m, tuple(info.shape[:2]))
     discrete = m.decoder != "gaussian"
     check(
