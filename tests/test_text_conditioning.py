@@ -270,7 +270,11 @@ def test_cli_trains_samples_with_a_prompt_and_evaluates_a_text_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     png = proc.stdout.strip().splitlines()[-1]
     assert png.endswith(".png") and os.path.exists(png) and os.path.exists(png[:-4] + ".npz")
-    assert np.all(np.isfinite(np.load(png[:-4] + ".npz")["samples"]))
+    drawn = np.load(png[:-4] + ".npz")
+    assert np.all(np.isfinite(drawn["samples"]))
+    assert list(drawn["prompts"]) == ["a small red circle at the top left"] * len(
+        drawn["samples"]
+    )  # for prompt accuracy
     proc = run_cli(SHAPES_TINY + [f"--workdir={wd}", "--mode=eval"], timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.isfinite(json.loads(proc.stdout[proc.stdout.index("{") :])["eval/bpd"])

@@ -256,17 +256,18 @@ def _draw(config: ml_collections.ConfigDict, task: Any, state: TrainState, step:
     return samples, guidance.labels if guidance else task.sample_labels(num)
 
 
-def _save_npz(path: str, samples: np.ndarray, labels: Any) -> None:
-    """samples and labels (none: an empty int32 array) to PATH.npz."""
+def _save_npz(path: str, samples: np.ndarray, labels: Any, prompts: list[str] | None = None) -> None:
+    """samples and labels (none: an empty int32 array) to PATH.npz; a text model's also each sample's prompt."""
     labels = np.asarray(labels) if labels is not None else np.zeros((0,), np.int32)
-    np.savez(path + ".npz", samples=samples, labels=labels)
+    extra = {} if prompts is None else {"prompts": np.asarray(prompts, dtype=str)}
+    np.savez(path + ".npz", samples=samples, labels=labels, **extra)
 
 
-def _not_saved(path: str, samples: np.ndarray, labels: Any, error: OSError) -> cli_errors.NotSaved:
+def _not_saved(path: str, samples: np.ndarray, labels: Any, error: OSError, prompts: Any = None) -> cli_errors.NotSaved:
     """NotSaved for samples drawn but not written to PATH.*: kept in the temp folder instead where it can be."""
     fallback = os.path.join(tempfile.gettempdir(), os.path.basename(path))
     try:
-        _save_npz(fallback, samples, labels)
+        _save_npz(fallback, samples, labels, prompts)
         kept = f"they are kept in {fallback}.npz instead"
     except OSError:
         fallback, kept = None, f"nor in {tempfile.gettempdir()}: they are lost"
@@ -286,15 +287,16 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     """
     task, mesh, state, step = restore_for_inference(config, workdir, mode="sample")
     samples, labels = _draw(config, task, state, step)
+    prompts = getattr(task, "sample_prompt_texts", lambda num: None)(len(samples))
     name = sample_name(config, step)
     path = os.path.join(workdir, "samples", name)
     if jax.process_index() == 0:
         try:
             save_samples_png(path + ".png", samples, task.data_info.encoding, labels=labels)
-            _save_npz(path, samples, labels)
+            _save_npz(path, samples, labels, prompts)
             validation.save_config(config, os.path.dirname(path), name=name)
         except OSError as e:
-            raise _not_saved(path, samples, labels, e) from None
+            raise _not_saved(path, samples, labels, e, prompts) from None
         if config.fid.samples > 0:
             score_samples(config, task.data_info, samples[: config.fid.samples], step, workdir, name)
     return path + ".png"

@@ -217,6 +217,11 @@ class DiffusionTask:
         """The class labels of `num` samples (config.sampling.class_label), or their prompt indices; None if neither."""
         return grid_labels(self.model, num)
 
+    def sample_prompt_texts(self, num: int) -> list[str] | None:
+        """The prompt of each of `num` samples (what vdm.tools.prompt_accuracy scores them against); None without text."""
+        prompted = sample_prompts(self.model, num)
+        return None if prompted is None else [prompted[0][i] for i in prompted[1]]
+
     @property
     def sample_cycle(self) -> int:
         """The period of the samples' conditions (chunks keep it): the class count, or the number of prompts."""
