@@ -464,6 +464,7 @@ def test_new_grid_cells_make_exact_commands():
         "--config.sampling.variance=learned",
         "--config.training.num_steps=40",
         "--config.training.eval_every=20",
+        "--config.eval.t_sampling=uniform",
     ]
     cmds = runner.stage_commands(hybrid, opts, "/w")
     assert list(cmds) == [

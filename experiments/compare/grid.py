@@ -70,6 +70,7 @@ CONTROLLED_KEYS = (
     "training.num_steps",
     "training.eval_every",
     "eval.num_steps",
+    "eval.t_sampling",
 )
 
 
@@ -260,6 +261,7 @@ def validate_cells(
                     "training.num_steps": steps,
                     "training.eval_every": eval_every,
                     "eval.num_steps": 0,
+                    "eval.t_sampling": "uniform",
                 },
             )
         validation.validate(c)

@@ -51,6 +51,7 @@ def stage_commands(cell: Cell, opts: Options, cell_dir: str) -> dict[str, list[s
         *cell.overrides(),
         f"--config.training.num_steps={opts.steps}",
         f"--config.training.eval_every={opts.eval_every}",
+        "--config.eval.t_sampling=uniform",  # every cell's ELBO the same estimator (the T-step evals need it)
     ]
     cmds = {"train": base + ["--config.eval.num_steps=0"]}
     for t in opts.eval_steps:

@@ -178,11 +178,7 @@ class UViT(nn.Module):
             self.width, self.num_layers, self.num_heads, self.patch_size, self.mlp_ratio, self.time_input, (hgt, wid)
         )
         layers.check_dropout(self.dropout)
-        if self.text_conditioning != (context is not None) or self.text_conditioning != (pooled is not None):
-            raise ValueError(
-                "text conditioning needs both `context` and `pooled`, and only a U-ViT with text_conditioning=True "
-                f"takes them (text_conditioning={self.text_conditioning})"
-            )
+        layers.check_text(self.text_conditioning, context, pooled, "U-ViT")
         p, n = self.patch_size, (hgt // self.patch_size) * (wid // self.patch_size)
         h = layers.with_fourier(z, self.fourier_features, self.fourier_min, self.fourier_max)
         h = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed")(h)
